@@ -1,0 +1,306 @@
+//! The `kataven-hub` command line: serve, dev, migrate, accounts.
+
+use std::path::Path;
+
+use anyhow::{Context, bail};
+use clap::{Parser, Subcommand};
+use secrecy::SecretString;
+use tokio::net::TcpListener;
+
+use crate::config::Config;
+use crate::server;
+use crate::state::AppState;
+use crate::tenancy::catalog::{AccountStatus, Role};
+use crate::tenancy::embedded_pg::{self, EmbeddedPostgres};
+use crate::tenancy::provision::{ProvisionError, Provisioner};
+use crate::tenancy::slug::{AccountSlug, SYSTEM_DATABASE};
+
+#[derive(Debug, Parser)]
+#[command(name = "kataven-hub", version, about = "Kataven Hub API: multi-tenant management backend")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+    #[command(flatten)]
+    pub config: Config,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the production server.
+    Serve,
+    /// Run everything locally: embedded PostgreSQL (unless KATAVEN_DATABASE_URL is set),
+    /// dev login, demo account `acme`.
+    Dev,
+    /// Create/upgrade the system database, the tenant template and every tenant database.
+    Migrate,
+    /// Manage accounts (tenants).
+    #[command(subcommand)]
+    Accounts(AccountsCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AccountsCommand {
+    /// Create an account and its database (cloned from the tenant template).
+    Create {
+        slug: String,
+        /// Display name (default: the slug).
+        #[arg(long)]
+        name: Option<String>,
+        /// The account's OIDC organisation id (Zitadel org).
+        #[arg(long)]
+        org_id: Option<String>,
+        /// PostgreSQL server URL for the tenant database (default: the system database's server).
+        #[arg(long)]
+        server: Option<String>,
+    },
+    /// List every account.
+    List,
+    /// Suspend an account: its requests answer 403 `account_suspended`.
+    Suspend { slug: String },
+    /// Resume a suspended account.
+    Resume { slug: String },
+    /// Delete an account from the catalog; `--purge` also drops its database.
+    Delete {
+        slug: String,
+        #[arg(long)]
+        purge: bool,
+    },
+    /// Manage account members.
+    #[command(subcommand)]
+    Members(MembersCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum MembersCommand {
+    /// Add a member (or change its role).
+    Add {
+        slug: String,
+        subject: String,
+        #[arg(long, value_enum, default_value = "member")]
+        role: Role,
+    },
+    /// Remove a member.
+    Remove { slug: String, subject: String },
+}
+
+pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    let config = cli.config;
+    match cli.command {
+        Command::Serve => serve(config).await,
+        Command::Dev => dev(config).await,
+        Command::Migrate => migrate(&config).await,
+        Command::Accounts(cmd) => accounts(&config, cmd).await,
+    }
+}
+
+async fn serve(config: Config) -> anyhow::Result<()> {
+    if config.key_pepper.is_none() {
+        bail!("KATAVEN_KEY_PEPPER is required by `serve` (a long random secret)");
+    }
+    let provisioner = server::provisioner(&config).await?;
+    provisioner
+        .prepare_template(&server::system_options(&config)?)
+        .await?;
+    run_server(config, provisioner).await
+}
+
+async fn run_server(config: Config, provisioner: Provisioner) -> anyhow::Result<()> {
+    let listener = TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("binding {}", config.listen))?;
+    let addr = listener.local_addr()?;
+    let authenticator = server::authenticator(&config);
+    let state = AppState::new(config, provisioner, authenticator);
+    let router = crate::app(state.clone());
+    tracing::info!(%addr, "listening");
+    server::serve(listener, state, router, server::shutdown_signal()).await
+}
+
+async fn dev(mut config: Config) -> anyhow::Result<()> {
+    std::fs::create_dir_all(&config.data_dir)?;
+    let embedded = if config.database_url.is_none() {
+        let bin = embedded_pg::find_bin_dir(config.pg_bin.as_deref())?;
+        let root = config.data_dir.join("postgres");
+        let pg = tokio::task::spawn_blocking(move || EmbeddedPostgres::start(&root, bin, &[]))
+            .await??;
+        config.database_url = Some(SecretString::from(pg.url(SYSTEM_DATABASE)));
+        tracing::info!(port = pg.port(), dir = %pg.root().display(), "embedded PostgreSQL running");
+        Some(StopOnDrop(pg))
+    } else {
+        None
+    };
+    if config.key_pepper.is_none() {
+        config.key_pepper = Some(dev_secret(&config.data_dir.join("key-pepper"))?);
+    }
+    config.dev_login.get_or_insert(true);
+
+    let result = async {
+        let provisioner = server::provisioner(&config).await?;
+        provisioner
+            .prepare_template(&server::system_options(&config)?)
+            .await?;
+        seed_demo(&provisioner).await?;
+        let url = config.public_url();
+        println!("\nKataven Hub (dev) is running at {url}");
+        println!("  accounts:  curl -s {url}/api/accounts");
+        println!("  health:    curl -s {url}/readyz");
+        println!("Press Ctrl-C to stop.\n");
+        run_server(config, provisioner).await
+    }
+    .await;
+    drop(embedded);
+    result
+}
+
+/// Stops the embedded cluster when `dev` ends, however it ends.
+struct StopOnDrop(EmbeddedPostgres);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        match self.0.stop() {
+            Ok(()) if self.0.started_here() => tracing::info!("embedded PostgreSQL stopped"),
+            Ok(()) => {}
+            Err(e) => tracing::error!(error = ?e, "stopping embedded PostgreSQL"),
+        }
+    }
+}
+
+/// A secret generated on first use and kept (mode 0600) in the dev data directory.
+fn dev_secret(path: &Path) -> anyhow::Result<SecretString> {
+    use rand::distr::{Alphanumeric, SampleString};
+    use std::os::unix::fs::PermissionsExt;
+    if let Ok(existing) = std::fs::read_to_string(path) {
+        return Ok(SecretString::from(existing.trim().to_owned()));
+    }
+    let secret = Alphanumeric.sample_string(&mut rand::rng(), 48);
+    std::fs::write(path, &secret)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    Ok(SecretString::from(secret))
+}
+
+/// The demo account, created on the first `dev` run (later runs find it and leave it alone).
+async fn seed_demo(provisioner: &Provisioner) -> anyhow::Result<()> {
+    let slug = AccountSlug::parse("acme").expect("valid slug");
+    if provisioner.catalog().account(&slug).await?.is_some() {
+        return Ok(());
+    }
+    provisioner
+        .create_account(&slug, "Acme Corp", None, None)
+        .await?;
+    tracing::info!("seeded demo account `acme`");
+    Ok(())
+}
+
+async fn migrate(config: &Config) -> anyhow::Result<()> {
+    let provisioner = server::provisioner(config).await?;
+    println!("system database: up to date");
+    let results = provisioner.migrate_all(config.migrate_concurrency).await?;
+    println!("tenant template: up to date");
+    let mut failed = 0;
+    for r in &results {
+        match &r.result {
+            Ok(version) => println!("tenant {}: at version {version}", r.account),
+            Err(e) => {
+                failed += 1;
+                println!("tenant {}: FAILED: {e:#}", r.account);
+            }
+        }
+    }
+    println!("{} tenants migrated, {failed} failed", results.len() - failed);
+    if failed > 0 {
+        bail!("{failed} tenant(s) failed to migrate; fix them and run `migrate` again");
+    }
+    Ok(())
+}
+
+fn slug_arg(raw: &str) -> anyhow::Result<AccountSlug> {
+    AccountSlug::parse(raw).map_err(|e| anyhow::anyhow!("`{raw}`: {e}"))
+}
+
+async fn accounts(config: &Config, cmd: AccountsCommand) -> anyhow::Result<()> {
+    // Parse the slug before touching any database.
+    let provisioner = || server::provisioner(config);
+    match cmd {
+        AccountsCommand::Create {
+            slug,
+            name,
+            org_id,
+            server,
+        } => {
+            let slug = slug_arg(&slug)?;
+            let provisioner = provisioner().await?;
+            let name = name.unwrap_or_else(|| slug.to_string());
+            let started = std::time::Instant::now();
+            let account = provisioner
+                .create_account(&slug, &name, org_id.as_deref(), server.as_deref())
+                .await
+                .map_err(provision_error)?;
+            println!(
+                "created account {} (database {}, schema version {}) in {} ms",
+                account.slug,
+                account.database_name,
+                account.schema_version,
+                started.elapsed().as_millis()
+            );
+        }
+        AccountsCommand::List => {
+            let provisioner = provisioner().await?;
+            let accounts = provisioner.catalog().all_accounts().await?;
+            println!("{:<32} {:<10} {:>8}  NAME", "ACCOUNT", "STATUS", "SCHEMA");
+            for a in accounts {
+                let status = match a.status {
+                    AccountStatus::Active => "active",
+                    AccountStatus::Suspended => "suspended",
+                };
+                println!("{:<32} {:<10} {:>8}  {}", a.slug, status, a.schema_version, a.display_name);
+            }
+        }
+        AccountsCommand::Suspend { slug } => set_status(&provisioner().await?, &slug_arg(&slug)?, AccountStatus::Suspended).await?,
+        AccountsCommand::Resume { slug } => set_status(&provisioner().await?, &slug_arg(&slug)?, AccountStatus::Active).await?,
+        AccountsCommand::Delete { slug, purge } => {
+            let slug = slug_arg(&slug)?;
+            provisioner()
+                .await?
+                .delete_account(&slug, purge)
+                .await
+                .map_err(provision_error)?;
+            if purge {
+                println!("deleted account {slug} and dropped its database");
+            } else {
+                println!("deleted account {slug}; its database `{slug}` was kept (use --purge to drop it)");
+            }
+        }
+        AccountsCommand::Members(MembersCommand::Add { slug, subject, role }) => {
+            let slug = slug_arg(&slug)?;
+            let provisioner = provisioner().await?;
+            if provisioner.catalog().account(&slug).await?.is_none() {
+                bail!("no account `{slug}`");
+            }
+            provisioner.catalog().upsert_member(&slug, &subject, role).await?;
+            println!("{subject} is now {role:?} of {slug}");
+        }
+        AccountsCommand::Members(MembersCommand::Remove { slug, subject }) => {
+            let slug = slug_arg(&slug)?;
+            if !provisioner().await?.catalog().remove_member(&slug, &subject).await? {
+                bail!("{subject} is not a member of {slug}");
+            }
+            println!("removed {subject} from {slug}");
+        }
+    }
+    Ok(())
+}
+
+async fn set_status(provisioner: &Provisioner, slug: &AccountSlug, status: AccountStatus) -> anyhow::Result<()> {
+    if !provisioner.catalog().set_status(slug, status).await? {
+        bail!("no account `{slug}`");
+    }
+    println!("account {slug} is now {status:?}");
+    Ok(())
+}
+
+fn provision_error(e: ProvisionError) -> anyhow::Error {
+    match e {
+        ProvisionError::Other(e) => e,
+        other => anyhow::anyhow!("{other}"),
+    }
+}

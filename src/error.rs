@@ -1,0 +1,179 @@
+//! One error type for every HTTP answer that is not a success.
+//!
+//! Each variant has a stable machine `code`; the body is
+//! `{ "error": { "code", "message", "request_id" } }`. Internal causes are logged
+//! with the request id and never sent to the client.
+
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+
+use crate::request_id;
+
+/// Seconds a client should wait before retrying after a 503.
+pub const UNAVAILABLE_RETRY_AFTER_SECS: u64 = 1;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("X-Account-ID header is required")]
+    MissingAccountHeader,
+    #[error("{0}")]
+    InvalidAccount(String),
+    #[error("account `kataven-admin` is reserved")]
+    ReservedAccount,
+    #[error("{0}")]
+    Unauthenticated(&'static str),
+    #[error("account is suspended")]
+    AccountSuspended,
+    #[error("{0}")]
+    Forbidden(&'static str),
+    #[error("X-Account-ID does not match the API key's account")]
+    AccountMismatch,
+    #[error("this endpoint needs an admin of the account and the header `X-Admin: true`")]
+    AdminRequired,
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{message}")]
+    InvalidBody { message: String },
+    #[error("{0}")]
+    Conflict(String),
+    #[error("{message}")]
+    PayloadTooLarge { message: String },
+    #[error("method not allowed")]
+    MethodNotAllowed,
+    /// A dependency (database, pool budget) cannot serve right now; retry later.
+    #[error("{message}")]
+    Unavailable {
+        message: &'static str,
+        retry_after_secs: u64,
+    },
+    /// Something we did not expect. The cause is logged, the client sees a generic message.
+    #[error("internal error")]
+    Internal(#[source] anyhow::Error),
+}
+
+#[derive(Serialize)]
+struct ErrorBody<'a> {
+    error: ErrorDetail<'a>,
+}
+
+#[derive(Serialize)]
+struct ErrorDetail<'a> {
+    code: &'a str,
+    message: String,
+    request_id: Option<String>,
+}
+
+impl ApiError {
+    pub fn unavailable(message: &'static str) -> Self {
+        Self::Unavailable {
+            message,
+            retry_after_secs: UNAVAILABLE_RETRY_AFTER_SECS,
+        }
+    }
+
+    pub fn not_found(what: impl Into<String>) -> Self {
+        Self::NotFound(what.into())
+    }
+
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Self::MissingAccountHeader
+            | Self::InvalidAccount(_)
+            | Self::AccountMismatch
+            | Self::InvalidBody { .. } => StatusCode::BAD_REQUEST,
+            Self::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
+            Self::ReservedAccount
+            | Self::AccountSuspended
+            | Self::Forbidden(_)
+            | Self::AdminRequired => StatusCode::FORBIDDEN,
+            Self::NotFound(_) => StatusCode::NOT_FOUND,
+            Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            Self::Conflict(_) => StatusCode::CONFLICT,
+            Self::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::MissingAccountHeader => "missing_account_header",
+            Self::InvalidAccount(_) => "invalid_account",
+            Self::ReservedAccount => "reserved_account",
+            Self::Unauthenticated(_) => "unauthenticated",
+            Self::AccountSuspended => "account_suspended",
+            Self::Forbidden(_) => "forbidden",
+            Self::AccountMismatch => "account_mismatch",
+            Self::AdminRequired => "admin_required",
+            Self::NotFound(_) => "not_found",
+            Self::InvalidBody { .. } => "invalid_body",
+            Self::Conflict(_) => "conflict",
+            Self::PayloadTooLarge { .. } => "payload_too_large",
+            Self::MethodNotAllowed => "method_not_allowed",
+            Self::Unavailable { .. } => "unavailable",
+            Self::Internal(_) => "internal",
+        }
+    }
+}
+
+impl From<sqlx::Error> for ApiError {
+    fn from(err: sqlx::Error) -> Self {
+        if is_unavailable(&err) {
+            tracing::warn!(error = %err, "database unavailable");
+            return Self::unavailable("the database is temporarily unavailable");
+        }
+        Self::Internal(err.into())
+    }
+}
+
+/// Errors that mean "the database cannot serve now" rather than "the query is wrong".
+pub fn is_unavailable(err: &sqlx::Error) -> bool {
+    match err {
+        sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::WorkerCrashed => true,
+        sqlx::Error::Database(db) => {
+            // Class 08: connection exception, 53: insufficient resources,
+            // 57P0x: admin/crash shutdown, cannot connect now.
+            db.code().is_some_and(|c| {
+                c.starts_with("08") || c.starts_with("53") || c.starts_with("57P")
+            })
+        }
+        _ => false,
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        if let Self::Internal(cause) = &self {
+            tracing::error!(error = ?cause, "internal error");
+        }
+        let body = ErrorBody {
+            error: ErrorDetail {
+                code: self.code(),
+                message: self.to_string(),
+                request_id: request_id::current(),
+            },
+        };
+        let mut response = (status, axum::Json(body)).into_response();
+        let headers = response.headers_mut();
+        match &self {
+            Self::Unauthenticated(_) => {
+                headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            }
+            Self::Unavailable {
+                retry_after_secs, ..
+            } => {
+                headers.insert(header::RETRY_AFTER, HeaderValue::from(*retry_after_secs));
+            }
+            _ => {}
+        }
+        response
+    }
+}
+
+pub type ApiResult<T> = Result<T, ApiError>;

@@ -1,0 +1,149 @@
+//! Extractors that implement the request pipeline (SPEC §3) in front of protected handlers.
+//!
+//! `Tenant` runs steps 1–7 in order; `TenantDb` adds a connection to the tenant database and is
+//! the only way a handler reaches one — after the caller has been authorized.
+
+use axum::extract::FromRequestParts;
+use axum::http::header::AUTHORIZATION;
+use axum::http::request::Parts;
+use axum::http::{HeaderMap, HeaderName};
+
+use crate::auth::Principal;
+use crate::error::ApiError;
+use crate::state::AppState;
+use crate::tenancy::catalog::{Account, AccountStatus, Role};
+use crate::tenancy::pools::TenantConn;
+use crate::tenancy::slug::{AccountSlug, SlugError};
+
+pub static X_ACCOUNT_ID: HeaderName = HeaderName::from_static("x-account-id");
+const API_KEY_PREFIX: &str = "sk_live_";
+
+/// An authorized caller in an active account (pipeline steps 1–7 passed).
+#[derive(Debug, Clone)]
+pub struct Tenant {
+    pub account: Account,
+    pub slug: AccountSlug,
+    pub principal: Principal,
+    pub role: Role,
+}
+
+/// [`Tenant`] plus a connection to its database, returned to the pool when dropped.
+pub struct TenantDb {
+    pub tenant: Tenant,
+    pub conn: TenantConn,
+}
+
+/// The bearer token of the `Authorization` header. `Err` when the header is present but is not
+/// a bearer, so that step 4 refuses it rather than treating it as absent.
+fn bearer(headers: &HeaderMap) -> Result<Option<&str>, ()> {
+    let Some(value) = headers.get(AUTHORIZATION) else {
+        return Ok(None);
+    };
+    let value = value.to_str().map_err(|_| ())?;
+    let (scheme, token) = value.split_once(' ').ok_or(())?;
+    let token = token.trim();
+    if !scheme.eq_ignore_ascii_case("bearer") || token.is_empty() {
+        return Err(());
+    }
+    Ok(Some(token))
+}
+
+pub fn parse_slug(raw: &str) -> Result<AccountSlug, ApiError> {
+    AccountSlug::parse(raw).map_err(|e| match e {
+        SlugError::Invalid => ApiError::InvalidAccount(format!("invalid account: {e}")),
+        SlugError::Reserved => ApiError::ReservedAccount,
+    })
+}
+
+impl FromRequestParts<AppState> for Tenant {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let bearer = bearer(&parts.headers);
+        let is_api_key = matches!(bearer, Ok(Some(t)) if t.starts_with(API_KEY_PREFIX));
+
+        // Steps 1–3: the account header, unless an API key carries the account.
+        let requested = match parts.headers.get(&X_ACCOUNT_ID) {
+            None if is_api_key => None,
+            None => return Err(ApiError::MissingAccountHeader),
+            Some(value) => {
+                let raw = value
+                    .to_str()
+                    .map_err(|_| ApiError::InvalidAccount("invalid account: not ASCII".into()))?;
+                Some(parse_slug(raw)?)
+            }
+        };
+
+        // Step 4: a valid bearer.
+        let token = match bearer {
+            Ok(Some(token)) => token,
+            Ok(None) => return Err(unauthenticated(state, "missing_bearer")),
+            Err(()) => return Err(unauthenticated(state, "malformed_authorization")),
+        };
+        let principal = state
+            .authenticator
+            .authenticate(token)
+            .await
+            .map_err(|rejection| unauthenticated(state, rejection.reason))?;
+
+        let slug = match (requested, principal.bound_account()) {
+            (Some(slug), _) => slug,
+            (None, Some(bound)) => bound.clone(),
+            // An API key always names its account; a user token was required to send the header.
+            (None, None) => return Err(ApiError::MissingAccountHeader),
+        };
+
+        // Steps 5–6: the account exists and is active.
+        let account = state
+            .catalog
+            .account(&slug)
+            .await?
+            .ok_or_else(|| ApiError::InvalidAccount(format!("unknown account `{slug}`")))?;
+        if account.status == AccountStatus::Suspended {
+            return Err(ApiError::AccountSuspended);
+        }
+
+        // Step 7: the principal may act in this account.
+        let role = authorize(state, &principal, &slug).await?;
+
+        let span = tracing::Span::current();
+        span.record("account", slug.as_str());
+        span.record("principal_kind", principal.kind());
+        span.record("principal_id", principal.id());
+        Ok(Tenant {
+            account,
+            slug,
+            principal,
+            role,
+        })
+    }
+}
+
+impl FromRequestParts<AppState> for TenantDb {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let tenant = Tenant::from_request_parts(parts, state).await?;
+        let conn = state.pools.acquire(&tenant.account).await?;
+        Ok(TenantDb { tenant, conn })
+    }
+}
+
+fn unauthenticated(state: &AppState, reason: &'static str) -> ApiError {
+    state.metrics.auth_failure(reason);
+    tracing::debug!(reason, "bearer refused");
+    ApiError::Unauthenticated("a valid bearer token is required")
+}
+
+/// Step 7: may this principal act in this account, and with which role?
+async fn authorize(state: &AppState, principal: &Principal, slug: &AccountSlug) -> Result<Role, ApiError> {
+    match principal {
+        Principal::ApiKey { account, .. } if account == slug => Ok(Role::Member),
+        Principal::ApiKey { .. } => Err(ApiError::AccountMismatch),
+        Principal::User { subject } => state
+            .catalog
+            .member_role(slug, subject)
+            .await?
+            .ok_or(ApiError::Forbidden("you are not a member of this account")),
+    }
+}

@@ -1,0 +1,19 @@
+//! Kataven Hub API: the multi-tenant management backend of a voice/chat AI-agent platform.
+//!
+//! The binary (`src/main.rs`) is a thin CLI over this library; the tests embed the same pieces.
+
+pub mod auth;
+pub mod cli;
+pub mod config;
+pub mod error;
+pub mod extract;
+pub mod metrics;
+pub mod request_id;
+pub mod routes;
+pub mod server;
+pub mod state;
+pub mod telemetry;
+pub mod tenancy;
+
+pub use routes::app;
+pub use state::AppState;

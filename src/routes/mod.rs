@@ -1,0 +1,110 @@
+//! Router assembly: one router definition, mounted at the root and under `/hub-api`,
+//! wrapped in the middleware stack.
+
+pub mod accounts;
+pub mod health;
+
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use tracing::Instrument;
+
+use crate::error::ApiError;
+use crate::request_id::RequestId;
+use crate::state::AppState;
+
+/// Every route, relative to a mount point.
+fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/api/accounts", get(accounts::list))
+        .route("/api/accounts/validate/{account}", get(accounts::validate))
+        .route("/healthz", get(health::healthz))
+        .route("/readyz", get(health::readyz))
+        .route("/metrics", get(health::metrics))
+}
+
+/// The whole application: routes at `/` and under `/hub-api`, the middleware stack, the state.
+pub fn app(state: AppState) -> Router {
+    router(routes(), state)
+}
+
+/// Mounts `routes` (the application's, possibly with extra routes merged in by an embedder or
+/// the test harness) and wraps them in the middleware stack.
+pub fn router(routes: Router<AppState>, state: AppState) -> Router {
+    let timeout = state.config.request_timeout();
+    Router::new()
+        .merge(routes.clone())
+        .nest("/hub-api", routes)
+        .fallback(fallback)
+        .method_not_allowed_fallback(method_not_allowed)
+        // Layers run bottom-up on the way in: the request id first, the body limit last.
+        .layer(DefaultBodyLimit::max(state.config.body_limit_bytes))
+        .layer(middleware::from_fn_with_state(timeout, request_timeout))
+        .layer(tower_http::catch_panic::CatchPanicLayer::custom(panic_response))
+        .layer(middleware::from_fn_with_state(state.metrics.clone(), crate::metrics::middleware))
+        .layer(middleware::from_fn(trace))
+        .layer(middleware::from_fn(crate::request_id::middleware))
+        .with_state(state)
+}
+
+async fn fallback() -> ApiError {
+    ApiError::not_found("no such route")
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::MethodNotAllowed
+}
+
+fn panic_response(_: Box<dyn std::any::Any + Send + 'static>) -> Response {
+    ApiError::Internal(anyhow::anyhow!("handler panicked")).into_response()
+}
+
+async fn request_timeout(State(limit): State<Duration>, req: Request, next: Next) -> Response {
+    match tokio::time::timeout(limit, next.run(req)).await {
+        Ok(response) => response,
+        Err(_) => ApiError::unavailable("the request took too long").into_response(),
+    }
+}
+
+/// One span per request (request id, method, route; account and principal are recorded by the
+/// extractors) and one log line when it finishes. Only the matched route is logged, never the
+/// query string or headers, so credentials cannot leak through here.
+async fn trace(req: Request, next: Next) -> Response {
+    let request_id = req
+        .extensions()
+        .get::<RequestId>()
+        .map(|r| r.0.clone())
+        .unwrap_or_default();
+    let route = req
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map(|p| p.as_str().to_owned())
+        .unwrap_or_else(|| "unmatched".to_owned());
+    let span = tracing::info_span!(
+        "request",
+        request_id = %request_id,
+        method = %req.method(),
+        route = %route,
+        account = tracing::field::Empty,
+        principal_kind = tracing::field::Empty,
+        principal_id = tracing::field::Empty,
+    );
+    let start = std::time::Instant::now();
+    async move {
+        let response = next.run(req).await;
+        let status = response.status().as_u16();
+        let latency_ms = start.elapsed().as_secs_f64() * 1000.0;
+        if status >= 500 {
+            tracing::warn!(status, latency_ms, "request finished");
+        } else {
+            tracing::info!(status, latency_ms, "request finished");
+        }
+        response
+    }
+    .instrument(span)
+    .await
+}

@@ -1,0 +1,240 @@
+//! An embedded PostgreSQL cluster started from the installed server binaries.
+//!
+//! Used by `kataven-hub dev` (cluster in `./.kataven/postgres`, kept between runs) and by the
+//! test harness (a throwaway cluster per test run). PostgreSQL refuses to run as root, so when
+//! the effective uid is 0 every server command runs as the `postgres` user through `runuser`.
+
+use std::fs;
+use std::net::TcpListener;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use anyhow::{Context, bail};
+use rand::distr::{Alphanumeric, SampleString};
+
+pub const SUPERUSER: &str = "kataven";
+
+pub struct EmbeddedPostgres {
+    root: PathBuf,
+    bin_dir: PathBuf,
+    password: String,
+    port: u16,
+    /// `true` when we started the server (and so stop it); `false` when it was already running.
+    started_here: bool,
+}
+
+/// Finds the directory holding `initdb` and `pg_ctl`: the configured one, else the newest
+/// `/usr/lib/postgresql/<version>/bin`, else whatever `PATH` has.
+pub fn find_bin_dir(configured: Option<&Path>) -> anyhow::Result<PathBuf> {
+    if let Some(dir) = configured {
+        return Ok(dir.to_owned());
+    }
+    let mut versions: Vec<(u32, PathBuf)> = fs::read_dir("/usr/lib/postgresql")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let v: u32 = e.file_name().to_str()?.parse().ok()?;
+            let bin = e.path().join("bin");
+            bin.join("initdb").exists().then_some((v, bin))
+        })
+        .collect();
+    versions.sort();
+    if let Some((_, bin)) = versions.pop() {
+        return Ok(bin);
+    }
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .find(|dir| dir.join("initdb").exists() && dir.join("pg_ctl").exists())
+        .context(
+            "no PostgreSQL server binaries found (initdb, pg_ctl): install PostgreSQL \
+             (Debian: `apt-get install postgresql`), set KATAVEN_PG_BIN, or set KATAVEN_DATABASE_URL",
+        )
+}
+
+fn running_as_root() -> bool {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc::geteuid() == 0 }
+}
+
+impl EmbeddedPostgres {
+    /// Opens the cluster under `root` (creating it with `initdb` on first use) and starts it.
+    /// `settings` are appended to `postgresql.conf` when the cluster is created.
+    pub fn start(root: &Path, bin_dir: PathBuf, settings: &[(&str, &str)]) -> anyhow::Result<Self> {
+        fs::create_dir_all(root).with_context(|| format!("creating {}", root.display()))?;
+        let root = root.canonicalize()?;
+        let data = root.join("data");
+        let password_file = root.join("superuser-password");
+
+        if !data.join("PG_VERSION").exists() {
+            let password = Alphanumeric.sample_string(&mut rand::rng(), 32);
+            write_private(&password_file, &password)?;
+            if running_as_root() {
+                chown_postgres(&root)?;
+            }
+            let out = run(
+                &bin_dir.join("initdb"),
+                &[
+                    "-D".as_ref(),
+                    data.as_os_str(),
+                    "-U".as_ref(),
+                    SUPERUSER.as_ref(),
+                    "--auth=scram-sha-256".as_ref(),
+                    format!("--pwfile={}", password_file.display()).as_ref(),
+                    "--encoding=UTF8".as_ref(),
+                    "--locale=C".as_ref(),
+                    "--no-instructions".as_ref(),
+                ],
+            )?;
+            check(&out, "initdb")?;
+            let mut conf = String::from("\n# added by kataven-hub\nlisten_addresses = '127.0.0.1'\nunix_socket_directories = ''\n");
+            for (k, v) in settings {
+                conf.push_str(&format!("{k} = {v}\n"));
+            }
+            let conf_path = data.join("postgresql.conf");
+            let mut existing = fs::read_to_string(&conf_path)?;
+            existing.push_str(&conf);
+            fs::write(&conf_path, existing)?;
+        }
+        let password = fs::read_to_string(&password_file)
+            .with_context(|| format!("reading {}", password_file.display()))?
+            .trim()
+            .to_owned();
+
+        let mut pg = Self {
+            root,
+            bin_dir,
+            password,
+            port: 0,
+            started_here: false,
+        };
+        if let Some(port) = pg.running_port() {
+            // Another process (a second `dev`) already runs this cluster: share it.
+            pg.port = port;
+            return Ok(pg);
+        }
+        pg.port = free_port()?;
+        let log = pg.root.join("postgres.log");
+        let out = run(
+            &pg.bin_dir.join("pg_ctl"),
+            &[
+                "-D".as_ref(),
+                data.as_os_str(),
+                "-l".as_ref(),
+                log.as_os_str(),
+                "-w".as_ref(),
+                "-t".as_ref(),
+                "60".as_ref(),
+                "-o".as_ref(),
+                format!("-p {}", pg.port).as_ref(),
+                "start".as_ref(),
+            ],
+        )?;
+        if !out.status.success() {
+            let tail = fs::read_to_string(&log).unwrap_or_default();
+            let tail: Vec<&str> = tail.lines().rev().take(10).collect();
+            bail!(
+                "pg_ctl start failed: {}\n{}\nlast log lines:\n{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr),
+                tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+            );
+        }
+        pg.started_here = true;
+        Ok(pg)
+    }
+
+    /// The port of a postmaster already running on this data directory, if any.
+    fn running_port(&self) -> Option<u16> {
+        let data = self.root.join("data");
+        let status = run(&self.bin_dir.join("pg_ctl"), &["-D".as_ref(), data.as_os_str(), "status".as_ref()]).ok()?;
+        if !status.status.success() {
+            return None;
+        }
+        // postmaster.pid: line 4 is the port.
+        let pid_file = fs::read_to_string(data.join("postmaster.pid")).ok()?;
+        pid_file.lines().nth(3)?.trim().parse().ok()
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// A connection URL for `database` as the cluster's superuser.
+    pub fn url(&self, database: &str) -> String {
+        format!(
+            "postgres://{SUPERUSER}:{}@127.0.0.1:{}/{database}",
+            self.password, self.port
+        )
+    }
+
+    pub fn started_here(&self) -> bool {
+        self.started_here
+    }
+
+    /// Stops the server if this process started it (fast shutdown: sessions are ended cleanly).
+    pub fn stop(&self) -> anyhow::Result<()> {
+        if !self.started_here {
+            return Ok(());
+        }
+        let data = self.root.join("data");
+        let out = run(
+            &self.bin_dir.join("pg_ctl"),
+            &["-D".as_ref(), data.as_os_str(), "-m".as_ref(), "fast".as_ref(), "-w".as_ref(), "stop".as_ref()],
+        )?;
+        check(&out, "pg_ctl stop")
+    }
+}
+
+/// Runs a server binary, as `postgres` through `runuser` when we are root.
+fn run(program: &Path, args: &[&std::ffi::OsStr]) -> anyhow::Result<Output> {
+    let mut cmd = if running_as_root() {
+        let mut c = Command::new("runuser");
+        c.args(["-u", "postgres", "--"]).arg(program);
+        c
+    } else {
+        Command::new(program)
+    };
+    cmd.args(args)
+        .output()
+        .with_context(|| format!("running {}", program.display()))
+}
+
+fn check(out: &Output, what: &str) -> anyhow::Result<()> {
+    if out.status.success() {
+        return Ok(());
+    }
+    bail!(
+        "{what} failed ({}): {}{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+fn write_private(path: &Path, contents: &str) -> anyhow::Result<()> {
+    fs::write(path, contents)?;
+    fs::set_permissions(path, fs::Permissions::from_mode(0o600))?;
+    Ok(())
+}
+
+fn chown_postgres(root: &Path) -> anyhow::Result<()> {
+    let status = Command::new("chown")
+        .args(["-R", "postgres:postgres"])
+        .arg(root)
+        .status()
+        .context("running chown")?;
+    if !status.success() {
+        bail!("chown postgres {} failed: is there a `postgres` user?", root.display());
+    }
+    Ok(())
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}

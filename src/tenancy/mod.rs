@@ -1,0 +1,7 @@
+//! Tenancy by database isolation: slugs, the catalog, tenant pools and provisioning.
+
+pub mod catalog;
+pub mod embedded_pg;
+pub mod pools;
+pub mod provision;
+pub mod slug;

@@ -1,0 +1,368 @@
+//! Databases: the system database, the tenant template, provisioning and migration fan-out.
+
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use futures::StreamExt;
+use sqlx::migrate::Migrator;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::{ConnectOptions, Connection, PgConnection, PgPool};
+
+use super::catalog::{self, Account, Catalog};
+use super::slug::{AccountSlug, NAMES_NOT_FOR_ACCOUNTS};
+
+pub static SYSTEM_MIGRATOR: Migrator = sqlx::migrate!("./migrations/system");
+/// The tenant migrations embedded in the binary. A function rather than a static because the
+/// provisioner owns its migrator (tests run it with extra migrations).
+pub fn tenant_migrator() -> Migrator {
+    sqlx::migrate!("./migrations/tenant")
+}
+
+/// The database server's maintenance database, used for `CREATE/DROP DATABASE`.
+const MAINTENANCE_DB: &str = "postgres";
+
+/// The newest version a migrator knows (0 when it has none).
+pub fn latest_version(migrator: &Migrator) -> i64 {
+    migrator.iter().map(|m| m.version).max().unwrap_or(0)
+}
+
+/// Quotes a PostgreSQL identifier (database names contain `-`).
+pub fn quote_ident(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProvisionError {
+    #[error("account `{0}` already exists")]
+    AlreadyExists(String),
+    #[error("`{0}` is the name of a database that is not a tenant; choose another account name")]
+    NameTaken(String),
+    #[error("no account `{0}`")]
+    NoSuchAccount(String),
+    #[error(transparent)]
+    Other(#[from] anyhow::Error),
+}
+
+impl From<sqlx::Error> for ProvisionError {
+    fn from(e: sqlx::Error) -> Self {
+        Self::Other(e.into())
+    }
+}
+
+/// Creates the system database if it is missing, then applies pending system migrations.
+/// Safe when several instances start together: a concurrent `CREATE DATABASE` is tolerated
+/// and sqlx holds an advisory lock while migrating.
+pub async fn prepare_system_database(system: &PgConnectOptions) -> anyhow::Result<PgPool> {
+    let name = system
+        .get_database()
+        .context("KATAVEN_DATABASE_URL must name the system database (…/kataven-admin)")?
+        .to_owned();
+    create_database_if_missing(system, &name, None).await?;
+    let pool = PgPoolOptions::new()
+        .max_connections(10)
+        .acquire_timeout(Duration::from_secs(5))
+        .connect_with(system.clone())
+        .await
+        .with_context(|| format!("connecting to the system database `{name}`"))?;
+    SYSTEM_MIGRATOR
+        .run(&pool)
+        .await
+        .context("applying system migrations")?;
+    Ok(pool)
+}
+
+async fn maintenance(server: &PgConnectOptions) -> anyhow::Result<PgConnection> {
+    server
+        .clone()
+        .database(MAINTENANCE_DB)
+        .connect()
+        .await
+        .context("connecting to the server's `postgres` database")
+}
+
+async fn database_exists(conn: &mut PgConnection, name: &str) -> sqlx::Result<bool> {
+    sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
+        .bind(name)
+        .fetch_one(conn)
+        .await
+}
+
+async fn create_database_if_missing(
+    server: &PgConnectOptions,
+    name: &str,
+    template: Option<&str>,
+) -> anyhow::Result<()> {
+    let mut conn = maintenance(server).await?;
+    if database_exists(&mut conn, name).await? {
+        return Ok(());
+    }
+    let mut sql = format!("CREATE DATABASE {}", quote_ident(name));
+    if let Some(t) = template {
+        sql.push_str(&format!(" TEMPLATE {}", quote_ident(t)));
+    }
+    match sqlx::query(&sql).execute(&mut conn).await {
+        Ok(_) => Ok(()),
+        // 42P04 duplicate_database: someone else created it meanwhile.
+        Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("42P04") => Ok(()),
+        // 23505: two CREATE DATABASE racing on the catalog's unique index.
+        Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("23505") => Ok(()),
+        Err(e) => Err(e).with_context(|| format!("creating database `{name}`")),
+    }
+}
+
+/// Provisioning and migration of tenant databases.
+#[derive(Clone)]
+pub struct Provisioner {
+    catalog: Catalog,
+    /// Options of the system database; tenants without a server live on this server.
+    system: PgConnectOptions,
+    migrator: Arc<Migrator>,
+}
+
+/// What `migrate` did to one tenant.
+#[derive(Debug)]
+pub struct TenantMigration {
+    pub account: String,
+    pub result: anyhow::Result<i64>,
+}
+
+impl Provisioner {
+    pub fn new(catalog: Catalog, system: PgConnectOptions, migrator: Arc<Migrator>) -> Self {
+        Self {
+            catalog,
+            system,
+            migrator,
+        }
+    }
+
+    pub fn catalog(&self) -> &Catalog {
+        &self.catalog
+    }
+
+    pub fn migrator(&self) -> &Migrator {
+        &self.migrator
+    }
+
+    pub fn latest_tenant_version(&self) -> i64 {
+        latest_version(&self.migrator)
+    }
+
+    /// The template database's name: `<system db>-template` (`kataven-admin-template`).
+    pub fn template_name(&self) -> String {
+        format!("{}-template", self.system.get_database().unwrap_or("kataven-admin"))
+    }
+
+    /// Connection options for a database on `server` (a URL) or on the system database's server.
+    pub fn server_options(&self, server: Option<&str>) -> anyhow::Result<PgConnectOptions> {
+        match server {
+            None => Ok(self.system.clone()),
+            Some(url) => PgConnectOptions::from_str(url)
+                .map_err(|e| anyhow::anyhow!("invalid database server URL: {e}")),
+        }
+    }
+
+    /// Connection options for an account's tenant database.
+    pub fn tenant_options(&self, account: &Account) -> anyhow::Result<PgConnectOptions> {
+        Ok(self
+            .server_options(account.database_server.as_deref())?
+            .database(&account.database_name)
+            .application_name("kataven-hub"))
+    }
+
+    /// Creates the template database on `server` if missing and migrates it to the newest schema.
+    pub async fn prepare_template(&self, server: &PgConnectOptions) -> anyhow::Result<()> {
+        let template = self.template_name();
+        create_database_if_missing(server, &template, None).await?;
+        let mut conn = server
+            .clone()
+            .database(&template)
+            .connect()
+            .await
+            .context("connecting to the tenant template")?;
+        self.migrator
+            .run(&mut conn)
+            .await
+            .context("migrating the tenant template")?;
+        // Close explicitly: `CREATE DATABASE … TEMPLATE` refuses while anyone is connected.
+        conn.close().await?;
+        Ok(())
+    }
+
+    /// Creates an account: a catalog row and a database cloned from the template, or neither.
+    pub async fn create_account(
+        &self,
+        slug: &AccountSlug,
+        display_name: &str,
+        oidc_org_id: Option<&str>,
+        server: Option<&str>,
+    ) -> Result<Account, ProvisionError> {
+        let name = slug.as_str();
+        if NAMES_NOT_FOR_ACCOUNTS.contains(&name)
+            || name == self.template_name()
+            || Some(name) == self.system.get_database()
+        {
+            return Err(ProvisionError::NameTaken(name.to_owned()));
+        }
+        let server_opts = self.server_options(server)?;
+        let mut admin = maintenance(&server_opts).await?;
+        if !database_exists(&mut admin, &self.template_name()).await? {
+            self.prepare_template(&server_opts).await?;
+        }
+        if database_exists(&mut admin, name).await? {
+            return Err(match catalog::account(self.catalog.pool(), name).await? {
+                Some(_) => ProvisionError::AlreadyExists(name.to_owned()),
+                None => ProvisionError::NameTaken(name.to_owned()),
+            });
+        }
+
+        // The catalog row is inserted in a transaction that commits only once the database
+        // exists; a concurrent create of the same slug waits on the primary key meanwhile.
+        let mut tx = self.catalog.pool().begin().await?;
+        let inserted = sqlx::query(
+            "INSERT INTO accounts (slug, display_name, database_name, database_server, oidc_org_id)
+             VALUES ($1, $2, $1, $3, $4)",
+        )
+        .bind(name)
+        .bind(display_name)
+        .bind(server)
+        .bind(oidc_org_id)
+        .execute(&mut *tx)
+        .await;
+        if let Err(sqlx::Error::Database(e)) = &inserted {
+            if e.is_unique_violation() {
+                return Err(ProvisionError::AlreadyExists(name.to_owned()));
+            }
+        }
+        inserted?;
+
+        clone_template(&mut admin, name, &self.template_name()).await?;
+        let created = async {
+            // The clone is as new as the template; bring it up to date if the template lagged.
+            let opts = server_opts.clone().database(name);
+            let mut conn = opts.connect().await.context("connecting to the new tenant")?;
+            self.migrator.run(&mut conn).await.context("migrating the new tenant")?;
+            conn.close().await?;
+            sqlx::query("UPDATE accounts SET schema_version = $2 WHERE slug = $1")
+                .bind(name)
+                .bind(self.latest_tenant_version())
+                .execute(&mut *tx)
+                .await?;
+            let account = catalog::account(&mut *tx, name)
+                .await?
+                .context("account row vanished")?;
+            tx.commit().await?;
+            anyhow::Ok(account)
+        }
+        .await;
+        match created {
+            Ok(account) => Ok(account),
+            Err(err) => {
+                // Compensate: the catalog transaction is rolled back when dropped; drop the database.
+                if let Err(drop_err) = drop_database(&mut admin, name).await {
+                    tracing::error!(account = name, error = ?drop_err, "could not drop the database of a failed provisioning; drop it by hand");
+                }
+                Err(ProvisionError::Other(err))
+            }
+        }
+    }
+
+    /// Deletes an account from the catalog. With `purge` its database is dropped too;
+    /// otherwise the database is kept (its name stays taken) so that the data can be recovered.
+    pub async fn delete_account(&self, slug: &AccountSlug, purge: bool) -> Result<(), ProvisionError> {
+        let mut tx = self.catalog.pool().begin().await?;
+        let account: Option<Account> = sqlx::query_as(
+            "DELETE FROM accounts WHERE slug = $1
+             RETURNING slug, display_name, status, database_name, database_server, oidc_org_id,
+                       schema_version, created_at",
+        )
+        .bind(slug.as_str())
+        .fetch_optional(&mut *tx)
+        .await?;
+        let account = account.ok_or_else(|| ProvisionError::NoSuchAccount(slug.to_string()))?;
+        if purge {
+            let server = self.server_options(account.database_server.as_deref())?;
+            let mut admin = maintenance(&server).await?;
+            drop_database(&mut admin, &account.database_name).await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Migrates one tenant database and records its version in the catalog.
+    pub async fn migrate_tenant(&self, account: &Account) -> anyhow::Result<i64> {
+        let mut conn = self.tenant_options(account)?.connect().await?;
+        self.migrate_tenant_on(&mut conn, &account.slug).await?;
+        conn.close().await?;
+        Ok(self.latest_tenant_version())
+    }
+
+    /// Migrates the tenant behind `conn` (the migrator's advisory lock makes this safe against
+    /// other instances) and records the version in the catalog.
+    pub async fn migrate_tenant_on(&self, conn: &mut PgConnection, slug: &str) -> anyhow::Result<()> {
+        // `run_direct` on the connection itself: `run` takes an `Acquire`, whose lifetimes make
+        // the future unusable inside request handlers.
+        self.migrator.run_direct(&mut *conn).await?;
+        self.catalog
+            .set_schema_version(slug, self.latest_tenant_version())
+            .await?;
+        Ok(())
+    }
+
+    /// `kataven-hub migrate`: the template on every server in use, then every tenant with at
+    /// most `concurrency` at once. A failing tenant is reported and does not stop the others;
+    /// migrations are recorded per database, so a re-run resumes where it failed.
+    pub async fn migrate_all(&self, concurrency: usize) -> anyhow::Result<Vec<TenantMigration>> {
+        let accounts = self.catalog.all_accounts().await?;
+        let mut servers: Vec<Option<String>> = accounts.iter().map(|a| a.database_server.clone()).collect();
+        servers.push(None);
+        servers.sort();
+        servers.dedup();
+        for server in servers {
+            let opts = self.server_options(server.as_deref())?;
+            self.prepare_template(&opts)
+                .await
+                .with_context(|| format!("template on {}", server.as_deref().unwrap_or("the system server")))?;
+        }
+        let results = futures::stream::iter(accounts)
+            .map(|account| async move {
+                let result = self.migrate_tenant(&account).await;
+                TenantMigration {
+                    account: account.slug,
+                    result,
+                }
+            })
+            .buffer_unordered(concurrency.max(1))
+            .collect::<Vec<_>>()
+            .await;
+        Ok(results)
+    }
+}
+
+/// `CREATE DATABASE … TEMPLATE …`, retried briefly while the template is in use
+/// (another provisioning or a template migration holds a connection to it).
+async fn clone_template(admin: &mut PgConnection, name: &str, template: &str) -> anyhow::Result<()> {
+    let sql = format!("CREATE DATABASE {} TEMPLATE {}", quote_ident(name), quote_ident(template));
+    let mut delay = Duration::from_millis(50);
+    for attempt in 1.. {
+        match sqlx::query(&sql).execute(&mut *admin).await {
+            Ok(_) => return Ok(()),
+            // 55006 object_in_use: "source database is being accessed by other users".
+            Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("55006") && attempt < 6 => {
+                tokio::time::sleep(delay).await;
+                delay *= 2;
+            }
+            Err(e) => return Err(e).with_context(|| format!("creating database `{name}` from the template")),
+        }
+    }
+    unreachable!("the loop returns")
+}
+
+async fn drop_database(admin: &mut PgConnection, name: &str) -> anyhow::Result<()> {
+    sqlx::query(&format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", quote_ident(name)))
+        .execute(admin)
+        .await
+        .with_context(|| format!("dropping database `{name}`"))?;
+    Ok(())
+}
