@@ -16,7 +16,11 @@ use crate::tenancy::provision::{ProvisionError, Provisioner};
 use crate::tenancy::slug::{AccountSlug, SYSTEM_DATABASE};
 
 #[derive(Debug, Parser)]
-#[command(name = "kataven-hub", version, about = "Kataven Hub API: multi-tenant management backend")]
+#[command(
+    name = "kataven-hub",
+    version,
+    about = "Kataven Hub API: multi-tenant management backend"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -121,8 +125,8 @@ async fn dev(mut config: Config) -> anyhow::Result<()> {
     let embedded = if config.database_url.is_none() {
         let bin = embedded_pg::find_bin_dir(config.pg_bin.as_deref())?;
         let root = config.data_dir.join("postgres");
-        let pg = tokio::task::spawn_blocking(move || EmbeddedPostgres::start(&root, bin, &[]))
-            .await??;
+        let pg =
+            tokio::task::spawn_blocking(move || EmbeddedPostgres::start(&root, bin, &[])).await??;
         config.database_url = Some(SecretString::from(pg.url(SYSTEM_DATABASE)));
         tracing::info!(port = pg.port(), dir = %pg.root().display(), "embedded PostgreSQL running");
         Some(StopOnDrop(pg))
@@ -206,7 +210,10 @@ async fn migrate(config: &Config) -> anyhow::Result<()> {
             }
         }
     }
-    println!("{} tenants migrated, {failed} failed", results.len() - failed);
+    println!(
+        "{} tenants migrated, {failed} failed",
+        results.len() - failed
+    );
     if failed > 0 {
         bail!("{failed} tenant(s) failed to migrate; fix them and run `migrate` again");
     }
@@ -252,11 +259,28 @@ async fn accounts(config: &Config, cmd: AccountsCommand) -> anyhow::Result<()> {
                     AccountStatus::Active => "active",
                     AccountStatus::Suspended => "suspended",
                 };
-                println!("{:<32} {:<10} {:>8}  {}", a.slug, status, a.schema_version, a.display_name);
+                println!(
+                    "{:<32} {:<10} {:>8}  {}",
+                    a.slug, status, a.schema_version, a.display_name
+                );
             }
         }
-        AccountsCommand::Suspend { slug } => set_status(&provisioner().await?, &slug_arg(&slug)?, AccountStatus::Suspended).await?,
-        AccountsCommand::Resume { slug } => set_status(&provisioner().await?, &slug_arg(&slug)?, AccountStatus::Active).await?,
+        AccountsCommand::Suspend { slug } => {
+            set_status(
+                &provisioner().await?,
+                &slug_arg(&slug)?,
+                AccountStatus::Suspended,
+            )
+            .await?
+        }
+        AccountsCommand::Resume { slug } => {
+            set_status(
+                &provisioner().await?,
+                &slug_arg(&slug)?,
+                AccountStatus::Active,
+            )
+            .await?
+        }
         AccountsCommand::Delete { slug, purge } => {
             let slug = slug_arg(&slug)?;
             provisioner()
@@ -267,21 +291,35 @@ async fn accounts(config: &Config, cmd: AccountsCommand) -> anyhow::Result<()> {
             if purge {
                 println!("deleted account {slug} and dropped its database");
             } else {
-                println!("deleted account {slug}; its database `{slug}` was kept (use --purge to drop it)");
+                println!(
+                    "deleted account {slug}; its database `{slug}` was kept (use --purge to drop it)"
+                );
             }
         }
-        AccountsCommand::Members(MembersCommand::Add { slug, subject, role }) => {
+        AccountsCommand::Members(MembersCommand::Add {
+            slug,
+            subject,
+            role,
+        }) => {
             let slug = slug_arg(&slug)?;
             let provisioner = provisioner().await?;
             if provisioner.catalog().account(&slug).await?.is_none() {
                 bail!("no account `{slug}`");
             }
-            provisioner.catalog().upsert_member(&slug, &subject, role).await?;
+            provisioner
+                .catalog()
+                .upsert_member(&slug, &subject, role)
+                .await?;
             println!("{subject} is now {role:?} of {slug}");
         }
         AccountsCommand::Members(MembersCommand::Remove { slug, subject }) => {
             let slug = slug_arg(&slug)?;
-            if !provisioner().await?.catalog().remove_member(&slug, &subject).await? {
+            if !provisioner()
+                .await?
+                .catalog()
+                .remove_member(&slug, &subject)
+                .await?
+            {
                 bail!("{subject} is not a member of {slug}");
             }
             println!("removed {subject} from {slug}");
@@ -290,7 +328,11 @@ async fn accounts(config: &Config, cmd: AccountsCommand) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn set_status(provisioner: &Provisioner, slug: &AccountSlug, status: AccountStatus) -> anyhow::Result<()> {
+async fn set_status(
+    provisioner: &Provisioner,
+    slug: &AccountSlug,
+    status: AccountStatus,
+) -> anyhow::Result<()> {
     if !provisioner.catalog().set_status(slug, status).await? {
         bail!("no account `{slug}`");
     }

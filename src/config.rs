@@ -32,7 +32,12 @@ pub struct Config {
     pub database_url: Option<SecretString>,
 
     /// Address to listen on.
-    #[arg(long, env = "KATAVEN_LISTEN", default_value = "127.0.0.1:8080", global = true)]
+    #[arg(
+        long,
+        env = "KATAVEN_LISTEN",
+        default_value = "127.0.0.1:8080",
+        global = true
+    )]
     pub listen: SocketAddr,
 
     /// External base URL (token `iss`, links). Default: `http://<listen>`.
@@ -44,7 +49,12 @@ pub struct Config {
     pub oidc_issuer: Option<String>,
 
     /// Comma-separated accepted audiences (client ids, project id).
-    #[arg(long, env = "KATAVEN_OIDC_AUDIENCES", value_delimiter = ',', global = true)]
+    #[arg(
+        long,
+        env = "KATAVEN_OIDC_AUDIENCES",
+        value_delimiter = ',',
+        global = true
+    )]
     pub oidc_audiences: Vec<String>,
 
     /// Secret for API/widget key HMACs (required in `serve`).
@@ -59,42 +69,99 @@ pub struct Config {
     #[arg(long, env = "KATAVEN_REDIS_URL", value_parser = secret, global = true)]
     pub redis_url: Option<SecretString>,
 
-    #[arg(long, env = "KATAVEN_LIMIT_PER_MINUTE", default_value_t = 60, global = true)]
+    #[arg(
+        long,
+        env = "KATAVEN_LIMIT_PER_MINUTE",
+        default_value_t = 60,
+        global = true
+    )]
     pub limit_per_minute: u32,
-    #[arg(long, env = "KATAVEN_LIMIT_PER_HOUR", default_value_t = 1000, global = true)]
+    #[arg(
+        long,
+        env = "KATAVEN_LIMIT_PER_HOUR",
+        default_value_t = 1000,
+        global = true
+    )]
     pub limit_per_hour: u32,
-    #[arg(long, env = "KATAVEN_LIMIT_PER_DAY", default_value_t = 10_000, global = true)]
+    #[arg(
+        long,
+        env = "KATAVEN_LIMIT_PER_DAY",
+        default_value_t = 10_000,
+        global = true
+    )]
     pub limit_per_day: u32,
-    #[arg(long, env = "KATAVEN_LIMIT_CONCURRENT", default_value_t = 20, global = true)]
+    #[arg(
+        long,
+        env = "KATAVEN_LIMIT_CONCURRENT",
+        default_value_t = 20,
+        global = true
+    )]
     pub limit_concurrent: u32,
 
     /// Maximum connections per tenant pool.
-    #[arg(long, env = "KATAVEN_TENANT_POOL_MAX", default_value_t = 5, global = true)]
+    #[arg(
+        long,
+        env = "KATAVEN_TENANT_POOL_MAX",
+        default_value_t = 5,
+        global = true
+    )]
     pub tenant_pool_max: u32,
 
     /// Maximum connections this instance opens across all tenant pools.
-    #[arg(long, env = "KATAVEN_DB_CONNECTION_BUDGET", default_value_t = 80, global = true)]
+    #[arg(
+        long,
+        env = "KATAVEN_DB_CONNECTION_BUDGET",
+        default_value_t = 80,
+        global = true
+    )]
     pub db_connection_budget: u32,
 
     /// How long a request waits for a tenant connection before answering 503 (milliseconds).
-    #[arg(long, env = "KATAVEN_DB_ACQUIRE_TIMEOUT_MS", default_value_t = 2000, global = true)]
+    #[arg(
+        long,
+        env = "KATAVEN_DB_ACQUIRE_TIMEOUT_MS",
+        default_value_t = 2000,
+        global = true
+    )]
     pub db_acquire_timeout_ms: u64,
 
     /// Idle tenant connections are closed after this many seconds; a pool with no connections
     /// left is dropped from the map.
-    #[arg(long, env = "KATAVEN_TENANT_IDLE_TIMEOUT_SECS", default_value_t = 60, global = true)]
+    #[arg(
+        long,
+        env = "KATAVEN_TENANT_IDLE_TIMEOUT_SECS",
+        default_value_t = 60,
+        global = true
+    )]
     pub tenant_idle_timeout_secs: u64,
 
     /// `public` or `off` for `GET /api/accounts`.
-    #[arg(long, env = "KATAVEN_ACCOUNT_DIRECTORY", value_enum, default_value = "public", global = true)]
+    #[arg(
+        long,
+        env = "KATAVEN_ACCOUNT_DIRECTORY",
+        value_enum,
+        default_value = "public",
+        global = true
+    )]
     pub account_directory: AccountDirectory,
 
     /// `pretty` or `json`.
-    #[arg(long, env = "KATAVEN_LOG_FORMAT", value_enum, default_value = "pretty", global = true)]
+    #[arg(
+        long,
+        env = "KATAVEN_LOG_FORMAT",
+        value_enum,
+        default_value = "pretty",
+        global = true
+    )]
     pub log_format: LogFormat,
 
     /// CIDRs whose `X-Forwarded-For` is believed for the client IP (comma-separated).
-    #[arg(long, env = "KATAVEN_TRUSTED_PROXIES", value_delimiter = ',', global = true)]
+    #[arg(
+        long,
+        env = "KATAVEN_TRUSTED_PROXIES",
+        value_delimiter = ',',
+        global = true
+    )]
     pub trusted_proxies: Vec<String>,
 
     /// Largest accepted request body, in bytes.
@@ -102,15 +169,30 @@ pub struct Config {
     pub body_limit_bytes: usize,
 
     /// Requests running longer than this answer 503 (seconds).
-    #[arg(long, env = "KATAVEN_REQUEST_TIMEOUT_SECS", default_value_t = 30, global = true)]
+    #[arg(
+        long,
+        env = "KATAVEN_REQUEST_TIMEOUT_SECS",
+        default_value_t = 30,
+        global = true
+    )]
     pub request_timeout_secs: u64,
 
     /// On SIGTERM/SIGINT, in-flight requests get this long to finish (seconds).
-    #[arg(long, env = "KATAVEN_SHUTDOWN_TIMEOUT_SECS", default_value_t = 30, global = true)]
+    #[arg(
+        long,
+        env = "KATAVEN_SHUTDOWN_TIMEOUT_SECS",
+        default_value_t = 30,
+        global = true
+    )]
     pub shutdown_timeout_secs: u64,
 
     /// Tenants migrated at once by `migrate`.
-    #[arg(long, env = "KATAVEN_MIGRATE_CONCURRENCY", default_value_t = 4, global = true)]
+    #[arg(
+        long,
+        env = "KATAVEN_MIGRATE_CONCURRENCY",
+        default_value_t = 4,
+        global = true
+    )]
     pub migrate_concurrency: usize,
 
     /// Directory of the PostgreSQL server binaries (`initdb`, `pg_ctl`) for `dev`.
@@ -119,7 +201,12 @@ pub struct Config {
     pub pg_bin: Option<PathBuf>,
 
     /// Where `dev` keeps its embedded PostgreSQL cluster and generated secrets.
-    #[arg(long, env = "KATAVEN_DATA_DIR", default_value = ".kataven", global = true)]
+    #[arg(
+        long,
+        env = "KATAVEN_DATA_DIR",
+        default_value = ".kataven",
+        global = true
+    )]
     pub data_dir: PathBuf,
 }
 

@@ -138,9 +138,8 @@ pub fn is_unavailable(err: &sqlx::Error) -> bool {
         sqlx::Error::Database(db) => {
             // Class 08: connection exception, 53: insufficient resources,
             // 57P0x: admin/crash shutdown, cannot connect now.
-            db.code().is_some_and(|c| {
-                c.starts_with("08") || c.starts_with("53") || c.starts_with("57P")
-            })
+            db.code()
+                .is_some_and(|c| c.starts_with("08") || c.starts_with("53") || c.starts_with("57P"))
         }
         _ => false,
     }

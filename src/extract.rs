@@ -136,7 +136,11 @@ fn unauthenticated(state: &AppState, reason: &'static str) -> ApiError {
 }
 
 /// Step 7: may this principal act in this account, and with which role?
-async fn authorize(state: &AppState, principal: &Principal, slug: &AccountSlug) -> Result<Role, ApiError> {
+async fn authorize(
+    state: &AppState,
+    principal: &Principal,
+    slug: &AccountSlug,
+) -> Result<Role, ApiError> {
     match principal {
         Principal::ApiKey { account, .. } if account == slug => Ok(Role::Member),
         Principal::ApiKey { .. } => Err(ApiError::AccountMismatch),

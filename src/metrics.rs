@@ -51,11 +51,21 @@ impl Metrics {
     pub fn new() -> Self {
         let mut registry = Registry::with_prefix("kataven");
         let requests = Family::<RequestLabels, Counter>::default();
-        registry.register("http_requests", "HTTP requests by route and status", requests.clone());
+        registry.register(
+            "http_requests",
+            "HTTP requests by route and status",
+            requests.clone(),
+        );
         let latency = Family::<RouteLabels, Histogram>::new_with_constructor(|| {
-            Histogram::new([0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0])
+            Histogram::new([
+                0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+            ])
         });
-        registry.register("http_request_duration_seconds", "HTTP request latency", latency.clone());
+        registry.register(
+            "http_request_duration_seconds",
+            "HTTP request latency",
+            latency.clone(),
+        );
         let pool_counters = PoolCounters::default();
         registry.register(
             "tenant_pool_cold_opens",
@@ -73,9 +83,17 @@ impl Metrics {
             pool_counters.evictions.clone(),
         );
         let auth_failures = Family::<ReasonLabels, Counter>::default();
-        registry.register("auth_failures", "Authentication failures by reason", auth_failures.clone());
+        registry.register(
+            "auth_failures",
+            "Authentication failures by reason",
+            auth_failures.clone(),
+        );
         let pools_open = Gauge::default();
-        registry.register("tenant_pools_open", "Tenant pools currently open", pools_open.clone());
+        registry.register(
+            "tenant_pools_open",
+            "Tenant pools currently open",
+            pools_open.clone(),
+        );
         let connections_open = Gauge::default();
         registry.register(
             "tenant_connections_open",
@@ -135,7 +153,11 @@ impl Default for Metrics {
 }
 
 /// Counts every request by matched route (never the raw path: ids would explode the series).
-pub async fn middleware(State(metrics): State<std::sync::Arc<Metrics>>, req: Request, next: Next) -> Response {
+pub async fn middleware(
+    State(metrics): State<std::sync::Arc<Metrics>>,
+    req: Request,
+    next: Next,
+) -> Response {
     let start = Instant::now();
     let method = req.method().as_str().to_owned();
     let route = req

@@ -20,10 +20,9 @@ use crate::tenancy::provision::{self, Provisioner};
 
 /// Connection options of the system database from `KATAVEN_DATABASE_URL`.
 pub fn system_options(config: &Config) -> anyhow::Result<PgConnectOptions> {
-    let url = config
-        .database_url
-        .as_ref()
-        .context("KATAVEN_DATABASE_URL is required (or use `kataven-hub dev` for an embedded database)")?;
+    let url = config.database_url.as_ref().context(
+        "KATAVEN_DATABASE_URL is required (or use `kataven-hub dev` for an embedded database)",
+    )?;
     // The URL's own text may hold a password: never put it in the error.
     PgConnectOptions::from_str(url.expose_secret())
         .map_err(|_| anyhow::anyhow!("KATAVEN_DATABASE_URL is not a valid PostgreSQL URL"))
@@ -34,7 +33,11 @@ pub fn system_options(config: &Config) -> anyhow::Result<PgConnectOptions> {
 pub async fn provisioner(config: &Config) -> anyhow::Result<Provisioner> {
     let system = system_options(config)?;
     let pool = provision::prepare_system_database(&system).await?;
-    Ok(Provisioner::new(Catalog::new(pool), system, Arc::new(provision::tenant_migrator())))
+    Ok(Provisioner::new(
+        Catalog::new(pool),
+        system,
+        Arc::new(provision::tenant_migrator()),
+    ))
 }
 
 /// The authenticator for this configuration. Until an identity provider is configured every
@@ -73,8 +76,11 @@ pub async fn serve(
     let reaper = state.pools.spawn_reaper();
     let stop = CancellationToken::new();
     let stopped = stop.clone();
-    let server = axum::serve(listener, router.into_make_service_with_connect_info::<SocketAddr>())
-        .with_graceful_shutdown(async move { stopped.cancelled().await });
+    let server = axum::serve(
+        listener,
+        router.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(async move { stopped.cancelled().await });
     let mut server = tokio::spawn(async move { server.await });
 
     let result = tokio::select! {

@@ -30,7 +30,11 @@ impl Deref for AppState {
 }
 
 impl AppState {
-    pub fn new(config: Config, provisioner: Provisioner, authenticator: Arc<dyn Authenticator>) -> Self {
+    pub fn new(
+        config: Config,
+        provisioner: Provisioner,
+        authenticator: Arc<dyn Authenticator>,
+    ) -> Self {
         let metrics = Arc::new(Metrics::new());
         let pools = TenantPools::new(
             provisioner.clone(),

@@ -10,7 +10,10 @@ pub enum Principal {
     /// A person, identified by the OIDC subject of a verified ID token.
     User { subject: String },
     /// An `sk_live_` API key of one account: full account access, never admin.
-    ApiKey { account: AccountSlug, key_id: String },
+    ApiKey {
+        account: AccountSlug,
+        key_id: String,
+    },
 }
 
 impl Principal {
@@ -57,7 +60,10 @@ impl AuthRejection {
 /// Implementations must verify the token completely (signature, expiry, revocation) and must
 /// not touch any tenant database.
 pub trait Authenticator: Send + Sync + 'static {
-    fn authenticate<'a>(&'a self, bearer: &'a str) -> BoxFuture<'a, Result<Principal, AuthRejection>>;
+    fn authenticate<'a>(
+        &'a self,
+        bearer: &'a str,
+    ) -> BoxFuture<'a, Result<Principal, AuthRejection>>;
 }
 
 /// The authenticator used when no identity provider is configured: it refuses every bearer,
@@ -66,7 +72,10 @@ pub trait Authenticator: Send + Sync + 'static {
 pub struct NoIdentityProvider;
 
 impl Authenticator for NoIdentityProvider {
-    fn authenticate<'a>(&'a self, _bearer: &'a str) -> BoxFuture<'a, Result<Principal, AuthRejection>> {
+    fn authenticate<'a>(
+        &'a self,
+        _bearer: &'a str,
+    ) -> BoxFuture<'a, Result<Principal, AuthRejection>> {
         Box::pin(async { Err(AuthRejection::new("no_identity_provider")) })
     }
 }

@@ -46,7 +46,10 @@ pub async fn list(State(state): State<AppState>) -> ApiResult<Json<Vec<AccountEn
 
 /// `GET /api/accounts/validate/{account}`: 200 for an active account, 404 `{ "valid": false }`
 /// for an unknown (or suspended: not disclosed) one, 400/403 for a bad or reserved slug.
-pub async fn validate(State(state): State<AppState>, Path(raw): Path<String>) -> ApiResult<Response> {
+pub async fn validate(
+    State(state): State<AppState>,
+    Path(raw): Path<String>,
+) -> ApiResult<Response> {
     let slug = parse_slug(&raw)?;
     let found = state
         .catalog

@@ -25,7 +25,9 @@ pub async fn readyz(State(state): State<AppState>) -> ApiResult<Json<Value>> {
             tracing::warn!(error = %e, "readiness: system database unavailable");
             Err(ApiError::unavailable("the system database is unavailable"))
         }
-        Err(_) => Err(ApiError::unavailable("the system database did not answer in time")),
+        Err(_) => Err(ApiError::unavailable(
+            "the system database did not answer in time",
+        )),
     }
 }
 

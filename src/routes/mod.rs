@@ -18,7 +18,7 @@ use crate::request_id::RequestId;
 use crate::state::AppState;
 
 /// Every route, relative to a mount point.
-fn routes() -> Router<AppState> {
+pub fn routes() -> Router<AppState> {
     Router::new()
         .route("/api/accounts", get(accounts::list))
         .route("/api/accounts/validate/{account}", get(accounts::validate))
@@ -44,8 +44,13 @@ pub fn router(routes: Router<AppState>, state: AppState) -> Router {
         // Layers run bottom-up on the way in: the request id first, the body limit last.
         .layer(DefaultBodyLimit::max(state.config.body_limit_bytes))
         .layer(middleware::from_fn_with_state(timeout, request_timeout))
-        .layer(tower_http::catch_panic::CatchPanicLayer::custom(panic_response))
-        .layer(middleware::from_fn_with_state(state.metrics.clone(), crate::metrics::middleware))
+        .layer(tower_http::catch_panic::CatchPanicLayer::custom(
+            panic_response,
+        ))
+        .layer(middleware::from_fn_with_state(
+            state.metrics.clone(),
+            crate::metrics::middleware,
+        ))
         .layer(middleware::from_fn(trace))
         .layer(middleware::from_fn(crate::request_id::middleware))
         .with_state(state)

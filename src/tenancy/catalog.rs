@@ -73,13 +73,19 @@ impl Catalog {
     }
 
     pub async fn all_accounts(&self) -> sqlx::Result<Vec<Account>> {
-        sqlx::query_as(&format!("SELECT {ACCOUNT_COLUMNS} FROM accounts ORDER BY slug"))
-            .fetch_all(&self.pool)
-            .await
+        sqlx::query_as(&format!(
+            "SELECT {ACCOUNT_COLUMNS} FROM accounts ORDER BY slug"
+        ))
+        .fetch_all(&self.pool)
+        .await
     }
 
     /// Sets the status; `false` when there is no such account.
-    pub async fn set_status(&self, slug: &AccountSlug, status: AccountStatus) -> sqlx::Result<bool> {
+    pub async fn set_status(
+        &self,
+        slug: &AccountSlug,
+        status: AccountStatus,
+    ) -> sqlx::Result<bool> {
         let done = sqlx::query("UPDATE accounts SET status = $2 WHERE slug = $1")
             .bind(slug.as_str())
             .bind(status)
@@ -97,7 +103,11 @@ impl Catalog {
         Ok(())
     }
 
-    pub async fn member_role(&self, slug: &AccountSlug, subject: &str) -> sqlx::Result<Option<Role>> {
+    pub async fn member_role(
+        &self,
+        slug: &AccountSlug,
+        subject: &str,
+    ) -> sqlx::Result<Option<Role>> {
         sqlx::query_scalar("SELECT role FROM account_members WHERE account = $1 AND subject = $2")
             .bind(slug.as_str())
             .bind(subject)
@@ -115,7 +125,12 @@ impl Catalog {
     }
 
     /// Adds a member or changes its role.
-    pub async fn upsert_member(&self, slug: &AccountSlug, subject: &str, role: Role) -> sqlx::Result<()> {
+    pub async fn upsert_member(
+        &self,
+        slug: &AccountSlug,
+        subject: &str,
+        role: Role,
+    ) -> sqlx::Result<()> {
         sqlx::query(
             "INSERT INTO account_members (account, subject, role) VALUES ($1, $2, $3)
              ON CONFLICT (account, subject) DO UPDATE SET role = EXCLUDED.role",
@@ -139,9 +154,14 @@ impl Catalog {
     }
 }
 
-pub(crate) async fn account<'e>(db: impl PgExecutor<'e>, slug: &str) -> sqlx::Result<Option<Account>> {
-    sqlx::query_as(&format!("SELECT {ACCOUNT_COLUMNS} FROM accounts WHERE slug = $1"))
-        .bind(slug)
-        .fetch_optional(db)
-        .await
+pub(crate) async fn account<'e>(
+    db: impl PgExecutor<'e>,
+    slug: &str,
+) -> sqlx::Result<Option<Account>> {
+    sqlx::query_as(&format!(
+        "SELECT {ACCOUNT_COLUMNS} FROM accounts WHERE slug = $1"
+    ))
+    .bind(slug)
+    .fetch_optional(db)
+    .await
 }

@@ -88,7 +88,9 @@ impl EmbeddedPostgres {
                 ],
             )?;
             check(&out, "initdb")?;
-            let mut conf = String::from("\n# added by kataven-hub\nlisten_addresses = '127.0.0.1'\nunix_socket_directories = ''\n");
+            let mut conf = String::from(
+                "\n# added by kataven-hub\nlisten_addresses = '127.0.0.1'\nunix_socket_directories = ''\n",
+            );
             for (k, v) in settings {
                 conf.push_str(&format!("{k} = {v}\n"));
             }
@@ -148,7 +150,11 @@ impl EmbeddedPostgres {
     /// The port of a postmaster already running on this data directory, if any.
     fn running_port(&self) -> Option<u16> {
         let data = self.root.join("data");
-        let status = run(&self.bin_dir.join("pg_ctl"), &["-D".as_ref(), data.as_os_str(), "status".as_ref()]).ok()?;
+        let status = run(
+            &self.bin_dir.join("pg_ctl"),
+            &["-D".as_ref(), data.as_os_str(), "status".as_ref()],
+        )
+        .ok()?;
         if !status.status.success() {
             return None;
         }
@@ -185,7 +191,14 @@ impl EmbeddedPostgres {
         let data = self.root.join("data");
         let out = run(
             &self.bin_dir.join("pg_ctl"),
-            &["-D".as_ref(), data.as_os_str(), "-m".as_ref(), "fast".as_ref(), "-w".as_ref(), "stop".as_ref()],
+            &[
+                "-D".as_ref(),
+                data.as_os_str(),
+                "-m".as_ref(),
+                "fast".as_ref(),
+                "-w".as_ref(),
+                "stop".as_ref(),
+            ],
         )?;
         check(&out, "pg_ctl stop")
     }
@@ -230,7 +243,10 @@ fn chown_postgres(root: &Path) -> anyhow::Result<()> {
         .status()
         .context("running chown")?;
     if !status.success() {
-        bail!("chown postgres {} failed: is there a `postgres` user?", root.display());
+        bail!(
+            "chown postgres {} failed: is there a `postgres` user?",
+            root.display()
+        );
     }
     Ok(())
 }

@@ -25,8 +25,8 @@ use parking_lot::Mutex;
 use prometheus_client::metrics::counter::Counter;
 use sqlx::postgres::PgConnectOptions;
 use sqlx::{ConnectOptions, Connection, PgConnection};
-use tokio::sync::{OnceCell, OwnedSemaphorePermit, Semaphore};
-use tokio::time::{Instant, timeout, timeout_at};
+use tokio::sync::{Notify, OnceCell, OwnedSemaphorePermit, Semaphore};
+use tokio::time::{Instant, sleep_until, timeout, timeout_at};
 
 use super::catalog::Account;
 use super::provision::Provisioner;
@@ -80,10 +80,24 @@ struct Inner {
     settings: PoolSettings,
     provisioner: Provisioner,
     counters: PoolCounters,
+    budget_state: Arc<BudgetState>,
+}
+
+/// Shared by the map and every pool: who waits for the budget and what is on its way back.
+#[derive(Default)]
+struct BudgetState {
+    /// Requests waiting for a budget permit, and connections being closed whose permits are
+    /// about to return: a waiter evicts an idle connection only while the first outnumbers
+    /// the second, so one waiter costs at most one eviction.
+    waiters: AtomicUsize,
+    closing: AtomicUsize,
+    /// Signalled when a connection turns idle while requests wait for the budget.
+    idle_returned: Notify,
 }
 
 struct TenantPool {
     options: PgConnectOptions,
+    budget_state: Arc<BudgetState>,
     slots: Arc<Semaphore>,
     /// Idle connections, oldest first; the newest is reused first (it is the warmest).
     idle: Mutex<Vec<IdleConn>>,
@@ -121,6 +135,7 @@ impl TenantPools {
                 settings,
                 provisioner,
                 counters,
+                budget_state: Arc::default(),
             }),
         }
     }
@@ -165,6 +180,7 @@ impl TenantPools {
             .map_err(ApiError::Internal)?;
         let pool = Arc::new(TenantPool {
             options,
+            budget_state: inner.budget_state.clone(),
             slots: Arc::new(Semaphore::new(inner.settings.pool_max)),
             idle: Mutex::new(Vec::new()),
             open: AtomicUsize::new(0),
@@ -247,7 +263,8 @@ impl TenantPools {
     /// Runs [`Self::reap_idle`] periodically until the returned task is aborted.
     pub fn spawn_reaper(&self) -> tokio::task::JoinHandle<()> {
         let pools = self.clone();
-        let period = (self.inner.settings.idle_timeout / 4).clamp(Duration::from_millis(250), Duration::from_secs(15));
+        let period = (self.inner.settings.idle_timeout / 4)
+            .clamp(Duration::from_millis(250), Duration::from_secs(15));
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(period);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -308,8 +325,9 @@ impl TenantPools {
 }
 
 impl Inner {
-    /// A budget permit for one new connection, closing another tenant's idle connection if
-    /// the budget is spent, else waiting until the deadline.
+    /// A budget permit for one new connection. When the budget is spent, idle connections of
+    /// other tenants are closed to make room (at most one per waiting request); otherwise the
+    /// request waits for a permit, or for a connection to turn idle, until its deadline.
     async fn budget_permit(
         self: &Inner,
         pools: &TenantPools,
@@ -319,19 +337,51 @@ impl Inner {
         if let Ok(permit) = self.budget.clone().try_acquire_owned() {
             return Ok(permit);
         }
-        pools.evict_one_idle(requester);
-        match timeout_at(deadline, self.budget.clone().acquire_owned()).await {
-            Ok(Ok(permit)) => Ok(permit),
-            Ok(Err(_closed)) => Err(ApiError::unavailable("the service is shutting down")),
-            Err(_elapsed) => Err(ApiError::unavailable(
-                "all database connections are busy; retry shortly",
-            )),
+        let shared = &self.budget_state;
+        shared.waiters.fetch_add(1, Ordering::AcqRel);
+        let _waiting = scopeguard(|| {
+            shared.waiters.fetch_sub(1, Ordering::AcqRel);
+        });
+        loop {
+            let notified = shared.idle_returned.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if shared.closing.load(Ordering::Acquire) < shared.waiters.load(Ordering::Acquire) {
+                pools.evict_one_idle(requester);
+            }
+            tokio::select! {
+                biased;
+                permit = self.budget.clone().acquire_owned() => {
+                    return permit.map_err(|_| ApiError::unavailable("the service is shutting down"));
+                }
+                _ = &mut notified => continue,
+                _ = sleep_until(deadline) => {
+                    return Err(ApiError::unavailable("all database connections are busy; retry shortly"));
+                }
+            }
         }
     }
 }
 
+/// Runs `f` when dropped (also when the future holding it is cancelled).
+fn scopeguard<F: FnOnce()>(f: F) -> impl Drop {
+    struct Guard<F: FnOnce()>(Option<F>);
+    impl<F: FnOnce()> Drop for Guard<F> {
+        fn drop(&mut self) {
+            if let Some(f) = self.0.take() {
+                f();
+            }
+        }
+    }
+    Guard(Some(f))
+}
+
 impl TenantPool {
-    async fn acquire(self: &Arc<Self>, inner: &Arc<Inner>, deadline: Instant) -> Result<TenantConn, AcquireError> {
+    async fn acquire(
+        self: &Arc<Self>,
+        inner: &Arc<Inner>,
+        deadline: Instant,
+    ) -> Result<TenantConn, AcquireError> {
         let slot = match timeout_at(deadline, self.slots.clone().acquire_owned()).await {
             Ok(Ok(slot)) => slot,
             _ => {
@@ -364,7 +414,9 @@ impl TenantPool {
             });
         }
 
-        let pools = TenantPools { inner: inner.clone() };
+        let pools = TenantPools {
+            inner: inner.clone(),
+        };
         let permit = inner.budget_permit(&pools, self, deadline).await?;
         let conn = match timeout_at(deadline, self.options.connect()).await {
             Ok(Ok(conn)) => conn,
@@ -373,7 +425,9 @@ impl TenantPool {
                 return Err(ApiError::unavailable("the account's database is unavailable").into());
             }
             Err(_) => {
-                return Err(ApiError::unavailable("the account's database did not answer in time").into());
+                return Err(
+                    ApiError::unavailable("the account's database did not answer in time").into(),
+                );
             }
         };
         self.open.fetch_add(1, Ordering::AcqRel);
@@ -389,9 +443,12 @@ impl TenantPool {
     /// Closes a connection in the background; its budget permit is released once it is closed.
     fn close(&self, idle: IdleConn) {
         self.open.fetch_sub(1, Ordering::AcqRel);
+        let shared = self.budget_state.clone();
+        shared.closing.fetch_add(1, Ordering::AcqRel);
         tokio::spawn(async move {
             let _ = timeout(CLOSE_TIMEOUT, idle.conn.close()).await;
             drop(idle.permit);
+            shared.closing.fetch_sub(1, Ordering::AcqRel);
         });
     }
 
@@ -406,6 +463,9 @@ impl TenantPool {
             self.close(idle);
         } else {
             self.idle.lock().push(idle);
+            if self.budget_state.waiters.load(Ordering::Acquire) > 0 {
+                self.budget_state.idle_returned.notify_waiters();
+            }
         }
     }
 }

@@ -151,7 +151,10 @@ impl Provisioner {
 
     /// The template database's name: `<system db>-template` (`kataven-admin-template`).
     pub fn template_name(&self) -> String {
-        format!("{}-template", self.system.get_database().unwrap_or("kataven-admin"))
+        format!(
+            "{}-template",
+            self.system.get_database().unwrap_or("kataven-admin")
+        )
     }
 
     /// Connection options for a database on `server` (a URL) or on the system database's server.
@@ -241,8 +244,14 @@ impl Provisioner {
         let created = async {
             // The clone is as new as the template; bring it up to date if the template lagged.
             let opts = server_opts.clone().database(name);
-            let mut conn = opts.connect().await.context("connecting to the new tenant")?;
-            self.migrator.run(&mut conn).await.context("migrating the new tenant")?;
+            let mut conn = opts
+                .connect()
+                .await
+                .context("connecting to the new tenant")?;
+            self.migrator
+                .run(&mut conn)
+                .await
+                .context("migrating the new tenant")?;
             conn.close().await?;
             sqlx::query("UPDATE accounts SET schema_version = $2 WHERE slug = $1")
                 .bind(name)
@@ -270,7 +279,11 @@ impl Provisioner {
 
     /// Deletes an account from the catalog. With `purge` its database is dropped too;
     /// otherwise the database is kept (its name stays taken) so that the data can be recovered.
-    pub async fn delete_account(&self, slug: &AccountSlug, purge: bool) -> Result<(), ProvisionError> {
+    pub async fn delete_account(
+        &self,
+        slug: &AccountSlug,
+        purge: bool,
+    ) -> Result<(), ProvisionError> {
         let mut tx = self.catalog.pool().begin().await?;
         let account: Option<Account> = sqlx::query_as(
             "DELETE FROM accounts WHERE slug = $1
@@ -300,7 +313,11 @@ impl Provisioner {
 
     /// Migrates the tenant behind `conn` (the migrator's advisory lock makes this safe against
     /// other instances) and records the version in the catalog.
-    pub async fn migrate_tenant_on(&self, conn: &mut PgConnection, slug: &str) -> anyhow::Result<()> {
+    pub async fn migrate_tenant_on(
+        &self,
+        conn: &mut PgConnection,
+        slug: &str,
+    ) -> anyhow::Result<()> {
         // `run_direct` on the connection itself: `run` takes an `Acquire`, whose lifetimes make
         // the future unusable inside request handlers.
         self.migrator.run_direct(&mut *conn).await?;
@@ -315,15 +332,19 @@ impl Provisioner {
     /// migrations are recorded per database, so a re-run resumes where it failed.
     pub async fn migrate_all(&self, concurrency: usize) -> anyhow::Result<Vec<TenantMigration>> {
         let accounts = self.catalog.all_accounts().await?;
-        let mut servers: Vec<Option<String>> = accounts.iter().map(|a| a.database_server.clone()).collect();
+        let mut servers: Vec<Option<String>> =
+            accounts.iter().map(|a| a.database_server.clone()).collect();
         servers.push(None);
         servers.sort();
         servers.dedup();
         for server in servers {
             let opts = self.server_options(server.as_deref())?;
-            self.prepare_template(&opts)
-                .await
-                .with_context(|| format!("template on {}", server.as_deref().unwrap_or("the system server")))?;
+            self.prepare_template(&opts).await.with_context(|| {
+                format!(
+                    "template on {}",
+                    server.as_deref().unwrap_or("the system server")
+                )
+            })?;
         }
         let results = futures::stream::iter(accounts)
             .map(|account| async move {
@@ -342,27 +363,43 @@ impl Provisioner {
 
 /// `CREATE DATABASE … TEMPLATE …`, retried briefly while the template is in use
 /// (another provisioning or a template migration holds a connection to it).
-async fn clone_template(admin: &mut PgConnection, name: &str, template: &str) -> anyhow::Result<()> {
-    let sql = format!("CREATE DATABASE {} TEMPLATE {}", quote_ident(name), quote_ident(template));
+async fn clone_template(
+    admin: &mut PgConnection,
+    name: &str,
+    template: &str,
+) -> anyhow::Result<()> {
+    let sql = format!(
+        "CREATE DATABASE {} TEMPLATE {}",
+        quote_ident(name),
+        quote_ident(template)
+    );
     let mut delay = Duration::from_millis(50);
     for attempt in 1.. {
         match sqlx::query(&sql).execute(&mut *admin).await {
             Ok(_) => return Ok(()),
             // 55006 object_in_use: "source database is being accessed by other users".
-            Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("55006") && attempt < 6 => {
+            Err(sqlx::Error::Database(e))
+                if e.code().as_deref() == Some("55006") && attempt < 6 =>
+            {
                 tokio::time::sleep(delay).await;
                 delay *= 2;
             }
-            Err(e) => return Err(e).with_context(|| format!("creating database `{name}` from the template")),
+            Err(e) => {
+                return Err(e)
+                    .with_context(|| format!("creating database `{name}` from the template"));
+            }
         }
     }
     unreachable!("the loop returns")
 }
 
 async fn drop_database(admin: &mut PgConnection, name: &str) -> anyhow::Result<()> {
-    sqlx::query(&format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", quote_ident(name)))
-        .execute(admin)
-        .await
-        .with_context(|| format!("dropping database `{name}`"))?;
+    sqlx::query(&format!(
+        "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+        quote_ident(name)
+    ))
+    .execute(admin)
+    .await
+    .with_context(|| format!("dropping database `{name}`"))?;
     Ok(())
 }

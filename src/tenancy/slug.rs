@@ -11,7 +11,8 @@ pub const SYSTEM_DATABASE: &str = "kataven-admin";
 
 /// Names an account may not take because a database of that name is not a tenant.
 /// Collisions with other existing non-tenant databases are checked at provisioning time.
-pub const NAMES_NOT_FOR_ACCOUNTS: &[&str] = &[SYSTEM_DATABASE, "postgres", "template0", "template1"];
+pub const NAMES_NOT_FOR_ACCOUNTS: &[&str] =
+    &[SYSTEM_DATABASE, "postgres", "template0", "template1"];
 
 const MAX_LEN: usize = 63;
 

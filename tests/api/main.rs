@@ -1,1 +1,8 @@
-fn main() {}
+//! Integration tests: one binary, real PostgreSQL, real HTTP on a real port.
+
+mod cli;
+mod pipeline;
+mod pools;
+mod provisioning;
+mod public;
+mod support;

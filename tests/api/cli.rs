@@ -1,0 +1,264 @@
+//! The binary: `accounts …`, `migrate`, `serve` with SIGTERM, and `dev` with its embedded
+//! PostgreSQL. Also graceful draining of in-flight requests.
+
+use std::os::unix::fs::PermissionsExt;
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
+
+use crate::support::{TestApp, database_exists, system_db_url, unique_slug};
+
+const BIN: &str = env!("CARGO_BIN_EXE_kataven-hub");
+
+fn hub(database_url: &str, args: &[&str]) -> Output {
+    Command::new(BIN)
+        .args(args)
+        .env("KATAVEN_DATABASE_URL", database_url)
+        .env("KATAVEN_LOG_FORMAT", "json")
+        .output()
+        .expect("run kataven-hub")
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+#[test]
+fn accounts_commands_round_trip() {
+    let url = system_db_url();
+    let slug = unique_slug("cli");
+    let slug = slug.as_str();
+
+    let out = hub(
+        &url,
+        &[
+            "accounts", "create", slug, "--name", "Cli Co", "--org-id", "org-9",
+        ],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stdout(&out).contains(&format!("created account {slug}")));
+    assert!(database_exists_blocking(slug));
+
+    let out = hub(&url, &["accounts", "create", slug]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("already exists"), "{}", stderr(&out));
+
+    for bad in ["Bad", "kataven-admin", "postgres", "template1", "-x", ""] {
+        let out = hub(&url, &["accounts", "create", bad]);
+        assert!(!out.status.success(), "{bad} was accepted");
+    }
+
+    let out = hub(
+        &url,
+        &[
+            "accounts", "members", "add", slug, "alice", "--role", "admin",
+        ],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = hub(&url, &["accounts", "suspend", slug]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = hub(&url, &["accounts", "list"]);
+    let listing = stdout(&out);
+    let line = listing
+        .lines()
+        .find(|l| l.starts_with(slug))
+        .expect("listed");
+    assert!(
+        line.contains("suspended") && line.contains("Cli Co"),
+        "{line}"
+    );
+    let out = hub(&url, &["accounts", "resume", slug]);
+    assert!(out.status.success());
+    let out = hub(&url, &["accounts", "list"]);
+    assert!(
+        stdout(&out)
+            .lines()
+            .any(|l| l.starts_with(slug) && l.contains("active"))
+    );
+
+    let out = hub(&url, &["accounts", "members", "remove", slug, "alice"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = hub(&url, &["accounts", "members", "remove", slug, "alice"]);
+    assert!(!out.status.success());
+
+    let out = hub(&url, &["migrate"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stdout(&out).contains("1 tenants migrated, 0 failed"),
+        "{}",
+        stdout(&out)
+    );
+
+    let out = hub(&url, &["accounts", "delete", slug, "--purge"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(!database_exists_blocking(slug));
+    let out = hub(&url, &["accounts", "suspend", slug]);
+    assert!(!out.status.success());
+}
+
+fn database_exists_blocking(name: &str) -> bool {
+    tokio::runtime::Runtime::new()
+        .unwrap()
+        .block_on(database_exists(name))
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn wait_healthy(port: u16, child: &mut std::process::Child) {
+    for _ in 0..300 {
+        if let Some(status) = child.try_wait().unwrap() {
+            panic!("server exited early: {status}");
+        }
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!("server did not start listening");
+}
+
+fn signal(child: &std::process::Child, sig: i32) {
+    // SAFETY: sending a signal to our own child process.
+    assert_eq!(unsafe { libc::kill(child.id() as i32, sig) }, 0);
+}
+
+fn wait_exit(child: &mut std::process::Child) -> std::process::ExitStatus {
+    for _ in 0..300 {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let _ = child.kill();
+    panic!("process did not exit after the signal");
+}
+
+#[test]
+fn serve_refuses_to_start_without_a_pepper() {
+    let out = Command::new(BIN)
+        .arg("serve")
+        .env("KATAVEN_DATABASE_URL", system_db_url())
+        .env_remove("KATAVEN_KEY_PEPPER")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("KATAVEN_KEY_PEPPER"));
+}
+
+#[test]
+fn serve_exits_zero_on_sigterm() {
+    let port = free_port();
+    let mut child = Command::new(BIN)
+        .arg("serve")
+        .env("KATAVEN_DATABASE_URL", system_db_url())
+        .env("KATAVEN_KEY_PEPPER", "a-pepper-for-tests-only")
+        .env("KATAVEN_LISTEN", format!("127.0.0.1:{port}"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_healthy(port, &mut child);
+    let body = raw_http::get(&format!("http://127.0.0.1:{port}/readyz"));
+    assert_eq!(body.0, 200, "{}", body.1);
+    signal(&child, libc::SIGTERM);
+    let status = wait_exit(&mut child);
+    let mut log = String::new();
+    std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut log).unwrap();
+    assert!(status.success(), "exit {status}: {log}");
+    assert!(log.contains("stopped"), "{log}");
+    // The pepper never reaches the logs.
+    assert!(!log.contains("a-pepper-for-tests-only"));
+}
+
+mod raw_http {
+    /// A tiny blocking GET over a raw socket (the async client needs a runtime).
+    pub fn get(url: &str) -> (u16, String) {
+        use std::io::{Read, Write};
+        let rest = url.strip_prefix("http://").unwrap();
+        let (host, path) = rest.split_once('/').unwrap();
+        let mut s = std::net::TcpStream::connect(host).unwrap();
+        write!(
+            s,
+            "GET /{path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
+        )
+        .unwrap();
+        let mut buf = String::new();
+        s.read_to_string(&mut buf).unwrap();
+        let status = buf.split_whitespace().nth(1).unwrap().parse().unwrap();
+        (status, buf)
+    }
+}
+
+#[tokio::test]
+async fn shutdown_drains_in_flight_requests() {
+    let mut app = TestApp::spawn().await;
+    let in_flight = {
+        let req = app.get("/test/slow?sleep_ms=800");
+        tokio::spawn(async move { req.send().await })
+    };
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let addr = app.addr;
+    app.shutdown().await.unwrap();
+    let resp = in_flight
+        .await
+        .unwrap()
+        .expect("the in-flight request completed");
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.text().await.unwrap(), "done");
+    // After shutdown nothing listens any more.
+    assert!(tokio::net::TcpStream::connect(addr).await.is_err());
+}
+
+#[test]
+fn dev_starts_embedded_postgres_seeds_acme_once_and_stops_cleanly() {
+    let data = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(data.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let data_dir = data.path().join(".kataven");
+
+    for run in 0..2 {
+        let port = free_port();
+        let mut child = Command::new(BIN)
+            .arg("dev")
+            .env_remove("KATAVEN_DATABASE_URL")
+            .env_remove("KATAVEN_KEY_PEPPER")
+            .env("KATAVEN_DATA_DIR", &data_dir)
+            .env("KATAVEN_LISTEN", format!("127.0.0.1:{port}"))
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        wait_healthy(port, &mut child);
+        let (status, body) = raw_http::get(&format!("http://127.0.0.1:{port}/api/accounts"));
+        assert_eq!(status, 200);
+        assert!(
+            body.contains(r#"[{"account":"acme","name":"Acme Corp"}]"#),
+            "run {run}: {body}"
+        );
+        signal(&child, libc::SIGINT);
+        let exit = wait_exit(&mut child);
+        let mut out = String::new();
+        std::io::Read::read_to_string(child.stdout.as_mut().unwrap(), &mut out).unwrap();
+        let mut log = String::new();
+        std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut log).unwrap();
+        assert!(exit.success(), "run {run} exit {exit}: {log}");
+        assert!(out.contains(&format!("http://127.0.0.1:{port}")), "{out}");
+        assert_eq!(
+            log.contains("seeded demo account"),
+            run == 0,
+            "run {run}: {log}"
+        );
+        assert!(log.contains("embedded PostgreSQL stopped"), "{log}");
+        // The cluster is really down: its pid file is gone.
+        assert!(!data_dir.join("postgres/data/postmaster.pid").exists());
+    }
+    assert!(data_dir.join("key-pepper").exists());
+}

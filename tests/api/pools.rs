@@ -1,0 +1,271 @@
+//! The tenant pool map: single-flight creation, the connection budget, idle closing.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::time::Duration;
+
+use futures::StreamExt;
+use kataven_hub::tenancy::catalog::Role;
+
+use crate::support::{TestApp, admin_conn, backends, error_code};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fifty_concurrent_first_requests_open_one_pool() {
+    let app = TestApp::builder()
+        .config(|c| c.tenant_pool_max = 5)
+        .spawn()
+        .await;
+    let acme = app.account_with_admin("burst", "alice").await;
+
+    let requests = (0..50).map(|_| async {
+        app.tenant_get(&acme.slug, "alice")
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .as_u16()
+    });
+    let statuses: Vec<u16> = futures::future::join_all(requests).await;
+    assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
+
+    assert_eq!(
+        app.metric("kataven_tenant_pool_cold_opens_total").await,
+        1.0
+    );
+    let stats = app.state.pools.stats();
+    assert_eq!(stats.pools, 1);
+    assert!(stats.connections_open <= 5, "{stats:?}");
+    let mut admin = admin_conn().await;
+    assert!(backends(&mut admin, &[acme.slug.as_str()]).await <= 5);
+}
+
+/// Requests storm across many tenants while a sampler counts the server-side connections to
+/// them: the count never goes above the budget, and requests that cannot get a connection in
+/// time answer 503 with Retry-After rather than a PostgreSQL error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_connection_budget_holds_under_a_storm_across_tenants() {
+    const BUDGET: u32 = 8;
+    let app = TestApp::builder()
+        .config(|c| {
+            c.db_connection_budget = BUDGET;
+            c.tenant_pool_max = 3;
+            c.db_acquire_timeout_ms = 5_000;
+        })
+        .spawn()
+        .await;
+    let mut tenants = Vec::new();
+    for i in 0..16 {
+        tenants.push(
+            app.account_with_admin(&format!("storm{i}"), "alice")
+                .await
+                .slug,
+        );
+    }
+
+    let peak = Arc::new(AtomicI64::new(0));
+    let done = Arc::new(AtomicBool::new(false));
+    let sampler = {
+        let (peak, done, tenants) = (peak.clone(), done.clone(), tenants.clone());
+        tokio::spawn(async move {
+            let mut admin = admin_conn().await;
+            while !done.load(Ordering::Relaxed) {
+                let n = backends(
+                    &mut admin,
+                    &tenants.iter().map(String::as_str).collect::<Vec<_>>(),
+                )
+                .await;
+                peak.fetch_max(n, Ordering::Relaxed);
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+        })
+    };
+
+    let statuses: Vec<(u16, bool)> = futures::stream::iter(0..240)
+        .map(|i| {
+            let slug = tenants[(i * 7) % tenants.len()].clone();
+            let app = &app;
+            async move {
+                let resp = app
+                    .get("/test/tenant?sleep_ms=15")
+                    .header("X-Account-ID", &slug)
+                    .bearer_auth("user:alice")
+                    .send()
+                    .await
+                    .unwrap();
+                let retry_after = resp.headers().contains_key("retry-after");
+                (resp.status().as_u16(), retry_after)
+            }
+        })
+        .buffer_unordered(48)
+        .collect()
+        .await;
+    done.store(true, Ordering::Relaxed);
+    sampler.await.unwrap();
+
+    let peak = peak.load(Ordering::Relaxed);
+    println!(
+        "budget {BUDGET}: peak server-side connections {peak}; statuses {:?}",
+        count(&statuses)
+    );
+    assert!(
+        peak <= BUDGET as i64,
+        "peak {peak} exceeded the budget {BUDGET}"
+    );
+    assert!(
+        peak >= 2,
+        "the storm should have used several connections (peak {peak})"
+    );
+    for (status, retry_after) in &statuses {
+        assert!(
+            *status == 200 || (*status == 503 && *retry_after),
+            "status {status}"
+        );
+    }
+    assert!(
+        statuses.iter().filter(|(s, _)| *s == 200).count() >= 200,
+        "{:?}",
+        count(&statuses)
+    );
+    assert!(app.state.pools.stats().connections_open <= BUDGET as usize);
+}
+
+fn count(statuses: &[(u16, bool)]) -> std::collections::BTreeMap<u16, usize> {
+    let mut m = std::collections::BTreeMap::new();
+    for (s, _) in statuses {
+        *m.entry(*s).or_default() += 1;
+    }
+    m
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_spent_budget_answers_503_after_a_brief_wait() {
+    let app = TestApp::builder()
+        .config(|c| {
+            c.db_connection_budget = 1;
+            c.db_acquire_timeout_ms = 300;
+        })
+        .spawn()
+        .await;
+    let busy = app.account_with_admin("busy", "alice").await;
+    let other = app.account_with_admin("other", "alice").await;
+
+    // One request holds the only connection for a while…
+    let holder = {
+        let req = app
+            .get("/test/tenant?sleep_ms=2000")
+            .header("X-Account-ID", &busy.slug)
+            .bearer_auth("user:alice");
+        tokio::spawn(async move { req.send().await.unwrap().status().as_u16() })
+    };
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // …so another tenant's request cannot get one: it cannot evict a connection in use.
+    let resp = app.tenant_get(&other.slug, "alice").send().await.unwrap();
+    assert_eq!(resp.headers()["retry-after"], "1");
+    let (status, code) = error_code(resp).await;
+    assert_eq!((status, code.as_str()), (503, "unavailable"));
+    assert_eq!(holder.await.unwrap(), 200);
+    assert_eq!(
+        app.metric("kataven_tenant_connection_acquire_timeouts_total")
+            .await,
+        1.0
+    );
+
+    // Once the connection is idle, the other tenant takes its place by evicting it.
+    let resp = app.tenant_get(&other.slug, "alice").send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(
+        app.metric("kataven_tenant_connection_evictions_total")
+            .await,
+        1.0
+    );
+    let mut admin = admin_conn().await;
+    assert!(backends(&mut admin, &[busy.slug.as_str(), other.slug.as_str()]).await <= 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_connections_and_pools_are_closed() {
+    let app = TestApp::builder()
+        .config(|c| c.tenant_idle_timeout_secs = 1)
+        .spawn()
+        .await;
+    let acme = app.account_with_admin("idle", "alice").await;
+    assert_eq!(
+        app.tenant_get(&acme.slug, "alice")
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    assert_eq!(app.state.pools.stats().pools, 1);
+
+    let mut admin = admin_conn().await;
+    // The reaper runs every 250 ms here; wait (bounded) for it rather than asserting a time.
+    let mut closed = false;
+    for _ in 0..100 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let stats = app.state.pools.stats();
+        if stats.pools == 0 && backends(&mut admin, &[acme.slug.as_str()]).await == 0 {
+            closed = true;
+            break;
+        }
+    }
+    assert!(
+        closed,
+        "idle pool still open: {:?}",
+        app.state.pools.stats()
+    );
+    assert_eq!(app.state.pools.stats().budget_available, 80);
+
+    // The next request opens it again.
+    assert_eq!(
+        app.tenant_get(&acme.slug, "alice")
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    assert_eq!(
+        app.metric("kataven_tenant_pool_cold_opens_total").await,
+        2.0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenant_pool_never_exceeds_its_own_maximum() {
+    let app = TestApp::builder()
+        .config(|c| {
+            c.tenant_pool_max = 2;
+            c.db_acquire_timeout_ms = 5_000;
+        })
+        .spawn()
+        .await;
+    let acme = app.account_with_admin("small", "alice").await;
+    app.state
+        .catalog
+        .upsert_member(&acme.slug.parse().unwrap(), "bob", Role::Member)
+        .await
+        .unwrap();
+    let requests = (0..10).map(|i| {
+        let subject = if i % 2 == 0 { "alice" } else { "bob" };
+        let req = app
+            .get("/test/tenant?sleep_ms=100")
+            .header("X-Account-ID", &acme.slug)
+            .bearer_auth(format!("user:{subject}"));
+        async move { req.send().await.unwrap().status().as_u16() }
+    });
+    let admin_task = async {
+        let mut admin = admin_conn().await;
+        let mut peak = 0;
+        for _ in 0..50 {
+            peak = peak.max(backends(&mut admin, &[acme.slug.as_str()]).await);
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        peak
+    };
+    let (statuses, peak) = tokio::join!(futures::future::join_all(requests), admin_task);
+    assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
+    assert!(peak <= 2, "peak {peak}");
+    assert!(peak >= 1);
+}

@@ -1,0 +1,321 @@
+//! The test harness: a real PostgreSQL cluster, the real app on a real port, and a stand-in
+//! authenticator until the identity issue brings real tokens.
+
+pub mod cluster;
+
+use std::net::SocketAddr;
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Json;
+use axum::Router;
+use axum::extract::Query;
+use axum::routing::get;
+use futures::future::BoxFuture;
+use kataven_hub::auth::{AuthRejection, Authenticator, Principal};
+use kataven_hub::config::Config;
+use kataven_hub::extract::TenantDb;
+use kataven_hub::state::AppState;
+use kataven_hub::tenancy::catalog::{Account, Role};
+use kataven_hub::tenancy::provision::{self, Provisioner};
+use kataven_hub::tenancy::slug::AccountSlug;
+use rand::distr::{Alphanumeric, SampleString};
+use secrecy::SecretString;
+use serde::Deserialize;
+use serde_json::{Value, json};
+use sqlx::migrate::Migrator;
+use sqlx::postgres::PgConnectOptions;
+use sqlx::{ConnectOptions, Connection, PgConnection};
+use tokio::sync::oneshot;
+
+pub use cluster::cluster;
+
+/// A lowercase random suffix, so that tests sharing the cluster never collide.
+pub fn suffix() -> String {
+    Alphanumeric
+        .sample_string(&mut rand::rng(), 8)
+        .to_lowercase()
+}
+
+/// A fresh, unique account slug starting with `prefix`.
+pub fn unique_slug(prefix: &str) -> AccountSlug {
+    AccountSlug::parse(&format!("{prefix}-{}", suffix())).expect("valid slug")
+}
+
+/// Accepts `Bearer user:<subject>` as that user: a stand-in for real OIDC tokens at the
+/// authentication seam. Everything else is refused.
+pub struct TestTokens;
+
+impl Authenticator for TestTokens {
+    fn authenticate<'a>(
+        &'a self,
+        bearer: &'a str,
+    ) -> BoxFuture<'a, Result<Principal, AuthRejection>> {
+        Box::pin(async move {
+            match bearer.strip_prefix("user:") {
+                Some(subject) if !subject.is_empty() => Ok(Principal::User {
+                    subject: subject.to_owned(),
+                }),
+                _ => Err(AuthRejection::new("test_token_refused")),
+            }
+        })
+    }
+}
+
+/// A fresh system database on the shared cluster.
+pub fn system_db_url() -> String {
+    cluster().pg.url(&format!("kataven-admin-{}", suffix()))
+}
+
+pub fn test_config(database_url: &str) -> Config {
+    let mut config = Config::defaults();
+    config.database_url = Some(SecretString::from(database_url.to_owned()));
+    config.listen = "127.0.0.1:0".parse().unwrap();
+    config.key_pepper = Some(SecretString::from("test-pepper".to_owned()));
+    config
+}
+
+pub async fn provisioner(database_url: &str, migrator: Option<Migrator>) -> Provisioner {
+    let system = PgConnectOptions::from_str(database_url).unwrap();
+    let pool = provision::prepare_system_database(&system)
+        .await
+        .expect("system database");
+    let migrator = migrator.unwrap_or_else(provision::tenant_migrator);
+    Provisioner::new(
+        kataven_hub::tenancy::catalog::Catalog::new(pool),
+        system,
+        Arc::new(migrator),
+    )
+}
+
+pub struct TestApp {
+    pub addr: SocketAddr,
+    pub base: String,
+    pub state: AppState,
+    pub client: reqwest::Client,
+    shutdown: Option<oneshot::Sender<()>>,
+    server: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
+}
+
+pub struct Builder {
+    config: Config,
+    database_url: String,
+    migrator: Option<Migrator>,
+    authenticator: Arc<dyn Authenticator>,
+}
+
+impl Builder {
+    pub fn config(mut self, f: impl FnOnce(&mut Config)) -> Self {
+        f(&mut self.config);
+        self
+    }
+
+    /// Share a system database with another app (several instances of one deployment).
+    pub fn database_url(mut self, url: &str) -> Self {
+        self.database_url = url.to_owned();
+        self.config.database_url = Some(SecretString::from(url.to_owned()));
+        self
+    }
+
+    pub fn migrator(mut self, migrator: Migrator) -> Self {
+        self.migrator = Some(migrator);
+        self
+    }
+
+    pub fn authenticator(mut self, authenticator: Arc<dyn Authenticator>) -> Self {
+        self.authenticator = authenticator;
+        self
+    }
+
+    pub async fn spawn(self) -> TestApp {
+        let provisioner = provisioner(&self.database_url, self.migrator).await;
+        provisioner
+            .prepare_template(&PgConnectOptions::from_str(&self.database_url).unwrap())
+            .await
+            .expect("template");
+        let state = AppState::new(self.config, provisioner, self.authenticator);
+        let router = kataven_hub::routes::router(test_routes(), state.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (tx, rx) = oneshot::channel::<()>();
+        let server = tokio::spawn(kataven_hub::server::serve(
+            listener,
+            state.clone(),
+            router,
+            async move {
+                let _ = rx.await;
+            },
+        ));
+        TestApp {
+            addr,
+            base: format!("http://{addr}"),
+            state,
+            client: reqwest::Client::builder()
+                .timeout(Duration::from_secs(30))
+                .build()
+                .unwrap(),
+            shutdown: Some(tx),
+            server: Some(server),
+        }
+    }
+}
+
+/// The application's routes plus probes that exercise the tenant extractor the way resource
+/// handlers will: `/test/tenant` answers which database the request reached.
+fn test_routes() -> Router<AppState> {
+    #[derive(Deserialize)]
+    struct Params {
+        sleep_ms: Option<u64>,
+    }
+    async fn tenant(
+        TenantDb { tenant, mut conn }: TenantDb,
+        Query(p): Query<Params>,
+    ) -> Result<Json<Value>, kataven_hub::error::ApiError> {
+        if let Some(ms) = p.sleep_ms {
+            sqlx::query("SELECT pg_sleep($1)")
+                .bind(ms as f64 / 1000.0)
+                .execute(&mut *conn)
+                .await?;
+        }
+        let db: String = sqlx::query_scalar("SELECT current_database()")
+            .fetch_one(&mut *conn)
+            .await?;
+        Ok(Json(json!({
+            "account": tenant.slug,
+            "database": db,
+            "principal": tenant.principal.id(),
+            "role": format!("{:?}", tenant.role),
+        })))
+    }
+    async fn slow(Query(p): Query<Params>) -> &'static str {
+        tokio::time::sleep(Duration::from_millis(p.sleep_ms.unwrap_or(500))).await;
+        "done"
+    }
+    kataven_hub::routes::routes()
+        .route("/test/tenant", get(tenant))
+        .route("/test/slow", get(slow))
+}
+
+impl TestApp {
+    pub fn builder() -> Builder {
+        let database_url = system_db_url();
+        Builder {
+            config: test_config(&database_url),
+            database_url,
+            migrator: None,
+            authenticator: Arc::new(TestTokens),
+        }
+    }
+
+    pub async fn spawn() -> TestApp {
+        Self::builder().spawn().await
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    pub fn get(&self, path: &str) -> reqwest::RequestBuilder {
+        self.client.get(self.url(path))
+    }
+
+    /// `GET /test/tenant` as `subject` in `account`.
+    pub fn tenant_get(&self, account: &str, subject: &str) -> reqwest::RequestBuilder {
+        self.get("/test/tenant")
+            .header("X-Account-ID", account)
+            .bearer_auth(format!("user:{subject}"))
+    }
+
+    pub fn provisioner(&self) -> &Provisioner {
+        &self.state.provisioner
+    }
+
+    /// Creates an account with `subject` as its admin.
+    pub async fn account_with_admin(&self, prefix: &str, subject: &str) -> Account {
+        let slug = unique_slug(prefix);
+        let account = self
+            .provisioner()
+            .create_account(&slug, &format!("{prefix} Inc"), None, None)
+            .await
+            .expect("create account");
+        self.state
+            .catalog
+            .upsert_member(&slug, subject, Role::Admin)
+            .await
+            .unwrap();
+        account
+    }
+
+    /// Reads one sample of a metric from `/metrics` (0 when absent).
+    pub async fn metric(&self, name_and_labels: &str) -> f64 {
+        let text = self
+            .get("/metrics")
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        text.lines()
+            .find_map(|l| {
+                l.strip_prefix(name_and_labels)?
+                    .strip_prefix(' ')?
+                    .parse()
+                    .ok()
+            })
+            .unwrap_or(0.0)
+    }
+
+    /// Triggers a graceful shutdown and waits for the server to finish.
+    pub async fn shutdown(&mut self) -> anyhow::Result<()> {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        match self.server.take() {
+            Some(handle) => handle.await?,
+            None => Ok(()),
+        }
+    }
+}
+
+/// A superuser connection to the cluster's maintenance database.
+pub async fn admin_conn() -> PgConnection {
+    let opts = PgConnectOptions::from_str(&cluster().pg.url("postgres")).unwrap();
+    opts.connect().await.unwrap()
+}
+
+/// Client backends currently connected to any of `databases`.
+pub async fn backends(conn: &mut PgConnection, databases: &[&str]) -> i64 {
+    sqlx::query_scalar(
+        "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend' AND datname = ANY($1)",
+    )
+    .bind(databases)
+    .fetch_one(conn)
+    .await
+    .unwrap()
+}
+
+pub async fn database_exists(name: &str) -> bool {
+    let mut conn = admin_conn().await;
+    let exists = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
+        .bind(name)
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+    conn.close().await.ok();
+    exists
+}
+
+/// The error code of a JSON error body.
+pub async fn error_code(resp: reqwest::Response) -> (u16, String) {
+    let status = resp.status().as_u16();
+    let body: Value = resp.json().await.unwrap_or(Value::Null);
+    (
+        status,
+        body["error"]["code"]
+            .as_str()
+            .unwrap_or("<none>")
+            .to_owned(),
+    )
+}
