@@ -9,7 +9,6 @@ use tokio::net::TcpListener;
 
 use crate::config::Config;
 use crate::server;
-use crate::state::AppState;
 use crate::tenancy::catalog::{AccountStatus, Role};
 use crate::tenancy::embedded_pg::{self, EmbeddedPostgres};
 use crate::tenancy::provision::{ProvisionError, Provisioner};
@@ -113,8 +112,7 @@ async fn run_server(config: Config, provisioner: Provisioner) -> anyhow::Result<
         .await
         .with_context(|| format!("binding {}", config.listen))?;
     let addr = listener.local_addr()?;
-    let authenticator = server::authenticator(&config);
-    let state = AppState::new(config, provisioner, authenticator);
+    let state = server::build_state(config, provisioner, addr).await?;
     let router = crate::app(state.clone());
     tracing::info!(%addr, "listening");
     server::serve(listener, state, router, server::shutdown_signal()).await

@@ -57,6 +57,24 @@ pub struct Config {
     )]
     pub oidc_audiences: Vec<String>,
 
+    /// How often the OIDC issuer's keys are refreshed (seconds).
+    #[arg(
+        long,
+        env = "KATAVEN_JWKS_REFRESH_SECS",
+        default_value_t = 300,
+        global = true
+    )]
+    pub jwks_refresh_secs: u64,
+
+    /// A token with an unknown `kid` triggers at most one key refresh per this many seconds.
+    #[arg(
+        long,
+        env = "KATAVEN_JWKS_REFRESH_COOLDOWN_SECS",
+        default_value_t = 10,
+        global = true
+    )]
+    pub jwks_refresh_cooldown_secs: u64,
+
     /// Secret for API/widget key HMACs (required in `serve`).
     #[arg(long, env = "KATAVEN_KEY_PEPPER", value_parser = secret, global = true)]
     pub key_pepper: Option<SecretString>,

@@ -81,7 +81,7 @@ impl FromRequestParts<AppState> for Tenant {
             Err(()) => return Err(unauthenticated(state, "malformed_authorization")),
         };
         let principal = state
-            .authenticator
+            .identity
             .authenticate(token)
             .await
             .map_err(|rejection| unauthenticated(state, rejection.reason))?;
@@ -95,7 +95,7 @@ impl FromRequestParts<AppState> for Tenant {
 
         // Steps 5–6: the account exists and is active.
         let account = state
-            .catalog
+            .cache
             .account(&slug)
             .await?
             .ok_or_else(|| ApiError::InvalidAccount(format!("unknown account `{slug}`")))?;
@@ -104,7 +104,7 @@ impl FromRequestParts<AppState> for Tenant {
         }
 
         // Step 7: the principal may act in this account.
-        let role = authorize(state, &principal, &slug).await?;
+        let role = authorize(state, &principal, &account, &slug).await?;
 
         let span = tracing::Span::current();
         span.record("account", slug.as_str());
@@ -136,18 +136,62 @@ fn unauthenticated(state: &AppState, reason: &'static str) -> ApiError {
 }
 
 /// Step 7: may this principal act in this account, and with which role?
+///
+/// A user may act when the catalog has a member row for them, or when the account has an OIDC
+/// organisation and the token's organisation is it or its roles claim grants any role from it.
+/// The user is an admin when the member row says so or the roles claim grants `admin` from the
+/// account's organisation. An API key acts in its own account, never as admin.
 async fn authorize(
     state: &AppState,
     principal: &Principal,
+    account: &Account,
     slug: &AccountSlug,
 ) -> Result<Role, ApiError> {
     match principal {
-        Principal::ApiKey { account, .. } if account == slug => Ok(Role::Member),
+        Principal::ApiKey { account: bound, .. } if bound == slug => Ok(Role::Member),
         Principal::ApiKey { .. } => Err(ApiError::AccountMismatch),
-        Principal::User { subject } => state
-            .catalog
-            .member_role(slug, subject)
-            .await?
-            .ok_or(ApiError::Forbidden("you are not a member of this account")),
+        Principal::User {
+            subject,
+            org_id,
+            roles,
+            ..
+        } => {
+            let row = state.cache.member_role(slug, subject).await?;
+            let from_claims = account.oidc_org_id.as_deref().and_then(|org| {
+                if roles.has("admin", org) {
+                    Some(Role::Admin)
+                } else if org_id.as_deref() == Some(org) || roles.any_in(org) {
+                    Some(Role::Member)
+                } else {
+                    None
+                }
+            });
+            row.max(from_claims)
+                .ok_or(ApiError::Forbidden("you are not a member of this account"))
+        }
+    }
+}
+
+pub static X_ADMIN: HeaderName = HeaderName::from_static("x-admin");
+
+/// An admin acting with explicit elevation (pipeline step 8): an admin principal **and** the
+/// header `X-Admin: true`. The header alone grants nothing; neither does the role alone.
+#[derive(Debug, Clone)]
+pub struct Admin(pub Tenant);
+
+impl FromRequestParts<AppState> for Admin {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let tenant = Tenant::from_request_parts(parts, state).await?;
+        let elevated = parts
+            .headers
+            .get(&X_ADMIN)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.trim().eq_ignore_ascii_case("true"));
+        if !elevated || tenant.role != Role::Admin {
+            return Err(ApiError::AdminRequired);
+        }
+        Ok(Admin(tenant))
     }
 }

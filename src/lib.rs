@@ -2,11 +2,13 @@
 //!
 //! The binary (`src/main.rs`) is a thin CLI over this library; the tests embed the same pieces.
 
+pub mod audit;
 pub mod auth;
 pub mod cli;
 pub mod config;
 pub mod error;
 pub mod extract;
+pub mod json;
 pub mod metrics;
 pub mod request_id;
 pub mod routes;

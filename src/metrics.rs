@@ -15,6 +15,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
+use crate::auth::oidc::OidcCounters;
 use crate::tenancy::pools::{PoolCounters, PoolStats};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -41,6 +42,7 @@ pub struct Metrics {
     pub latency: Family<RouteLabels, Histogram>,
     pub pool_counters: PoolCounters,
     pub auth_failures: Family<ReasonLabels, Counter>,
+    pub oidc: OidcCounters,
     pools_open: Gauge,
     connections_open: Gauge,
     connections_in_use: Gauge,
@@ -88,6 +90,17 @@ impl Metrics {
             "Authentication failures by reason",
             auth_failures.clone(),
         );
+        let oidc = OidcCounters::default();
+        registry.register(
+            "jwks_fetches",
+            "Fetches of an issuer's keys (JWKS)",
+            oidc.jwks_fetches.clone(),
+        );
+        registry.register(
+            "jwks_fetch_failures",
+            "Failed key refreshes (the last good keys keep serving)",
+            oidc.jwks_fetch_failures.clone(),
+        );
         let pools_open = Gauge::default();
         registry.register(
             "tenant_pools_open",
@@ -118,6 +131,7 @@ impl Metrics {
             latency,
             pool_counters,
             auth_failures,
+            oidc,
             pools_open,
             connections_open,
             connections_in_use,

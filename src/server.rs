@@ -12,8 +12,15 @@ use sqlx::postgres::PgConnectOptions;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::auth::{Authenticator, NoIdentityProvider};
+use std::time::Duration;
+
+use anyhow::bail;
+
+use crate::auth::Identity;
+use crate::auth::dev_issuer::{DEV_AUDIENCE, DevIssuer};
+use crate::auth::oidc::{IssuerKeys, IssuerSettings};
 use crate::config::Config;
+use crate::metrics::Metrics;
 use crate::state::AppState;
 use crate::tenancy::catalog::Catalog;
 use crate::tenancy::provision::{self, Provisioner};
@@ -40,10 +47,82 @@ pub async fn provisioner(config: &Config) -> anyhow::Result<Provisioner> {
     ))
 }
 
-/// The authenticator for this configuration. Until an identity provider is configured every
-/// bearer is refused.
-pub fn authenticator(_config: &Config) -> Arc<dyn Authenticator> {
-    Arc::new(NoIdentityProvider)
+/// The identity providers of this configuration: the OIDC issuer if configured, and the dev
+/// issuer (at `<public_url>/dev/oidc`) if dev login is on. With neither, every bearer is refused.
+pub async fn identity(
+    config: &Config,
+    catalog: &Catalog,
+    public_url: &str,
+    metrics: &Metrics,
+) -> anyhow::Result<Arc<Identity>> {
+    let refresh_interval = Duration::from_secs(config.jwks_refresh_secs);
+    let refresh_cooldown = Duration::from_secs(config.jwks_refresh_cooldown_secs);
+    let remote = match &config.oidc_issuer {
+        Some(issuer) => {
+            if config.oidc_audiences.is_empty() {
+                bail!("KATAVEN_OIDC_AUDIENCES is required with KATAVEN_OIDC_ISSUER");
+            }
+            Some(IssuerKeys::remote(
+                IssuerSettings {
+                    issuer: issuer.trim_end_matches('/').to_owned(),
+                    audiences: config.oidc_audiences.clone(),
+                    refresh_interval,
+                    refresh_cooldown,
+                },
+                metrics.oidc.clone(),
+            )?)
+        }
+        None => None,
+    };
+    let dev = if config.dev_login.unwrap_or(false) {
+        let dev = DevIssuer::new(catalog.pool().clone(), public_url).await?;
+        let keys = dev.keys.clone();
+        let verifier = IssuerKeys::local(
+            IssuerSettings {
+                issuer: dev.issuer().to_owned(),
+                audiences: vec![DEV_AUDIENCE.to_owned()],
+                refresh_interval,
+                refresh_cooldown,
+            },
+            metrics.oidc.clone(),
+            move || {
+                let keys = keys.clone();
+                Box::pin(async move {
+                    keys.reload().await?;
+                    Ok(keys.jwks())
+                })
+            },
+        );
+        Some((dev, verifier))
+    } else {
+        None
+    };
+    if remote.is_none() && dev.is_none() {
+        tracing::warn!(
+            "no identity provider configured (KATAVEN_OIDC_ISSUER): every protected request answers 401"
+        );
+    }
+    Ok(Arc::new(Identity::new(remote, dev)))
+}
+
+/// Builds the application state for a bound listener (the public URL defaults to its address).
+pub async fn build_state(
+    mut config: Config,
+    provisioner: Provisioner,
+    addr: SocketAddr,
+) -> anyhow::Result<AppState> {
+    if config.public_url.is_none() {
+        config.public_url = Some(format!("http://{addr}"));
+    }
+    let metrics = Arc::new(Metrics::new());
+    let identity = identity(
+        &config,
+        provisioner.catalog(),
+        &config.public_url(),
+        &metrics,
+    )
+    .await?;
+    Ok(AppState::new(config, provisioner, identity, metrics))
 }
 
 /// Completes when SIGTERM or SIGINT (Ctrl-C) arrives.
@@ -73,7 +152,7 @@ pub async fn serve(
     router: Router,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    let reaper = state.pools.spawn_reaper();
+    let background = state.spawn_background();
     let stop = CancellationToken::new();
     let stopped = stop.clone();
     let server = axum::serve(
@@ -102,7 +181,9 @@ pub async fn serve(
             }
         }
     };
-    reaper.abort();
+    for task in background {
+        task.abort();
+    }
     state.pools.close_all().await;
     state.catalog.pool().close().await;
     tracing::info!("stopped");

@@ -3,7 +3,8 @@
 use std::ops::Deref;
 use std::sync::Arc;
 
-use crate::auth::Authenticator;
+use crate::auth::Identity;
+use crate::auth::membership::CatalogCache;
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::tenancy::catalog::Catalog;
@@ -16,10 +17,12 @@ pub struct AppState(Arc<AppInner>);
 pub struct AppInner {
     pub config: Config,
     pub catalog: Catalog,
+    /// Cached account and member lookups for the request pipeline.
+    pub cache: CatalogCache,
     pub provisioner: Provisioner,
     pub pools: TenantPools,
     pub metrics: Arc<Metrics>,
-    pub authenticator: Arc<dyn Authenticator>,
+    pub identity: Arc<Identity>,
 }
 
 impl Deref for AppState {
@@ -33,9 +36,9 @@ impl AppState {
     pub fn new(
         config: Config,
         provisioner: Provisioner,
-        authenticator: Arc<dyn Authenticator>,
+        identity: Arc<Identity>,
+        metrics: Arc<Metrics>,
     ) -> Self {
-        let metrics = Arc::new(Metrics::new());
         let pools = TenantPools::new(
             provisioner.clone(),
             PoolSettings {
@@ -46,13 +49,26 @@ impl AppState {
             },
             metrics.pool_counters.clone(),
         );
+        let forget = pools.clone();
+        let cache = CatalogCache::new(provisioner.catalog().clone(), move |slug| {
+            forget.forget(slug)
+        });
         Self(Arc::new(AppInner {
             catalog: provisioner.catalog().clone(),
+            cache,
             provisioner,
             pools,
             metrics,
-            authenticator,
+            identity,
             config,
         }))
+    }
+
+    /// Starts the background tasks: the pool reaper, the catalog listener and the key
+    /// refreshers. Abort the handles to stop them.
+    pub fn spawn_background(&self) -> Vec<tokio::task::JoinHandle<()>> {
+        let mut tasks = vec![self.pools.spawn_reaper(), self.cache.spawn_listener()];
+        tasks.extend(self.identity.issuers().iter().map(|i| i.spawn_refresher()));
+        tasks
     }
 }

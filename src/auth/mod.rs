@@ -1,6 +1,12 @@
 //! Authentication: who is calling. Authorization (may they act in this account) lives with the
-//! tenant extractor in [`crate::extract`].
+//! tenant extractor in [`crate::extract`] and the cached catalog lookups in [`membership`].
 
+pub mod dev_issuer;
+pub mod identity;
+pub mod membership;
+pub mod oidc;
 pub mod principal;
+pub mod signing;
 
-pub use principal::{AuthRejection, Authenticator, NoIdentityProvider, Principal};
+pub use identity::Identity;
+pub use principal::{AuthRejection, Principal};

@@ -1,14 +1,19 @@
 //! The principal behind a request and the seam through which bearers become principals.
 
-use futures::future::BoxFuture;
-
+use super::oidc::OrgRoles;
 use crate::tenancy::slug::AccountSlug;
 
 /// Who is calling.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Principal {
-    /// A person, identified by the OIDC subject of a verified ID token.
-    User { subject: String },
+    /// A person, identified by the OIDC subject of a verified ID token, with the token's
+    /// organisation and roles claims.
+    User {
+        subject: String,
+        email: Option<String>,
+        org_id: Option<String>,
+        roles: OrgRoles,
+    },
     /// An `sk_live_` API key of one account: full account access, never admin.
     ApiKey {
         account: AccountSlug,
@@ -28,7 +33,7 @@ impl Principal {
     /// The subject or key id (never the key itself).
     pub fn id(&self) -> &str {
         match self {
-            Self::User { subject } => subject,
+            Self::User { subject, .. } => subject,
             Self::ApiKey { key_id, .. } => key_id,
         }
     }
@@ -52,30 +57,5 @@ pub struct AuthRejection {
 impl AuthRejection {
     pub const fn new(reason: &'static str) -> Self {
         Self { reason }
-    }
-}
-
-/// Turns a bearer token into a principal: step 4 of the request pipeline.
-///
-/// Implementations must verify the token completely (signature, expiry, revocation) and must
-/// not touch any tenant database.
-pub trait Authenticator: Send + Sync + 'static {
-    fn authenticate<'a>(
-        &'a self,
-        bearer: &'a str,
-    ) -> BoxFuture<'a, Result<Principal, AuthRejection>>;
-}
-
-/// The authenticator used when no identity provider is configured: it refuses every bearer,
-/// so a misconfigured instance fails closed.
-#[derive(Debug, Default)]
-pub struct NoIdentityProvider;
-
-impl Authenticator for NoIdentityProvider {
-    fn authenticate<'a>(
-        &'a self,
-        _bearer: &'a str,
-    ) -> BoxFuture<'a, Result<Principal, AuthRejection>> {
-        Box::pin(async { Err(AuthRejection::new("no_identity_provider")) })
     }
 }

@@ -3,6 +3,9 @@
 
 pub mod accounts;
 pub mod health;
+pub mod login;
+pub mod members;
+pub mod user;
 
 use std::time::Duration;
 
@@ -10,26 +13,50 @@ use axum::Router;
 use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{delete, get, post};
 use tracing::Instrument;
 
 use crate::error::ApiError;
 use crate::request_id::RequestId;
 use crate::state::AppState;
 
-/// Every route, relative to a mount point.
-pub fn routes() -> Router<AppState> {
+/// The protected resources, relative to a version prefix. One definition, mounted at the
+/// canonical `/api/v1` and at the `/api` (legacy) and `/v1` (api host) aliases.
+fn resources() -> Router<AppState> {
     Router::new()
+        .route("/members", get(members::list).post(members::upsert))
+        .route("/members/{subject}", delete(members::remove))
+}
+
+/// Every route, relative to a mount point (`/` and `/hub-api`). The dev issuer and
+/// `POST /api/login` exist only when dev login is on.
+pub fn routes(dev_login: bool) -> Router<AppState> {
+    let mut routes = Router::new()
         .route("/api/accounts", get(accounts::list))
         .route("/api/accounts/validate/{account}", get(accounts::validate))
+        .route("/api/user/org", get(user::user_org))
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .route("/metrics", get(health::metrics))
+        .nest("/api/v1", resources())
+        .nest("/api", resources())
+        .nest("/v1", resources());
+    if dev_login {
+        routes = routes
+            .route("/api/login", post(login::login))
+            .route(
+                "/dev/oidc/.well-known/openid-configuration",
+                get(login::discovery),
+            )
+            .route("/dev/oidc/keys", get(login::keys))
+            .route("/dev/oidc/userinfo", get(login::userinfo));
+    }
+    routes
 }
 
 /// The whole application: routes at `/` and under `/hub-api`, the middleware stack, the state.
 pub fn app(state: AppState) -> Router {
-    router(routes(), state)
+    router(routes(state.identity.dev.is_some()), state)
 }
 
 /// Mounts `routes` (the application's, possibly with extra routes merged in by an embedder or

@@ -14,7 +14,20 @@ pub enum AccountStatus {
     Suspended,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, sqlx::Type, clap::ValueEnum)]
+/// A member's role. `Admin > Member`, so the stronger of two grants is their `max`.
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Serialize,
+    serde::Deserialize,
+    sqlx::Type,
+    clap::ValueEnum,
+)]
 #[sqlx(type_name = "text", rename_all = "lowercase")]
 #[serde(rename_all = "lowercase")]
 pub enum Role {
@@ -39,6 +52,15 @@ pub struct Member {
     pub subject: String,
     pub role: Role,
     pub created_at: DateTime<Utc>,
+}
+
+/// The outcome of [`Catalog::change_member`].
+#[derive(Debug)]
+pub enum MemberChange {
+    Done(Member),
+    NotAMember,
+    /// Refused: it would leave the account without an admin.
+    LastAdmin,
 }
 
 const ACCOUNT_COLUMNS: &str = "slug, display_name, status, database_name, database_server, \
@@ -120,6 +142,97 @@ impl Catalog {
             "SELECT subject, role, created_at FROM account_members WHERE account = $1 ORDER BY subject",
         )
         .bind(slug.as_str())
+        .fetch_all(&self.pool)
+        .await
+    }
+
+    /// Sets a member's role (`Some`) or removes the member (`None`), unless that would take the
+    /// account's last admin away. The account row is locked so that concurrent changes cannot
+    /// remove the last two admins at once.
+    pub async fn change_member(
+        &self,
+        slug: &AccountSlug,
+        subject: &str,
+        role: Option<Role>,
+    ) -> sqlx::Result<MemberChange> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("SELECT 1 FROM accounts WHERE slug = $1 FOR UPDATE")
+            .bind(slug.as_str())
+            .execute(&mut *tx)
+            .await?;
+        let count_admins =
+            "SELECT count(*) FROM account_members WHERE account = $1 AND role = 'admin'";
+        let admins_before: i64 = sqlx::query_scalar(count_admins)
+            .bind(slug.as_str())
+            .fetch_one(&mut *tx)
+            .await?;
+        let changed: Option<Member> = match role {
+            Some(role) => {
+                sqlx::query_as(
+                    "INSERT INTO account_members (account, subject, role) VALUES ($1, $2, $3)
+                 ON CONFLICT (account, subject) DO UPDATE SET role = EXCLUDED.role
+                 RETURNING subject, role, created_at",
+                )
+                .bind(slug.as_str())
+                .bind(subject)
+                .bind(role)
+                .fetch_optional(&mut *tx)
+                .await?
+            }
+            None => {
+                sqlx::query_as(
+                    "DELETE FROM account_members WHERE account = $1 AND subject = $2
+                 RETURNING subject, role, created_at",
+                )
+                .bind(slug.as_str())
+                .bind(subject)
+                .fetch_optional(&mut *tx)
+                .await?
+            }
+        };
+        let admins_after: i64 = sqlx::query_scalar(count_admins)
+            .bind(slug.as_str())
+            .fetch_one(&mut *tx)
+            .await?;
+        if admins_before > 0 && admins_after == 0 {
+            // Rolled back on drop.
+            return Ok(MemberChange::LastAdmin);
+        }
+        tx.commit().await?;
+        Ok(match changed {
+            Some(member) => MemberChange::Done(member),
+            None => MemberChange::NotAMember,
+        })
+    }
+
+    /// Active accounts where `subject` has a member row: `(slug, name, role)`.
+    pub async fn accounts_of_subject(
+        &self,
+        subject: &str,
+    ) -> sqlx::Result<Vec<(String, String, Role)>> {
+        sqlx::query_as(
+            "SELECT a.slug, a.display_name, m.role FROM account_members m
+             JOIN accounts a ON a.slug = m.account
+             WHERE m.subject = $1 AND a.status = 'active' ORDER BY a.slug",
+        )
+        .bind(subject)
+        .fetch_all(&self.pool)
+        .await
+    }
+
+    /// Active accounts bound to one of `orgs`: `(slug, name, org id)`.
+    pub async fn accounts_of_orgs(
+        &self,
+        orgs: &[String],
+    ) -> sqlx::Result<Vec<(String, String, String)>> {
+        if orgs.is_empty() {
+            return Ok(Vec::new());
+        }
+        sqlx::query_as(
+            "SELECT slug, display_name, oidc_org_id FROM accounts
+             WHERE oidc_org_id = ANY($1) AND status = 'active' ORDER BY slug",
+        )
+        .bind(orgs)
         .fetch_all(&self.pool)
         .await
     }

@@ -226,6 +226,20 @@ impl TenantPools {
         stats
     }
 
+    /// Drops a tenant's pool (its account changed: deleted, moved, suspended). Idle connections
+    /// close now, connections in use when they are returned; the next request opens a new pool.
+    pub fn forget(&self, slug: &str) {
+        if let Some((_, cell)) = self.inner.map.remove(slug) {
+            if let Some(pool) = cell.get() {
+                pool.retired.store(true, Ordering::Release);
+                let idle: Vec<IdleConn> = std::mem::take(&mut *pool.idle.lock());
+                for conn in idle {
+                    pool.close(conn);
+                }
+            }
+        }
+    }
+
     /// Closes idle connections past the idle timeout and drops pools left without connections.
     pub fn reap_idle(&self) {
         let idle_timeout = self.inner.settings.idle_timeout;

@@ -1,6 +1,7 @@
 //! Integration tests: one binary, real PostgreSQL, real HTTP on a real port.
 
 mod cli;
+mod identity;
 mod pipeline;
 mod pools;
 mod provisioning;

@@ -12,6 +12,7 @@ use crate::support::{TestApp, admin_conn, backends, error_code};
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fifty_concurrent_first_requests_open_one_pool() {
     let app = TestApp::builder()
+        .await
         .config(|c| c.tenant_pool_max = 5)
         .spawn()
         .await;
@@ -46,6 +47,7 @@ async fn fifty_concurrent_first_requests_open_one_pool() {
 async fn the_connection_budget_holds_under_a_storm_across_tenants() {
     const BUDGET: u32 = 8;
     let app = TestApp::builder()
+        .await
         .config(|c| {
             c.db_connection_budget = BUDGET;
             c.tenant_pool_max = 3;
@@ -88,7 +90,7 @@ async fn the_connection_budget_holds_under_a_storm_across_tenants() {
                 let resp = app
                     .get("/test/tenant?sleep_ms=15")
                     .header("X-Account-ID", &slug)
-                    .bearer_auth("user:alice")
+                    .bearer_auth(app.token("alice"))
                     .send()
                     .await
                     .unwrap();
@@ -140,6 +142,7 @@ fn count(statuses: &[(u16, bool)]) -> std::collections::BTreeMap<u16, usize> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_spent_budget_answers_503_after_a_brief_wait() {
     let app = TestApp::builder()
+        .await
         .config(|c| {
             c.db_connection_budget = 1;
             c.db_acquire_timeout_ms = 300;
@@ -154,7 +157,7 @@ async fn a_spent_budget_answers_503_after_a_brief_wait() {
         let req = app
             .get("/test/tenant?sleep_ms=2000")
             .header("X-Account-ID", &busy.slug)
-            .bearer_auth("user:alice");
+            .bearer_auth(app.token("alice"));
         tokio::spawn(async move { req.send().await.unwrap().status().as_u16() })
     };
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -185,6 +188,7 @@ async fn a_spent_budget_answers_503_after_a_brief_wait() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_connections_and_pools_are_closed() {
     let app = TestApp::builder()
+        .await
         .config(|c| c.tenant_idle_timeout_secs = 1)
         .spawn()
         .await;
@@ -235,6 +239,7 @@ async fn idle_connections_and_pools_are_closed() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_tenant_pool_never_exceeds_its_own_maximum() {
     let app = TestApp::builder()
+        .await
         .config(|c| {
             c.tenant_pool_max = 2;
             c.db_acquire_timeout_ms = 5_000;
@@ -252,7 +257,7 @@ async fn a_tenant_pool_never_exceeds_its_own_maximum() {
         let req = app
             .get("/test/tenant?sleep_ms=100")
             .header("X-Account-ID", &acme.slug)
-            .bearer_auth(format!("user:{subject}"));
+            .bearer_auth(app.token(subject));
         async move { req.send().await.unwrap().status().as_u16() }
     });
     let admin_task = async {

@@ -256,6 +256,7 @@ async fn a_tenant_behind_is_migrated_once_when_its_pool_first_opens() {
     let (_dir, migrator) = newer_migrator("CREATE TABLE newer_things (id uuid PRIMARY KEY);").await;
     let newest = latest_version(&migrator);
     let app = TestApp::builder()
+        .await
         .database_url(&url)
         .migrator(migrator)
         .spawn()

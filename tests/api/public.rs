@@ -40,6 +40,7 @@ async fn directory_lists_active_accounts_sorted_under_both_prefixes() {
 #[tokio::test]
 async fn directory_can_be_turned_off() {
     let app = TestApp::builder()
+        .await
         .config(|c| c.account_directory = AccountDirectory::Off)
         .spawn()
         .await;

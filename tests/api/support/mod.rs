@@ -2,6 +2,7 @@
 //! authenticator until the identity issue brings real tokens.
 
 pub mod cluster;
+pub mod issuer;
 
 use std::net::SocketAddr;
 use std::str::FromStr;
@@ -12,8 +13,6 @@ use axum::Json;
 use axum::Router;
 use axum::extract::Query;
 use axum::routing::get;
-use futures::future::BoxFuture;
-use kataven_hub::auth::{AuthRejection, Authenticator, Principal};
 use kataven_hub::config::Config;
 use kataven_hub::extract::TenantDb;
 use kataven_hub::state::AppState;
@@ -30,6 +29,7 @@ use sqlx::{ConnectOptions, Connection, PgConnection};
 use tokio::sync::oneshot;
 
 pub use cluster::cluster;
+pub use issuer::{AUDIENCE, TestIssuer};
 
 /// A lowercase random suffix, so that tests sharing the cluster never collide.
 pub fn suffix() -> String {
@@ -41,26 +41,6 @@ pub fn suffix() -> String {
 /// A fresh, unique account slug starting with `prefix`.
 pub fn unique_slug(prefix: &str) -> AccountSlug {
     AccountSlug::parse(&format!("{prefix}-{}", suffix())).expect("valid slug")
-}
-
-/// Accepts `Bearer user:<subject>` as that user: a stand-in for real OIDC tokens at the
-/// authentication seam. Everything else is refused.
-pub struct TestTokens;
-
-impl Authenticator for TestTokens {
-    fn authenticate<'a>(
-        &'a self,
-        bearer: &'a str,
-    ) -> BoxFuture<'a, Result<Principal, AuthRejection>> {
-        Box::pin(async move {
-            match bearer.strip_prefix("user:") {
-                Some(subject) if !subject.is_empty() => Ok(Principal::User {
-                    subject: subject.to_owned(),
-                }),
-                _ => Err(AuthRejection::new("test_token_refused")),
-            }
-        })
-    }
 }
 
 /// A fresh system database on the shared cluster.
@@ -90,6 +70,8 @@ pub async fn provisioner(database_url: &str, migrator: Option<Migrator>) -> Prov
 }
 
 pub struct TestApp {
+    /// The stand-in for Zitadel whose tokens this app trusts.
+    pub issuer: TestIssuer,
     pub addr: SocketAddr,
     pub base: String,
     pub state: AppState,
@@ -102,7 +84,7 @@ pub struct Builder {
     config: Config,
     database_url: String,
     migrator: Option<Migrator>,
-    authenticator: Arc<dyn Authenticator>,
+    issuer: Option<TestIssuer>,
 }
 
 impl Builder {
@@ -123,8 +105,10 @@ impl Builder {
         self
     }
 
-    pub fn authenticator(mut self, authenticator: Arc<dyn Authenticator>) -> Self {
-        self.authenticator = authenticator;
+    /// Trust no OIDC issuer at all.
+    pub fn without_issuer(mut self) -> Self {
+        self.config.oidc_issuer = None;
+        self.config.oidc_audiences.clear();
         self
     }
 
@@ -134,10 +118,13 @@ impl Builder {
             .prepare_template(&PgConnectOptions::from_str(&self.database_url).unwrap())
             .await
             .expect("template");
-        let state = AppState::new(self.config, provisioner, self.authenticator);
-        let router = kataven_hub::routes::router(test_routes(), state.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
+        let dev_login = self.config.dev_login.unwrap_or(false);
+        let state = kataven_hub::server::build_state(self.config, provisioner, addr)
+            .await
+            .expect("application state");
+        let router = kataven_hub::routes::router(test_routes(dev_login), state.clone());
         let (tx, rx) = oneshot::channel::<()>();
         let server = tokio::spawn(kataven_hub::server::serve(
             listener,
@@ -148,6 +135,7 @@ impl Builder {
             },
         ));
         TestApp {
+            issuer: self.issuer.expect("issuer"),
             addr,
             base: format!("http://{addr}"),
             state,
@@ -163,7 +151,7 @@ impl Builder {
 
 /// The application's routes plus probes that exercise the tenant extractor the way resource
 /// handlers will: `/test/tenant` answers which database the request reached.
-fn test_routes() -> Router<AppState> {
+fn test_routes(dev_login: bool) -> Router<AppState> {
     #[derive(Deserialize)]
     struct Params {
         sleep_ms: Option<u64>,
@@ -192,24 +180,28 @@ fn test_routes() -> Router<AppState> {
         tokio::time::sleep(Duration::from_millis(p.sleep_ms.unwrap_or(500))).await;
         "done"
     }
-    kataven_hub::routes::routes()
+    kataven_hub::routes::routes(dev_login)
         .route("/test/tenant", get(tenant))
         .route("/test/slow", get(slow))
 }
 
 impl TestApp {
-    pub fn builder() -> Builder {
+    pub async fn builder() -> Builder {
         let database_url = system_db_url();
+        let issuer = TestIssuer::start().await;
+        let mut config = test_config(&database_url);
+        config.oidc_issuer = Some(issuer.issuer());
+        config.oidc_audiences = vec![AUDIENCE.to_owned()];
         Builder {
-            config: test_config(&database_url),
+            config,
             database_url,
             migrator: None,
-            authenticator: Arc::new(TestTokens),
+            issuer: Some(issuer),
         }
     }
 
     pub async fn spawn() -> TestApp {
-        Self::builder().spawn().await
+        Self::builder().await.spawn().await
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -220,11 +212,30 @@ impl TestApp {
         self.client.get(self.url(path))
     }
 
+    /// A valid ID token of the test issuer for `subject`.
+    pub fn token(&self, subject: &str) -> String {
+        self.issuer.token(subject)
+    }
+
     /// `GET /test/tenant` as `subject` in `account`.
     pub fn tenant_get(&self, account: &str, subject: &str) -> reqwest::RequestBuilder {
         self.get("/test/tenant")
             .header("X-Account-ID", account)
-            .bearer_auth(format!("user:{subject}"))
+            .bearer_auth(self.token(subject))
+    }
+
+    /// A request as `subject` in `account` (bearer ID token and `X-Account-ID`).
+    pub fn as_user(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        account: &str,
+        subject: &str,
+    ) -> reqwest::RequestBuilder {
+        self.client
+            .request(method, self.url(path))
+            .header("X-Account-ID", account)
+            .bearer_auth(self.token(subject))
     }
 
     pub fn provisioner(&self) -> &Provisioner {
@@ -277,6 +288,24 @@ impl TestApp {
             None => Ok(()),
         }
     }
+}
+
+/// The system database URL an app runs on (to start a second instance of the same deployment).
+pub fn system_url_of(app: &TestApp) -> String {
+    use secrecy::ExposeSecret;
+    app.state
+        .config
+        .database_url
+        .as_ref()
+        .unwrap()
+        .expose_secret()
+        .to_owned()
+}
+
+/// A superuser connection to one database of the cluster.
+pub async fn tenant_conn(database: &str) -> PgConnection {
+    let opts = PgConnectOptions::from_str(&cluster().pg.url(database)).unwrap();
+    opts.connect().await.unwrap()
 }
 
 /// A superuser connection to the cluster's maintenance database.

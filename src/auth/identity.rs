@@ -1,0 +1,195 @@
+//! The trusted identity providers: the configured OIDC issuer (Zitadel) and, in dev mode, the
+//! built-in dev issuer. Turns bearers into principals and serves `/api/user/org` lookups.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use dashmap::DashMap;
+use openidconnect::core::{CoreClient, CoreGenderClaim};
+use openidconnect::{AccessToken, AdditionalClaims, ClientId, UserInfoClaims, UserInfoError};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use tokio::time::Instant;
+
+use super::dev_issuer::DevIssuer;
+use super::oidc::{IdClaims, IssuerKeys, OrgRoles, unverified_issuer};
+use super::principal::{AuthRejection, Principal};
+
+/// How long a userinfo answer is reused for the same token.
+pub const USERINFO_TTL: Duration = Duration::from_secs(60);
+const API_KEY_PREFIX: &str = "sk_live_";
+
+pub struct Identity {
+    /// Issuers whose ID tokens are accepted.
+    issuers: Vec<Arc<IssuerKeys>>,
+    /// The configured remote issuer (Zitadel), for userinfo.
+    remote: Option<Arc<IssuerKeys>>,
+    /// The dev issuer, when dev login is on.
+    pub dev: Option<(Arc<DevIssuer>, Arc<IssuerKeys>)>,
+    userinfo_cache: DashMap<[u8; 32], (Instant, UserInfo)>,
+}
+
+/// What `/api/user/org` needs from the issuer's userinfo endpoint.
+#[derive(Debug, Clone)]
+pub struct UserInfo {
+    pub sub: String,
+    pub email: Option<String>,
+    pub org_id: Option<String>,
+    pub org_name: Option<String>,
+    pub org_primary_domain: Option<String>,
+    pub roles: OrgRoles,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum UserInfoFailure {
+    #[error("the token was refused")]
+    Refused,
+    #[error("no identity provider is configured")]
+    NotConfigured,
+    #[error("the identity provider is unavailable: {0}")]
+    Unavailable(String),
+}
+
+/// Zitadel's organisation claims in a userinfo answer.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+struct ZitadelClaims {
+    #[serde(rename = "urn:zitadel:iam:user:resourceowner:id", default)]
+    org_id: Option<String>,
+    #[serde(rename = "urn:zitadel:iam:user:resourceowner:name", default)]
+    org_name: Option<String>,
+    #[serde(rename = "urn:zitadel:iam:user:resourceowner:primary_domain", default)]
+    org_primary_domain: Option<String>,
+    #[serde(rename = "urn:zitadel:iam:org:project:roles", default)]
+    roles: std::collections::HashMap<String, std::collections::HashMap<String, serde_json::Value>>,
+}
+
+impl AdditionalClaims for ZitadelClaims {}
+
+impl Identity {
+    pub fn new(
+        remote: Option<Arc<IssuerKeys>>,
+        dev: Option<(Arc<DevIssuer>, Arc<IssuerKeys>)>,
+    ) -> Self {
+        let mut issuers: Vec<Arc<IssuerKeys>> = remote.iter().cloned().collect();
+        issuers.extend(dev.as_ref().map(|(_, keys)| keys.clone()));
+        Self {
+            issuers,
+            remote,
+            dev,
+            userinfo_cache: DashMap::new(),
+        }
+    }
+
+    pub fn is_configured(&self) -> bool {
+        !self.issuers.is_empty()
+    }
+
+    pub fn issuers(&self) -> &[Arc<IssuerKeys>] {
+        &self.issuers
+    }
+
+    async fn verify_id_token(&self, token: &str) -> Result<IdClaims, AuthRejection> {
+        let iss = unverified_issuer(token).ok_or(AuthRejection::new("malformed_token"))?;
+        let issuer = self
+            .issuers
+            .iter()
+            .find(|i| i.issuer() == iss)
+            .ok_or(AuthRejection::new("wrong_issuer"))?;
+        issuer.verify(token).await
+    }
+
+    /// Userinfo for a bearer, through the issuer that can answer for it, cached per token hash.
+    pub async fn userinfo(&self, token: &str) -> Result<UserInfo, UserInfoFailure> {
+        let key: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+        if let Some(hit) = self.userinfo_cache.get(&key) {
+            if hit.0.elapsed() < USERINFO_TTL {
+                return Ok(hit.1.clone());
+            }
+        }
+        let info = self.fetch_userinfo(token).await?;
+        if self.userinfo_cache.len() > 100_000 {
+            self.userinfo_cache.clear();
+        }
+        self.userinfo_cache
+            .insert(key, (Instant::now(), info.clone()));
+        Ok(info)
+    }
+
+    async fn fetch_userinfo(&self, token: &str) -> Result<UserInfo, UserInfoFailure> {
+        // The dev issuer's userinfo accepts its own ID tokens; ask it in process.
+        if let Some((dev, keys)) = &self.dev {
+            if unverified_issuer(token).as_deref() == Some(dev.issuer()) {
+                let claims = keys
+                    .verify(token)
+                    .await
+                    .map_err(|_| UserInfoFailure::Refused)?;
+                return Ok(UserInfo {
+                    sub: claims.sub,
+                    email: claims.email,
+                    org_id: None,
+                    org_name: None,
+                    org_primary_domain: None,
+                    roles: OrgRoles::default(),
+                });
+            }
+        }
+        let remote = self.remote.as_ref().ok_or(UserInfoFailure::NotConfigured)?;
+        let discovered = remote
+            .discovered()
+            .await
+            .map_err(|e| UserInfoFailure::Unavailable(e.to_string()))?;
+        let http = remote.http().ok_or(UserInfoFailure::NotConfigured)?;
+        let client_id = remote
+            .audiences()
+            .first()
+            .cloned()
+            .unwrap_or_else(|| "kataven-hub".into());
+        let client = CoreClient::from_provider_metadata(
+            discovered.metadata.clone(),
+            ClientId::new(client_id),
+            None,
+        );
+        let request = client
+            .user_info(AccessToken::new(token.to_owned()), None)
+            .map_err(|_| UserInfoFailure::NotConfigured)?;
+        let claims: UserInfoClaims<ZitadelClaims, CoreGenderClaim> =
+            request.request_async(http).await.map_err(|e| match e {
+                UserInfoError::Response(status, ..) if status.is_client_error() => {
+                    UserInfoFailure::Refused
+                }
+                UserInfoError::ClaimsVerification(_) => UserInfoFailure::Refused,
+                other => UserInfoFailure::Unavailable(other.to_string()),
+            })?;
+        let extra = claims.additional_claims();
+        Ok(UserInfo {
+            sub: claims.subject().to_string(),
+            email: claims.email().map(|e| e.to_string()),
+            org_id: extra.org_id.clone(),
+            org_name: extra.org_name.clone(),
+            org_primary_domain: extra.org_primary_domain.clone(),
+            roles: OrgRoles::from_claim(&extra.roles),
+        })
+    }
+}
+
+impl Identity {
+    /// Step 4 of the pipeline: turns a bearer into a principal. Touches no tenant database.
+    pub async fn authenticate(&self, bearer: &str) -> Result<Principal, AuthRejection> {
+        {
+            if bearer.starts_with(API_KEY_PREFIX) {
+                // API keys arrive with the credentials issue; until then they are refused.
+                return Err(AuthRejection::new("api_key_unsupported"));
+            }
+            if self.issuers.is_empty() {
+                return Err(AuthRejection::new("no_identity_provider"));
+            }
+            let claims = self.verify_id_token(bearer).await?;
+            Ok(Principal::User {
+                roles: OrgRoles::from_claim(&claims.roles),
+                subject: claims.sub,
+                email: claims.email,
+                org_id: claims.org_id,
+            })
+        }
+    }
+}

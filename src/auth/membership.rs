@@ -1,0 +1,157 @@
+//! Who may act in which account (pipeline steps 5–7), with short-lived caches.
+//!
+//! Account rows and member rows are cached for at most [`CACHE_TTL`]. Every change to the
+//! `accounts` or `account_members` tables fires a trigger that `NOTIFY`s `kataven_catalog`; each
+//! instance listens and drops the affected entries at once. If the listener connection is lost,
+//! everything is flushed (notifications may have been missed) and the listener reconnects.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use dashmap::DashMap;
+use sqlx::postgres::PgListener;
+use tokio::time::Instant;
+
+use crate::tenancy::catalog::{Account, Catalog, Role};
+use crate::tenancy::slug::AccountSlug;
+
+pub const CACHE_TTL: Duration = Duration::from_secs(30);
+pub const CATALOG_CHANNEL: &str = "kataven_catalog";
+/// Past this many entries a cache is cleared rather than grown.
+const MAX_ENTRIES: usize = 100_000;
+
+struct Cached<T> {
+    value: T,
+    at: Instant,
+}
+
+/// Cached catalog lookups for the request pipeline.
+#[derive(Clone)]
+pub struct CatalogCache {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    catalog: Catalog,
+    accounts: DashMap<String, Cached<Option<Account>>>,
+    /// `(account, subject)` → the member row's role, if any.
+    members: DashMap<(String, String), Cached<Option<Role>>>,
+    /// Called with the slug of an account deleted or moved (the pool map forgets its pool).
+    on_placement_change: Box<dyn Fn(&str) + Send + Sync>,
+}
+
+impl CatalogCache {
+    pub fn new(
+        catalog: Catalog,
+        on_placement_change: impl Fn(&str) + Send + Sync + 'static,
+    ) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                catalog,
+                accounts: DashMap::new(),
+                members: DashMap::new(),
+                on_placement_change: Box::new(on_placement_change),
+            }),
+        }
+    }
+
+    pub async fn account(&self, slug: &AccountSlug) -> sqlx::Result<Option<Account>> {
+        if let Some(hit) = fresh(&self.inner.accounts, slug.as_str()) {
+            return Ok(hit);
+        }
+        let value = self.inner.catalog.account(slug).await?;
+        insert(&self.inner.accounts, slug.to_string(), value.clone());
+        Ok(value)
+    }
+
+    pub async fn member_role(
+        &self,
+        slug: &AccountSlug,
+        subject: &str,
+    ) -> sqlx::Result<Option<Role>> {
+        let key = (slug.to_string(), subject.to_owned());
+        if let Some(hit) = fresh(&self.inner.members, &key) {
+            return Ok(hit);
+        }
+        let value = self.inner.catalog.member_role(slug, subject).await?;
+        insert(&self.inner.members, key, value);
+        Ok(value)
+    }
+
+    fn invalidate(&self, payload: &str) {
+        match payload.split_once(':') {
+            Some(("accounts", slug)) => {
+                self.inner.accounts.remove(slug);
+            }
+            Some(("placement", slug)) => {
+                self.inner.accounts.remove(slug);
+                self.inner.members.retain(|(account, _), _| account != slug);
+                (self.inner.on_placement_change)(slug);
+            }
+            Some(("members", slug)) => {
+                self.inner.members.retain(|(account, _), _| account != slug);
+            }
+            _ => self.flush(),
+        }
+    }
+
+    pub fn flush(&self) {
+        self.inner.accounts.clear();
+        self.inner.members.clear();
+    }
+
+    /// Listens for catalog changes until the task is aborted.
+    pub fn spawn_listener(&self) -> tokio::task::JoinHandle<()> {
+        let cache = self.clone();
+        tokio::spawn(async move {
+            loop {
+                if let Err(e) = cache.listen().await {
+                    tracing::warn!(error = %e, "catalog listener failed; retrying");
+                }
+                cache.flush();
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        })
+    }
+
+    async fn listen(&self) -> sqlx::Result<()> {
+        let mut listener = PgListener::connect_with(self.inner.catalog.pool()).await?;
+        listener.listen(CATALOG_CHANNEL).await?;
+        // Anything cached before LISTEN took effect may be stale.
+        self.flush();
+        loop {
+            match listener.try_recv().await? {
+                Some(notification) => self.invalidate(notification.payload()),
+                None => {
+                    // The connection was lost and will be re-established by the next call:
+                    // notifications may have been missed meanwhile.
+                    tracing::warn!("catalog listener reconnecting; caches flushed");
+                    self.flush();
+                }
+            }
+        }
+    }
+}
+
+fn fresh<K, Q, V>(map: &DashMap<K, Cached<V>>, key: &Q) -> Option<V>
+where
+    K: std::hash::Hash + Eq + std::borrow::Borrow<Q>,
+    Q: std::hash::Hash + Eq + ?Sized,
+    V: Clone,
+{
+    let entry = map.get(key)?;
+    (entry.at.elapsed() < CACHE_TTL).then(|| entry.value.clone())
+}
+
+fn insert<K: std::hash::Hash + Eq, V>(map: &DashMap<K, Cached<V>>, key: K, value: V) {
+    if map.len() >= MAX_ENTRIES {
+        map.clear();
+    }
+    map.insert(
+        key,
+        Cached {
+            value,
+            at: Instant::now(),
+        },
+    );
+}

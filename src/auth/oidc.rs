@@ -1,0 +1,458 @@
+//! OIDC ID-token validation: issuer discovery, a JWKS cache and local signature checks.
+//!
+//! * Discovery (`openidconnect`) runs once and finds `jwks_uri` and `userinfo_endpoint`.
+//! * Keys live in an immutable snapshot swapped on refresh; the request path only reads it.
+//! * Refresh happens periodically, and when a token names an unknown `kid` — with at most one
+//!   fetch in flight (requests await the same shared future) and at most one per cooldown, so
+//!   junk `kid`s cannot flood the issuer. No lock is held across the fetch.
+//! * A failed refresh keeps the last good key set.
+//! * Verification (`jsonwebtoken`) pins the algorithm to the key's own, requires `exp`, `sub`,
+//!   `iss` and `aud`, checks `iss` exactly and `aud` against the configured list, honours `nbf`
+//!   and `iat`, with 60 s leeway. `alg: none`, HMAC algorithms, unknown `kid`s and a key/alg
+//!   family mismatch are refused.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, anyhow, bail};
+use futures::FutureExt;
+use futures::future::{BoxFuture, Shared};
+use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, Jwk, JwkSet, KeyAlgorithm};
+use jsonwebtoken::{Algorithm, DecodingKey, Validation, errors::ErrorKind};
+use openidconnect::core::CoreProviderMetadata;
+use openidconnect::{IssuerUrl, reqwest};
+use parking_lot::{Mutex, RwLock};
+use prometheus_client::metrics::counter::Counter;
+use serde::Deserialize;
+use tokio::time::Instant;
+
+use super::principal::AuthRejection;
+
+/// Leeway for `exp`, `nbf` and `iat`.
+pub const LEEWAY_SECS: u64 = 60;
+const FETCH_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The claims we read from an ID token (Zitadel's names for organisation and roles).
+#[derive(Debug, Clone, Deserialize)]
+pub struct IdClaims {
+    /// Required; a missing `sub` is caught by the required-claims check, an empty one after.
+    #[serde(default)]
+    pub sub: String,
+    #[serde(default)]
+    pub email: Option<String>,
+    #[serde(default)]
+    pub iat: Option<i64>,
+    /// The user's organisation.
+    #[serde(rename = "urn:zitadel:iam:user:resourceowner:id", default)]
+    pub org_id: Option<String>,
+    /// `{ "<role>": { "<orgId>": "<domain>" } }`.
+    #[serde(rename = "urn:zitadel:iam:org:project:roles", default)]
+    pub roles: HashMap<String, HashMap<String, serde_json::Value>>,
+}
+
+/// Which roles the roles claim grants in which organisations.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct OrgRoles(pub HashMap<String, HashSet<String>>);
+
+impl OrgRoles {
+    pub fn from_claim(claim: &HashMap<String, HashMap<String, serde_json::Value>>) -> Self {
+        Self(
+            claim
+                .iter()
+                .map(|(role, orgs)| (role.clone(), orgs.keys().cloned().collect()))
+                .collect(),
+        )
+    }
+
+    /// Whether any role is granted from `org`.
+    pub fn any_in(&self, org: &str) -> bool {
+        self.0.values().any(|orgs| orgs.contains(org))
+    }
+
+    pub fn has(&self, role: &str, org: &str) -> bool {
+        self.0.get(role).is_some_and(|orgs| orgs.contains(org))
+    }
+
+    /// Every organisation some role is granted from.
+    pub fn orgs(&self) -> HashSet<&str> {
+        self.0.values().flatten().map(String::as_str).collect()
+    }
+}
+
+#[derive(Clone)]
+struct VerifyKey {
+    key: DecodingKey,
+    alg: Algorithm,
+}
+
+#[derive(Default)]
+struct KeySet {
+    keys: HashMap<String, VerifyKey>,
+}
+
+/// Where keys come from.
+enum Source {
+    /// A remote issuer: discovery, then its `jwks_uri`.
+    Remote {
+        http: reqwest::Client,
+        discovered: RwLock<Option<Arc<Discovered>>>,
+    },
+    /// Keys handed over in process (the built-in dev issuer, benchmarks).
+    Local(Box<dyn Fn() -> BoxFuture<'static, anyhow::Result<JwkSet>> + Send + Sync>),
+}
+
+pub struct Discovered {
+    pub jwks_uri: String,
+    pub userinfo_endpoint: Option<String>,
+    pub metadata: CoreProviderMetadata,
+    eddsa_advertised: bool,
+}
+
+/// Counters reported in `/metrics`.
+#[derive(Clone, Default)]
+pub struct OidcCounters {
+    pub jwks_fetches: Counter,
+    pub jwks_fetch_failures: Counter,
+}
+
+#[derive(Debug, Clone)]
+pub struct IssuerSettings {
+    pub issuer: String,
+    pub audiences: Vec<String>,
+    pub refresh_interval: Duration,
+    pub refresh_cooldown: Duration,
+}
+
+/// One trusted issuer and its cached keys.
+pub struct IssuerKeys {
+    settings: IssuerSettings,
+    source: Source,
+    keys: RwLock<Arc<KeySet>>,
+    last_attempt: Mutex<Option<Instant>>,
+    inflight: Mutex<Option<Shared<BoxFuture<'static, ()>>>>,
+    counters: OidcCounters,
+}
+
+/// Checks that an issuer URL is `https://`, or `http://` on a loopback host.
+pub fn check_issuer_url(issuer: &str) -> anyhow::Result<()> {
+    let url = url::Url::parse(issuer).with_context(|| format!("issuer `{issuer}` is not a URL"))?;
+    match url.scheme() {
+        "https" => Ok(()),
+        "http" => {
+            let loopback = match url.host() {
+                Some(url::Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
+                Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+                Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+                None => false,
+            };
+            if loopback {
+                Ok(())
+            } else {
+                bail!(
+                    "issuer `{issuer}`: http:// is only accepted on a loopback host; use https://"
+                )
+            }
+        }
+        other => bail!("issuer `{issuer}`: unsupported scheme `{other}`"),
+    }
+}
+
+impl IssuerKeys {
+    /// A remote issuer found by discovery. Nothing is fetched until [`Self::refresh_now`] or
+    /// the first token.
+    pub fn remote(settings: IssuerSettings, counters: OidcCounters) -> anyhow::Result<Arc<Self>> {
+        check_issuer_url(&settings.issuer)?;
+        let http = reqwest::Client::builder()
+            // Never follow redirects: discovery must answer at the issuer itself.
+            .redirect(reqwest::redirect::Policy::none())
+            .timeout(FETCH_TIMEOUT)
+            .build()
+            .context("building the HTTP client")?;
+        Ok(Arc::new(Self::new(
+            settings,
+            Source::Remote {
+                http,
+                discovered: RwLock::new(None),
+            },
+            counters,
+        )))
+    }
+
+    /// An issuer whose keys are supplied in process.
+    pub fn local(
+        settings: IssuerSettings,
+        counters: OidcCounters,
+        keys: impl Fn() -> BoxFuture<'static, anyhow::Result<JwkSet>> + Send + Sync + 'static,
+    ) -> Arc<Self> {
+        Arc::new(Self::new(settings, Source::Local(Box::new(keys)), counters))
+    }
+
+    fn new(settings: IssuerSettings, source: Source, counters: OidcCounters) -> Self {
+        Self {
+            settings,
+            source,
+            keys: RwLock::new(Arc::default()),
+            last_attempt: Mutex::new(None),
+            inflight: Mutex::new(None),
+            counters,
+        }
+    }
+
+    pub fn issuer(&self) -> &str {
+        &self.settings.issuer
+    }
+
+    pub fn audiences(&self) -> &[String] {
+        &self.settings.audiences
+    }
+
+    /// The HTTP client of a remote issuer.
+    pub fn http(&self) -> Option<&reqwest::Client> {
+        match &self.source {
+            Source::Remote { http, .. } => Some(http),
+            Source::Local(_) => None,
+        }
+    }
+
+    /// The discovery result of a remote issuer, discovering it first if needed.
+    pub async fn discovered(&self) -> anyhow::Result<Arc<Discovered>> {
+        let Source::Remote { http, discovered } = &self.source else {
+            bail!("a local issuer has no discovery document");
+        };
+        if let Some(d) = discovered.read().clone() {
+            return Ok(d);
+        }
+        let issuer_url = IssuerUrl::new(self.settings.issuer.clone()).context("issuer URL")?;
+        // `discover_async` checks that the document's `issuer` equals ours and fetches the JWKS.
+        let metadata = CoreProviderMetadata::discover_async(issuer_url, http)
+            .await
+            .map_err(|e| anyhow!("OIDC discovery of {} failed: {e}", self.settings.issuer))?;
+        self.counters.jwks_fetches.inc();
+        let eddsa_advertised = metadata
+            .id_token_signing_alg_values_supported()
+            .iter()
+            .any(|a| {
+                serde_json::to_value(a)
+                    .ok()
+                    .and_then(|v| v.as_str().map(|s| s == "EdDSA"))
+                    == Some(true)
+            });
+        let d = Arc::new(Discovered {
+            jwks_uri: metadata.jwks_uri().url().to_string(),
+            userinfo_endpoint: metadata.userinfo_endpoint().map(|u| u.url().to_string()),
+            eddsa_advertised,
+            metadata,
+        });
+        // Use the key set discovery already fetched.
+        let jwks: JwkSet = serde_json::from_value(serde_json::to_value(d.metadata.jwks())?)?;
+        self.install(&jwks, eddsa_advertised);
+        *discovered.write() = Some(d.clone());
+        Ok(d)
+    }
+
+    async fn fetch(&self) -> anyhow::Result<()> {
+        match &self.source {
+            Source::Local(keys) => {
+                let jwks = keys().await?;
+                self.install(&jwks, true);
+                Ok(())
+            }
+            Source::Remote { http, discovered } => {
+                let known = discovered.read().clone();
+                let Some(d) = known else {
+                    // First contact: discovery fetches the keys too.
+                    self.discovered().await?;
+                    return Ok(());
+                };
+                self.counters.jwks_fetches.inc();
+                let response = http
+                    .get(&d.jwks_uri)
+                    .header("accept", "application/json")
+                    .send()
+                    .await
+                    .context("fetching the JWKS")?;
+                if !response.status().is_success() {
+                    bail!("JWKS answered {}", response.status());
+                }
+                let body = response.bytes().await.context("reading the JWKS")?;
+                let jwks: JwkSet = serde_json::from_slice(&body).context("parsing the JWKS")?;
+                self.install(&jwks, d.eddsa_advertised);
+                Ok(())
+            }
+        }
+    }
+
+    /// Replaces the key set with the usable keys of `jwks`.
+    fn install(&self, jwks: &JwkSet, eddsa_allowed: bool) {
+        let keys = jwks
+            .keys
+            .iter()
+            .filter_map(|jwk| {
+                let kid = jwk.common.key_id.clone()?;
+                let alg = key_algorithm(jwk, eddsa_allowed)?;
+                let key = DecodingKey::from_jwk(jwk).ok()?;
+                Some((kid, VerifyKey { key, alg }))
+            })
+            .collect();
+        *self.keys.write() = Arc::new(KeySet { keys });
+    }
+
+    /// Starts a refresh unless one is in flight (then joins it) or, when `respect_cooldown`,
+    /// one was attempted within the cooldown (then returns `None`).
+    fn refresh(self: &Arc<Self>, respect_cooldown: bool) -> Option<Shared<BoxFuture<'static, ()>>> {
+        let mut inflight = self.inflight.lock();
+        if let Some(running) = &*inflight {
+            return Some(running.clone());
+        }
+        {
+            let mut last = self.last_attempt.lock();
+            if respect_cooldown
+                && last.is_some_and(|t| t.elapsed() < self.settings.refresh_cooldown)
+            {
+                return None;
+            }
+            *last = Some(Instant::now());
+        }
+        let this = self.clone();
+        let task = tokio::spawn(async move {
+            if let Err(e) = this.fetch().await {
+                this.counters.jwks_fetch_failures.inc();
+                tracing::warn!(issuer = %this.settings.issuer, error = %e, "key refresh failed; keeping the last good keys");
+            }
+            *this.inflight.lock() = None;
+        });
+        let shared = async move {
+            let _ = task.await;
+        }
+        .boxed()
+        .shared();
+        *inflight = Some(shared.clone());
+        Some(shared)
+    }
+
+    /// Fetches keys now (start-up, periodic refresh), ignoring the cooldown.
+    pub async fn refresh_now(self: &Arc<Self>) {
+        if let Some(f) = self.refresh(false) {
+            f.await;
+        }
+    }
+
+    /// Refreshes the keys every `refresh_interval` until the task is aborted.
+    pub fn spawn_refresher(self: &Arc<Self>) -> tokio::task::JoinHandle<()> {
+        let this = self.clone();
+        tokio::spawn(async move {
+            loop {
+                this.refresh_now().await;
+                tokio::time::sleep(this.settings.refresh_interval).await;
+            }
+        })
+    }
+
+    fn key(&self, kid: &str) -> Option<VerifyKey> {
+        self.keys.read().keys.get(kid).cloned()
+    }
+
+    /// Verifies an ID token of this issuer.
+    pub async fn verify(self: &Arc<Self>, token: &str) -> Result<IdClaims, AuthRejection> {
+        let header = jsonwebtoken::decode_header(token)
+            .map_err(|_| AuthRejection::new("malformed_token"))?;
+        if !matches!(
+            header.alg,
+            Algorithm::RS256 | Algorithm::ES256 | Algorithm::EdDSA
+        ) {
+            return Err(AuthRejection::new("disallowed_alg"));
+        }
+        let kid = header
+            .kid
+            .as_deref()
+            .ok_or(AuthRejection::new("missing_kid"))?;
+        let key = match self.key(kid) {
+            Some(key) => key,
+            None => {
+                if let Some(refresh) = self.refresh(true) {
+                    let _ = tokio::time::timeout(FETCH_TIMEOUT, refresh).await;
+                }
+                self.key(kid).ok_or(AuthRejection::new("unknown_kid"))?
+            }
+        };
+        self.verify_with(token, header.alg, &key)
+    }
+
+    fn verify_with(
+        &self,
+        token: &str,
+        alg: Algorithm,
+        key: &VerifyKey,
+    ) -> Result<IdClaims, AuthRejection> {
+        if key.alg != alg {
+            return Err(AuthRejection::new("alg_mismatch"));
+        }
+        let mut validation = Validation::new(alg);
+        validation.leeway = LEEWAY_SECS;
+        validation.validate_exp = true;
+        validation.validate_nbf = true;
+        validation.set_issuer(&[&self.settings.issuer]);
+        validation.set_audience(&self.settings.audiences);
+        validation.set_required_spec_claims(&["exp", "sub", "iss", "aud"]);
+        let data = jsonwebtoken::decode::<IdClaims>(token, &key.key, &validation).map_err(|e| {
+            AuthRejection::new(match e.kind() {
+                ErrorKind::ExpiredSignature => "expired",
+                ErrorKind::ImmatureSignature => "not_yet_valid",
+                ErrorKind::InvalidIssuer => "wrong_issuer",
+                ErrorKind::InvalidAudience => "wrong_audience",
+                ErrorKind::InvalidSignature => "bad_signature",
+                ErrorKind::MissingRequiredClaim(_) => "missing_claim",
+                ErrorKind::InvalidAlgorithm => "alg_mismatch",
+                _ => "invalid_token",
+            })
+        })?;
+        let claims = data.claims;
+        if claims.sub.trim().is_empty() {
+            return Err(AuthRejection::new("empty_sub"));
+        }
+        let now = chrono::Utc::now().timestamp();
+        if claims.iat.is_some_and(|iat| iat > now + LEEWAY_SECS as i64) {
+            return Err(AuthRejection::new("not_yet_valid"));
+        }
+        Ok(claims)
+    }
+}
+
+/// The algorithm a JWK may verify, or `None` when we do not accept it: RS256 for RSA keys,
+/// ES256 for P-256 keys, EdDSA for Ed25519 keys (only if the issuer advertises EdDSA). A key
+/// whose own `alg` says otherwise is skipped.
+fn key_algorithm(jwk: &Jwk, eddsa_allowed: bool) -> Option<Algorithm> {
+    let family = match &jwk.algorithm {
+        AlgorithmParameters::RSA(_) => Algorithm::RS256,
+        AlgorithmParameters::EllipticCurve(p) if p.curve == EllipticCurve::P256 => Algorithm::ES256,
+        AlgorithmParameters::OctetKeyPair(p)
+            if p.curve == EllipticCurve::Ed25519 && eddsa_allowed =>
+        {
+            Algorithm::EdDSA
+        }
+        _ => return None,
+    };
+    match jwk.common.key_algorithm {
+        None => Some(family),
+        Some(KeyAlgorithm::RS256) if family == Algorithm::RS256 => Some(family),
+        Some(KeyAlgorithm::ES256) if family == Algorithm::ES256 => Some(family),
+        Some(KeyAlgorithm::EdDSA) if family == Algorithm::EdDSA => Some(family),
+        Some(_) => None,
+    }
+}
+
+/// The `iss` claim of a token, read without verification, to pick the issuer whose keys must
+/// then verify it.
+pub fn unverified_issuer(token: &str) -> Option<String> {
+    use base64::Engine;
+    #[derive(Deserialize)]
+    struct Iss {
+        iss: String,
+    }
+    let payload = token.split('.').nth(1)?;
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(payload)
+        .ok()?;
+    serde_json::from_slice::<Iss>(&bytes).ok().map(|i| i.iss)
+}

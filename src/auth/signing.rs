@@ -1,0 +1,129 @@
+//! ES256 keys the service signs tokens with, kept in the system database so that every
+//! instance signs and verifies with the same keys and tokens survive restarts.
+
+use std::sync::Arc;
+
+use anyhow::Context;
+use jsonwebtoken::jwk::JwkSet;
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use p256::pkcs8::{EncodePrivateKey, LineEnding};
+use parking_lot::RwLock;
+use serde::Serialize;
+use serde_json::Value;
+use sqlx::PgPool;
+
+/// One signing key: its id, the private key, and its public JWK.
+pub struct SigningKey {
+    pub kid: String,
+    encoding: EncodingKey,
+    pub public_jwk: Value,
+}
+
+/// The keys of one purpose (`dev_issuer`, `widget_session`): the newest signs, all
+/// non-retired ones are published.
+pub struct SigningKeys {
+    pool: PgPool,
+    purpose: &'static str,
+    keys: RwLock<Vec<Arc<SigningKey>>>,
+}
+
+impl SigningKeys {
+    /// Loads the purpose's keys, creating the first one if there is none. Instances starting
+    /// together serialise on an advisory lock so that only one key is created.
+    pub async fn load_or_create(pool: PgPool, purpose: &'static str) -> anyhow::Result<Arc<Self>> {
+        let this = Arc::new(Self {
+            pool,
+            purpose,
+            keys: RwLock::new(Vec::new()),
+        });
+        let mut tx = this.pool.begin().await?;
+        sqlx::query("SELECT pg_advisory_xact_lock(hashtext('kataven:signing_keys:' || $1))")
+            .bind(purpose)
+            .execute(&mut *tx)
+            .await?;
+        let existing: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM signing_keys WHERE purpose = $1 AND retired_at IS NULL",
+        )
+        .bind(purpose)
+        .fetch_one(&mut *tx)
+        .await?;
+        if existing == 0 {
+            insert_new_key(&mut tx, purpose).await?;
+        }
+        tx.commit().await?;
+        this.reload().await?;
+        Ok(this)
+    }
+
+    /// Re-reads the keys from the database.
+    pub async fn reload(&self) -> anyhow::Result<()> {
+        let rows: Vec<(String, String, Value)> = sqlx::query_as(
+            "SELECT kid, private_pem, public_jwk FROM signing_keys
+             WHERE purpose = $1 AND retired_at IS NULL ORDER BY created_at DESC",
+        )
+        .bind(self.purpose)
+        .fetch_all(&self.pool)
+        .await?;
+        let keys = rows
+            .into_iter()
+            .map(|(kid, pem, public_jwk)| {
+                let encoding =
+                    EncodingKey::from_ec_pem(pem.as_bytes()).context("stored signing key")?;
+                Ok(Arc::new(SigningKey {
+                    kid,
+                    encoding,
+                    public_jwk,
+                }))
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        *self.keys.write() = keys;
+        Ok(())
+    }
+
+    /// Signs `claims` with the newest key.
+    pub fn sign<T: Serialize>(&self, claims: &T) -> anyhow::Result<String> {
+        let key = self
+            .keys
+            .read()
+            .first()
+            .cloned()
+            .context("no signing key")?;
+        let mut header = Header::new(Algorithm::ES256);
+        header.kid = Some(key.kid.clone());
+        Ok(jsonwebtoken::encode(&header, claims, &key.encoding)?)
+    }
+
+    /// The public keys, as a JWK set.
+    pub fn jwks(&self) -> JwkSet {
+        let keys = self
+            .keys
+            .read()
+            .iter()
+            .filter_map(|k| serde_json::from_value(k.public_jwk.clone()).ok())
+            .collect();
+        JwkSet { keys }
+    }
+}
+
+async fn insert_new_key(tx: &mut sqlx::PgConnection, purpose: &str) -> anyhow::Result<()> {
+    let secret = p256::SecretKey::random(&mut p256::elliptic_curve::rand_core::OsRng);
+    let pem = secret
+        .to_pkcs8_pem(LineEnding::LF)
+        .context("encoding the key")?;
+    let kid = format!("{purpose}-{}", uuid::Uuid::now_v7().simple());
+    let mut jwk: Value = serde_json::from_str(&secret.public_key().to_jwk_string())?;
+    jwk["kid"] = Value::String(kid.clone());
+    jwk["alg"] = Value::String("ES256".into());
+    jwk["use"] = Value::String("sig".into());
+    sqlx::query(
+        "INSERT INTO signing_keys (kid, purpose, algorithm, private_pem, public_jwk)
+         VALUES ($1, $2, 'ES256', $3, $4)",
+    )
+    .bind(&kid)
+    .bind(purpose)
+    .bind(pem.as_str())
+    .bind(&jwk)
+    .execute(tx)
+    .await?;
+    Ok(())
+}

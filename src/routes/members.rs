@@ -1,0 +1,117 @@
+//! `/api/v1/members`: who may act in the account. Listing is open to every principal of the
+//! account; adding, changing and removing members is admin-only. The last admin stays.
+
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::error::{ApiError, ApiResult};
+use crate::extract::{Admin, Tenant};
+use crate::json::Json;
+use crate::state::AppState;
+use crate::tenancy::catalog::{Member, MemberChange, Role};
+
+#[derive(Debug, Serialize)]
+pub struct MemberOut {
+    pub subject: String,
+    pub role: Role,
+    pub created_at: DateTime<Utc>,
+}
+
+impl From<Member> for MemberOut {
+    fn from(m: Member) -> Self {
+        Self {
+            subject: m.subject,
+            role: m.role,
+            created_at: m.created_at,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewMember {
+    pub subject: String,
+    pub role: Role,
+}
+
+pub async fn list(
+    State(state): State<AppState>,
+    tenant: Tenant,
+) -> ApiResult<Json<Vec<MemberOut>>> {
+    let members = state.catalog.members(&tenant.slug).await?;
+    Ok(Json(members.into_iter().map(Into::into).collect()))
+}
+
+/// Adds a member or changes its role (201 either way, with the member).
+pub async fn upsert(
+    State(state): State<AppState>,
+    Admin(tenant): Admin,
+    Json(body): Json<NewMember>,
+) -> ApiResult<(StatusCode, Json<MemberOut>)> {
+    let subject = body.subject.trim();
+    if subject.is_empty() || subject.len() > 255 {
+        return Err(ApiError::InvalidBody {
+            message: "invalid body: `subject` must be 1–255 characters".into(),
+        });
+    }
+    match state
+        .catalog
+        .change_member(&tenant.slug, subject, Some(body.role))
+        .await?
+    {
+        MemberChange::Done(member) => {
+            audit(&state, &tenant, "upsert", subject).await;
+            Ok((StatusCode::CREATED, Json(member.into())))
+        }
+        MemberChange::LastAdmin => Err(last_admin()),
+        MemberChange::NotAMember => Err(ApiError::Internal(anyhow::anyhow!(
+            "upsert returned no row"
+        ))),
+    }
+}
+
+pub async fn remove(
+    State(state): State<AppState>,
+    Admin(tenant): Admin,
+    Path(subject): Path<String>,
+) -> ApiResult<StatusCode> {
+    match state
+        .catalog
+        .change_member(&tenant.slug, &subject, None)
+        .await?
+    {
+        MemberChange::Done(_) => {
+            audit(&state, &tenant, "delete", &subject).await;
+            Ok(StatusCode::NO_CONTENT)
+        }
+        MemberChange::NotAMember => Err(ApiError::not_found("no such member")),
+        MemberChange::LastAdmin => Err(last_admin()),
+    }
+}
+
+fn last_admin() -> ApiError {
+    ApiError::Conflict("the account must keep at least one admin".into())
+}
+
+/// Records a member change in the tenant's audit log. The change itself is committed in the
+/// catalog already; a failure to audit is logged, not turned into an error for the caller.
+async fn audit(state: &AppState, tenant: &Tenant, action: &str, subject: &str) {
+    let result = async {
+        let mut conn = state.pools.acquire(&tenant.account).await?;
+        crate::audit::record(
+            &mut conn,
+            &tenant.principal,
+            action,
+            "member",
+            Some(subject),
+        )
+        .await?;
+        Ok::<_, ApiError>(())
+    }
+    .await;
+    if let Err(e) = result {
+        tracing::error!(error = %e, "could not write the audit row of a member change");
+    }
+}

@@ -1,0 +1,104 @@
+//! `GET /api/user/org`: who the bearer is (asked of the issuer's userinfo endpoint) and which
+//! accounts it may act in. Public: no `X-Account-ID`, and the bearer is whatever the userinfo
+//! endpoint accepts (with Zitadel, the opaque access token of the login flow).
+
+use std::collections::BTreeMap;
+
+use axum::extract::State;
+use axum::http::HeaderMap;
+use axum::http::header::AUTHORIZATION;
+use serde::Serialize;
+
+use crate::auth::identity::UserInfoFailure;
+use crate::error::{ApiError, ApiResult};
+use crate::json::Json;
+use crate::state::AppState;
+use crate::tenancy::catalog::Role;
+
+#[derive(Debug, Serialize)]
+pub struct UserOrg {
+    pub sub: String,
+    pub email: Option<String>,
+    pub org: Option<Org>,
+    pub accounts: Vec<AccountRole>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Org {
+    pub id: String,
+    pub name: Option<String>,
+    pub primary_domain: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct AccountRole {
+    pub account: String,
+    pub name: String,
+    pub role: Role,
+}
+
+pub async fn user_org(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+) -> ApiResult<Json<UserOrg>> {
+    let unauthenticated = || ApiError::Unauthenticated("a valid bearer token is required");
+    let token = headers
+        .get(AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, token)| token.trim())
+        .filter(|t| !t.is_empty())
+        .ok_or_else(|| {
+            state.metrics.auth_failure("missing_bearer");
+            unauthenticated()
+        })?;
+    let info = state.identity.userinfo(token).await.map_err(|e| match e {
+        UserInfoFailure::Refused | UserInfoFailure::NotConfigured => {
+            state.metrics.auth_failure("userinfo_refused");
+            unauthenticated()
+        }
+        UserInfoFailure::Unavailable(cause) => {
+            tracing::warn!(%cause, "userinfo unavailable");
+            ApiError::unavailable("the identity provider is unavailable")
+        }
+    })?;
+
+    // Member rows, then accounts reached through the organisation and roles claims.
+    let mut accounts: BTreeMap<String, AccountRole> = BTreeMap::new();
+    for (slug, name, role) in state.catalog.accounts_of_subject(&info.sub).await? {
+        accounts.insert(
+            slug.clone(),
+            AccountRole {
+                account: slug,
+                name,
+                role,
+            },
+        );
+    }
+    let mut orgs: Vec<String> = info.roles.orgs().into_iter().map(str::to_owned).collect();
+    orgs.extend(info.org_id.clone());
+    for (slug, name, org) in state.catalog.accounts_of_orgs(&orgs).await? {
+        let role = if info.roles.has("admin", &org) {
+            Role::Admin
+        } else {
+            Role::Member
+        };
+        let entry = accounts.entry(slug.clone()).or_insert(AccountRole {
+            account: slug,
+            name,
+            role,
+        });
+        entry.role = entry.role.max(role);
+    }
+    Ok(Json(UserOrg {
+        sub: info.sub,
+        email: info.email,
+        org: info.org_id.map(|id| Org {
+            id,
+            name: info.org_name,
+            primary_domain: info.org_primary_domain,
+        }),
+        accounts: accounts.into_values().collect(),
+    }))
+}

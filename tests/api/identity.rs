@@ -1,0 +1,714 @@
+//! JWT validation against a real (test) issuer, membership and roles, admin elevation.
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use futures::StreamExt;
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use kataven_hub::tenancy::catalog::Role;
+use reqwest::Method;
+use serde_json::{Value, json};
+
+use crate::support::{TestApp, error_code};
+
+fn now() -> i64 {
+    chrono::Utc::now().timestamp()
+}
+
+/// A token with the given header and claims and a signature that cannot be right.
+fn forge(header: Value, claims: &Value, signature: &str) -> String {
+    format!(
+        "{}.{}.{signature}",
+        URL_SAFE_NO_PAD.encode(header.to_string()),
+        URL_SAFE_NO_PAD.encode(claims.to_string())
+    )
+}
+
+async fn status_with(app: &TestApp, account: &str, token: &str) -> (u16, String) {
+    let resp = app
+        .get("/test/tenant")
+        .header("X-Account-ID", account)
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap();
+    if resp.status() == 401 {
+        assert_eq!(resp.headers()["www-authenticate"], "Bearer");
+    }
+    error_code(resp).await
+}
+
+#[tokio::test]
+async fn rs256_and_es256_tokens_from_the_issuer_are_accepted() {
+    let app = TestApp::spawn().await;
+    let acme = app.account_with_admin("jwt", "alice").await;
+    let claims = app.issuer.claims("alice");
+    for kid in ["rsa-1", "ec-1"] {
+        let token = app.issuer.sign(kid, &claims);
+        assert_eq!(status_with(&app, &acme.slug, &token).await.0, 200, "{kid}");
+    }
+}
+
+#[tokio::test]
+async fn adversarial_tokens_are_refused_with_their_reason() {
+    let app = TestApp::spawn().await;
+    let acme = app.account_with_admin("adv", "alice").await;
+    let iss = app.issuer.issuer();
+    let good = app.issuer.claims("alice");
+    let with = |patch: Value| {
+        let mut c = good.clone();
+        for (k, v) in patch.as_object().unwrap() {
+            if v.is_null() {
+                c.as_object_mut().unwrap().remove(k);
+            } else {
+                c[k] = v.clone();
+            }
+        }
+        c
+    };
+    let rsa = |claims: &Value| app.issuer.sign("rsa-1", claims);
+    let valid = rsa(&good);
+    let (h, p, _) = {
+        let mut parts = valid.split('.');
+        (
+            parts.next().unwrap().to_owned(),
+            parts.next().unwrap().to_owned(),
+            (),
+        )
+    };
+    let hs256_with_public_key = jsonwebtoken::encode(
+        &Header {
+            kid: Some("rsa-1".into()),
+            ..Header::new(Algorithm::HS256)
+        },
+        &good,
+        &EncodingKey::from_secret(app.issuer.rsa_public_pem().as_bytes()),
+    )
+    .unwrap();
+    let tampered = {
+        let evil = with(json!({ "sub": "mallory" }));
+        format!(
+            "{h}.{}.{}",
+            URL_SAFE_NO_PAD.encode(evil.to_string()),
+            valid.split('.').nth(2).unwrap()
+        )
+    };
+
+    let cases: Vec<(&str, String, &str)> = vec![
+        (
+            "alg none",
+            forge(
+                json!({"alg": "none", "typ": "JWT", "kid": "rsa-1"}),
+                &good,
+                "",
+            ),
+            "malformed_token",
+        ),
+        (
+            "HS256 signed with the RSA public key",
+            hs256_with_public_key,
+            "disallowed_alg",
+        ),
+        (
+            "wrong issuer",
+            rsa(&with(json!({ "iss": "https://evil.example" }))),
+            "wrong_issuer",
+        ),
+        (
+            "issuer with trailing slash",
+            rsa(&with(json!({ "iss": format!("{iss}/") }))),
+            "wrong_issuer",
+        ),
+        (
+            "wrong audience",
+            rsa(&with(json!({ "aud": ["someone-else"] }))),
+            "wrong_audience",
+        ),
+        (
+            "expired beyond leeway",
+            rsa(&with(json!({ "exp": now() - 120 }))),
+            "expired",
+        ),
+        (
+            "not yet valid",
+            rsa(&with(json!({ "nbf": now() + 120 }))),
+            "not_yet_valid",
+        ),
+        (
+            "issued in the future",
+            rsa(&with(json!({ "iat": now() + 120 }))),
+            "not_yet_valid",
+        ),
+        (
+            "no exp",
+            rsa(&with(json!({ "exp": null }))),
+            "missing_claim",
+        ),
+        (
+            "no aud",
+            rsa(&with(json!({ "aud": null }))),
+            "missing_claim",
+        ),
+        (
+            "no sub",
+            rsa(&with(json!({ "sub": null }))),
+            "missing_claim",
+        ),
+        ("empty sub", rsa(&with(json!({ "sub": "" }))), "empty_sub"),
+        (
+            "unknown kid",
+            forge(json!({"alg": "RS256", "kid": "nobody"}), &good, "c2ln"),
+            "unknown_kid",
+        ),
+        (
+            "no kid",
+            forge(json!({"alg": "RS256"}), &good, "c2ln"),
+            "missing_kid",
+        ),
+        (
+            "unpublished key with a published kid",
+            app.issuer.sign_with_unpublished_key("rsa-1", &good),
+            "bad_signature",
+        ),
+        (
+            "RS256 header on the EC key's kid",
+            app.issuer.sign_with_unpublished_key("ec-1", &good),
+            "alg_mismatch",
+        ),
+        ("tampered payload", tampered, "bad_signature"),
+        ("garbage", "garbage".into(), "malformed_token"),
+        ("three garbage parts", "a.b.c".into(), "malformed_token"),
+        (
+            "header and payload only",
+            format!("{h}.{p}"),
+            "malformed_token",
+        ),
+    ];
+    for (name, token, reason) in &cases {
+        let metric = format!(r#"kataven_auth_failures_total{{reason="{reason}"}}"#);
+        let before = app.metric(&metric).await;
+        assert_eq!(
+            status_with(&app, &acme.slug, token).await,
+            (401, "unauthenticated".into()),
+            "{name}"
+        );
+        assert_eq!(
+            app.metric(&metric).await,
+            before + 1.0,
+            "{name}: reason {reason}"
+        );
+    }
+
+    // Within the 60 s leeway the same kinds of token are fine.
+    for (name, claims) in [
+        ("expired 30 s ago", with(json!({ "exp": now() - 30 }))),
+        ("valid in 30 s", with(json!({ "nbf": now() + 30 }))),
+        (
+            "second audience",
+            with(json!({ "aud": ["other", crate::support::AUDIENCE] })),
+        ),
+        (
+            "audience as a string",
+            with(json!({ "aud": crate::support::AUDIENCE })),
+        ),
+    ] {
+        assert_eq!(
+            status_with(&app, &acme.slug, &rsa(&claims)).await.0,
+            200,
+            "{name}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn junk_kids_cost_at_most_one_jwks_fetch_per_cooldown() {
+    const COOLDOWN_SECS: u64 = 3;
+    let app = TestApp::builder()
+        .await
+        .config(|c| c.jwks_refresh_cooldown_secs = COOLDOWN_SECS)
+        .spawn()
+        .await;
+    let acme = app.account_with_admin("junk", "alice").await;
+    assert_eq!(
+        status_with(&app, &acme.slug, &app.token("alice")).await.0,
+        200
+    );
+    // Let the cooldown of the start-up fetch pass, so that the flood may refresh once.
+    tokio::time::sleep(
+        std::time::Duration::from_secs(COOLDOWN_SECS) + std::time::Duration::from_millis(200),
+    )
+    .await;
+    let before = app.issuer.jwks_fetches();
+    let discovery_before = app.issuer.discovery_fetches();
+
+    let good = app.issuer.claims("alice");
+    let statuses: Vec<u16> = futures::stream::iter(0..400)
+        .map(|i| {
+            let token = forge(
+                json!({"alg": "RS256", "kid": format!("junk-{i}")}),
+                &good,
+                "c2ln",
+            );
+            let app = &app;
+            let slug = acme.slug.clone();
+            async move { status_with(app, &slug, &token).await.0 }
+        })
+        .buffer_unordered(50)
+        .collect()
+        .await;
+    assert!(statuses.iter().all(|s| *s == 401));
+    let fetched = app.issuer.jwks_fetches() - before;
+    println!("400 junk-kid requests caused {fetched} JWKS fetch(es)");
+    // One refresh (single-flight), then the cooldown refuses further ones.
+    assert_eq!(fetched, 1, "{fetched} JWKS fetches for junk kids");
+    assert_eq!(app.issuer.discovery_fetches(), discovery_before);
+}
+
+#[tokio::test]
+async fn a_rotated_in_key_is_accepted_without_restart() {
+    let app = TestApp::builder()
+        .await
+        .config(|c| c.jwks_refresh_cooldown_secs = 0)
+        .spawn()
+        .await;
+    let acme = app.account_with_admin("rot", "alice").await;
+    assert_eq!(
+        status_with(&app, &acme.slug, &app.token("alice")).await.0,
+        200
+    );
+
+    for (kid, rsa) in [("rsa-2", true), ("ec-2", false)] {
+        app.issuer.rotate_in(kid, rsa);
+        let token = app.issuer.sign(kid, &app.issuer.claims("alice"));
+        assert_eq!(status_with(&app, &acme.slug, &token).await.0, 200, "{kid}");
+    }
+    // A key the issuer withdrew stops working at the next refresh.
+    app.issuer.unpublish("rsa-1");
+    app.issuer.rotate_in("rsa-3", true);
+    let token = app.issuer.sign("rsa-3", &app.issuer.claims("alice"));
+    assert_eq!(status_with(&app, &acme.slug, &token).await.0, 200);
+    let (status, _) = status_with(&app, &acme.slug, &app.token("alice")).await;
+    assert_eq!(status, 401);
+}
+
+#[tokio::test]
+async fn cached_keys_keep_serving_while_the_issuer_is_down() {
+    let app = TestApp::builder()
+        .await
+        .config(|c| c.jwks_refresh_cooldown_secs = 0)
+        .spawn()
+        .await;
+    let acme = app.account_with_admin("down", "alice").await;
+    assert_eq!(
+        status_with(&app, &acme.slug, &app.token("alice")).await.0,
+        200
+    );
+
+    app.issuer.set_down(true);
+    // An unknown kid forces a refresh, which fails…
+    let forged = forge(
+        json!({"alg": "RS256", "kid": "new"}),
+        &app.issuer.claims("alice"),
+        "c2ln",
+    );
+    assert_eq!(status_with(&app, &acme.slug, &forged).await.0, 401);
+    assert!(app.metric("kataven_jwks_fetch_failures_total").await >= 1.0);
+    // …and the last good keys still verify.
+    for kid in ["rsa-1", "ec-1"] {
+        let token = app.issuer.sign(kid, &app.issuer.claims("alice"));
+        assert_eq!(status_with(&app, &acme.slug, &token).await.0, 200, "{kid}");
+    }
+    app.issuer.set_down(false);
+}
+
+#[tokio::test]
+async fn organisation_and_roles_claims_grant_access_to_bound_accounts() {
+    let app = TestApp::spawn().await;
+    let slug = crate::support::unique_slug("org");
+    app.provisioner()
+        .create_account(&slug, "Org Co", Some("org-1"), None)
+        .await
+        .unwrap();
+    let token = |patch: Value| {
+        let mut claims = app.issuer.claims("zed");
+        for (k, v) in patch.as_object().unwrap() {
+            claims[k] = v.clone();
+        }
+        app.issuer.sign("rsa-1", &claims)
+    };
+    let role_of = |resp: Value| resp["role"].as_str().unwrap().to_owned();
+    let get = |token: String| {
+        let req = app
+            .get("/test/tenant")
+            .header("X-Account-ID", slug.as_str())
+            .bearer_auth(token);
+        async move { req.send().await.unwrap() }
+    };
+
+    // No member row and no claims: refused.
+    assert_eq!(error_code(get(token(json!({}))).await).await.1, "forbidden");
+    // The user's organisation is the account's.
+    let resp = get(token(
+        json!({ "urn:zitadel:iam:user:resourceowner:id": "org-1" }),
+    ))
+    .await;
+    assert_eq!(role_of(resp.json().await.unwrap()), "Member");
+    // Another organisation: refused.
+    let resp = get(token(
+        json!({ "urn:zitadel:iam:user:resourceowner:id": "org-2" }),
+    ))
+    .await;
+    assert_eq!(resp.status(), 403);
+    // A role granted from the account's organisation.
+    let resp = get(token(
+        json!({ "urn:zitadel:iam:org:project:roles": { "viewer": { "org-1": "org.example" } } }),
+    ))
+    .await;
+    assert_eq!(role_of(resp.json().await.unwrap()), "Member");
+    let resp = get(token(
+        json!({ "urn:zitadel:iam:org:project:roles": { "admin": { "org-1": "org.example" } } }),
+    ))
+    .await;
+    assert_eq!(role_of(resp.json().await.unwrap()), "Admin");
+    // Admin of another organisation: nothing here.
+    let resp = get(token(
+        json!({ "urn:zitadel:iam:org:project:roles": { "admin": { "org-2": "x.example" } } }),
+    ))
+    .await;
+    assert_eq!(resp.status(), 403);
+}
+
+#[tokio::test]
+async fn membership_changes_reach_every_instance_at_once() {
+    let one = TestApp::spawn().await;
+    let acme = one.account_with_admin("two", "alice").await;
+    let slug: kataven_hub::tenancy::slug::AccountSlug = acme.slug.parse().unwrap();
+    one.state
+        .catalog
+        .upsert_member(&slug, "bob", Role::Member)
+        .await
+        .unwrap();
+    let issuer = one.issuer.issuer();
+    let two = TestApp::builder()
+        .await
+        .database_url(&crate::support::system_url_of(&one))
+        .config(|c| c.oidc_issuer = Some(issuer))
+        .spawn()
+        .await;
+
+    // Warm both instances' caches.
+    for app in [&one, &two] {
+        let resp = app
+            .get("/test/tenant")
+            .header("X-Account-ID", slug.as_str())
+            .bearer_auth(one.token("bob"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+    }
+    // Removed on instance one (through the catalog, as the CLI or the API would)…
+    one.state.catalog.remove_member(&slug, "bob").await.unwrap();
+    // …instance two refuses promptly, long before the 30 s cache lifetime.
+    let mut refused = false;
+    for _ in 0..50 {
+        let resp = two
+            .get("/test/tenant")
+            .header("X-Account-ID", slug.as_str())
+            .bearer_auth(one.token("bob"))
+            .send()
+            .await
+            .unwrap();
+        if resp.status() == 403 {
+            refused = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert!(refused, "instance two still let a removed member in");
+
+    // Suspension propagates the same way.
+    one.state
+        .catalog
+        .set_status(
+            &slug,
+            kataven_hub::tenancy::catalog::AccountStatus::Suspended,
+        )
+        .await
+        .unwrap();
+    let mut suspended = false;
+    for _ in 0..50 {
+        let (_, code) = error_code(
+            two.get("/test/tenant")
+                .header("X-Account-ID", slug.as_str())
+                .bearer_auth(one.token("alice"))
+                .send()
+                .await
+                .unwrap(),
+        )
+        .await;
+        if code == "account_suspended" {
+            suspended = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert!(suspended);
+}
+
+#[tokio::test]
+async fn admin_endpoints_need_the_admin_role_and_the_header() {
+    let app = TestApp::spawn().await;
+    let slug = crate::support::unique_slug("sudo");
+    app.provisioner()
+        .create_account(&slug, "Sudo", Some("org-9"), None)
+        .await
+        .unwrap();
+    let s: kataven_hub::tenancy::slug::AccountSlug = slug.clone();
+    app.state
+        .catalog
+        .upsert_member(&s, "root", Role::Admin)
+        .await
+        .unwrap();
+    app.state
+        .catalog
+        .upsert_member(&s, "pleb", Role::Member)
+        .await
+        .unwrap();
+    let claims_admin = {
+        let mut c = app.issuer.claims("claimed");
+        c["urn:zitadel:iam:org:project:roles"] = json!({ "admin": { "org-9": "x" } });
+        app.issuer.sign("ec-1", &c)
+    };
+
+    let cases: Vec<(String, Option<&str>, u16)> = vec![
+        (app.token("root"), Some("true"), 201),
+        (app.token("root"), Some("TRUE"), 201),
+        (app.token("root"), None, 403),
+        (app.token("root"), Some("false"), 403),
+        (app.token("root"), Some("1"), 403),
+        (app.token("pleb"), Some("true"), 403),
+        (app.token("pleb"), None, 403),
+        (claims_admin.clone(), Some("true"), 201),
+        (claims_admin, None, 403),
+    ];
+    for (i, (token, header, want)) in cases.into_iter().enumerate() {
+        let mut req = app
+            .client
+            .post(app.url("/api/v1/members"))
+            .header("X-Account-ID", slug.as_str())
+            .bearer_auth(token)
+            .json(&json!({ "subject": format!("new-{i}"), "role": "member" }));
+        if let Some(h) = header {
+            req = req.header("X-Admin", h);
+        }
+        let (status, code) = error_code(req.send().await.unwrap()).await;
+        assert_eq!(status, want, "case {i}");
+        if want == 403 {
+            assert_eq!(code, "admin_required", "case {i}");
+        }
+    }
+
+    // Reading members needs no elevation.
+    let resp = app
+        .as_user(Method::GET, "/api/v1/members", slug.as_str(), "pleb")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+}
+
+#[tokio::test]
+async fn members_resource_round_trip_with_last_admin_protection() {
+    let app = TestApp::spawn().await;
+    let acme = app.account_with_admin("mem", "alice").await;
+    let admin = |method: Method, path: &str| {
+        app.as_user(method, path, &acme.slug, "alice")
+            .header("X-Admin", "true")
+    };
+
+    let resp = admin(Method::POST, "/api/v1/members")
+        .json(&json!({ "subject": "bob", "role": "member" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 201);
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["subject"], "bob");
+    assert_eq!(body["role"], "member");
+    assert!(body["created_at"].is_string());
+
+    // The same list under every alias.
+    for path in [
+        "/api/v1/members",
+        "/api/members",
+        "/v1/members",
+        "/hub-api/api/v1/members",
+        "/hub-api/api/members",
+        "/hub-api/v1/members",
+    ] {
+        let resp = app
+            .as_user(Method::GET, path, &acme.slug, "bob")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200, "{path}");
+        let list: Value = resp.json().await.unwrap();
+        let subjects: Vec<&str> = list
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["subject"].as_str().unwrap())
+            .collect();
+        assert_eq!(subjects, ["alice", "bob"], "{path}");
+    }
+
+    // Bad bodies.
+    for (body, what) in [
+        (json!({ "subject": "x", "role": "owner" }), "unknown role"),
+        (json!({ "role": "member" }), "missing subject"),
+        (json!({ "subject": 7, "role": "member" }), "wrong type"),
+        (json!({ "subject": "", "role": "member" }), "empty subject"),
+    ] {
+        let (status, code) = error_code(
+            admin(Method::POST, "/api/v1/members")
+                .json(&body)
+                .send()
+                .await
+                .unwrap(),
+        )
+        .await;
+        assert_eq!((status, code.as_str()), (400, "invalid_body"), "{what}");
+    }
+    let resp = admin(Method::POST, "/api/v1/members")
+        .header("content-type", "application/json")
+        .body("{not json")
+        .send()
+        .await
+        .unwrap();
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "invalid_body");
+    let resp = admin(Method::POST, "/api/v1/members")
+        .json(&json!({ "role": "member" }))
+        .send()
+        .await
+        .unwrap();
+    let body: Value = resp.json().await.unwrap();
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("subject"),
+        "{body}"
+    );
+
+    // The last admin can be neither removed nor demoted.
+    let (status, code) = error_code(
+        admin(Method::DELETE, "/api/v1/members/alice")
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!((status, code.as_str()), (409, "conflict"));
+    let (status, _) = error_code(
+        admin(Method::POST, "/api/v1/members")
+            .json(&json!({ "subject": "alice", "role": "member" }))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, 409);
+    // With a second admin, the first may go.
+    admin(Method::POST, "/api/v1/members")
+        .json(&json!({ "subject": "bob", "role": "admin" }))
+        .send()
+        .await
+        .unwrap();
+    let (status, _) = error_code(
+        admin(Method::DELETE, "/api/v1/members/nobody")
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, 404);
+    let resp = admin(Method::DELETE, "/api/v1/members/alice")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 204);
+
+    // Every change is in the tenant's audit log.
+    let mut conn = crate::support::tenant_conn(&acme.slug).await;
+    let rows: Vec<(String, String, String, String, Option<String>)> = sqlx::query_as(
+        "SELECT principal_kind, principal_id, action, resource, resource_id FROM audit_log ORDER BY at, id",
+    )
+    .fetch_all(&mut conn)
+    .await
+    .unwrap();
+    let actions: Vec<(&str, &str, &str)> = rows
+        .iter()
+        .map(|r| (r.1.as_str(), r.2.as_str(), r.4.as_deref().unwrap_or("")))
+        .collect();
+    assert_eq!(
+        actions,
+        [
+            ("alice", "upsert", "bob"),
+            ("alice", "upsert", "bob"),
+            ("alice", "delete", "alice")
+        ]
+    );
+    assert!(rows.iter().all(|r| r.0 == "user" && r.3 == "member"));
+}
+
+#[tokio::test]
+async fn pipeline_order_holds_for_admin_routes() {
+    let app = TestApp::spawn().await;
+    let acme = app.account_with_admin("order", "alice").await;
+    let post = |account: Option<&str>, token: Option<String>, admin: bool| {
+        let mut req = app
+            .client
+            .post(app.url("/api/v1/members"))
+            .json(&json!({ "subject": "x", "role": "member" }));
+        if let Some(a) = account {
+            req = req.header("X-Account-ID", a);
+        }
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        if admin {
+            req = req.header("X-Admin", "true");
+        }
+        async move { error_code(req.send().await.unwrap()).await }
+    };
+    let cases = vec![
+        (
+            post(None, None, false).await,
+            (400, "missing_account_header"),
+        ),
+        (
+            post(Some("kataven-admin"), Some("bad".into()), true).await,
+            (403, "reserved_account"),
+        ),
+        (
+            post(Some(&acme.slug), Some("bad".into()), true).await,
+            (401, "unauthenticated"),
+        ),
+        (
+            post(Some("unknown-acct"), Some(app.token("alice")), false).await,
+            (400, "invalid_account"),
+        ),
+        (
+            post(Some(&acme.slug), Some(app.token("mallory")), true).await,
+            (403, "forbidden"),
+        ),
+        (
+            post(Some(&acme.slug), Some(app.token("alice")), false).await,
+            (403, "admin_required"),
+        ),
+    ];
+    for (i, (got, want)) in cases.into_iter().enumerate() {
+        assert_eq!((got.0, got.1.as_str()), want, "case {i}");
+    }
+}
