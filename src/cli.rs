@@ -4,9 +4,10 @@ use std::path::Path;
 
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
-use secrecy::SecretString;
+use secrecy::{ExposeSecret, SecretString};
 use tokio::net::TcpListener;
 
+use crate::auth::dev_issuer::upsert_dev_user;
 use crate::config::Config;
 use crate::server;
 use crate::tenancy::catalog::{AccountStatus, Role};
@@ -132,7 +133,7 @@ async fn dev(mut config: Config) -> anyhow::Result<()> {
         None
     };
     if config.key_pepper.is_none() {
-        config.key_pepper = Some(dev_secret(&config.data_dir.join("key-pepper"))?);
+        config.key_pepper = Some(dev_secret(&config.data_dir.join("key-pepper"), 48)?);
     }
     config.dev_login.get_or_insert(true);
 
@@ -142,10 +143,27 @@ async fn dev(mut config: Config) -> anyhow::Result<()> {
             .prepare_template(&server::system_options(&config)?)
             .await?;
         seed_demo(&provisioner).await?;
+        let password = dev_secret(&config.data_dir.join("dev-user-password"), 20)?;
+        let slug = AccountSlug::parse(DEMO_ACCOUNT).expect("valid slug");
+        upsert_dev_user(
+            provisioner.catalog().pool(),
+            &slug,
+            DEMO_EMAIL,
+            password.expose_secret(),
+            Role::Admin,
+        )
+        .await?;
         let url = config.public_url();
+        let password = password.expose_secret();
         println!("\nKataven Hub (dev) is running at {url}");
-        println!("  accounts:  curl -s {url}/api/accounts");
-        println!("  health:    curl -s {url}/readyz");
+        println!("  dev user:  {DEMO_EMAIL} / {password}  (admin of `{DEMO_ACCOUNT}`)");
+        println!("  log in and call a protected endpoint:");
+        println!(
+            "    TOKEN=$(curl -s {url}/api/login -H 'Content-Type: application/json' \\\n      \
+             -d '{{\"account\":\"{DEMO_ACCOUNT}\",\"email\":\"{DEMO_EMAIL}\",\"password\":\"{password}\"}}' \\\n      \
+             | sed -E 's/.*\"token\":\"([^\"]+)\".*/\\1/')"
+        );
+        println!("    curl -s {url}/api/v1/members -H \"X-Account-ID: {DEMO_ACCOUNT}\" -H \"Authorization: Bearer $TOKEN\"");
         println!("Press Ctrl-C to stop.\n");
         run_server(config, provisioner).await
     }
@@ -168,21 +186,24 @@ impl Drop for StopOnDrop {
 }
 
 /// A secret generated on first use and kept (mode 0600) in the dev data directory.
-fn dev_secret(path: &Path) -> anyhow::Result<SecretString> {
+fn dev_secret(path: &Path, len: usize) -> anyhow::Result<SecretString> {
     use rand::distr::{Alphanumeric, SampleString};
     use std::os::unix::fs::PermissionsExt;
     if let Ok(existing) = std::fs::read_to_string(path) {
         return Ok(SecretString::from(existing.trim().to_owned()));
     }
-    let secret = Alphanumeric.sample_string(&mut rand::rng(), 48);
+    let secret = Alphanumeric.sample_string(&mut rand::rng(), len);
     std::fs::write(path, &secret)?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
     Ok(SecretString::from(secret))
 }
 
+const DEMO_ACCOUNT: &str = "acme";
+const DEMO_EMAIL: &str = "admin@acme.test";
+
 /// The demo account, created on the first `dev` run (later runs find it and leave it alone).
 async fn seed_demo(provisioner: &Provisioner) -> anyhow::Result<()> {
-    let slug = AccountSlug::parse("acme").expect("valid slug");
+    let slug = AccountSlug::parse(DEMO_ACCOUNT).expect("valid slug");
     if provisioner.catalog().account(&slug).await?.is_some() {
         return Ok(());
     }

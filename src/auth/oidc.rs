@@ -456,3 +456,31 @@ pub fn unverified_issuer(token: &str) -> Option<String> {
         .ok()?;
     serde_json::from_slice::<Iss>(&bytes).ok().map(|i| i.iss)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::check_issuer_url;
+
+    #[test]
+    fn http_issuers_only_on_loopback() {
+        for ok in [
+            "https://acme.zitadel.cloud",
+            "http://127.0.0.1:8080",
+            "http://localhost:9000/dev/oidc",
+            "http://[::1]:8080",
+            "http://127.9.9.9",
+        ] {
+            assert!(check_issuer_url(ok).is_ok(), "{ok}");
+        }
+        for bad in [
+            "http://acme.zitadel.cloud",
+            "http://10.0.0.1",
+            "http://localhost.evil.com",
+            "http://0.0.0.0:8080",
+            "ftp://issuer",
+            "not a url",
+        ] {
+            assert!(check_issuer_url(bad).is_err(), "{bad}");
+        }
+    }
+}

@@ -99,6 +99,28 @@ fn accounts_commands_round_trip() {
     assert!(!out.status.success());
 }
 
+/// `POST /api/login` as the seeded dev user; returns the token.
+fn login(port: u16, password: &str) -> String {
+    use std::io::{Read, Write};
+    let body = format!(
+        r#"{{"account":"acme","email":"admin@acme.test","password":"{}"}}"#,
+        password.trim()
+    );
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    write!(
+        s,
+        "POST /api/login HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut response = String::new();
+    s.read_to_string(&mut response).unwrap();
+    let json = response.split("\r\n\r\n").nth(1).unwrap();
+    let value: serde_json::Value =
+        serde_json::from_str(json).unwrap_or_else(|_| panic!("{response}"));
+    value["token"].as_str().unwrap().to_owned()
+}
+
 fn database_exists_blocking(name: &str) -> bool {
     tokio::runtime::Runtime::new()
         .unwrap()
@@ -162,33 +184,63 @@ fn serve_exits_zero_on_sigterm() {
         .env("KATAVEN_DATABASE_URL", system_db_url())
         .env("KATAVEN_KEY_PEPPER", "a-pepper-for-tests-only")
         .env("KATAVEN_LISTEN", format!("127.0.0.1:{port}"))
+        .env("RUST_LOG", "debug")
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
     wait_healthy(port, &mut child);
-    let body = raw_http::get(&format!("http://127.0.0.1:{port}/readyz"));
+    let body = raw_http::get(&format!("http://127.0.0.1:{port}/readyz"), &[]);
     assert_eq!(body.0, 200, "{}", body.1);
+    // Credentials sent to a protected route are refused and never logged.
+    let (status, _) = raw_http::get(
+        &format!("http://127.0.0.1:{port}/api/v1/members"),
+        &[
+            ("X-Account-ID", "acme"),
+            (
+                "Authorization",
+                "Bearer eyJhbGciOiJSUzI1NiJ9.c2VjcmV0LXRva2Vu.sig-secret",
+            ),
+        ],
+    );
+    assert_eq!(status, 401);
+    let (status, _) = raw_http::get(
+        &format!("http://127.0.0.1:{port}/api/v1/members"),
+        &[("Authorization", "Bearer sk_live_acme_SECRETSECRETSECRET")],
+    );
+    assert_eq!(status, 401);
     signal(&child, libc::SIGTERM);
     let status = wait_exit(&mut child);
     let mut log = String::new();
     std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut log).unwrap();
     assert!(status.success(), "exit {status}: {log}");
     assert!(log.contains("stopped"), "{log}");
-    // The pepper never reaches the logs.
-    assert!(!log.contains("a-pepper-for-tests-only"));
+    // Neither the pepper nor the tokens reach the logs (which did log the requests).
+    assert!(log.contains("/api/v1/members"), "{log}");
+    for secret in [
+        "a-pepper-for-tests-only",
+        "c2VjcmV0LXRva2Vu",
+        "sig-secret",
+        "SECRETSECRET",
+    ] {
+        assert!(!log.contains(secret), "{secret} leaked into the logs");
+    }
 }
 
 mod raw_http {
     /// A tiny blocking GET over a raw socket (the async client needs a runtime).
-    pub fn get(url: &str) -> (u16, String) {
+    pub fn get(url: &str, headers: &[(&str, &str)]) -> (u16, String) {
         use std::io::{Read, Write};
         let rest = url.strip_prefix("http://").unwrap();
         let (host, path) = rest.split_once('/').unwrap();
         let mut s = std::net::TcpStream::connect(host).unwrap();
+        let extra: String = headers
+            .iter()
+            .map(|(k, v)| format!("{k}: {v}\r\n"))
+            .collect();
         write!(
             s,
-            "GET /{path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
+            "GET /{path} HTTP/1.1\r\nHost: {host}\r\n{extra}Connection: close\r\n\r\n"
         )
         .unwrap();
         let mut buf = String::new();
@@ -237,12 +289,21 @@ fn dev_starts_embedded_postgres_seeds_acme_once_and_stops_cleanly() {
             .spawn()
             .unwrap();
         wait_healthy(port, &mut child);
-        let (status, body) = raw_http::get(&format!("http://127.0.0.1:{port}/api/accounts"));
+        let (status, body) = raw_http::get(&format!("http://127.0.0.1:{port}/api/accounts"), &[]);
         assert_eq!(status, 200);
         assert!(
             body.contains(r#"[{"account":"acme","name":"Acme Corp"}]"#),
             "run {run}: {body}"
         );
+        // The seeded dev user logs in, and its token opens a protected endpoint.
+        let password = std::fs::read_to_string(data_dir.join("dev-user-password")).unwrap();
+        let token = login(port, &password);
+        let auth = format!("Bearer {token}");
+        let (status, body) = raw_http::get(
+            &format!("http://127.0.0.1:{port}/api/v1/members"),
+            &[("X-Account-ID", "acme"), ("Authorization", &auth)],
+        );
+        assert_eq!(status, 200, "{body}");
         signal(&child, libc::SIGINT);
         let exit = wait_exit(&mut child);
         let mut out = String::new();
@@ -251,6 +312,15 @@ fn dev_starts_embedded_postgres_seeds_acme_once_and_stops_cleanly() {
         std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut log).unwrap();
         assert!(exit.success(), "run {run} exit {exit}: {log}");
         assert!(out.contains(&format!("http://127.0.0.1:{port}")), "{out}");
+        assert!(
+            out.contains("admin@acme.test") && out.contains("/api/login"),
+            "{out}"
+        );
+        // The printed password is the dev user's; the password is never in the logs.
+        assert!(
+            !log.contains(password.trim()),
+            "the dev password leaked into the logs"
+        );
         assert_eq!(
             log.contains("seeded demo account"),
             run == 0,

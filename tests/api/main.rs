@@ -2,6 +2,7 @@
 
 mod cli;
 mod identity;
+mod login;
 mod pipeline;
 mod pools;
 mod provisioning;
