@@ -21,7 +21,8 @@ fn keys() -> (EncodingKey, EncodingKey, JwkSet) {
     let rsa_pem = rsa::pkcs8::EncodePrivateKey::to_pkcs8_pem(&rsa, LineEnding::LF).unwrap();
     let ec = p256::SecretKey::random(&mut p256::elliptic_curve::rand_core::OsRng);
     let ec_pem = ec.to_pkcs8_pem(LineEnding::LF).unwrap();
-    let mut ec_jwk: serde_json::Value = serde_json::from_str(&ec.public_key().to_jwk_string()).unwrap();
+    let mut ec_jwk: serde_json::Value =
+        serde_json::from_str(&ec.public_key().to_jwk_string()).unwrap();
     ec_jwk["kid"] = "ec".into();
     ec_jwk["alg"] = "ES256".into();
     let jwks = json!({ "keys": [
@@ -54,7 +55,10 @@ fn token(key: &EncodingKey, alg: Algorithm, kid: &str) -> String {
 }
 
 fn bench(c: &mut Criterion) {
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     let (rsa, ec, jwks) = keys();
     let issuer = IssuerKeys::local(
         IssuerSettings {
@@ -78,8 +82,13 @@ fn bench(c: &mut Criterion) {
     let mut group = c.benchmark_group("jwt_verify");
     group.bench_function("rs256", |b| b.to_async(&rt).iter(|| issuer.verify(&rs256)));
     group.bench_function("es256", |b| b.to_async(&rt).iter(|| issuer.verify(&es256)));
-    let junk = format!("{}.e30.c2ln", URL_SAFE_NO_PAD.encode(r#"{"alg":"RS256","kid":"nope"}"#));
-    group.bench_function("unknown_kid_in_cooldown", |b| b.to_async(&rt).iter(|| issuer.verify(&junk)));
+    let junk = format!(
+        "{}.e30.c2ln",
+        URL_SAFE_NO_PAD.encode(r#"{"alg":"RS256","kid":"nope"}"#)
+    );
+    group.bench_function("unknown_kid_in_cooldown", |b| {
+        b.to_async(&rt).iter(|| issuer.verify(&junk))
+    });
     group.finish();
 }
 

@@ -40,6 +40,8 @@ pub enum Command {
     /// Manage accounts (tenants).
     #[command(subcommand)]
     Accounts(AccountsCommand),
+    /// Print the OpenAPI document (the committed `openapi/openapi.json` equals it).
+    Openapi,
 }
 
 #[derive(Debug, Subcommand)]
@@ -94,6 +96,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Dev => dev(config).await,
         Command::Migrate => migrate(&config).await,
         Command::Accounts(cmd) => accounts(&config, cmd).await,
+        Command::Openapi => {
+            print!("{}", crate::routes::openapi::json());
+            Ok(())
+        }
     }
 }
 

@@ -116,6 +116,15 @@ pub struct Config {
     )]
     pub limit_concurrent: u32,
 
+    /// Call minutes per account and day (reported by `/api/v1/call-limits`).
+    #[arg(
+        long,
+        env = "KATAVEN_LIMIT_DAILY_MINUTES",
+        default_value_t = 1440,
+        global = true
+    )]
+    pub limit_daily_minutes: u32,
+
     /// Maximum connections per tenant pool.
     #[arg(
         long,
@@ -243,6 +252,17 @@ impl Config {
 
     pub fn shutdown_timeout(&self) -> Duration {
         Duration::from_secs(self.shutdown_timeout_secs)
+    }
+
+    /// The configured default limits.
+    pub fn default_limits(&self) -> crate::tenancy::catalog::Limits {
+        crate::tenancy::catalog::Limits {
+            per_minute: self.limit_per_minute,
+            per_hour: self.limit_per_hour,
+            per_day: self.limit_per_day,
+            concurrent: self.limit_concurrent,
+            daily_minutes: self.limit_daily_minutes,
+        }
     }
 
     pub fn public_url(&self) -> String {

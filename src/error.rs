@@ -33,8 +33,18 @@ pub enum ApiError {
     AdminRequired,
     #[error("{0}")]
     NotFound(String),
+    /// The body is malformed or a field is missing, mistyped or out of range; `field` names it.
     #[error("{message}")]
-    InvalidBody { message: String },
+    InvalidBody {
+        message: String,
+        field: Option<String>,
+    },
+    /// A query parameter is malformed or out of range.
+    #[error("{message}")]
+    InvalidQuery {
+        message: String,
+        field: Option<String>,
+    },
     #[error("{0}")]
     Conflict(String),
     #[error("{message}")]
@@ -52,16 +62,27 @@ pub enum ApiError {
     Internal(#[source] anyhow::Error),
 }
 
-#[derive(Serialize)]
-struct ErrorBody<'a> {
-    error: ErrorDetail<'a>,
+/// Every error answer: `{ "error": { "code", "message", "request_id", "field"? } }`.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[schema(example = json!({"error": {"code": "invalid_account", "message": "unknown account `acme`", "request_id": "0194f3a2-7c1e-7d2a-9b1e-6f0a3c2d1e4f"}}))]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
 }
 
-#[derive(Serialize)]
-struct ErrorDetail<'a> {
-    code: &'a str,
-    message: String,
-    request_id: Option<String>,
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct ErrorDetail {
+    /// A stable machine code: `missing_account_header`, `invalid_account`, `reserved_account`,
+    /// `unauthenticated`, `account_suspended`, `forbidden`, `account_mismatch`,
+    /// `admin_required`, `not_found`, `invalid_body`, `invalid_query`, `conflict`,
+    /// `payload_too_large`, `method_not_allowed`, `unavailable`, `internal`.
+    pub code: String,
+    /// For people; may change.
+    pub message: String,
+    /// The request's `X-Request-Id`.
+    pub request_id: Option<String>,
+    /// The offending field of an `invalid_body` or `invalid_query` error, when known.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub field: Option<String>,
 }
 
 impl ApiError {
@@ -76,12 +97,21 @@ impl ApiError {
         Self::NotFound(what.into())
     }
 
+    /// An `invalid_body` error about `field`.
+    pub fn invalid_field(field: &str, problem: impl std::fmt::Display) -> Self {
+        Self::InvalidBody {
+            message: format!("invalid body: `{field}` {problem}"),
+            field: Some(field.to_owned()),
+        }
+    }
+
     pub fn status(&self) -> StatusCode {
         match self {
             Self::MissingAccountHeader
             | Self::InvalidAccount(_)
             | Self::AccountMismatch
-            | Self::InvalidBody { .. } => StatusCode::BAD_REQUEST,
+            | Self::InvalidBody { .. }
+            | Self::InvalidQuery { .. } => StatusCode::BAD_REQUEST,
             Self::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
             Self::ReservedAccount
             | Self::AccountSuspended
@@ -108,6 +138,7 @@ impl ApiError {
             Self::AdminRequired => "admin_required",
             Self::NotFound(_) => "not_found",
             Self::InvalidBody { .. } => "invalid_body",
+            Self::InvalidQuery { .. } => "invalid_query",
             Self::Conflict(_) => "conflict",
             Self::PayloadTooLarge { .. } => "payload_too_large",
             Self::MethodNotAllowed => "method_not_allowed",
@@ -153,9 +184,15 @@ impl IntoResponse for ApiError {
         }
         let body = ErrorBody {
             error: ErrorDetail {
-                code: self.code(),
+                code: self.code().to_owned(),
                 message: self.to_string(),
                 request_id: request_id::current(),
+                field: match &self {
+                    Self::InvalidBody { field, .. } | Self::InvalidQuery { field, .. } => {
+                        field.clone()
+                    }
+                    _ => None,
+                },
             },
         };
         let mut response = (status, axum::Json(body)).into_response();

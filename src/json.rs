@@ -1,8 +1,11 @@
-//! A JSON body extractor whose rejections are our JSON errors (`invalid_body`, naming the
-//! problem and the field) instead of axum's plain-text ones.
+//! A JSON body extractor whose rejections are our JSON errors: `invalid_body`, naming the
+//! offending field (through `serde_path_to_error`), or `payload_too_large`.
 
-use axum::extract::rejection::JsonRejection;
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
 use axum::extract::{FromRequest, Request};
+use axum::http::StatusCode;
+use axum::http::header::CONTENT_TYPE;
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -19,45 +22,72 @@ where
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
-        match axum::Json::<T>::from_request(req, state).await {
-            Ok(axum::Json(value)) => Ok(Json(value)),
-            Err(rejection) => Err(body_error(rejection)),
+        let is_json = req
+            .headers()
+            .get(CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(is_json_content_type);
+        if !is_json {
+            return Err(ApiError::InvalidBody {
+                message: "expected `Content-Type: application/json`".into(),
+                field: None,
+            });
+        }
+        let bytes = Bytes::from_request(req, state).await.map_err(bytes_error)?;
+        parse(&bytes).map(Json)
+    }
+}
+
+/// Deserializes a JSON body, naming the field at fault.
+pub fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    let mut de = serde_json::Deserializer::from_slice(bytes);
+    let value = serde_path_to_error::deserialize(&mut de).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        let field = (path != "." && !inner.is_syntax() && !inner.is_eof()).then_some(path);
+        let what = if inner.is_syntax() || inner.is_eof() {
+            "malformed JSON"
+        } else {
+            "invalid body"
+        };
+        ApiError::InvalidBody {
+            message: match &field {
+                Some(f) => format!("{what}: `{f}`: {inner}"),
+                None => format!("{what}: {inner}"),
+            },
+            field,
+        }
+    })?;
+    de.end().map_err(|e| ApiError::InvalidBody {
+        message: format!("malformed JSON: {e}"),
+        field: None,
+    })?;
+    Ok(value)
+}
+
+fn bytes_error(rejection: BytesRejection) -> ApiError {
+    if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+        ApiError::PayloadTooLarge {
+            message: "the request body is too large".into(),
+        }
+    } else {
+        ApiError::InvalidBody {
+            message: rejection.body_text(),
+            field: None,
         }
     }
 }
 
-fn body_error(rejection: JsonRejection) -> ApiError {
-    match rejection {
-        JsonRejection::JsonDataError(e) => ApiError::InvalidBody {
-            // serde's message names the field: "missing field `name` at line 1 column 2".
-            message: format!("invalid body: {}", source_message(&e)),
-        },
-        JsonRejection::JsonSyntaxError(e) => ApiError::InvalidBody {
-            message: format!("malformed JSON: {}", source_message(&e)),
-        },
-        JsonRejection::MissingJsonContentType(_) => ApiError::InvalidBody {
-            message: "expected `Content-Type: application/json`".into(),
-        },
-        JsonRejection::BytesRejection(e)
-            if e.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE =>
-        {
-            ApiError::PayloadTooLarge {
-                message: "the request body is too large".into(),
-            }
-        }
-        other => ApiError::InvalidBody {
-            message: other.body_text(),
-        },
-    }
-}
-
-/// The innermost error message (serde's, without axum's prefix).
-fn source_message(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut current = e;
-    while let Some(next) = current.source() {
-        current = next;
-    }
-    current.to_string()
+/// `application/json` or `application/<anything>+json`, with any parameters.
+fn is_json_content_type(value: &str) -> bool {
+    let essence = value
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    essence == "application/json"
+        || (essence.starts_with("application/") && essence.ends_with("+json"))
 }
 
 impl<T: Serialize> IntoResponse for Json<T> {

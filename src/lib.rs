@@ -10,6 +10,7 @@ pub mod error;
 pub mod extract;
 pub mod json;
 pub mod metrics;
+pub mod model;
 pub mod request_id;
 pub mod routes;
 pub mod server;

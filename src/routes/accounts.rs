@@ -5,6 +5,7 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
+use utoipa::ToSchema;
 
 use crate::config::AccountDirectory;
 use crate::error::{ApiError, ApiResult};
@@ -12,13 +13,13 @@ use crate::extract::parse_slug;
 use crate::state::AppState;
 use crate::tenancy::catalog::AccountStatus;
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct AccountEntry {
     pub account: String,
     pub name: String,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct Validation {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub account: Option<String>,
@@ -27,7 +28,11 @@ pub struct Validation {
     pub valid: bool,
 }
 
-/// `GET /api/accounts`: active accounts sorted by slug; 404 when the directory is off.
+/// Active accounts, sorted by slug, for the login page. 404 when the operator turned the
+/// directory off (`KATAVEN_ACCOUNT_DIRECTORY=off`).
+#[utoipa::path(get, operation_id = "list_accounts", path = "/api/accounts", tag = "public", security(()),
+    responses((status = 200, description = "Active accounts", body = Vec<AccountEntry>),
+              (status = 404, description = "The directory is off", body = crate::error::ErrorBody)))]
 pub async fn list(State(state): State<AppState>) -> ApiResult<Json<Vec<AccountEntry>>> {
     if state.config.account_directory == AccountDirectory::Off {
         return Err(ApiError::not_found("the account directory is not public"));
@@ -44,8 +49,15 @@ pub async fn list(State(state): State<AppState>) -> ApiResult<Json<Vec<AccountEn
     ))
 }
 
-/// `GET /api/accounts/validate/{account}`: 200 for an active account, 404 `{ "valid": false }`
-/// for an unknown (or suspended: not disclosed) one, 400/403 for a bad or reserved slug.
+/// Whether an account exists and is active (suspended accounts are not disclosed: 404).
+#[utoipa::path(get, operation_id = "validate_account", path = "/api/accounts/validate/{account}", tag = "public", security(()),
+    params(("account" = String, Path, description = "The account slug")),
+    responses((status = 200, description = "An active account", body = Validation,
+               example = json!({"account": "acme", "name": "Acme Corp", "valid": true})),
+              (status = 400, description = "Not a valid slug (`invalid_account`)", body = crate::error::ErrorBody),
+              (status = 403, description = "The reserved system account (`reserved_account`)", body = crate::error::ErrorBody),
+              (status = 404, description = "No such active account", body = Validation,
+               example = json!({"valid": false}))))]
 pub async fn validate(
     State(state): State<AppState>,
     Path(raw): Path<String>,

@@ -11,12 +11,17 @@ use serde_json::{Value, json};
 use crate::error::{ApiError, ApiResult};
 use crate::state::AppState;
 
-/// `GET /healthz`: the process is up.
+/// Liveness: the process is up.
+#[utoipa::path(get, path = "/healthz", tag = "operations", security(()),
+    responses((status = 200, description = "Up", body = Object, example = json!({"status": "ok"}))))]
 pub async fn healthz() -> Json<Value> {
     Json(json!({ "status": "ok" }))
 }
 
-/// `GET /readyz`: the system database answers.
+/// Readiness: the system database answers.
+#[utoipa::path(get, path = "/readyz", tag = "operations", security(()),
+    responses((status = 200, description = "Ready", body = Object, example = json!({"status": "ready"})),
+              (status = 503, description = "The system database is unavailable", body = crate::error::ErrorBody)))]
 pub async fn readyz(State(state): State<AppState>) -> ApiResult<Json<Value>> {
     let probe = sqlx::query_scalar::<_, i32>("SELECT 1").fetch_one(state.catalog.pool());
     match tokio::time::timeout(Duration::from_secs(2), probe).await {
@@ -31,7 +36,9 @@ pub async fn readyz(State(state): State<AppState>) -> ApiResult<Json<Value>> {
     }
 }
 
-/// `GET /metrics`: Prometheus text format.
+/// Prometheus metrics (text exposition format).
+#[utoipa::path(get, path = "/metrics", tag = "operations", security(()),
+    responses((status = 200, description = "Metrics", body = String, content_type = "text/plain")))]
 pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
     (
         [(CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],

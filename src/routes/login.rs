@@ -6,6 +6,7 @@ use axum::http::HeaderMap;
 use axum::http::header::AUTHORIZATION;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
+use utoipa::ToSchema;
 
 use crate::auth::dev_issuer::TOKEN_TTL_SECS;
 use crate::error::{ApiError, ApiResult};
@@ -14,14 +15,14 @@ use crate::json::Json;
 use crate::state::AppState;
 use crate::tenancy::catalog::AccountStatus;
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 pub struct LoginRequest {
     pub account: String,
     pub email: String,
     pub password: String,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct LoginResponse {
     pub token: String,
     pub token_type: &'static str,
@@ -38,7 +39,12 @@ fn dev(state: &AppState) -> ApiResult<&crate::auth::dev_issuer::DevIssuer> {
         .ok_or_else(|| ApiError::not_found("no such route"))
 }
 
-/// `POST /api/login`: a dev user's email and password → an ID token of the dev issuer.
+/// Dev only (`kataven-hub dev`, `KATAVEN_DEV_LOGIN=true`; 404 otherwise): a dev user's email
+/// and password → an ID token of the built-in dev issuer.
+#[utoipa::path(post, path = "/api/login", tag = "dev", security(()), request_body = LoginRequest,
+    responses((status = 200, description = "Logged in", body = LoginResponse),
+              (status = 401, description = "Wrong account, email or password", body = crate::error::ErrorBody),
+              (status = 404, description = "Dev login is off", body = crate::error::ErrorBody)))]
 pub async fn login(
     State(state): State<AppState>,
     Json(body): Json<LoginRequest>,
@@ -64,10 +70,16 @@ pub async fn login(
     }))
 }
 
+/// Dev only: the dev issuer's OpenID Connect discovery document.
+#[utoipa::path(get, operation_id = "dev_discovery", path = "/dev/oidc/.well-known/openid-configuration", tag = "dev", security(()),
+    responses((status = 200, description = "Discovery document", body = Object)))]
 pub async fn discovery(State(state): State<AppState>) -> ApiResult<Json<Value>> {
     Ok(Json(dev(&state)?.discovery()))
 }
 
+/// Dev only: the dev issuer's public keys (JWKS).
+#[utoipa::path(get, operation_id = "dev_keys", path = "/dev/oidc/keys", tag = "dev", security(()),
+    responses((status = 200, description = "JWK set", body = Object)))]
 pub async fn keys(State(state): State<AppState>) -> ApiResult<Json<Value>> {
     let jwks = dev(&state)?.keys.jwks();
     Ok(Json(
@@ -75,7 +87,10 @@ pub async fn keys(State(state): State<AppState>) -> ApiResult<Json<Value>> {
     ))
 }
 
-/// The dev issuer's userinfo: accepts its own ID tokens.
+/// Dev only: the dev issuer's userinfo; accepts its own ID tokens.
+#[utoipa::path(get, operation_id = "dev_userinfo", path = "/dev/oidc/userinfo", tag = "dev", security(("bearer" = [])),
+    responses((status = 200, description = "The user", body = Object),
+              (status = 401, description = "Not a valid dev token", body = crate::error::ErrorBody)))]
 pub async fn userinfo(State(state): State<AppState>, headers: HeaderMap) -> ApiResult<Json<Value>> {
     let (_, verifier) = state
         .identity

@@ -5,6 +5,7 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{Admin, Tenant};
@@ -12,7 +13,7 @@ use crate::json::Json;
 use crate::state::AppState;
 use crate::tenancy::catalog::{Member, MemberChange, Role};
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct MemberOut {
     pub subject: String,
     pub role: Role,
@@ -29,13 +30,15 @@ impl From<Member> for MemberOut {
     }
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Deserialize, ToSchema)]
 pub struct NewMember {
     pub subject: String,
     pub role: Role,
 }
 
+/// The account's members.
+#[utoipa::path(get, operation_id = "list_members", path = "/members", tag = "members",
+    responses((status = 200, description = "Members", body = Vec<MemberOut>)))]
 pub async fn list(
     State(state): State<AppState>,
     tenant: Tenant,
@@ -44,7 +47,11 @@ pub async fn list(
     Ok(Json(members.into_iter().map(Into::into).collect()))
 }
 
-/// Adds a member or changes its role (201 either way, with the member).
+/// Admin only: add a member or change its role (201 either way). Demoting the last admin is
+/// refused (409).
+#[utoipa::path(post, operation_id = "upsert_member", path = "/members", tag = "members", request_body = NewMember,
+    responses((status = 201, description = "The member", body = MemberOut),
+              (status = 409, description = "It would leave the account without an admin", body = crate::error::ErrorBody)))]
 pub async fn upsert(
     State(state): State<AppState>,
     Admin(tenant): Admin,
@@ -52,9 +59,10 @@ pub async fn upsert(
 ) -> ApiResult<(StatusCode, Json<MemberOut>)> {
     let subject = body.subject.trim();
     if subject.is_empty() || subject.len() > 255 {
-        return Err(ApiError::InvalidBody {
-            message: "invalid body: `subject` must be 1–255 characters".into(),
-        });
+        return Err(ApiError::invalid_field(
+            "subject",
+            "must be 1–255 characters",
+        ));
     }
     match state
         .catalog
@@ -72,6 +80,11 @@ pub async fn upsert(
     }
 }
 
+/// Admin only: remove a member. Removing the last admin is refused (409).
+#[utoipa::path(delete, operation_id = "remove_member", path = "/members/{subject}", tag = "members",
+    params(("subject" = String, Path, description = "The member's OIDC subject")),
+    responses((status = 204, description = "Removed"),
+              (status = 409, description = "It would leave the account without an admin", body = crate::error::ErrorBody)))]
 pub async fn remove(
     State(state): State<AppState>,
     Admin(tenant): Admin,

@@ -2,9 +2,13 @@
 //! wrapped in the middleware stack.
 
 pub mod accounts;
+pub mod agents;
+pub mod call_limits;
 pub mod health;
+pub mod knowledge;
 pub mod login;
 pub mod members;
+pub mod openapi;
 pub mod user;
 
 use std::time::Duration;
@@ -13,8 +17,9 @@ use axum::Router;
 use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{delete, get, post};
 use tracing::Instrument;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use crate::error::ApiError;
 use crate::request_id::RequestId;
@@ -22,36 +27,93 @@ use crate::state::AppState;
 
 /// The protected resources, relative to a version prefix. One definition, mounted at the
 /// canonical `/api/v1` and at the `/api` (legacy) and `/v1` (api host) aliases.
-fn resources() -> Router<AppState> {
-    Router::new()
-        .route("/members", get(members::list).post(members::upsert))
-        .route("/members/{subject}", delete(members::remove))
+fn resources() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(agents::list, agents::create))
+        .routes(routes!(agents::get, agents::patch, agents::delete))
+        .routes(routes!(
+            agents::list_tools,
+            agents::upsert_tool,
+            agents::put_tool
+        ))
+        .routes(routes!(agents::attach_playbook))
+        .routes(routes!(agents::detach_playbook))
+        .routes(routes!(agents::attach_faq))
+        .routes(routes!(agents::detach_faq))
+        .routes(routes!(
+            knowledge::list_playbooks,
+            knowledge::create_playbook
+        ))
+        .routes(routes!(
+            knowledge::get_playbook,
+            knowledge::patch_playbook,
+            knowledge::delete_playbook
+        ))
+        .routes(routes!(knowledge::list_faqs, knowledge::create_faq))
+        .routes(routes!(
+            knowledge::get_faq,
+            knowledge::patch_faq,
+            knowledge::delete_faq
+        ))
+        .routes(routes!(knowledge::list_tools, knowledge::create_tool))
+        .routes(routes!(
+            knowledge::get_tool,
+            knowledge::patch_tool,
+            knowledge::delete_tool
+        ))
+        .routes(routes!(members::list, members::upsert))
+        .routes(routes!(members::remove))
+        .routes(routes!(call_limits::get))
+}
+
+/// Public routes (no account, no normal bearer).
+fn public() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(accounts::list))
+        .routes(routes!(accounts::validate))
+        .routes(routes!(user::user_org))
+        .routes(routes!(health::healthz))
+        .routes(routes!(health::readyz))
+        .routes(routes!(health::metrics))
+        .routes(routes!(openapi::document))
+        .routes(routes!(openapi::reference))
+}
+
+/// Dev login and the dev issuer: routed only when dev login is on (documented always).
+fn dev() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(login::login))
+        .routes(routes!(login::discovery))
+        .routes(routes!(login::keys))
+        .routes(routes!(login::userinfo))
+}
+
+/// Every route relative to a mount point (`/` and `/hub-api`), and the OpenAPI document that
+/// describes them (canonical paths only; the aliases are described in the document's text).
+fn assemble(dev_login: bool) -> (Router<AppState>, utoipa::openapi::OpenApi) {
+    let (resources, resources_doc) = resources().split_for_parts();
+    let (public, public_doc) = public().split_for_parts();
+    let (dev_routes, dev_doc) = dev().split_for_parts();
+    let mut router = public
+        .nest("/api/v1", resources.clone())
+        .nest("/api", resources.clone())
+        .nest("/v1", resources);
+    if dev_login {
+        router = router.merge(dev_routes);
+    }
+    let doc = openapi::ApiDoc::build(public_doc, resources_doc, dev_doc);
+    (router, doc)
 }
 
 /// Every route, relative to a mount point (`/` and `/hub-api`). The dev issuer and
 /// `POST /api/login` exist only when dev login is on.
 pub fn routes(dev_login: bool) -> Router<AppState> {
-    let mut routes = Router::new()
-        .route("/api/accounts", get(accounts::list))
-        .route("/api/accounts/validate/{account}", get(accounts::validate))
-        .route("/api/user/org", get(user::user_org))
-        .route("/healthz", get(health::healthz))
-        .route("/readyz", get(health::readyz))
-        .route("/metrics", get(health::metrics))
-        .nest("/api/v1", resources())
-        .nest("/api", resources())
-        .nest("/v1", resources());
-    if dev_login {
-        routes = routes
-            .route("/api/login", post(login::login))
-            .route(
-                "/dev/oidc/.well-known/openid-configuration",
-                get(login::discovery),
-            )
-            .route("/dev/oidc/keys", get(login::keys))
-            .route("/dev/oidc/userinfo", get(login::userinfo));
-    }
-    routes
+    assemble(dev_login).0
+}
+
+/// The OpenAPI document of every route.
+pub fn openapi_document() -> utoipa::openapi::OpenApi {
+    assemble(true).1
 }
 
 /// The whole application: routes at `/` and under `/hub-api`, the middleware stack, the state.

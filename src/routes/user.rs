@@ -8,6 +8,7 @@ use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::http::header::AUTHORIZATION;
 use serde::Serialize;
+use utoipa::ToSchema;
 
 use crate::auth::identity::UserInfoFailure;
 use crate::error::{ApiError, ApiResult};
@@ -15,7 +16,7 @@ use crate::json::Json;
 use crate::state::AppState;
 use crate::tenancy::catalog::Role;
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct UserOrg {
     pub sub: String,
     pub email: Option<String>,
@@ -23,20 +24,26 @@ pub struct UserOrg {
     pub accounts: Vec<AccountRole>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct Org {
     pub id: String,
     pub name: Option<String>,
     pub primary_domain: Option<String>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct AccountRole {
     pub account: String,
     pub name: String,
     pub role: Role,
 }
 
+/// Who the bearer is, asked of the identity provider's userinfo endpoint, and the accounts it
+/// may act in. The bearer is whatever that endpoint accepts (with Zitadel: the access token).
+#[utoipa::path(get, path = "/api/user/org", tag = "public", security(("bearer" = [])),
+    responses((status = 200, description = "The user and its accounts", body = UserOrg),
+              (status = 401, description = "The identity provider refused the bearer", body = crate::error::ErrorBody),
+              (status = 503, description = "The identity provider is unavailable", body = crate::error::ErrorBody)))]
 pub async fn user_org(
     State(state): State<AppState>,
     headers: HeaderMap,

@@ -27,6 +27,7 @@ pub enum AccountStatus {
     serde::Deserialize,
     sqlx::Type,
     clap::ValueEnum,
+    utoipa::ToSchema,
 )]
 #[sqlx(type_name = "text", rename_all = "lowercase")]
 #[serde(rename_all = "lowercase")]
@@ -52,6 +53,16 @@ pub struct Member {
     pub subject: String,
     pub role: Role,
     pub created_at: DateTime<Utc>,
+}
+
+/// An account's effective limits (`0` blocks that dimension).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    pub per_minute: u32,
+    pub per_hour: u32,
+    pub per_day: u32,
+    pub concurrent: u32,
+    pub daily_minutes: u32,
 }
 
 /// The outcome of [`Catalog::change_member`].
@@ -202,6 +213,25 @@ impl Catalog {
         Ok(match changed {
             Some(member) => MemberChange::Done(member),
             None => MemberChange::NotAMember,
+        })
+    }
+
+    /// The account's limits: its overrides in `account_limits`, else `defaults`.
+    pub async fn limits(&self, slug: &AccountSlug, defaults: &Limits) -> sqlx::Result<Limits> {
+        let row: Option<(Option<i32>, Option<i32>, Option<i32>, Option<i32>, Option<i32>)> = sqlx::query_as(
+            "SELECT per_minute, per_hour, per_day, concurrent, daily_minutes FROM account_limits WHERE account = $1",
+        )
+        .bind(slug.as_str())
+        .fetch_optional(&self.pool)
+        .await?;
+        let (m, h, d, c, dm) = row.unwrap_or_default();
+        let pick = |v: Option<i32>, default: u32| v.map_or(default, |v| v.max(0) as u32);
+        Ok(Limits {
+            per_minute: pick(m, defaults.per_minute),
+            per_hour: pick(h, defaults.per_hour),
+            per_day: pick(d, defaults.per_day),
+            concurrent: pick(c, defaults.concurrent),
+            daily_minutes: pick(dm, defaults.daily_minutes),
         })
     }
 

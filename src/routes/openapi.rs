@@ -1,0 +1,227 @@
+//! The OpenAPI 3.1 document (`/api/v1/openapi.json`, `kataven-hub openapi`,
+//! `openapi/openapi.json`) and an interactive reference at `/docs`.
+
+use std::sync::OnceLock;
+
+use axum::http::header::CONTENT_TYPE;
+use axum::response::{Html, IntoResponse};
+use utoipa::OpenApi;
+use utoipa::openapi::path::Operation;
+use utoipa::openapi::security::{
+    ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityRequirement, SecurityScheme,
+};
+use utoipa::openapi::{ContentBuilder, Ref, RefOr, ResponseBuilder};
+
+use crate::error::ErrorBody;
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "Kataven Hub API",
+        description = "Management API of the Kataven voice/chat AI-agent platform.\n\n\
+            Every account has its own database; protected requests name the account in \
+            `X-Account-ID` (optional with an `sk_live_` API key, which carries its account) and \
+            authenticate with `Authorization: Bearer <OIDC ID token | sk_live_ key>`.\n\n\
+            **Paths.** The canonical paths are `/api/v1/<resource>`. The same operations also \
+            answer at `/api/<resource>` (legacy) and `/v1/<resource>`, and every path also \
+            answers under the `/hub-api` prefix (see `servers`).\n\n\
+            **Errors** are `{ \"error\": { \"code\", \"message\", \"request_id\" } }` with a \
+            stable `code`; every response carries `X-Request-Id`.",
+        license(name = "Apache-2.0"),
+    ),
+    servers(
+        (url = "/", description = "This host"),
+        (url = "/hub-api", description = "The same API under the `/hub-api` prefix"),
+    ),
+    components(schemas(ErrorBody)),
+    tags(
+        (name = "agents", description = "Agents and their tools, playbooks and FAQs"),
+        (name = "playbooks"), (name = "faqs"), (name = "tools"),
+        (name = "members", description = "Who may act in the account"),
+        (name = "limits"),
+        (name = "public", description = "No account header and no ID token needed"),
+        (name = "operations", description = "Health and metrics"),
+        (name = "dev", description = "Dev mode only; 404 otherwise"),
+    )
+)]
+pub struct ApiDoc;
+
+/// Operations (relative to `/api/v1`) that need `X-Admin: true` and an admin principal.
+const ADMIN_OPERATIONS: &[(&str, &str)] = &[("post", "/members"), ("delete", "/members/{subject}")];
+
+impl ApiDoc {
+    /// The whole document: public routes as they are, the resources under `/api/v1` with their
+    /// security requirements and the error answers every protected route can give.
+    pub fn build(
+        public: utoipa::openapi::OpenApi,
+        resources: utoipa::openapi::OpenApi,
+        dev: utoipa::openapi::OpenApi,
+    ) -> utoipa::openapi::OpenApi {
+        let mut resources = resources;
+        for (path, item) in resources.paths.paths.iter_mut() {
+            let operations = [
+                ("get", &mut item.get),
+                ("post", &mut item.post),
+                ("put", &mut item.put),
+                ("patch", &mut item.patch),
+                ("delete", &mut item.delete),
+            ];
+            for (method, op) in operations {
+                if let Some(op) = op {
+                    protect(op, ADMIN_OPERATIONS.contains(&(method, path.as_str())));
+                }
+            }
+        }
+        let mut doc = ApiDoc::openapi().nest("/api/v1", resources);
+        doc.merge(public);
+        doc.merge(dev);
+
+        let components = doc.components.get_or_insert_with(Default::default);
+        let schemes = [
+            (
+                "bearer",
+                SecurityScheme::Http(
+                    HttpBuilder::new()
+                        .scheme(HttpAuthScheme::Bearer)
+                        .bearer_format("JWT")
+                        .description(Some("An OIDC ID token of the configured issuer (Zitadel; the dev issuer in dev mode)."))
+                        .build(),
+                ),
+            ),
+            (
+                "api_key",
+                SecurityScheme::Http(
+                    HttpBuilder::new()
+                        .scheme(HttpAuthScheme::Bearer)
+                        .bearer_format("sk_live_<account>_<secret>")
+                        .description(Some("An account API key. It carries its account, so `X-Account-ID` is optional (if sent, it must match)."))
+                        .build(),
+                ),
+            ),
+            (
+                "account",
+                SecurityScheme::ApiKey(ApiKey::Header(ApiKeyValue::with_description(
+                    "X-Account-ID",
+                    "The account (tenant) slug the request acts in.",
+                ))),
+            ),
+            (
+                "admin",
+                SecurityScheme::ApiKey(ApiKey::Header(ApiKeyValue::with_description(
+                    "X-Admin",
+                    "`true`: explicit elevation for admin-only operations (needs an admin principal).",
+                ))),
+            ),
+        ];
+        for (name, scheme) in schemes {
+            components.security_schemes.insert(name.to_owned(), scheme);
+        }
+        let errors = [
+            (
+                "BadRequest",
+                "`missing_account_header`, `invalid_account`, `account_mismatch`, `invalid_body` or `invalid_query`",
+            ),
+            (
+                "Unauthenticated",
+                "`unauthenticated`: no valid bearer (carries `WWW-Authenticate: Bearer`)",
+            ),
+            (
+                "Forbidden",
+                "`reserved_account`, `account_suspended`, `forbidden` or `admin_required`",
+            ),
+            ("NotFound", "`not_found`: no such resource in this account"),
+            (
+                "Unavailable",
+                "`unavailable`: a database is unavailable or busy; retry after `Retry-After` seconds",
+            ),
+        ];
+        for (name, description) in errors {
+            components.responses.insert(
+                name.to_owned(),
+                RefOr::T(
+                    ResponseBuilder::new()
+                        .description(description)
+                        .content(
+                            "application/json",
+                            ContentBuilder::new()
+                                .schema(Some(Ref::from_schema_name("ErrorBody")))
+                                .build(),
+                        )
+                        .build(),
+                ),
+            );
+        }
+
+        doc
+    }
+}
+
+fn protect(op: &mut Operation, admin: bool) {
+    let mut user = vec!["bearer", "account"];
+    if admin {
+        user.push("admin");
+    }
+    let mut requirements = vec![user.iter().fold(SecurityRequirement::default(), |r, s| {
+        r.add::<&str, [&str; 0], &str>(s, [])
+    })];
+    if !admin {
+        requirements.push(SecurityRequirement::new::<&str, [&str; 0], &str>(
+            "api_key",
+            [],
+        ));
+    }
+    op.security = Some(requirements);
+    for (status, name) in [
+        ("400", "BadRequest"),
+        ("401", "Unauthenticated"),
+        ("403", "Forbidden"),
+        ("404", "NotFound"),
+        ("503", "Unavailable"),
+    ] {
+        op.responses
+            .responses
+            .entry(status.to_owned())
+            .or_insert_with(|| RefOr::Ref(Ref::from_response_name(name)));
+    }
+}
+
+/// The document as pretty JSON (what `kataven-hub openapi` prints and the repository commits).
+pub fn json() -> &'static str {
+    static JSON: OnceLock<String> = OnceLock::new();
+    JSON.get_or_init(|| {
+        let mut s = super::openapi_document()
+            .to_pretty_json()
+            .expect("the OpenAPI document serializes");
+        s.push('\n');
+        s
+    })
+}
+
+/// This OpenAPI document.
+#[utoipa::path(get, operation_id = "get_openapi", path = "/api/v1/openapi.json", tag = "public", security(()),
+    responses((status = 200, description = "The OpenAPI 3.1 document", body = Object)))]
+pub async fn document() -> impl IntoResponse {
+    ([(CONTENT_TYPE, "application/json")], json())
+}
+
+/// An interactive API reference (Scalar, loaded by the browser from its CDN).
+#[utoipa::path(get, operation_id = "api_reference", path = "/docs", tag = "public", security(()),
+    responses((status = 200, description = "HTML page", body = String, content_type = "text/html")))]
+pub async fn reference() -> Html<&'static str> {
+    // Relative URL: works at `/docs` and at `/hub-api/docs`.
+    Html(
+        r#"<!doctype html>
+<html lang="en">
+<head>
+  <meta charset="utf-8">
+  <meta name="viewport" content="width=device-width, initial-scale=1">
+  <title>Kataven Hub API reference</title>
+</head>
+<body>
+  <script id="api-reference" data-url="api/v1/openapi.json"></script>
+  <script src="https://cdn.jsdelivr.net/npm/@scalar/api-reference"></script>
+</body>
+</html>
+"#,
+    )
+}
