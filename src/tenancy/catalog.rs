@@ -218,7 +218,15 @@ impl Catalog {
 
     /// The account's limits: its overrides in `account_limits`, else `defaults`.
     pub async fn limits(&self, slug: &AccountSlug, defaults: &Limits) -> sqlx::Result<Limits> {
-        let row: Option<(Option<i32>, Option<i32>, Option<i32>, Option<i32>, Option<i32>)> = sqlx::query_as(
+        /// Overrides: per minute, hour, day, concurrent, daily minutes.
+        type Overrides = (
+            Option<i32>,
+            Option<i32>,
+            Option<i32>,
+            Option<i32>,
+            Option<i32>,
+        );
+        let row: Option<Overrides> = sqlx::query_as(
             "SELECT per_minute, per_hour, per_day, concurrent, daily_minutes FROM account_limits WHERE account = $1",
         )
         .bind(slug.as_str())
