@@ -5,6 +5,7 @@ use std::path::Path;
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
 use secrecy::{ExposeSecret, SecretString};
+use sqlx::{ConnectOptions, Connection};
 use tokio::net::TcpListener;
 
 use crate::auth::dev_issuer::upsert_dev_user;
@@ -169,7 +170,7 @@ async fn dev(mut config: Config) -> anyhow::Result<()> {
              -d '{{\"account\":\"{DEMO_ACCOUNT}\",\"email\":\"{DEMO_EMAIL}\",\"password\":\"{password}\"}}' \\\n      \
              | sed -E 's/.*\"token\":\"([^\"]+)\".*/\\1/')"
         );
-        println!("    curl -s {url}/api/v1/members -H \"X-Account-ID: {DEMO_ACCOUNT}\" -H \"Authorization: Bearer $TOKEN\"");
+        println!("    curl -s {url}/api/v1/agents -H \"X-Account-ID: {DEMO_ACCOUNT}\" -H \"Authorization: Bearer $TOKEN\"");
         println!("Press Ctrl-C to stop.\n");
         run_server(config, provisioner).await
     }
@@ -213,9 +214,15 @@ async fn seed_demo(provisioner: &Provisioner) -> anyhow::Result<()> {
     if provisioner.catalog().account(&slug).await?.is_some() {
         return Ok(());
     }
-    provisioner
+    let account = provisioner
         .create_account(&slug, "Acme Corp", None, None)
         .await?;
+    // Sample agents and knowledge, so that the printed curl shows something real.
+    let mut conn = provisioner.tenant_options(&account)?.connect().await?;
+    sqlx::raw_sql(include_str!("seed/demo_acme.sql"))
+        .execute(&mut conn)
+        .await?;
+    conn.close().await?;
     tracing::info!("seeded demo account `acme`");
     Ok(())
 }

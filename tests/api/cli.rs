@@ -300,10 +300,18 @@ fn dev_starts_embedded_postgres_seeds_acme_once_and_stops_cleanly() {
         let token = login(port, &password);
         let auth = format!("Bearer {token}");
         let (status, body) = raw_http::get(
-            &format!("http://127.0.0.1:{port}/api/v1/members"),
+            &format!("http://127.0.0.1:{port}/api/v1/agents"),
             &[("X-Account-ID", "acme"), ("Authorization", &auth)],
         );
         assert_eq!(status, 200, "{body}");
+        // The demo agents, newest first, with their knowledge joined in.
+        let front_desk = body.find("Front desk").expect("seeded agent");
+        let sales = body.find("Sales assistant").expect("seeded agent");
+        assert!(sales < front_desk, "{body}");
+        assert!(
+            body.contains("refund_policy") && body.contains("opening_hours"),
+            "{body}"
+        );
         signal(&child, libc::SIGINT);
         let exit = wait_exit(&mut child);
         let mut out = String::new();

@@ -3,6 +3,7 @@
 mod cli;
 mod identity;
 mod login;
+mod openapi;
 mod pipeline;
 mod pools;
 mod provisioning;
