@@ -75,6 +75,42 @@ pub enum AccountsCommand {
     /// Manage account members.
     #[command(subcommand)]
     Members(MembersCommand),
+    /// Show or override an account's limits. A number sets the override (0 blocks the
+    /// dimension); `default` clears it; `--clear` clears them all.
+    Limits {
+        slug: String,
+        #[arg(long, value_parser = limit_arg)]
+        per_minute: Option<LimitArg>,
+        #[arg(long, value_parser = limit_arg)]
+        per_hour: Option<LimitArg>,
+        #[arg(long, value_parser = limit_arg)]
+        per_day: Option<LimitArg>,
+        #[arg(long, value_parser = limit_arg)]
+        concurrent: Option<LimitArg>,
+        #[arg(long, value_parser = limit_arg)]
+        daily_minutes: Option<LimitArg>,
+        /// Clear every override (back to the configured defaults).
+        #[arg(long)]
+        clear: bool,
+    },
+}
+
+/// A limit override: a number, or `default` to clear it.
+#[derive(Debug, Clone, Copy)]
+pub enum LimitArg {
+    Set(u32),
+    Default,
+}
+
+fn limit_arg(s: &str) -> Result<LimitArg, String> {
+    if s == "default" {
+        return Ok(LimitArg::Default);
+    }
+    s.parse::<u32>()
+        .ok()
+        .filter(|n| *n <= i32::MAX as u32)
+        .map(LimitArg::Set)
+        .ok_or_else(|| format!("`{s}` is neither a count nor `default`"))
 }
 
 #[derive(Debug, Subcommand)]
@@ -327,6 +363,46 @@ async fn accounts(config: &Config, cmd: AccountsCommand) -> anyhow::Result<()> {
                     "deleted account {slug}; its database `{slug}` was kept (use --purge to drop it)"
                 );
             }
+        }
+        AccountsCommand::Limits {
+            slug,
+            per_minute,
+            per_hour,
+            per_day,
+            concurrent,
+            daily_minutes,
+            clear,
+        } => {
+            let slug = slug_arg(&slug)?;
+            let provisioner = provisioner().await?;
+            let catalog = provisioner.catalog();
+            if catalog.account(&slug).await?.is_none() {
+                bail!("no account `{slug}`");
+            }
+            if clear {
+                catalog.clear_limits(&slug).await?;
+            }
+            let changes = [
+                ("per_minute", per_minute),
+                ("per_hour", per_hour),
+                ("per_day", per_day),
+                ("concurrent", concurrent),
+                ("daily_minutes", daily_minutes),
+            ];
+            for (column, change) in changes {
+                if let Some(change) = change {
+                    let value = match change {
+                        LimitArg::Set(n) => Some(n as i32),
+                        LimitArg::Default => None,
+                    };
+                    catalog.set_limit(&slug, column, value).await?;
+                }
+            }
+            let l = catalog.limits(&slug, &config.default_limits()).await?;
+            println!(
+                "{slug}: per-minute {}, per-hour {}, per-day {}, concurrent {}, daily minutes {}",
+                l.per_minute, l.per_hour, l.per_day, l.concurrent, l.daily_minutes
+            );
         }
         AccountsCommand::Members(MembersCommand::Add {
             slug,

@@ -116,6 +116,16 @@ pub struct Config {
     )]
     pub limit_concurrent: u32,
 
+    /// Requests per minute per client IP on public endpoints (`/api/accounts*`, `/api/login`,
+    /// `/api/user/org`, widget endpoints).
+    #[arg(
+        long,
+        env = "KATAVEN_PUBLIC_LIMIT_PER_MINUTE",
+        default_value_t = 120,
+        global = true
+    )]
+    pub public_limit_per_minute: u32,
+
     /// Call minutes per account and day (reported by `/api/v1/call-limits`).
     #[arg(
         long,

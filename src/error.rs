@@ -51,6 +51,12 @@ pub enum ApiError {
     PayloadTooLarge { message: String },
     #[error("method not allowed")]
     MethodNotAllowed,
+    /// Over an account cap (pipeline step 9).
+    #[error("rate_limited: {} ({}) exceeded", .0.dimension.label(), .0.cap)]
+    RateLimited(Box<crate::limits::Refusal>),
+    /// Over the per-client-IP quota of public endpoints.
+    #[error("rate_limited: too many requests from this address")]
+    IpRateLimited { retry_after_secs: u64 },
     /// A dependency (database, pool budget) cannot serve right now; retry later.
     #[error("{message}")]
     Unavailable {
@@ -73,7 +79,7 @@ pub struct ErrorBody {
 pub struct ErrorDetail {
     /// A stable machine code: `missing_account_header`, `invalid_account`, `reserved_account`,
     /// `unauthenticated`, `account_suspended`, `forbidden`, `account_mismatch`,
-    /// `admin_required`, `not_found`, `invalid_body`, `invalid_query`, `conflict`,
+    /// `admin_required`, `not_found`, `invalid_body`, `invalid_query`, `conflict`, `rate_limited`,
     /// `payload_too_large`, `method_not_allowed`, `unavailable`, `internal`.
     pub code: String,
     /// For people; may change.
@@ -83,6 +89,10 @@ pub struct ErrorDetail {
     /// The offending field of an `invalid_body` or `invalid_query` error, when known.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub field: Option<String>,
+    /// The tripped limit of a `rate_limited` error: `minute`, `hour`, `day`, `concurrent`
+    /// (account caps) or `ip` (public endpoints).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub limit: Option<String>,
 }
 
 impl ApiError {
@@ -118,6 +128,7 @@ impl ApiError {
             | Self::Forbidden(_)
             | Self::AdminRequired => StatusCode::FORBIDDEN,
             Self::NotFound(_) => StatusCode::NOT_FOUND,
+            Self::RateLimited(_) | Self::IpRateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::Conflict(_) => StatusCode::CONFLICT,
             Self::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
@@ -140,6 +151,7 @@ impl ApiError {
             Self::InvalidBody { .. } => "invalid_body",
             Self::InvalidQuery { .. } => "invalid_query",
             Self::Conflict(_) => "conflict",
+            Self::RateLimited(_) | Self::IpRateLimited { .. } => "rate_limited",
             Self::PayloadTooLarge { .. } => "payload_too_large",
             Self::MethodNotAllowed => "method_not_allowed",
             Self::Unavailable { .. } => "unavailable",
@@ -193,6 +205,11 @@ impl IntoResponse for ApiError {
                     }
                     _ => None,
                 },
+                limit: match &self {
+                    Self::RateLimited(r) => Some(r.dimension.name().to_owned()),
+                    Self::IpRateLimited { .. } => Some("ip".to_owned()),
+                    _ => None,
+                },
             },
         };
         let mut response = (status, axum::Json(body)).into_response();
@@ -203,8 +220,20 @@ impl IntoResponse for ApiError {
             }
             Self::Unavailable {
                 retry_after_secs, ..
-            } => {
-                headers.insert(header::RETRY_AFTER, HeaderValue::from(*retry_after_secs));
+            }
+            | Self::IpRateLimited { retry_after_secs } => {
+                headers.insert(
+                    header::RETRY_AFTER,
+                    HeaderValue::from((*retry_after_secs).max(1)),
+                );
+            }
+            Self::RateLimited(r) => {
+                headers.insert(header::RETRY_AFTER, HeaderValue::from(r.retry_after_secs));
+                headers.insert("ratelimit-policy", crate::limits::policy_header(&r.limits));
+                headers.insert(
+                    "ratelimit",
+                    crate::limits::ratelimit_header(r.dimension, 0, r.retry_after_secs),
+                );
             }
             _ => {}
         }

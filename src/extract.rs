@@ -8,8 +8,11 @@ use axum::http::header::AUTHORIZATION;
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderName};
 
+use std::sync::Arc;
+
 use crate::auth::Principal;
 use crate::error::ApiError;
+use crate::limits::Admission;
 use crate::state::AppState;
 use crate::tenancy::catalog::{Account, AccountStatus, Role};
 use crate::tenancy::pools::TenantConn;
@@ -25,6 +28,85 @@ pub struct Tenant {
     pub slug: AccountSlug,
     pub principal: Principal,
     pub role: Role,
+    /// The request's place within the account's limits (its in-flight slot is held until the
+    /// handler returns).
+    pub admitted: Admitted,
+}
+
+/// An admitted request (pipeline step 9 passed).
+#[derive(Clone)]
+pub struct Admitted {
+    _admission: Arc<Admission>,
+}
+
+impl std::fmt::Debug for Admitted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Admitted")
+    }
+}
+
+/// Steps 1–7 passed; limits not applied yet.
+struct Authorized {
+    account: Account,
+    slug: AccountSlug,
+    principal: Principal,
+    role: Role,
+}
+
+impl Authorized {
+    /// Step 9: the account's limits. A request refused here consumed nothing.
+    async fn admit(self, parts: &mut Parts, state: &AppState) -> Result<Tenant, ApiError> {
+        let limits = state
+            .cache
+            .limits(&self.slug, &state.config.default_limits())
+            .await?;
+        let admission = state
+            .limiter
+            .admit(self.slug.as_str(), &limits)
+            .await
+            .map_err(|refusal| {
+                state.metrics.rate_limited(refusal.dimension.name());
+                ApiError::RateLimited(Box::new(refusal))
+            })?;
+        if let Some(slot) = parts.extensions.get::<RateLimitHeaders>() {
+            let mut headers = HeaderMap::new();
+            crate::limits::admitted_headers(&admission, &mut headers);
+            *slot.0.lock() = Some(headers);
+        }
+        Ok(Tenant {
+            account: self.account,
+            slug: self.slug,
+            principal: self.principal,
+            role: self.role,
+            admitted: Admitted {
+                _admission: Arc::new(admission),
+            },
+        })
+    }
+}
+
+/// Where the extractor leaves the `RateLimit` headers of an admitted request for
+/// [`rate_limit_headers`] to add to the response.
+#[derive(Clone, Default)]
+pub struct RateLimitHeaders(Arc<parking_lot::Mutex<Option<HeaderMap>>>);
+
+/// Adds the `RateLimit-Policy` and `RateLimit` headers of admitted requests to their responses.
+pub async fn rate_limit_headers(
+    mut req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let slot = RateLimitHeaders::default();
+    req.extensions_mut().insert(slot.clone());
+    let mut response = next.run(req).await;
+    if let Some(headers) = slot.0.lock().take() {
+        for (name, value) in headers.iter() {
+            response
+                .headers_mut()
+                .entry(name)
+                .or_insert_with(|| value.clone());
+        }
+    }
+    response
 }
 
 /// [`Tenant`] plus a connection to its database, returned to the pool when dropped.
@@ -56,6 +138,17 @@ pub fn parse_slug(raw: &str) -> Result<AccountSlug, ApiError> {
 }
 
 impl FromRequestParts<AppState> for Tenant {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        Authorized::from_request_parts(parts, state)
+            .await?
+            .admit(parts, state)
+            .await
+    }
+}
+
+impl FromRequestParts<AppState> for Authorized {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
@@ -110,7 +203,7 @@ impl FromRequestParts<AppState> for Tenant {
         span.record("account", slug.as_str());
         span.record("principal_kind", principal.kind());
         span.record("principal_id", principal.id());
-        Ok(Tenant {
+        Ok(Authorized {
             account,
             slug,
             principal,
@@ -183,15 +276,15 @@ impl FromRequestParts<AppState> for Admin {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        let tenant = Tenant::from_request_parts(parts, state).await?;
+        let authorized = Authorized::from_request_parts(parts, state).await?;
         let elevated = parts
             .headers
             .get(&X_ADMIN)
             .and_then(|v| v.to_str().ok())
             .is_some_and(|v| v.trim().eq_ignore_ascii_case("true"));
-        if !elevated || tenant.role != Role::Admin {
+        if !elevated || authorized.role != Role::Admin {
             return Err(ApiError::AdminRequired);
         }
-        Ok(Admin(tenant))
+        Ok(Admin(authorized.admit(parts, state).await?))
     }
 }

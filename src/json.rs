@@ -38,13 +38,25 @@ where
     }
 }
 
-/// Deserializes a JSON body, naming the field at fault.
+/// Deserializes a JSON body, naming the field at fault. Every body of this API is a JSON
+/// object (serde would otherwise accept `[]` for a struct whose fields all have defaults).
 pub fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    let first = bytes.iter().find(|b| !b.is_ascii_whitespace());
+    if first.is_some_and(|b| *b != b'{') {
+        return Err(ApiError::InvalidBody {
+            message: "invalid body: expected a JSON object".into(),
+            field: None,
+        });
+    }
     let mut de = serde_json::Deserializer::from_slice(bytes);
     let value = serde_path_to_error::deserialize(&mut de).map_err(|e| {
         let path = e.path().to_string();
         let inner = e.into_inner();
-        let field = (path != "." && !inner.is_syntax() && !inner.is_eof()).then_some(path);
+        let field = field_of(
+            &path,
+            &inner.to_string(),
+            !inner.is_syntax() && !inner.is_eof(),
+        );
         let what = if inner.is_syntax() || inner.is_eof() {
             "malformed JSON"
         } else {
@@ -63,6 +75,23 @@ pub fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
         field: None,
     })?;
     Ok(value)
+}
+
+/// The field at fault: the path of the value, or for a missing field the path of its parent
+/// plus the name serde reports (`missing field `name``).
+pub(crate) fn field_of(path: &str, message: &str, is_data_error: bool) -> Option<String> {
+    if !is_data_error {
+        return None;
+    }
+    let missing = message
+        .strip_prefix("missing field `")
+        .and_then(|rest| rest.split('`').next());
+    match (path, missing) {
+        (".", Some(name)) => Some(name.to_owned()),
+        (parent, Some(name)) => Some(format!("{parent}.{name}")),
+        (".", None) => None,
+        (path, None) => Some(path.to_owned()),
+    }
 }
 
 fn bytes_error(rejection: BytesRejection) -> ApiError {

@@ -32,6 +32,11 @@ pub struct RouteLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct LimitLabels {
+    pub limit: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReasonLabels {
     pub reason: String,
 }
@@ -43,6 +48,8 @@ pub struct Metrics {
     pub pool_counters: PoolCounters,
     pub auth_failures: Family<ReasonLabels, Counter>,
     pub oidc: OidcCounters,
+    pub rate_limited: Family<LimitLabels, Counter>,
+    pub limiter_store_errors: Counter,
     pools_open: Gauge,
     connections_open: Gauge,
     connections_in_use: Gauge,
@@ -101,6 +108,18 @@ impl Metrics {
             "Failed key refreshes (the last good keys keep serving)",
             oidc.jwks_fetch_failures.clone(),
         );
+        let rate_limited = Family::<LimitLabels, Counter>::default();
+        registry.register(
+            "rate_limited",
+            "Requests refused with 429, by tripped limit",
+            rate_limited.clone(),
+        );
+        let limiter_store_errors = Counter::default();
+        registry.register(
+            "limiter_store_errors",
+            "Rate-limit store (Redis) failures; the requests were let through",
+            limiter_store_errors.clone(),
+        );
         let pools_open = Gauge::default();
         registry.register(
             "tenant_pools_open",
@@ -132,6 +151,8 @@ impl Metrics {
             pool_counters,
             auth_failures,
             oidc,
+            rate_limited,
+            limiter_store_errors,
             pools_open,
             connections_open,
             connections_in_use,
@@ -149,6 +170,14 @@ impl Metrics {
         prometheus_client::encoding::text::encode(&mut out, &self.registry)
             .expect("writing to a String cannot fail");
         out
+    }
+
+    pub fn rate_limited(&self, limit: &str) {
+        self.rate_limited
+            .get_or_create(&LimitLabels {
+                limit: limit.to_owned(),
+            })
+            .inc();
     }
 
     pub fn auth_failure(&self, reason: &str) {

@@ -20,6 +20,10 @@ use crate::auth::Identity;
 use crate::auth::dev_issuer::{DEV_AUDIENCE, DevIssuer};
 use crate::auth::oidc::{IssuerKeys, IssuerSettings};
 use crate::config::Config;
+use crate::limits::client_ip::{IpLimiter, TrustedProxies};
+use crate::limits::memory::MemoryStore;
+use crate::limits::redis::RedisStore;
+use crate::limits::{Limiter, Store};
 use crate::metrics::Metrics;
 use crate::state::AppState;
 use crate::tenancy::catalog::Catalog;
@@ -122,7 +126,28 @@ pub async fn build_state(
         &metrics,
     )
     .await?;
-    Ok(AppState::new(config, provisioner, identity, metrics))
+    let store = match &config.redis_url {
+        Some(url) => {
+            let stale_after = config.request_timeout() * 2;
+            Store::Redis(Box::new(RedisStore::new(url.expose_secret(), stale_after)?))
+        }
+        None => Store::Memory(MemoryStore::new(Some(provisioner.catalog().pool().clone()))),
+    };
+    let limiter = Limiter::new(store, metrics.limiter_store_errors.clone());
+    let proxies = TrustedProxies::parse(&config.trusted_proxies)?;
+    let refused = metrics
+        .rate_limited
+        .get_or_create(&crate::metrics::LimitLabels { limit: "ip".into() })
+        .clone();
+    let ip_limiter = IpLimiter::new(config.public_limit_per_minute, proxies, refused);
+    Ok(AppState::new(
+        config,
+        provisioner,
+        identity,
+        metrics,
+        limiter,
+        ip_limiter,
+    ))
 }
 
 /// Completes when SIGTERM or SIGINT (Ctrl-C) arrives.
@@ -184,6 +209,7 @@ pub async fn serve(
     for task in background {
         task.abort();
     }
+    state.flush().await;
     state.pools.close_all().await;
     state.catalog.pool().close().await;
     tracing::info!("stopped");

@@ -6,6 +6,8 @@ use std::sync::Arc;
 use crate::auth::Identity;
 use crate::auth::membership::CatalogCache;
 use crate::config::Config;
+use crate::limits::client_ip::IpLimiter;
+use crate::limits::{Limiter, Store};
 use crate::metrics::Metrics;
 use crate::tenancy::catalog::Catalog;
 use crate::tenancy::pools::{PoolSettings, TenantPools};
@@ -23,6 +25,8 @@ pub struct AppInner {
     pub pools: TenantPools,
     pub metrics: Arc<Metrics>,
     pub identity: Arc<Identity>,
+    pub limiter: Arc<Limiter>,
+    pub ip_limiter: Arc<IpLimiter>,
 }
 
 impl Deref for AppState {
@@ -38,6 +42,8 @@ impl AppState {
         provisioner: Provisioner,
         identity: Arc<Identity>,
         metrics: Arc<Metrics>,
+        limiter: Arc<Limiter>,
+        ip_limiter: Arc<IpLimiter>,
     ) -> Self {
         let pools = TenantPools::new(
             provisioner.clone(),
@@ -60,6 +66,8 @@ impl AppState {
             pools,
             metrics,
             identity,
+            limiter,
+            ip_limiter,
             config,
         }))
     }
@@ -69,6 +77,17 @@ impl AppState {
     pub fn spawn_background(&self) -> Vec<tokio::task::JoinHandle<()>> {
         let mut tasks = vec![self.pools.spawn_reaper(), self.cache.spawn_listener()];
         tasks.extend(self.identity.issuers().iter().map(|i| i.spawn_refresher()));
+        tasks.push(self.ip_limiter.spawn_janitor());
+        if let Store::Memory(memory) = self.limiter.store() {
+            tasks.push(memory.spawn_flusher());
+        }
         tasks
+    }
+
+    /// Saves what must survive a restart (the in-process daily request counts).
+    pub async fn flush(&self) {
+        if let Store::Memory(memory) = self.limiter.store() {
+            memory.flush().await;
+        }
     }
 }

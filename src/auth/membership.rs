@@ -12,7 +12,7 @@ use dashmap::DashMap;
 use sqlx::postgres::PgListener;
 use tokio::time::Instant;
 
-use crate::tenancy::catalog::{Account, Catalog, Role};
+use crate::tenancy::catalog::{Account, Catalog, Limits, Role};
 use crate::tenancy::slug::AccountSlug;
 
 pub const CACHE_TTL: Duration = Duration::from_secs(30);
@@ -36,6 +36,8 @@ struct Inner {
     accounts: DashMap<String, Cached<Option<Account>>>,
     /// `(account, subject)` → the member row's role, if any.
     members: DashMap<(String, String), Cached<Option<Role>>>,
+    /// The account's limits (overrides applied to the defaults).
+    limits: DashMap<String, Cached<Limits>>,
     /// Called with the slug of an account deleted or moved (the pool map forgets its pool).
     on_placement_change: Box<dyn Fn(&str) + Send + Sync>,
 }
@@ -50,6 +52,7 @@ impl CatalogCache {
                 catalog,
                 accounts: DashMap::new(),
                 members: DashMap::new(),
+                limits: DashMap::new(),
                 on_placement_change: Box::new(on_placement_change),
             }),
         }
@@ -78,6 +81,15 @@ impl CatalogCache {
         Ok(value)
     }
 
+    pub async fn limits(&self, slug: &AccountSlug, defaults: &Limits) -> sqlx::Result<Limits> {
+        if let Some(hit) = fresh(&self.inner.limits, slug.as_str()) {
+            return Ok(hit);
+        }
+        let value = self.inner.catalog.limits(slug, defaults).await?;
+        insert(&self.inner.limits, slug.to_string(), value);
+        Ok(value)
+    }
+
     fn invalidate(&self, payload: &str) {
         match payload.split_once(':') {
             Some(("accounts", slug)) => {
@@ -87,6 +99,9 @@ impl CatalogCache {
                 self.inner.accounts.remove(slug);
                 self.inner.members.retain(|(account, _), _| account != slug);
                 (self.inner.on_placement_change)(slug);
+            }
+            Some(("limits", slug)) => {
+                self.inner.limits.remove(slug);
             }
             Some(("members", slug)) => {
                 self.inner.members.retain(|(account, _), _| account != slug);
@@ -98,6 +113,7 @@ impl CatalogCache {
     pub fn flush(&self) {
         self.inner.accounts.clear();
         self.inner.members.clear();
+        self.inner.limits.clear();
     }
 
     /// Listens for catalog changes until the task is aborted.

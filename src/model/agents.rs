@@ -5,7 +5,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 use uuid::Uuid;
 
-use super::{check_required_text, check_text, nullable};
+use super::{check_required_text, check_text, non_null, nullable};
 use crate::error::ApiError;
 
 macro_rules! text_enum {
@@ -150,23 +150,37 @@ pub struct AgentCreate {
 /// A partial update: absent fields keep their value; `null` clears a nullable field.
 #[derive(Debug, Clone, Default, Deserialize, ToSchema)]
 pub struct AgentPatch {
+    #[serde(default, deserialize_with = "non_null")]
     pub name: Option<String>,
+    #[serde(default, deserialize_with = "non_null")]
     pub description: Option<String>,
+    #[serde(default, deserialize_with = "non_null")]
     pub category: Option<AgentCategory>,
+    #[serde(default, deserialize_with = "non_null")]
     pub status: Option<AgentStatus>,
+    #[serde(default, deserialize_with = "non_null")]
     pub system_prompt: Option<String>,
+    #[serde(default, deserialize_with = "non_null")]
     pub greeting_message: Option<String>,
+    #[serde(default, deserialize_with = "non_null")]
     pub greeting_mode: Option<GreetingMode>,
+    #[serde(default, deserialize_with = "non_null")]
     pub llm_model: Option<String>,
+    #[serde(default, deserialize_with = "non_null")]
     pub voice_provider: Option<VoiceProvider>,
     #[serde(default, deserialize_with = "nullable")]
     #[schema(value_type = Option<String>)]
     pub voice_id: Option<Option<String>>,
+    #[serde(default, deserialize_with = "non_null")]
     pub auth_mode: Option<AuthMode>,
+    #[serde(default, deserialize_with = "non_null")]
     pub ringing_enabled: Option<bool>,
+    #[serde(default, deserialize_with = "non_null")]
     pub background_audio_enabled: Option<bool>,
     #[schema(minimum = 0.0, maximum = 1.0)]
+    #[serde(default, deserialize_with = "non_null")]
     pub background_audio_volume: Option<f64>,
+    #[serde(default, deserialize_with = "non_null")]
     pub noise_suppression_enabled: Option<bool>,
     #[serde(default, deserialize_with = "nullable")]
     #[schema(value_type = Option<Uuid>)]

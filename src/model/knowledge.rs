@@ -5,7 +5,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 use uuid::Uuid;
 
-use super::{check_required_text, check_snake_name, check_text, nullable};
+use super::{check_required_text, check_snake_name, check_text, non_null, nullable};
 use crate::error::ApiError;
 
 fn check_tags(field: &str, tags: &[String]) -> Result<(), ApiError> {
@@ -56,11 +56,17 @@ pub struct PlaybookCreate {
 
 #[derive(Debug, Clone, Default, Deserialize, ToSchema)]
 pub struct PlaybookPatch {
+    #[serde(default, deserialize_with = "non_null")]
     pub name: Option<String>,
+    #[serde(default, deserialize_with = "non_null")]
     pub display_name: Option<String>,
+    #[serde(default, deserialize_with = "non_null")]
     pub category: Option<String>,
+    #[serde(default, deserialize_with = "non_null")]
     pub description: Option<String>,
+    #[serde(default, deserialize_with = "non_null")]
     pub tags: Option<Vec<String>>,
+    #[serde(default, deserialize_with = "non_null")]
     pub tool_names: Option<Vec<String>>,
 }
 
@@ -132,11 +138,17 @@ pub struct FaqCreate {
 
 #[derive(Debug, Clone, Default, Deserialize, ToSchema)]
 pub struct FaqPatch {
+    #[serde(default, deserialize_with = "non_null")]
     pub name: Option<String>,
+    #[serde(default, deserialize_with = "non_null")]
     pub title: Option<String>,
+    #[serde(default, deserialize_with = "non_null")]
     pub summary: Option<String>,
+    #[serde(default, deserialize_with = "non_null")]
     pub content: Option<String>,
+    #[serde(default, deserialize_with = "non_null")]
     pub category: Option<String>,
+    #[serde(default, deserialize_with = "non_null")]
     pub tags: Option<Vec<String>>,
 }
 
@@ -230,18 +242,26 @@ pub struct ToolCreate {
 
 #[derive(Debug, Clone, Default, Deserialize, ToSchema)]
 pub struct ToolPatch {
+    #[serde(default, deserialize_with = "non_null")]
     pub name: Option<String>,
+    #[serde(default, deserialize_with = "non_null")]
     pub display_name: Option<String>,
+    #[serde(default, deserialize_with = "non_null")]
     pub category: Option<String>,
+    #[serde(default, deserialize_with = "non_null")]
     pub description: Option<String>,
     #[schema(value_type = Option<Object>)]
+    #[serde(default, deserialize_with = "non_null")]
     pub schema: Option<serde_json::Value>,
+    #[serde(default, deserialize_with = "non_null")]
     pub implementation_type: Option<ImplementationType>,
     #[schema(value_type = Option<Object>)]
+    #[serde(default, deserialize_with = "non_null")]
     pub implementation_config: Option<serde_json::Value>,
     #[serde(default, deserialize_with = "nullable")]
     #[schema(value_type = Option<String>)]
     pub implementation_code: Option<Option<String>>,
+    #[serde(default, deserialize_with = "non_null")]
     pub tags: Option<Vec<String>>,
 }
 

@@ -18,6 +18,19 @@ where
     Option::<T>::deserialize(d).map(Some)
 }
 
+/// Deserializes a field that may be absent (`None`) or a value, but not `null`: for PATCH
+/// fields that cannot be cleared. Use with `#[serde(default, deserialize_with = "non_null")]`.
+pub fn non_null<'de, D, T>(d: D) -> Result<Option<T>, D::Error>
+where
+    D: Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    match Option::<T>::deserialize(d)? {
+        Some(v) => Ok(Some(v)),
+        None => Err(serde::de::Error::custom("must not be null")),
+    }
+}
+
 /// A page of a list.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct Page<T> {
@@ -80,6 +93,11 @@ impl ListQuery {
 
     pub fn limit(&self) -> i64 {
         self.limit.unwrap_or(Self::DEFAULT_LIMIT)
+    }
+
+    /// The `category` filter; an empty value filters nothing.
+    pub fn category(&self) -> Option<&str> {
+        self.category.as_deref().filter(|c| !c.is_empty())
     }
 
     pub fn offset(&self) -> i64 {

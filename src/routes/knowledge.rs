@@ -1,7 +1,7 @@
 //! `/api/v1/playbooks`, `/api/v1/faqs`, `/api/v1/tools`: CRUD addressable by UUID or name.
 //! Lists are paged and filterable; built-in (`is_default`) playbooks and tools cannot be deleted.
 
-use axum::extract::{Path, Query};
+use axum::extract::Path;
 use axum::http::StatusCode;
 use sqlx::postgres::PgRow;
 use sqlx::{Connection, FromRow, PgConnection};
@@ -14,6 +14,7 @@ use crate::model::knowledge::{
     Faq, FaqCreate, FaqPatch, Playbook, PlaybookCreate, PlaybookPatch, Tool, ToolCreate, ToolPatch,
 };
 use crate::model::{IdOrName, ListQuery, Page, conflict_on_unique};
+use crate::query::Query;
 
 /// What the shared list/get/delete code needs to know about a resource table.
 trait Resource: for<'r> FromRow<'r, PgRow> + Send + Unpin {
@@ -63,7 +64,7 @@ async fn list_page<R: Resource>(conn: &mut PgConnection, q: &ListQuery) -> ApiRe
     let mut tx = conn.begin().await?;
     let total: i64 =
         sqlx::query_scalar(&format!("SELECT count(*) FROM {} WHERE {filter}", R::TABLE))
-            .bind(q.category.as_deref())
+            .bind(q.category())
             .bind(pattern.as_deref())
             .fetch_one(&mut *tx)
             .await?;
@@ -72,7 +73,7 @@ async fn list_page<R: Resource>(conn: &mut PgConnection, q: &ListQuery) -> ApiRe
         R::COLUMNS,
         R::TABLE
     ))
-    .bind(q.category.as_deref())
+    .bind(q.category())
     .bind(pattern.as_deref())
     .bind(q.limit())
     .bind(q.offset())

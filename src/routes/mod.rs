@@ -22,6 +22,8 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use crate::error::ApiError;
+use crate::extract::rate_limit_headers;
+use crate::limits::client_ip::limit_public;
 use crate::request_id::RequestId;
 use crate::state::AppState;
 
@@ -64,14 +66,19 @@ fn resources() -> OpenApiRouter<AppState> {
         .routes(routes!(members::list, members::upsert))
         .routes(routes!(members::remove))
         .routes(routes!(call_limits::get))
+        .layer(middleware::from_fn(rate_limit_headers))
 }
 
-/// Public routes (no account, no normal bearer).
+/// Public routes (no account, no normal bearer). Those a browser or a stranger calls are
+/// limited per client IP; health, metrics and the API document are not.
 fn public() -> OpenApiRouter<AppState> {
-    OpenApiRouter::new()
+    let limited = OpenApiRouter::new()
         .routes(routes!(accounts::list))
         .routes(routes!(accounts::validate))
         .routes(routes!(user::user_org))
+        .layer(middleware::from_fn(limit_public));
+    OpenApiRouter::new()
+        .merge(limited)
         .routes(routes!(health::healthz))
         .routes(routes!(health::readyz))
         .routes(routes!(health::metrics))
@@ -86,6 +93,7 @@ fn dev() -> OpenApiRouter<AppState> {
         .routes(routes!(login::discovery))
         .routes(routes!(login::keys))
         .routes(routes!(login::userinfo))
+        .layer(middleware::from_fn(limit_public))
 }
 
 /// Every route relative to a mount point (`/` and `/hub-api`), and the OpenAPI document that
@@ -132,6 +140,7 @@ pub fn router(routes: Router<AppState>, state: AppState) -> Router {
         .method_not_allowed_fallback(method_not_allowed)
         // Layers run bottom-up on the way in: the request id first, the body limit last.
         .layer(DefaultBodyLimit::max(state.config.body_limit_bytes))
+        .layer(axum::Extension(state.ip_limiter.clone()))
         .layer(middleware::from_fn_with_state(timeout, request_timeout))
         .layer(tower_http::catch_panic::CatchPanicLayer::custom(
             panic_response,

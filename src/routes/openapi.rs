@@ -46,6 +46,9 @@ use crate::error::ErrorBody;
 )]
 pub struct ApiDoc;
 
+/// Public operations limited per client IP.
+const IP_LIMITED: &[&str] = &["list_accounts", "validate_account", "user_org", "login"];
+
 /// Operations (relative to `/api/v1`) that need `X-Admin: true` and an admin principal.
 const ADMIN_OPERATIONS: &[(&str, &str)] = &[("post", "/members"), ("delete", "/members/{subject}")];
 
@@ -75,6 +78,21 @@ impl ApiDoc {
         let mut doc = ApiDoc::openapi().nest("/api/v1", resources);
         doc.merge(public);
         doc.merge(dev);
+        // Public endpoints limited per client IP.
+        for item in doc.paths.paths.values_mut() {
+            for op in [&mut item.get, &mut item.post].into_iter().flatten() {
+                if op
+                    .operation_id
+                    .as_deref()
+                    .is_some_and(|id| IP_LIMITED.contains(&id))
+                {
+                    op.responses.responses.insert(
+                        "429".to_owned(),
+                        RefOr::Ref(Ref::from_response_name("TooManyRequests")),
+                    );
+                }
+            }
+        }
 
         let components = doc.components.get_or_insert_with(Default::default);
         let schemes = [
@@ -135,6 +153,36 @@ impl ApiDoc {
                 "`unavailable`: a database is unavailable or busy; retry after `Retry-After` seconds",
             ),
         ];
+        let header = |description: &str| {
+            utoipa::openapi::HeaderBuilder::new()
+                .schema(
+                    utoipa::openapi::ObjectBuilder::new()
+                        .schema_type(utoipa::openapi::Type::String),
+                )
+                .description(Some(description))
+                .build()
+        };
+        components.responses.insert(
+            "TooManyRequests".to_owned(),
+            RefOr::T(
+                ResponseBuilder::new()
+                    .description(
+                        "`rate_limited`: a limit was reached; `error.limit` names it (`minute`, `hour`, `day`, \
+                         `concurrent`, or `ip` on public endpoints).",
+                    )
+                    .header("Retry-After", header("Seconds until the limit resets"))
+                    .header(
+                        "RateLimit-Policy",
+                        header("The account's limits (IETF httpapi draft), e.g. `\"minute\";q=60;w=60, \"hour\";q=1000;w=3600`"),
+                    )
+                    .header("RateLimit", header("The tripped limit: `\"minute\";r=0;t=<seconds to reset>`"))
+                    .content(
+                        "application/json",
+                        ContentBuilder::new().schema(Some(Ref::from_schema_name("ErrorBody"))).build(),
+                    )
+                    .build(),
+            ),
+        );
         for (name, description) in errors {
             components.responses.insert(
                 name.to_owned(),
@@ -176,6 +224,7 @@ fn protect(op: &mut Operation, admin: bool) {
         ("401", "Unauthenticated"),
         ("403", "Forbidden"),
         ("404", "NotFound"),
+        ("429", "TooManyRequests"),
         ("503", "Unavailable"),
     ] {
         op.responses

@@ -243,6 +243,44 @@ impl Catalog {
         })
     }
 
+    /// Sets one limit override (`None`: back to the default). `column` is one of the
+    /// `account_limits` limit columns.
+    pub async fn set_limit(
+        &self,
+        slug: &AccountSlug,
+        column: &str,
+        value: Option<i32>,
+    ) -> sqlx::Result<()> {
+        const COLUMNS: [&str; 5] = [
+            "per_minute",
+            "per_hour",
+            "per_day",
+            "concurrent",
+            "daily_minutes",
+        ];
+        let column = COLUMNS
+            .into_iter()
+            .find(|c| *c == column)
+            .ok_or_else(|| sqlx::Error::ColumnNotFound(column.to_owned()))?;
+        sqlx::query(&format!(
+            "INSERT INTO account_limits (account, {column}) VALUES ($1, $2)
+             ON CONFLICT (account) DO UPDATE SET {column} = EXCLUDED.{column}, updated_at = now()"
+        ))
+        .bind(slug.as_str())
+        .bind(value)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    pub async fn clear_limits(&self, slug: &AccountSlug) -> sqlx::Result<()> {
+        sqlx::query("DELETE FROM account_limits WHERE account = $1")
+            .bind(slug.as_str())
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
     /// Active accounts where `subject` has a member row: `(slug, name, role)`.
     pub async fn accounts_of_subject(
         &self,

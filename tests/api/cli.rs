@@ -84,6 +84,48 @@ fn accounts_commands_round_trip() {
     let out = hub(&url, &["accounts", "members", "remove", slug, "alice"]);
     assert!(!out.status.success());
 
+    // Limit overrides: set, show, clear one, clear all.
+    let out = hub(
+        &url,
+        &[
+            "accounts",
+            "limits",
+            slug,
+            "--per-minute",
+            "7",
+            "--concurrent",
+            "0",
+        ],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stdout(&out).contains(
+            "per-minute 7, per-hour 1000, per-day 10000, concurrent 0, daily minutes 1440"
+        ),
+        "{}",
+        stdout(&out)
+    );
+    let out = hub(
+        &url,
+        &["accounts", "limits", slug, "--per-minute", "default"],
+    );
+    assert!(
+        stdout(&out).contains("per-minute 60, per-hour 1000, per-day 10000, concurrent 0"),
+        "{}",
+        stdout(&out)
+    );
+    let out = hub(&url, &["accounts", "limits", slug, "--clear"]);
+    assert!(
+        stdout(&out).contains("per-minute 60, per-hour 1000, per-day 10000, concurrent 20"),
+        "{}",
+        stdout(&out)
+    );
+    for bad in [&["--per-minute", "-1"][..], &["--per-hour", "lots"][..]] {
+        let mut args = vec!["accounts", "limits", slug];
+        args.extend_from_slice(bad);
+        assert!(!hub(&url, &args).status.success(), "{bad:?}");
+    }
+
     let out = hub(&url, &["migrate"]);
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(

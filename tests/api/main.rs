@@ -2,10 +2,12 @@
 
 mod cli;
 mod identity;
+mod limits;
 mod login;
 mod openapi;
 mod pipeline;
 mod pools;
 mod provisioning;
 mod public;
+mod resources;
 mod support;

@@ -201,7 +201,7 @@ fn protected_operations_declare_security_and_errors() {
                 op["security"].as_array().is_some_and(|s| !s.is_empty()),
                 "{method} {path}"
             );
-            for status in ["400", "401", "403", "404", "503"] {
+            for status in ["400", "401", "403", "404", "429", "503"] {
                 assert!(
                     op["responses"][status].is_object(),
                     "{method} {path} lacks {status}"

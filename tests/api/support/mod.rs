@@ -3,6 +3,7 @@
 
 pub mod cluster;
 pub mod issuer;
+pub mod redis;
 
 use std::net::SocketAddr;
 use std::str::FromStr;
@@ -53,6 +54,12 @@ pub fn test_config(database_url: &str) -> Config {
     config.database_url = Some(SecretString::from(database_url.to_owned()));
     config.listen = "127.0.0.1:0".parse().unwrap();
     config.key_pepper = Some(SecretString::from("test-pepper".to_owned()));
+    // Generous limits, so that only the tests about limits meet them.
+    config.limit_per_minute = 100_000;
+    config.limit_per_hour = 100_000;
+    config.limit_per_day = 1_000_000;
+    config.limit_concurrent = 1_000;
+    config.public_limit_per_minute = 100_000;
     config
 }
 

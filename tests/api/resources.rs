@@ -1,0 +1,2593 @@
+//! Agents, playbooks, FAQs, tools, their associations, call limits and the audit log
+//! (SPEC §6–§8), through real HTTP against real tenant databases.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, FixedOffset};
+use reqwest::Method;
+use serde_json::{Value, json};
+use sqlx::PgConnection;
+use uuid::Uuid;
+
+use crate::support::{TestApp, tenant_conn};
+
+const V1: &str = "/api/v1";
+
+/// Every prefix the protected resources answer at (SPEC §7).
+const PREFIXES: [&str; 6] = [
+    "/api/v1",
+    "/api",
+    "/v1",
+    "/hub-api/api/v1",
+    "/hub-api/api",
+    "/hub-api/v1",
+];
+
+/// The knowledge resources that share list, get-by-id-or-name and delete code.
+const KINDS: [&str; 3] = ["playbooks", "faqs", "tools"];
+
+/// An app whose request limits (SPEC §9) cannot get in the way of tests that make many
+/// requests, whatever the harness configures. The call-limits test sets its own.
+async fn roomy_app() -> TestApp {
+    TestApp::builder()
+        .await
+        .config(|c| {
+            c.limit_per_minute = 1_000_000;
+            c.limit_per_hour = 1_000_000;
+            c.limit_per_day = 1_000_000;
+            c.limit_concurrent = 10_000;
+        })
+        .spawn()
+        .await
+}
+
+/// A response, read completely: status, the headers we look at, and the body (JSON or `Null`).
+struct Resp {
+    status: u16,
+    location: Option<String>,
+    content_type: String,
+    text: String,
+    body: Value,
+}
+
+impl Resp {
+    fn code(&self) -> &str {
+        self.body["error"]["code"].as_str().unwrap_or("<none>")
+    }
+
+    fn field(&self) -> Option<&str> {
+        self.body["error"]["field"].as_str()
+    }
+
+    /// Asserts the status and returns the body.
+    #[track_caller]
+    fn ok(&self, status: u16) -> &Value {
+        assert_eq!(self.status, status, "unexpected answer: {}", self.text);
+        &self.body
+    }
+
+    /// Asserts a JSON error with `status`, `code` and `field` (`None`: no field in the body).
+    #[track_caller]
+    fn err(&self, status: u16, code: &str, field: Option<&str>, case: &str) {
+        assert_eq!(
+            (self.status, self.code(), self.field()),
+            (status, code, field),
+            "{case}: {}",
+            self.text
+        );
+        assert!(
+            self.content_type.starts_with("application/json"),
+            "{case}: error content type {}",
+            self.content_type
+        );
+        assert!(
+            self.body["error"]["message"].is_string(),
+            "{case}: {}",
+            self.text
+        );
+    }
+}
+
+async fn send(rb: reqwest::RequestBuilder) -> Resp {
+    let resp = rb.send().await.expect("request");
+    let status = resp.status().as_u16();
+    let header = |name: &str| {
+        resp.headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+    };
+    let location = header("location");
+    let content_type = header("content-type").unwrap_or_default();
+    let text = resp.text().await.expect("body");
+    let body = serde_json::from_str(&text).unwrap_or(Value::Null);
+    Resp {
+        status,
+        location,
+        content_type,
+        text,
+        body,
+    }
+}
+
+/// A member of one account: requests go as `subject` into `account`.
+struct Client<'a> {
+    app: &'a TestApp,
+    account: String,
+    database: String,
+    subject: String,
+}
+
+impl<'a> Client<'a> {
+    /// A fresh account with `subject` as its admin.
+    async fn new(app: &'a TestApp, prefix: &str, subject: &str) -> Self {
+        let account = app.account_with_admin(prefix, subject).await;
+        Self {
+            app,
+            account: account.slug,
+            database: account.database_name,
+            subject: subject.to_owned(),
+        }
+    }
+
+    /// A request to a full path (no version prefix added).
+    fn req(&self, method: Method, path: &str) -> reqwest::RequestBuilder {
+        self.app.as_user(method, path, &self.account, &self.subject)
+    }
+
+    async fn call(&self, method: Method, path: &str, body: Option<&Value>) -> Resp {
+        let mut rb = self.req(method, path);
+        if let Some(body) = body {
+            rb = rb.json(body);
+        }
+        send(rb).await
+    }
+
+    async fn get(&self, path: &str) -> Resp {
+        self.call(Method::GET, &format!("{V1}{path}"), None).await
+    }
+
+    async fn post(&self, path: &str, body: Value) -> Resp {
+        self.call(Method::POST, &format!("{V1}{path}"), Some(&body))
+            .await
+    }
+
+    async fn put(&self, path: &str, body: Value) -> Resp {
+        self.call(Method::PUT, &format!("{V1}{path}"), Some(&body))
+            .await
+    }
+
+    async fn patch(&self, path: &str, body: Value) -> Resp {
+        self.call(Method::PATCH, &format!("{V1}{path}"), Some(&body))
+            .await
+    }
+
+    async fn delete(&self, path: &str) -> Resp {
+        self.call(Method::DELETE, &format!("{V1}{path}"), None)
+            .await
+    }
+
+    /// POSTs `body` to `path`, asserting 201, and returns the created resource.
+    async fn create(&self, path: &str, body: Value) -> Value {
+        let resp = self.post(path, body).await;
+        resp.ok(201).clone()
+    }
+
+    async fn agent(&self, name: &str) -> Value {
+        self.create("/agents", json!({ "name": name })).await
+    }
+
+    /// The agents list, asserting 200.
+    async fn agents(&self) -> Vec<Value> {
+        self.get("/agents")
+            .await
+            .ok(200)
+            .as_array()
+            .unwrap()
+            .clone()
+    }
+
+    /// A superuser connection to this account's tenant database.
+    async fn db(&self) -> PgConnection {
+        tenant_conn(&self.database).await
+    }
+}
+
+fn id(v: &Value) -> String {
+    v["id"].as_str().expect("id").to_owned()
+}
+
+fn time(v: &Value) -> DateTime<FixedOffset> {
+    DateTime::parse_from_rfc3339(v.as_str().expect("timestamp")).expect("RFC 3339")
+}
+
+fn names(items: &Value) -> Vec<String> {
+    items
+        .as_array()
+        .expect("array")
+        .iter()
+        .map(|i| i["name"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+/// Percent-encodes a query value.
+fn enc(s: &str) -> String {
+    s.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
+}
+
+/// A create body for a knowledge resource, with `text` in a searched column.
+fn knowledge_body(kind: &str, name: &str, category: Option<&str>, text: &str) -> Value {
+    let mut body = match kind {
+        "faqs" => json!({ "name": name, "title": format!("About {name}"), "summary": text }),
+        _ => json!({ "name": name, "display_name": format!("About {name}"), "description": text }),
+    };
+    if let Some(category) = category {
+        body["category"] = json!(category);
+    }
+    body
+}
+
+// ---- agents ----------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn an_agent_created_with_only_a_name_has_every_documented_default() {
+    let app = roomy_app().await;
+    let c = Client::new(&app, "agdef", "alice").await;
+
+    let before = chrono::Utc::now();
+    let resp = c.post("/agents", json!({ "name": "Front desk" })).await;
+    let agent = resp.ok(201).clone();
+    let agent_id = id(&agent);
+    assert!(Uuid::parse_str(&agent_id).is_ok(), "{agent_id}");
+    assert_eq!(
+        resp.location.as_deref(),
+        Some(format!("/api/v1/agents/{agent_id}").as_str())
+    );
+
+    let expected = json!({
+        "id": agent_id,
+        "name": "Front desk",
+        "description": "",
+        "category": "custom",
+        "status": "draft",
+        "system_prompt": "",
+        "greeting_message": "",
+        "greeting_mode": "interruptible",
+        "llm_model": "gpt-4o",
+        "voice_provider": "cartesia",
+        "voice_id": null,
+        "auth_mode": "authenticated",
+        "ringing_enabled": true,
+        "background_audio_enabled": false,
+        "background_audio_volume": 0.8,
+        "noise_suppression_enabled": true,
+        "template_id": null,
+        "active_prompt_id": null,
+        "created_by": "user:alice",
+        "created_at": agent["created_at"],
+        "updated_at": agent["updated_at"],
+        "playbooks": [],
+        "faqs": [],
+    });
+    assert_eq!(agent, expected);
+    let created_at = time(&agent["created_at"]);
+    assert!(created_at >= before - chrono::Duration::seconds(5));
+    assert!(created_at <= chrono::Utc::now() + chrono::Duration::seconds(5));
+    assert_eq!(agent["created_at"], agent["updated_at"]);
+
+    // The Location answers with the same agent.
+    let fetched = send(c.req(Method::GET, resp.location.as_deref().unwrap())).await;
+    assert_eq!(fetched.ok(200), &agent);
+    assert_eq!(c.get(&format!("/agents/{agent_id}")).await.ok(200), &agent);
+}
+
+#[tokio::test]
+async fn every_agent_field_can_be_set_on_create_and_server_set_fields_are_ignored() {
+    let app = roomy_app().await;
+    let c = Client::new(&app, "agall", "alice").await;
+    let template = Uuid::now_v7().to_string();
+    let prompt = Uuid::now_v7().to_string();
+    let forged_id = Uuid::now_v7().to_string();
+
+    let agent = c
+        .create(
+            "/agents",
+            json!({
+                "name": "Sales bot",
+                "description": "Sells things",
+                "category": "sales",
+                "status": "active",
+                "system_prompt": "Be nice.",
+                "greeting_message": "Hello!",
+                "greeting_mode": "locked",
+                "llm_model": "gpt-4.1-mini",
+                "voice_provider": "elevenlabs",
+                "voice_id": "voice-42",
+                "auth_mode": "public",
+                "ringing_enabled": false,
+                "background_audio_enabled": true,
+                "background_audio_volume": 0.25,
+                "noise_suppression_enabled": false,
+                "template_id": template,
+                "active_prompt_id": prompt,
+                // Server-set: ignored.
+                "id": forged_id,
+                "created_by": "user:mallory",
+                "created_at": "2000-01-01T00:00:00Z",
+                "updated_at": "2000-01-01T00:00:00Z",
+                "playbooks": [{ "id": Uuid::now_v7(), "name": "ghost", "display_name": "Ghost" }],
+                "faqs": [{ "id": Uuid::now_v7(), "name": "ghost", "title": "Ghost" }],
+            }),
+        )
+        .await;
+    let agent_id = id(&agent);
+    assert_ne!(agent_id, forged_id);
+    assert_eq!(agent["created_by"], "user:alice");
+    assert!(time(&agent["created_at"]).timestamp() > 1_700_000_000);
+    assert!(time(&agent["updated_at"]).timestamp() > 1_700_000_000);
+    assert_eq!(agent["playbooks"], json!([]));
+    assert_eq!(agent["faqs"], json!([]));
+    for (field, value) in [
+        ("name", json!("Sales bot")),
+        ("description", json!("Sells things")),
+        ("category", json!("sales")),
+        ("status", json!("active")),
+        ("system_prompt", json!("Be nice.")),
+        ("greeting_message", json!("Hello!")),
+        ("greeting_mode", json!("locked")),
+        ("llm_model", json!("gpt-4.1-mini")),
+        ("voice_provider", json!("elevenlabs")),
+        ("voice_id", json!("voice-42")),
+        ("auth_mode", json!("public")),
+        ("ringing_enabled", json!(false)),
+        ("background_audio_enabled", json!(true)),
+        ("background_audio_volume", json!(0.25)),
+        ("noise_suppression_enabled", json!(false)),
+        ("template_id", json!(template)),
+        ("active_prompt_id", json!(prompt)),
+    ] {
+        assert_eq!(agent[field], value, "{field}");
+    }
+    assert_eq!(c.get(&format!("/agents/{agent_id}")).await.ok(200), &agent);
+    // The forged id names nothing.
+    c.get(&format!("/agents/{forged_id}"))
+        .await
+        .err(404, "not_found", None, "forged id");
+
+    // Every enum value is accepted.
+    for (field, values) in [
+        (
+            "category",
+            &["customer_support", "sales", "operations", "custom"][..],
+        ),
+        ("status", &["draft", "active", "paused", "archived"][..]),
+        ("greeting_mode", &["interruptible", "locked"][..]),
+        (
+            "voice_provider",
+            &["cartesia", "elevenlabs", "deepgram"][..],
+        ),
+        ("auth_mode", &["public", "authenticated"][..]),
+    ] {
+        for value in values {
+            let agent = c
+                .create("/agents", json!({ "name": "Enum", field: value }))
+                .await;
+            assert_eq!(agent[field], json!(value), "{field}");
+        }
+    }
+    // The volume's bounds are inclusive.
+    for volume in [0.0, 1.0] {
+        let agent = c
+            .create(
+                "/agents",
+                json!({ "name": "Edge", "background_audio_volume": volume }),
+            )
+            .await;
+        assert_eq!(agent["background_audio_volume"], json!(volume));
+    }
+}
+
+#[tokio::test]
+async fn agents_are_listed_newest_first() {
+    let app = roomy_app().await;
+    let c = Client::new(&app, "aglist", "alice").await;
+    assert_eq!(c.agents().await, Vec::<Value>::new());
+
+    let mut created = Vec::new();
+    for name in ["first", "second", "third", "fourth"] {
+        created.push(c.agent(name).await);
+    }
+    let listed = c.agents().await;
+    let expected: Vec<Value> = created.iter().rev().cloned().collect();
+    assert_eq!(listed, expected);
+    // Agent names need not be unique.
+    c.agent("first").await;
+    let listed = c.agents().await;
+    assert_eq!(listed.len(), 5);
+    assert_eq!(listed[0]["name"], "first");
+    assert_eq!(listed[4]["name"], "first");
+}
+
+#[tokio::test]
+async fn patching_an_agent_changes_only_the_fields_sent() {
+    let app = roomy_app().await;
+    let c = Client::new(&app, "agpatch", "alice").await;
+    let template = Uuid::now_v7().to_string();
+    let agent = c
+        .create(
+            "/agents",
+            json!({
+                "name": "Support",
+                "description": "Helps",
+                "voice_id": "voice-1",
+                "template_id": template,
+            }),
+        )
+        .await;
+    let path = format!("/agents/{}", id(&agent));
+    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+
+    let patched = c
+        .patch(
+            &path,
+            json!({ "status": "active", "background_audio_volume": 0.5, "voice_id": null }),
+        )
+        .await
+        .ok(200)
+        .clone();
+    let mut expected = agent.clone();
+    expected["status"] = json!("active");
+    expected["background_audio_volume"] = json!(0.5);
+    expected["voice_id"] = Value::Null;
+    expected["updated_at"] = patched["updated_at"].clone();
+    assert_eq!(patched, expected);
+    assert!(time(&patched["updated_at"]) > time(&agent["updated_at"]));
+    assert_eq!(patched["created_at"], agent["created_at"]);
+    assert_eq!(c.get(&path).await.ok(200), &patched);
+
+    // Absent nullable fields keep their value; `null` clears them.
+    let patched = c
+        .patch(&path, json!({ "name": "Support 2" }))
+        .await
+        .ok(200)
+        .clone();
+    assert_eq!(patched["template_id"], json!(template));
+    assert_eq!(patched["description"], "Helps");
+    assert_eq!(patched["status"], "active");
+    let patched = c
+        .patch(
+            &path,
+            json!({ "template_id": null, "voice_id": "voice-2", "ringing_enabled": false }),
+        )
+        .await
+        .ok(200)
+        .clone();
+    assert_eq!(patched["template_id"], Value::Null);
+    assert_eq!(patched["voice_id"], "voice-2");
+    assert_eq!(patched["ringing_enabled"], false);
+    assert_eq!(patched["name"], "Support 2");
+
+    // Server-set fields are ignored on PATCH too.
+    let patched = c
+        .patch(
+            &path,
+            json!({
+                "id": Uuid::now_v7(),
+                "created_by": "user:mallory",
+                "created_at": "2000-01-01T00:00:00Z",
+                "playbooks": [{ "id": Uuid::now_v7(), "name": "x", "display_name": "X" }],
+            }),
+        )
+        .await
+        .ok(200)
+        .clone();
+    assert_eq!(patched["id"], agent["id"]);
+    assert_eq!(patched["created_by"], "user:alice");
+    assert_eq!(patched["created_at"], agent["created_at"]);
+    assert_eq!(patched["playbooks"], json!([]));
+
+    // An empty patch changes nothing but the timestamp.
+    let before = c.get(&path).await.ok(200).clone();
+    let after = c.patch(&path, json!({})).await.ok(200).clone();
+    let mut expected = before.clone();
+    expected["updated_at"] = after["updated_at"].clone();
+    assert_eq!(after, expected);
+}
+
+#[tokio::test]
+async fn deleting_an_agent_answers_204_then_404() {
+    let app = roomy_app().await;
+    let c = Client::new(&app, "agdel", "alice").await;
+    let keep = c.agent("keep").await;
+    let gone = c.agent("gone").await;
+    let path = format!("/agents/{}", id(&gone));
+
+    let resp = c.delete(&path).await;
+    assert_eq!(resp.status, 204, "{}", resp.text);
+    assert!(resp.text.is_empty(), "{}", resp.text);
+    c.get(&path).await.err(404, "not_found", None, "get");
+    c.delete(&path).await.err(404, "not_found", None, "delete");
+    c.patch(&path, json!({ "name": "x" }))
+        .await
+        .err(404, "not_found", None, "patch");
+    assert_eq!(c.agents().await, vec![keep]);
+}
+
+#[tokio::test]
+async fn invalid_agent_bodies_answer_invalid_body_naming_the_field() {
+    let app = roomy_app().await;
+    let c = Client::new(&app, "agval", "alice").await;
+    let long = "x".repeat(201);
+
+    let cases: Vec<(&str, Value, Option<&str>)> = vec![
+        ("name of the wrong type", json!({ "name": 5 }), Some("name")),
+        ("null name", json!({ "name": null }), Some("name")),
+        ("empty name", json!({ "name": "" }), Some("name")),
+        ("blank name", json!({ "name": "   " }), Some("name")),
+        ("name too long", json!({ "name": long }), Some("name")),
+        (
+            "string for a bool",
+            json!({ "name": "a", "ringing_enabled": "yes" }),
+            Some("ringing_enabled"),
+        ),
+        (
+            "number for a bool",
+            json!({ "name": "a", "background_audio_enabled": 1 }),
+            Some("background_audio_enabled"),
+        ),
+        (
+            "unknown category",
+            json!({ "name": "a", "category": "space" }),
+            Some("category"),
+        ),
+        (
+            "unknown status",
+            json!({ "name": "a", "status": "deleted" }),
+            Some("status"),
+        ),
+        (
+            "unknown greeting mode",
+            json!({ "name": "a", "greeting_mode": "shouty" }),
+            Some("greeting_mode"),
+        ),
+        (
+            "unknown voice provider",
+            json!({ "name": "a", "voice_provider": "espeak" }),
+            Some("voice_provider"),
+        ),
+        (
+            "unknown auth mode",
+            json!({ "name": "a", "auth_mode": "maybe" }),
+            Some("auth_mode"),
+        ),
+        (
+            "enum value in the wrong case",
+            json!({ "name": "a", "category": "Sales" }),
+            Some("category"),
+        ),
+        (
+            "volume above 1",
+            json!({ "name": "a", "background_audio_volume": 1.5 }),
+            Some("background_audio_volume"),
+        ),
+        (
+            "volume below 0",
+            json!({ "name": "a", "background_audio_volume": -0.1 }),
+            Some("background_audio_volume"),
+        ),
+        (
+            "volume as a string",
+            json!({ "name": "a", "background_audio_volume": "loud" }),
+            Some("background_audio_volume"),
+        ),
+        (
+            "empty llm model",
+            json!({ "name": "a", "llm_model": "" }),
+            Some("llm_model"),
+        ),
+        (
+            "malformed template id",
+            json!({ "name": "a", "template_id": "not-a-uuid" }),
+            Some("template_id"),
+        ),
+        (
+            "malformed active prompt id",
+            json!({ "name": "a", "active_prompt_id": 7 }),
+            Some("active_prompt_id"),
+        ),
+        (
+            "voice id of the wrong type",
+            json!({ "name": "a", "voice_id": ["v"] }),
+            Some("voice_id"),
+        ),
+    ];
+    for (case, body, field) in &cases {
+        c.post("/agents", body.clone())
+            .await
+            .err(400, "invalid_body", *field, case);
+    }
+
+    // A missing `name` is named in the message (the `field` member: see the ignored test
+    // `a_missing_required_field_is_named_in_the_field_member`).
+    for body in [json!({}), json!({ "description": "no name" })] {
+        let resp = c.post("/agents", body).await;
+        assert_eq!((resp.status, resp.code()), (400, "invalid_body"));
+        let message = resp.body["error"]["message"].as_str().unwrap();
+        assert!(message.contains("`name`"), "{message}");
+    }
+    // Bodies that are not objects.
+    for body in [json!([]), json!("name"), json!(null), json!(42)] {
+        c.post("/agents", body.clone()).await.err(
+            400,
+            "invalid_body",
+            None,
+            &format!("body {body}"),
+        );
+    }
+    // Nothing was created.
+    assert_eq!(c.agents().await, Vec::<Value>::new());
+}
+
+#[tokio::test]
+async fn invalid_agent_patches_answer_invalid_body_and_change_nothing() {
+    let app = roomy_app().await;
+    let c = Client::new(&app, "agpval", "alice").await;
+    let agent = c.agent("Steady").await;
+    let path = format!("/agents/{}", id(&agent));
+
+    let cases: Vec<(&str, Value, Option<&str>)> = vec![
+        (
+            "volume above 1",
+            json!({ "background_audio_volume": 1.5 }),
+            Some("background_audio_volume"),
+        ),
+        (
+            "volume below 0",
+            json!({ "background_audio_volume": -0.1 }),
+            Some("background_audio_volume"),
+        ),
+        (
+            "unknown category",
+            json!({ "category": "space" }),
+            Some("category"),
+        ),
+        (
+            "string for a bool",
+            json!({ "ringing_enabled": "yes" }),
+            Some("ringing_enabled"),
+        ),
+        ("empty name", json!({ "name": "" }), Some("name")),
+        (
+            "name of the wrong type",
+            json!({ "name": [] }),
+            Some("name"),
+        ),
+        (
+            "empty llm model",
+            json!({ "llm_model": " " }),
+            Some("llm_model"),
+        ),
+        (
+            "malformed template id",
+            json!({ "template_id": "nope" }),
+            Some("template_id"),
+        ),
+        // A valid change next to an invalid one is not applied either.
+        (
+            "valid and invalid together",
+            json!({ "name": "Changed", "background_audio_volume": 2 }),
+            Some("background_audio_volume"),
+        ),
+        ("array body", json!([]), None),
+    ];
+    for (case, body, field) in &cases {
+        c.patch(&path, body.clone())
+            .await
+            .err(400, "invalid_body", *field, case);
+    }
+    assert_eq!(c.get(&path).await.ok(200), &agent);
+}
+
+#[tokio::test]
+async fn malformed_json_and_wrong_content_types_answer_invalid_body() {
+    let app = roomy_app().await;
+    let c = Client::new(&app, "agjson", "alice").await;
+    let agent = c.agent("Target").await;
+    let agent_path = format!("{V1}/agents/{}", id(&agent));
+    let raw = |method: Method, path: &str, content_type: Option<&str>, body: &str| {
+        let mut rb = c.req(method, path).body(body.to_owned());
+        if let Some(ct) = content_type {
+            rb = rb.header("content-type", ct);
+        }
+        rb
+    };
+    let agents = format!("{V1}/agents");
+    let json_ct = Some("application/json");
+
+    for (case, method, path, ct, body) in [
+        ("truncated", Method::POST, &agents, json_ct, r#"{"name":"#),
+        ("not json", Method::POST, &agents, json_ct, "name=x"),
+        ("empty body", Method::POST, &agents, json_ct, ""),
+        (
+            "trailing garbage",
+            Method::POST,
+            &agents,
+            json_ct,
+            r#"{"name":"x"} {}"#,
+        ),
+        (
+            "single quotes",
+            Method::POST,
+            &agents,
+            json_ct,
+            "{'name':'x'}",
+        ),
+        (
+            "text/plain",
+            Method::POST,
+            &agents,
+            Some("text/plain"),
+            r#"{"name":"x"}"#,
+        ),
+        (
+            "form",
+            Method::POST,
+            &agents,
+            Some("application/x-www-form-urlencoded"),
+            "name=x",
+        ),
+        (
+            "no content type",
+            Method::POST,
+            &agents,
+            None,
+            r#"{"name":"x"}"#,
+        ),
+        (
+            "json-looking but not json",
+            Method::POST,
+            &agents,
+            Some("application/jsonx"),
+            r#"{"name":"x"}"#,
+        ),
+        (
+            "patch truncated",
+            Method::PATCH,
+            &agent_path,
+            json_ct,
+            r#"{"name""#,
+        ),
+        (
+            "patch text/plain",
+            Method::PATCH,
+            &agent_path,
+            Some("text/plain"),
+            r#"{"name":"x"}"#,
+        ),
+    ] {
+        send(raw(method, path, ct, body))
+            .await
+            .err(400, "invalid_body", None, case);
+    }
+
+    // `application/json` with parameters and `application/*+json` are JSON.
+    for ct in [
+        "application/json; charset=utf-8",
+        "Application/JSON",
+        "application/vnd.kataven+json",
+    ] {
+        let resp = send(raw(Method::POST, &agents, Some(ct), r#"{"name":"ct"}"#)).await;
+        assert_eq!(resp.status, 201, "{ct}: {}", resp.text);
+    }
+    // Only those three were created; the target is unchanged.
+    assert_eq!(c.agents().await.len(), 4);
+    assert_eq!(
+        c.get(&format!("/agents/{}", id(&agent))).await.ok(200),
+        &agent
+    );
+}
+
+#[tokio::test]
+async fn null_for_a_non_nullable_agent_field_in_a_patch_is_invalid() {
+    let app = roomy_app().await;
+    let c = Client::new(&app, "agnull", "alice").await;
+    let agent = c.agent("Not null").await;
+    let path = format!("/agents/{}", id(&agent));
+    for field in [
+        "name",
+        "category",
+        "background_audio_volume",
+        "ringing_enabled",
+    ] {
+        c.patch(&path, json!({ field: null })).await.err(
+            400,
+            "invalid_body",
+            Some(field),
+            &format!("{field}: null"),
+        );
+    }
+}
+
+#[tokio::test]
+async fn bodies_over_the_limit_answer_payload_too_large() {
+    let app = TestApp::builder()
+        .await
+        .config(|c| c.body_limit_bytes = 4096)
+        .spawn()
+        .await;
+    let c = Client::new(&app, "big", "alice").await;
+    let agent = c.agent("Small").await;
+    let big = "x".repeat(8192);
+    c.post("/agents", json!({ "name": "Big", "description": big }))
+        .await
+        .err(413, "payload_too_large", None, "create");
+    c.patch(
+        &format!("/agents/{}", id(&agent)),
+        json!({ "system_prompt": big }),
+    )
+    .await
+    .err(413, "payload_too_large", None, "patch");
+    c.post("/playbooks", json!({ "name": "big", "description": big }))
+        .await
+        .err(413, "payload_too_large", None, "playbook");
+    assert_eq!(c.agents().await, vec![agent]);
+}
+
+#[tokio::test]
+async fn a_missing_required_field_is_named_in_the_field_member() {
+    let app = roomy_app().await;
+    let c = Client::new(&app, "agmiss", "alice").await;
+    let agent = c.agent("a").await;
+    c.post("/agents", json!({}))
+        .await
+        .err(400, "invalid_body", Some("name"), "agent without name");
+    c.post("/playbooks", json!({ "display_name": "x" }))
+        .await
+        .err(400, "invalid_body", Some("name"), "playbook without name");
+    c.post(&format!("/agents/{}/tools", id(&agent)), json!({}))
+        .await
+        .err(400, "invalid_body", Some("tool_name"), "tool without name");
+    c.post(&format!("/agents/{}/playbooks", id(&agent)), json!({}))
+        .await
+        .err(
+            400,
+            "invalid_body",
+            Some("playbook_id"),
+            "attach without id",
+        );
+}
+
+#[tokio::test]
+async fn unknown_and_malformed_agent_ids_answer_not_found() {
+    let app = roomy_app().await;
+    let c = Client::new(&app, "ag404", "alice").await;
+    c.create("/tools", json!({ "name": "lookup" })).await;
+    c.create("/playbooks", json!({ "name": "book" })).await;
+    c.create("/faqs", json!({ "name": "faq" })).await;
+    let unknown = Uuid::now_v7().to_string();
+
+    for agent in [
+        unknown.as_str(),
+        "not-a-uuid",
+        "123",
+        "00000000-0000-0000-0000-00000000000g",
+    ] {
+        let base = format!("/agents/{agent}");
+        let cases = [
+            ("get", c.get(&base).await),
+            ("patch", c.patch(&base, json!({ "name": "x" })).await),
+            ("delete", c.delete(&base).await),
+            ("tools", c.get(&format!("{base}/tools")).await),
+            (
+                "upsert tool",
+                c.post(&format!("{base}/tools"), json!({ "tool_name": "lookup" }))
+                    .await,
+            ),
+            (
+                "put tool",
+                c.put(&format!("{base}/tools"), json!({ "tool_name": "lookup" }))
+                    .await,
+            ),
+            (
+                "attach playbook",
+                c.post(
+                    &format!("{base}/playbooks"),
+                    json!({ "playbook_id": "book" }),
+                )
+                .await,
+            ),
+            (
+                "detach playbook",
+                c.delete(&format!("{base}/playbooks/book")).await,
+            ),
+            (
+                "attach faq",
+                c.post(&format!("{base}/faqs"), json!({ "faq_id": "faq" }))
+                    .await,
+            ),
+            ("detach faq", c.delete(&format!("{base}/faqs/faq")).await),
+        ];
+        for (case, resp) in cases {
+            resp.err(404, "not_found", None, &format!("{case} {agent}"));
+        }
+    }
+}
+
+// ---- playbooks, FAQs, tools ------------------------------------------------------------------
+
+#[tokio::test]
+async fn playbooks_crud_by_uuid_and_by_name() {
+    let app = roomy_app().await;
+    let c = Client::new(&app, "pbcrud", "alice").await;
+
+    let created = c
+        .post(
+            "/playbooks",
+            json!({
+                "name": "refund_policy",
+                "display_name": "Refund policy",
+                "description": "How refunds work",
+                "tags": ["billing", "refunds"],
+                "tool_names": ["lookup_order"],
+                // Server-set: ignored.
+                "is_default": true,
+                "id": Uuid::now_v7(),
+            }),
+        )
+        .await;
+    let pb = created.ok(201).clone();
+    let pb_id = id(&pb);
+    assert_eq!(
+        pb,
+        json!({
+            "id": pb_id,
+            "name": "refund_policy",
+            "display_name": "Refund policy",
+            "category": "custom",
+            "description": "How refunds work",
+            "tags": ["billing", "refunds"],
+            "tool_names": ["lookup_order"],
+            "is_default": false,
+            "created_at": pb["created_at"],
+            "updated_at": pb["updated_at"],
+        })
+    );
+    time(&pb["created_at"]);
+
+    // Minimal body: defaults.
+    let minimal = c.create("/playbooks", json!({ "name": "minimal" })).await;
+    assert_eq!(minimal["display_name"], "");
+    assert_eq!(minimal["category"], "custom");
+    assert_eq!(minimal["tags"], json!([]));
+    assert_eq!(minimal["tool_names"], json!([]));
+
+    // Get by UUID and by name.
+    assert_eq!(c.get(&format!("/playbooks/{pb_id}")).await.ok(200), &pb);
+    assert_eq!(c.get("/playbooks/refund_policy").await.ok(200), &pb);
+
+    // Patch by name: only the fields sent change.
+    let patched = c
+        .patch(
+            "/playbooks/refund_policy",
+            json!({ "category": "billing", "tags": [], "is_default": true }),
+        )
+        .await
+        .ok(200)
+        .clone();
+    let mut expected = pb.clone();
+    expected["category"] = json!("billing");
+    expected["tags"] = json!([]);
+    expected["updated_at"] = patched["updated_at"].clone();
+    assert_eq!(patched, expected);
+    assert!(time(&patched["updated_at"]) >= time(&pb["updated_at"]));
+
+    // Rename by UUID; the old name no longer resolves.
+    let renamed = c
+        .patch(
+            &format!("/playbooks/{pb_id}"),
+            json!({ "name": "refunds_v2" }),
+        )
+        .await
+        .ok(200)
+        .clone();
+    assert_eq!(renamed["name"], "refunds_v2");
+    assert_eq!(renamed["id"], pb["id"]);
+    c.get("/playbooks/refund_policy")
+        .await
+        .err(404, "not_found", None, "old name");
+    assert_eq!(c.get("/playbooks/refunds_v2").await.ok(200), &renamed);
+
+    // Delete by name, then by UUID.
+    assert_eq!(c.delete("/playbooks/refunds_v2").await.status, 204);
+    c.get(&format!("/playbooks/{pb_id}"))
+        .await
+        .err(404, "not_found", None, "deleted");
+    c.delete(&format!("/playbooks/{pb_id}"))
+        .await
+        .err(404, "not_found", None, "deleted twice");
+    assert_eq!(
+        c.delete(&format!("/playbooks/{}", id(&minimal)))
+            .await
+            .status,
+        204
+    );
+    let page = c.get("/playbooks").await.ok(200).clone();
+    assert_eq!(page["total"], 0);
+
+    // Unknown UUIDs and names; names that cannot be names.
+    for missing in [
+        Uuid::now_v7().to_string(),
+        "nothing_here".into(),
+        "Not A Name".replace(' ', "%20"),
+    ] {
+        c.get(&format!("/playbooks/{missing}"))
+            .await
+            .err(404, "not_found", None, &missing);
+        c.patch(
+            &format!("/playbooks/{missing}"),
+            json!({ "description": "x" }),
+        )
+        .await
+        .err(404, "not_found", None, &missing);
+        c.delete(&format!("/playbooks/{missing}"))
+            .await
+            .err(404, "not_found", None, &missing);
+    }
+}
+
+#[tokio::test]
+async fn faqs_crud_by_uuid_and_by_name() {
+    let app = roomy_app().await;
+    let c = Client::new(&app, "faqcrud", "alice").await;
+
+    let faq = c
+        .create(
+            "/faqs",
+            json!({
+                "name": "opening_hours",
+                "title": "When are you open?",
+                "summary": "Weekdays",
+                "content": "9 to 5, Monday to Friday.",
+                "category": "general",
+                "tags": ["hours"],
+                "id": Uuid::now_v7(),
+            }),
+        )
+        .await;
+    let faq_id = id(&faq);
+    assert_eq!(
+        faq,
+        json!({
+            "id": faq_id,
+            "name": "opening_hours",
+            "title": "When are you open?",
+            "summary": "Weekdays",
+            "content": "9 to 5, Monday to Friday.",
+            "category": "general",
+            "tags": ["hours"],
+            "created_at": faq["created_at"],
+            "updated_at": faq["updated_at"],
+        })
+    );
+    let minimal = c.create("/faqs", json!({ "name": "bare" })).await;
+    assert_eq!(
+        (
+            &minimal["title"],
+            &minimal["summary"],
+            &minimal["content"],
+            &minimal["category"],
+            &minimal["tags"]
+        ),
+        (
+            &json!(""),
+            &json!(""),
+            &json!(""),
+            &json!("custom"),
+            &json!([])
+        )
+    );
+
+    assert_eq!(c.get(&format!("/faqs/{faq_id}")).await.ok(200), &faq);
+    assert_eq!(c.get("/faqs/opening_hours").await.ok(200), &faq);
+
+    let patched = c
+        .patch("/faqs/opening_hours", json!({ "content": "Always." }))
+        .await
+        .ok(200)
+        .clone();
+    let mut expected = faq.clone();
+    expected["content"] = json!("Always.");
+    expected["updated_at"] = patched["updated_at"].clone();
+    assert_eq!(patched, expected);
+    let patched = c
+        .patch(&format!("/faqs/{faq_id}"), json!({ "name": "hours" }))
+        .await
+        .ok(200)
+        .clone();
+    assert_eq!(patched["name"], "hours");
+    assert_eq!(c.get("/faqs/hours").await.ok(200), &patched);
+    c.get("/faqs/opening_hours")
+        .await
+        .err(404, "not_found", None, "old name");
+
+    // FAQs have no built-ins: both go.
+    assert_eq!(c.delete("/faqs/hours").await.status, 204);
+    assert_eq!(
+        c.delete(&format!("/faqs/{}", id(&minimal))).await.status,
+        204
+    );
+    c.get(&format!("/faqs/{faq_id}"))
+        .await
+        .err(404, "not_found", None, "deleted");
+    c.delete("/faqs/hours")
+        .await
+        .err(404, "not_found", None, "deleted twice");
+}
+
+#[tokio::test]
+async fn tools_crud_by_uuid_and_by_name() {
+    let app = roomy_app().await;
+    let c = Client::new(&app, "toolcrud", "alice").await;
+    let schema = json!({
+        "type": "object",
+        "properties": { "order_id": { "type": "string" } },
+        "required": ["order_id"],
+    });
+
+    let tool = c
+        .create(
+            "/tools",
+            json!({
+                "name": "lookup_order",
+                "display_name": "Look up an order",
+                "category": "commerce",
+                "description": "Finds an order by id",
+                "schema": schema,
+                "implementation_type": "python",
+                "implementation_config": { "timeout_s": 5 },
+                "implementation_code": "def run(order_id): ...",
+                "tags": ["orders"],
+                "is_default": true,
+            }),
+        )
+        .await;
+    let tool_id = id(&tool);
+    assert_eq!(
+        tool,
+        json!({
+            "id": tool_id,
+            "name": "lookup_order",
+            "display_name": "Look up an order",
+            "category": "commerce",
+            "description": "Finds an order by id",
+            "schema": schema,
+            "implementation_type": "python",
+            "implementation_config": { "timeout_s": 5 },
+            "implementation_code": "def run(order_id): ...",
+            "tags": ["orders"],
+            "is_default": false,
+            "created_at": tool["created_at"],
+            "updated_at": tool["updated_at"],
+        })
+    );
+    let minimal = c.create("/tools", json!({ "name": "ping" })).await;
+    for (field, value) in [
+        ("display_name", json!("")),
+        ("category", json!("custom")),
+        ("description", json!("")),
+        ("schema", json!({})),
+        ("implementation_type", json!("http")),
+        ("implementation_config", json!({})),
+        ("implementation_code", Value::Null),
+        ("tags", json!([])),
+        ("is_default", json!(false)),
+    ] {
+        assert_eq!(minimal[field], value, "{field}");
+    }
+
+    assert_eq!(c.get(&format!("/tools/{tool_id}")).await.ok(200), &tool);
+    assert_eq!(c.get("/tools/lookup_order").await.ok(200), &tool);
+
+    // Partial patch; `null` clears the code.
+    let patched = c
+        .patch(
+            "/tools/lookup_order",
+            json!({ "implementation_type": "http", "implementation_code": null }),
+        )
+        .await
+        .ok(200)
+        .clone();
+    let mut expected = tool.clone();
+    expected["implementation_type"] = json!("http");
+    expected["implementation_code"] = Value::Null;
+    expected["updated_at"] = patched["updated_at"].clone();
+    assert_eq!(patched, expected);
+
+    // Tool-specific validation.
+    for (case, body, field) in [
+        (
+            "array schema",
+            json!({ "name": "t1", "schema": [] }),
+            "schema",
+        ),
+        (
+            "string schema",
+            json!({ "name": "t1", "schema": "object" }),
+            "schema",
+        ),
+        (
+            "array config",
+            json!({ "name": "t1", "implementation_config": [1] }),
+            "implementation_config",
+        ),
+        (
+            "unknown implementation type",
+            json!({ "name": "t1", "implementation_type": "java" }),
+            "implementation_type",
+        ),
+        (
+            "tags not strings",
+            json!({ "name": "t1", "tags": [1] }),
+            "tags[0]",
+        ),
+        ("empty tag", json!({ "name": "t1", "tags": [""] }), "tags"),
+    ] {
+        c.post("/tools", body)
+            .await
+            .err(400, "invalid_body", Some(field), case);
+    }
+    c.patch(&format!("/tools/{tool_id}"), json!({ "schema": 5 }))
+        .await
+        .err(400, "invalid_body", Some("schema"), "patch schema");
+    c.get("/tools/t1")
+        .await
+        .err(404, "not_found", None, "nothing created");
+
+    assert_eq!(c.delete(&format!("/tools/{tool_id}")).await.status, 204);
+    assert_eq!(c.delete("/tools/ping").await.status, 204);
+    c.get("/tools/lookup_order")
+        .await
+        .err(404, "not_found", None, "deleted");
+}
+
+#[tokio::test]
+async fn knowledge_names_are_unique_and_snake_case() {
+    let app = roomy_app().await;
+    let c = Client::new(&app, "names", "alice").await;
+    let too_long = "a".repeat(101);
+
+    for kind in KINDS {
+        let path = format!("/{kind}");
+        let first = c.create(&path, json!({ "name": "taken" })).await;
+        c.create(&path, json!({ "name": "free" })).await;
+
+        // A duplicate name on create and on rename.
+        c.post(&path, json!({ "name": "taken" })).await.err(
+            409,
+            "conflict",
+            None,
+            &format!("{kind}: duplicate"),
+        );
+        c.patch(&format!("{path}/free"), json!({ "name": "taken" }))
+            .await
+            .err(409, "conflict", None, &format!("{kind}: rename"));
+        // Renaming to its own name is fine.
+        c.patch(&format!("{path}/taken"), json!({ "name": "taken" }))
+            .await
+            .ok(200);
+        assert_eq!(c.get(&format!("{path}/free")).await.ok(200)["name"], "free");
+        assert_eq!(
+            c.get(&format!("{path}/taken")).await.ok(200)["id"],
+            first["id"]
+        );
+
+        for bad in [
+            "",
+            "Refund",
+            "refund-policy",
+            "refund policy",
+            "1st",
+            "_lead",
+            "émoji",
+            "ok.dot",
+            too_long.as_str(),
+        ] {
+            c.post(&path, json!({ "name": bad })).await.err(
+                400,
+                "invalid_body",
+                Some("name"),
+                &format!("{kind}: create `{bad}`"),
+            );
+            c.patch(&format!("{path}/free"), json!({ "name": bad }))
+                .await
+                .err(
+                    400,
+                    "invalid_body",
+                    Some("name"),
+                    &format!("{kind}: rename to `{bad}`"),
+                );
+        }
+        // The longest valid name.
+        let longest = format!("a{}", "b".repeat(99));
+        c.create(&path, json!({ "name": longest })).await;
+        c.post(&path, json!({ "name": 7 })).await.err(
+            400,
+            "invalid_body",
+            Some("name"),
+            &format!("{kind}: number"),
+        );
+        c.post(&path, json!({ "name": "fine", "category": "" }))
+            .await
+            .err(
+                400,
+                "invalid_body",
+                Some("category"),
+                &format!("{kind}: empty category"),
+            );
+        let page = c.get(&path).await.ok(200).clone();
+        assert_eq!(page["total"], 3, "{kind}: {page}");
+    }
+    // Names are unique per table, not across tables (already shown: `taken` in all three),
+    // and playbooks check their tool names' shape.
+    c.post(
+        "/playbooks",
+        json!({ "name": "pb", "tool_names": ["Bad Name"] }),
+    )
+    .await
+    .err(400, "invalid_body", Some("tool_names"), "tool_names");
+}
+
+#[tokio::test]
+async fn knowledge_lists_page_through_with_limit_and_offset() {
+    let app = roomy_app().await;
+    let c = &Client::new(&app, "paging", "alice").await;
+
+    for kind in KINDS {
+        let path = format!("/{kind}");
+        let empty = c.get(&path).await.ok(200).clone();
+        assert_eq!(
+            empty,
+            json!({
+                "items": [], "total": 0, "limit": 10, "offset": 0,
+                "has_next": false, "has_prev": false,
+            }),
+            "{kind}"
+        );
+        // Created out of order: lists are sorted by name.
+        for i in [7, 0, 11, 3, 9, 1, 5, 10, 2, 8, 4, 6] {
+            c.create(
+                &path,
+                knowledge_body(kind, &format!("item_{i:02}"), None, "x"),
+            )
+            .await;
+        }
+        let all: Vec<String> = (0..12).map(|i| format!("item_{i:02}")).collect();
+        let page = |q: &str| {
+            let path = format!("{path}?{q}");
+            async move { c.get(&path).await.ok(200).clone() }
+        };
+        let shape = |p: &Value, limit: i64, offset: i64, has_next: bool, has_prev: bool| {
+            assert_eq!(
+                (
+                    &p["total"],
+                    &p["limit"],
+                    &p["offset"],
+                    &p["has_next"],
+                    &p["has_prev"]
+                ),
+                (
+                    &json!(12),
+                    &json!(limit),
+                    &json!(offset),
+                    &json!(has_next),
+                    &json!(has_prev)
+                ),
+                "{kind}: {p}"
+            );
+            let keys: Vec<&String> = p.as_object().unwrap().keys().collect();
+            assert_eq!(
+                keys.len(),
+                6,
+                "{kind}: exactly items,total,limit,offset,has_next,has_prev: {keys:?}"
+            );
+        };
+
+        let p = page("").await;
+        shape(&p, 10, 0, true, false);
+        assert_eq!(names(&p["items"]), all[..10]);
+        let p = page("limit=5").await;
+        shape(&p, 5, 0, true, false);
+        assert_eq!(names(&p["items"]), all[..5]);
+        let p = page("limit=5&offset=5").await;
+        shape(&p, 5, 5, true, true);
+        assert_eq!(names(&p["items"]), all[5..10]);
+        let p = page("limit=5&offset=10").await;
+        shape(&p, 5, 10, false, true);
+        assert_eq!(names(&p["items"]), all[10..]);
+        let p = page("offset=11").await;
+        shape(&p, 10, 11, false, true);
+        assert_eq!(names(&p["items"]), all[11..]);
+        let p = page("offset=12").await;
+        shape(&p, 10, 12, false, true);
+        assert_eq!(names(&p["items"]), Vec::<String>::new());
+        let p = page("offset=1000").await;
+        shape(&p, 10, 1000, false, true);
+        assert_eq!(p["items"], json!([]));
+        let p = page("limit=100").await;
+        shape(&p, 100, 0, false, false);
+        assert_eq!(names(&p["items"]), all);
+        let p = page("limit=12").await;
+        shape(&p, 12, 0, false, false);
+        let p = page("limit=1&offset=0").await;
+        shape(&p, 1, 0, true, false);
+
+        // Walking pages of 3 visits every item exactly once, in order.
+        let mut seen = Vec::new();
+        let mut offset = 0;
+        loop {
+            let p = page(&format!("limit=3&offset={offset}")).await;
+            seen.extend(names(&p["items"]));
+            if !p["has_next"].as_bool().unwrap() {
+                break;
+            }
+            offset += 3;
+        }
+        assert_eq!(seen, all, "{kind}");
+    }
+}
+
+#[tokio::test]
+async fn knowledge_lists_filter_by_category_and_literal_search() {
+    let app = roomy_app().await;
+    let c = &Client::new(&app, "filter", "alice").await;
+
+    for kind in KINDS {
+        let path = format!("/{kind}");
+        for (name, category, text) in [
+            ("pct_doc", Some("sales"), "100% sure"),
+            ("plain_doc", Some("sales"), "100 sure"),
+            ("ab_cd", None, "nothing"),
+            ("abxcd", None, r"back\slash"),
+            ("upper_doc", Some("Sales"), "SHOUTING"),
+        ] {
+            c.create(&path, knowledge_body(kind, name, category, text))
+                .await;
+        }
+        let find = |query: String| {
+            let path = format!("{path}?{query}");
+            async move {
+                let p = c.get(&path).await.ok(200).clone();
+                assert_eq!(
+                    p["total"].as_u64().unwrap() as usize,
+                    p["items"].as_array().unwrap().len(),
+                    "{path}: {p}"
+                );
+                names(&p["items"])
+            }
+        };
+        let search = |term: &str| find(format!("search={}", enc(term)));
+
+        // Category: exact and case-sensitive.
+        assert_eq!(
+            find("category=sales".into()).await,
+            ["pct_doc", "plain_doc"],
+            "{kind}"
+        );
+        assert_eq!(find("category=Sales".into()).await, ["upper_doc"], "{kind}");
+        assert_eq!(
+            find("category=custom".into()).await,
+            ["ab_cd", "abxcd"],
+            "{kind}"
+        );
+        assert_eq!(
+            find("category=sal".into()).await,
+            Vec::<String>::new(),
+            "{kind}"
+        );
+
+        // Search: case-insensitive substring of the name or text; `%`, `_` and `\` are literal.
+        assert_eq!(search("100").await, ["pct_doc", "plain_doc"], "{kind}");
+        assert_eq!(search("100%").await, ["pct_doc"], "{kind}");
+        assert_eq!(search("%").await, ["pct_doc"], "{kind}");
+        assert_eq!(search("0%").await, ["pct_doc"], "{kind}");
+        assert_eq!(search("100%sure").await, Vec::<String>::new(), "{kind}");
+        assert_eq!(search("b_c").await, ["ab_cd"], "{kind}");
+        assert_eq!(
+            search("_").await,
+            ["ab_cd", "pct_doc", "plain_doc", "upper_doc"],
+            "{kind}"
+        );
+        assert_eq!(search("a_cd").await, Vec::<String>::new(), "{kind}");
+        assert_eq!(search("\\").await, ["abxcd"], "{kind}");
+        assert_eq!(search("k\\s").await, ["abxcd"], "{kind}");
+        assert_eq!(search("shout").await, ["upper_doc"], "{kind}");
+        assert_eq!(search("UPPER").await, ["upper_doc"], "{kind}");
+        // The display name / title is searched too ("About <name>").
+        assert_eq!(search("about abx").await, ["abxcd"], "{kind}");
+        assert_eq!(search("no such text").await, Vec::<String>::new());
+        // An empty search does not filter.
+        assert_eq!(search("").await.len(), 5, "{kind}");
+
+        // Filters combine with each other and with paging.
+        assert_eq!(
+            find(format!("category=sales&search={}", enc("%"))).await,
+            ["pct_doc"]
+        );
+        let p = c
+            .get(&format!("{path}?category=sales&limit=1&offset=1"))
+            .await
+            .ok(200)
+            .clone();
+        assert_eq!(names(&p["items"]), ["plain_doc"]);
+        assert_eq!(
+            (&p["total"], &p["has_next"], &p["has_prev"]),
+            (&json!(2), &json!(false), &json!(true))
+        );
+    }
+}
+
+#[tokio::test]
+async fn out_of_range_list_parameters_answer_invalid_query() {
+    let app = roomy_app().await;
+    let c = Client::new(&app, "query", "alice").await;
+    for kind in KINDS {
+        for (query, field) in [
+            ("limit=0", "limit"),
+            ("limit=101", "limit"),
+            ("limit=-1", "limit"),
+            ("limit=1000000", "limit"),
+            ("offset=-1", "offset"),
+            ("limit=10&offset=-5", "offset"),
+        ] {
+            c.get(&format!("/{kind}?{query}")).await.err(
+                400,
+                "invalid_query",
+                Some(field),
+                &format!("{kind}?{query}"),
+            );
+        }
+        // Unknown parameters are ignored.
+        c.get(&format!("/{kind}?page=2&sort=name")).await.ok(200);
+    }
+}
+
+#[tokio::test]
+async fn non_numeric_list_parameters_answer_json_invalid_query() {
+    let app = roomy_app().await;
+    let c = Client::new(&app, "nanq", "alice").await;
+    for kind in KINDS {
+        for (query, field) in [
+            ("limit=abc", "limit"),
+            ("limit=1.5", "limit"),
+            ("limit=", "limit"),
+            ("offset=x", "offset"),
+        ] {
+            c.get(&format!("/{kind}?{query}")).await.err(
+                400,
+                "invalid_query",
+                Some(field),
+                &format!("{kind}?{query}"),
+            );
+        }
+    }
+}
+
+#[tokio::test]
+async fn built_in_playbooks_and_tools_cannot_be_deleted() {
+    let app = roomy_app().await;
+    let c = Client::new(&app, "builtin", "alice").await;
+    let pb = c.create("/playbooks", json!({ "name": "greeting" })).await;
+    let tool = c.create("/tools", json!({ "name": "transfer_call" })).await;
+    let mut db = c.db().await;
+    for (table, row) in [("playbooks", &pb), ("tools", &tool)] {
+        sqlx::query(&format!(
+            "UPDATE {table} SET is_default = true WHERE id = $1"
+        ))
+        .bind(Uuid::parse_str(&id(row)).unwrap())
+        .execute(&mut db)
+        .await
+        .unwrap();
+    }
+
+    for (kind, row) in [("playbooks", &pb), ("tools", &tool)] {
+        let name = row["name"].as_str().unwrap();
+        for target in [id(row), name.to_owned()] {
+            c.delete(&format!("/{kind}/{target}")).await.err(
+                403,
+                "forbidden",
+                None,
+                &format!("{kind}/{target}"),
+            );
+        }
+        let still = c.get(&format!("/{kind}/{name}")).await.ok(200).clone();
+        assert_eq!(still["is_default"], true, "{kind}");
+        // A PATCH cannot clear the flag (it is server-set).
+        let patched = c
+            .patch(&format!("/{kind}/{name}"), json!({ "is_default": false }))
+            .await
+            .ok(200)
+            .clone();
+        assert_eq!(patched["is_default"], true, "{kind}");
+        c.delete(&format!("/{kind}/{name}"))
+            .await
+            .err(403, "forbidden", None, kind);
+    }
+    // Nothing was deleted, and nothing was audited as deleted.
+    let deletes: i64 = sqlx::query_scalar("SELECT count(*) FROM audit_log WHERE action = 'delete'")
+        .fetch_one(&mut db)
+        .await
+        .unwrap();
+    assert_eq!(deletes, 0);
+}
+
+// ---- associations ----------------------------------------------------------------------------
+
+#[tokio::test]
+async fn agent_tools_are_upserted_per_tool_name() {
+    let app = roomy_app().await;
+    let c = Client::new(&app, "agtools", "alice").await;
+    let agent = c.agent("Tooled").await;
+    let other = c.agent("Other").await;
+    let tools = format!("/agents/{}/tools", id(&agent));
+    c.create("/tools", json!({ "name": "lookup_order" })).await;
+    c.create("/tools", json!({ "name": "send_sms" })).await;
+    assert_eq!(c.get(&tools).await.ok(200), &json!([]));
+
+    // First POST: 201, defaults `{}` and enabled.
+    let first = c
+        .post(&tools, json!({ "tool_name": "lookup_order" }))
+        .await
+        .ok(201)
+        .clone();
+    assert_eq!(first["tool_name"], "lookup_order");
+    assert_eq!(first["config"], json!({}));
+    assert_eq!(first["enabled"], true);
+    time(&first["created_at"]);
+    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+
+    // Second: 200, config and enabled replaced.
+    let second = c
+        .post(
+            &tools,
+            json!({ "tool_name": "lookup_order", "config": { "region": "eu" }, "enabled": false }),
+        )
+        .await
+        .ok(200)
+        .clone();
+    assert_eq!(second["config"], json!({ "region": "eu" }));
+    assert_eq!(second["enabled"], false);
+    assert_eq!(second["created_at"], first["created_at"]);
+    assert!(time(&second["updated_at"]) > time(&first["updated_at"]));
+
+    // PUT does the same: 200 on an existing one, 201 on a new one.
+    let third = c
+        .put(
+            &tools,
+            json!({ "tool_name": "lookup_order", "config": { "region": "us", "n": [1, 2] } }),
+        )
+        .await
+        .ok(200)
+        .clone();
+    assert_eq!(third["config"], json!({ "region": "us", "n": [1, 2] }));
+    assert_eq!(third["enabled"], true, "enabled defaults to true on update");
+    let sms = c
+        .put(
+            &tools,
+            json!({ "tool_name": "send_sms", "config": null, "enabled": true }),
+        )
+        .await
+        .ok(201)
+        .clone();
+    assert_eq!(sms["config"], json!({}));
+
+    let listed = c.get(&tools).await.ok(200).clone();
+    assert_eq!(listed, json!([third, sms]));
+    // Per agent.
+    assert_eq!(
+        c.get(&format!("/agents/{}/tools", id(&other)))
+            .await
+            .ok(200),
+        &json!([])
+    );
+
+    // Validation.
+    for (case, body, field) in [
+        (
+            "unknown tool",
+            json!({ "tool_name": "no_such_tool" }),
+            Some("tool_name"),
+        ),
+        (
+            "array config",
+            json!({ "tool_name": "send_sms", "config": [1] }),
+            Some("config"),
+        ),
+        (
+            "string config",
+            json!({ "tool_name": "send_sms", "config": "x" }),
+            Some("config"),
+        ),
+        (
+            "number config",
+            json!({ "tool_name": "send_sms", "config": 3 }),
+            Some("config"),
+        ),
+        (
+            "tool name of the wrong type",
+            json!({ "tool_name": 3 }),
+            Some("tool_name"),
+        ),
+        (
+            "enabled of the wrong type",
+            json!({ "tool_name": "send_sms", "enabled": "yes" }),
+            Some("enabled"),
+        ),
+    ] {
+        c.post(&tools, body.clone())
+            .await
+            .err(400, "invalid_body", field, case);
+        c.put(&tools, body)
+            .await
+            .err(400, "invalid_body", field, case);
+    }
+    let resp = c.post(&tools, json!({})).await;
+    assert_eq!((resp.status, resp.code()), (400, "invalid_body"));
+    assert_eq!(c.get(&tools).await.ok(200), &listed);
+
+    // Renaming a tool follows through to its agents; deleting one removes it from them.
+    c.patch("/tools/send_sms", json!({ "name": "send_text" }))
+        .await
+        .ok(200);
+    let names_on_agent: Vec<String> = c
+        .get(&tools)
+        .await
+        .ok(200)
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["tool_name"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(names_on_agent, ["lookup_order", "send_text"]);
+    assert_eq!(c.delete("/tools/lookup_order").await.status, 204);
+    let left = c.get(&tools).await.ok(200).clone();
+    assert_eq!(left.as_array().unwrap().len(), 1);
+    assert_eq!(left[0]["tool_name"], "send_text");
+    // Deleting the agent leaves the tool.
+    assert_eq!(
+        c.delete(&format!("/agents/{}", id(&agent))).await.status,
+        204
+    );
+    c.get("/tools/send_text").await.ok(200);
+    c.get(&tools)
+        .await
+        .err(404, "not_found", None, "gone agent");
+}
+
+#[tokio::test]
+async fn playbooks_and_faqs_attach_and_detach_by_id_and_by_name() {
+    let app = roomy_app().await;
+    let c = Client::new(&app, "attach", "alice").await;
+    let agent = c.agent("Knows things").await;
+    let other = c.agent("Knows nothing").await;
+    let a = id(&agent);
+    let alpha = c
+        .create(
+            "/playbooks",
+            json!({ "name": "alpha_book", "display_name": "Alpha" }),
+        )
+        .await;
+    let beta = c
+        .create(
+            "/playbooks",
+            json!({ "name": "beta_book", "display_name": "Beta" }),
+        )
+        .await;
+    let hours = c
+        .create(
+            "/faqs",
+            json!({ "name": "hours", "title": "Opening hours" }),
+        )
+        .await;
+    let address = c
+        .create(
+            "/faqs",
+            json!({ "name": "address", "title": "Where we are" }),
+        )
+        .await;
+    let pref =
+        |p: &Value| json!({ "id": p["id"], "name": p["name"], "display_name": p["display_name"] });
+    let fref = |f: &Value| json!({ "id": f["id"], "name": f["name"], "title": f["title"] });
+
+    // Attach a playbook by UUID: the answer is the agent.
+    let got = c
+        .post(
+            &format!("/agents/{a}/playbooks"),
+            json!({ "playbook_id": id(&beta) }),
+        )
+        .await
+        .ok(200)
+        .clone();
+    assert_eq!(got["id"], agent["id"]);
+    assert_eq!(got["playbooks"], json!([pref(&beta)]));
+    // Idempotent.
+    let again = c
+        .post(
+            &format!("/agents/{a}/playbooks"),
+            json!({ "playbook_id": id(&beta) }),
+        )
+        .await
+        .ok(200)
+        .clone();
+    assert_eq!(again["playbooks"], json!([pref(&beta)]));
+    // By name; listed by name.
+    let got = c
+        .post(
+            &format!("/agents/{a}/playbooks"),
+            json!({ "playbook_id": "alpha_book" }),
+        )
+        .await
+        .ok(200)
+        .clone();
+    assert_eq!(got["playbooks"], json!([pref(&alpha), pref(&beta)]));
+    c.post(
+        &format!("/agents/{a}/playbooks"),
+        json!({ "playbook_id": "alpha_book" }),
+    )
+    .await
+    .ok(200);
+
+    // FAQs the same way.
+    let got = c
+        .post(&format!("/agents/{a}/faqs"), json!({ "faq_id": "hours" }))
+        .await
+        .ok(200)
+        .clone();
+    assert_eq!(got["faqs"], json!([fref(&hours)]));
+    let got = c
+        .post(
+            &format!("/agents/{a}/faqs"),
+            json!({ "faq_id": id(&address) }),
+        )
+        .await
+        .ok(200)
+        .clone();
+    assert_eq!(got["faqs"], json!([fref(&address), fref(&hours)]));
+    c.post(&format!("/agents/{a}/faqs"), json!({ "faq_id": "hours" }))
+        .await
+        .ok(200);
+
+    // Get and list reflect them; the other agent has none.
+    let fetched = c.get(&format!("/agents/{a}")).await.ok(200).clone();
+    assert_eq!(fetched["playbooks"], json!([pref(&alpha), pref(&beta)]));
+    assert_eq!(fetched["faqs"], json!([fref(&address), fref(&hours)]));
+    let listed = c.agents().await;
+    assert_eq!(listed.len(), 2);
+    let in_list = listed.iter().find(|x| x["id"] == agent["id"]).unwrap();
+    assert_eq!(in_list, &fetched);
+    let other_listed = listed.iter().find(|x| x["id"] == other["id"]).unwrap();
+    assert_eq!(other_listed["playbooks"], json!([]));
+    assert_eq!(other_listed["faqs"], json!([]));
+
+    // Unknown targets and bad bodies.
+    for (case, path, body) in [
+        (
+            "unknown playbook uuid",
+            "playbooks",
+            json!({ "playbook_id": Uuid::now_v7() }),
+        ),
+        (
+            "unknown playbook name",
+            "playbooks",
+            json!({ "playbook_id": "nope" }),
+        ),
+        (
+            "unknown faq uuid",
+            "faqs",
+            json!({ "faq_id": Uuid::now_v7() }),
+        ),
+        ("unknown faq name", "faqs", json!({ "faq_id": "nope" })),
+        // A FAQ's name is not a playbook.
+        (
+            "faq as playbook",
+            "playbooks",
+            json!({ "playbook_id": "hours" }),
+        ),
+    ] {
+        c.post(&format!("/agents/{a}/{path}"), body)
+            .await
+            .err(404, "not_found", None, case);
+    }
+    for (case, path, body, field) in [
+        (
+            "playbook id of the wrong type",
+            "playbooks",
+            json!({ "playbook_id": 5 }),
+            Some("playbook_id"),
+        ),
+        (
+            "faq id of the wrong type",
+            "faqs",
+            json!({ "faq_id": true }),
+            Some("faq_id"),
+        ),
+        ("array body", "faqs", json!([]), None),
+    ] {
+        c.post(&format!("/agents/{a}/{path}"), body)
+            .await
+            .err(400, "invalid_body", field, case);
+    }
+    let resp = c.post(&format!("/agents/{a}/playbooks"), json!({})).await;
+    assert_eq!((resp.status, resp.code()), (400, "invalid_body"));
+
+    // Detach by UUID and by name; a second detach and detaching from another agent are 404.
+    let resp = c
+        .delete(&format!("/agents/{a}/playbooks/{}", id(&beta)))
+        .await;
+    assert_eq!(resp.status, 204, "{}", resp.text);
+    c.delete(&format!("/agents/{a}/playbooks/{}", id(&beta)))
+        .await
+        .err(404, "not_found", None, "detached twice");
+    c.delete(&format!("/agents/{a}/playbooks/beta_book"))
+        .await
+        .err(404, "not_found", None, "detached twice by name");
+    c.delete(&format!("/agents/{}/playbooks/alpha_book", id(&other)))
+        .await
+        .err(404, "not_found", None, "never attached");
+    c.delete(&format!("/agents/{a}/playbooks/no_such_book"))
+        .await
+        .err(404, "not_found", None, "unknown playbook");
+    c.delete(&format!("/agents/{a}/playbooks/{}", Uuid::now_v7()))
+        .await
+        .err(404, "not_found", None, "unknown playbook uuid");
+    assert_eq!(
+        c.delete(&format!("/agents/{a}/playbooks/alpha_book"))
+            .await
+            .status,
+        204
+    );
+    assert_eq!(
+        c.delete(&format!("/agents/{a}/faqs/hours")).await.status,
+        204
+    );
+    c.delete(&format!("/agents/{a}/faqs/hours")).await.err(
+        404,
+        "not_found",
+        None,
+        "faq detached twice",
+    );
+    let fetched = c.get(&format!("/agents/{a}")).await.ok(200).clone();
+    assert_eq!(fetched["playbooks"], json!([]));
+    assert_eq!(fetched["faqs"], json!([fref(&address)]));
+    // The playbooks and FAQs themselves are untouched.
+    c.get("/playbooks/alpha_book").await.ok(200);
+    c.get("/faqs/hours").await.ok(200);
+}
+
+#[tokio::test]
+async fn deleting_or_renaming_a_playbook_or_faq_shows_on_its_agents() {
+    let app = roomy_app().await;
+    let c = Client::new(&app, "cascade", "alice").await;
+    let one = c.agent("one").await;
+    let two = c.agent("two").await;
+    c.create("/playbooks", json!({ "name": "doomed" })).await;
+    c.create("/playbooks", json!({ "name": "kept" })).await;
+    c.create("/faqs", json!({ "name": "doomed_faq" })).await;
+    c.create("/faqs", json!({ "name": "kept_faq", "title": "Kept" }))
+        .await;
+    for agent in [&one, &two] {
+        let a = id(agent);
+        for pb in ["doomed", "kept"] {
+            c.post(
+                &format!("/agents/{a}/playbooks"),
+                json!({ "playbook_id": pb }),
+            )
+            .await
+            .ok(200);
+        }
+        for faq in ["doomed_faq", "kept_faq"] {
+            c.post(&format!("/agents/{a}/faqs"), json!({ "faq_id": faq }))
+                .await
+                .ok(200);
+        }
+    }
+    assert_eq!(c.delete("/playbooks/doomed").await.status, 204);
+    assert_eq!(c.delete("/faqs/doomed_faq").await.status, 204);
+    // Renames show in the agents' references.
+    c.patch(
+        "/playbooks/kept",
+        json!({ "name": "kept_renamed", "display_name": "Kept!" }),
+    )
+    .await
+    .ok(200);
+    c.patch("/faqs/kept_faq", json!({ "title": "Still here" }))
+        .await
+        .ok(200);
+
+    for agent in c.agents().await {
+        assert_eq!(names(&agent["playbooks"]), ["kept_renamed"], "{agent}");
+        assert_eq!(agent["playbooks"][0]["display_name"], "Kept!");
+        assert_eq!(names(&agent["faqs"]), ["kept_faq"], "{agent}");
+        assert_eq!(agent["faqs"][0]["title"], "Still here");
+        assert_eq!(
+            c.get(&format!("/agents/{}", id(&agent))).await.ok(200),
+            &agent
+        );
+    }
+}
+
+// ---- paths, tenants, audit -------------------------------------------------------------------
+
+#[tokio::test]
+async fn every_alias_answers_like_the_canonical_path() {
+    let app = roomy_app().await;
+    let c = Client::new(&app, "alias", "alice").await;
+    let agent = c.agent("Canonical").await;
+    let a = id(&agent);
+    c.create("/playbooks", json!({ "name": "shared" })).await;
+    c.create("/tools", json!({ "name": "shared_tool" })).await;
+    c.post(
+        &format!("/agents/{a}/playbooks"),
+        json!({ "playbook_id": "shared" }),
+    )
+    .await
+    .ok(200);
+    c.post(
+        &format!("/agents/{a}/tools"),
+        json!({ "tool_name": "shared_tool" }),
+    )
+    .await
+    .ok(201);
+
+    let reads = [
+        format!("/agents/{a}"),
+        "/agents".to_owned(),
+        format!("/agents/{a}/tools"),
+        "/playbooks/shared".to_owned(),
+        "/playbooks?limit=5".to_owned(),
+        "/tools".to_owned(),
+        "/faqs".to_owned(),
+        "/call-limits".to_owned(),
+    ];
+    for path in &reads {
+        let canonical = c.get(path).await.ok(200).clone();
+        for prefix in PREFIXES {
+            let resp = c.call(Method::GET, &format!("{prefix}{path}"), None).await;
+            assert_eq!(resp.ok(200), &canonical, "{prefix}{path}");
+        }
+    }
+    for prefix in PREFIXES {
+        let missing = format!("{prefix}/agents/{}", Uuid::now_v7());
+        c.call(Method::GET, &missing, None)
+            .await
+            .err(404, "not_found", None, &missing);
+    }
+
+    // Writes work at every alias too.
+    let mut created = Vec::new();
+    for prefix in PREFIXES {
+        let resp = c
+            .call(
+                Method::POST,
+                &format!("{prefix}/agents"),
+                Some(&json!({ "name": prefix })),
+            )
+            .await;
+        let body = resp.ok(201).clone();
+        let location = resp.location.clone().expect("Location");
+        assert_eq!(
+            location,
+            format!("/api/v1/agents/{}", id(&body)),
+            "{prefix}"
+        );
+        assert_eq!(send(c.req(Method::GET, &location)).await.ok(200), &body);
+        let patched = c
+            .call(
+                Method::PATCH,
+                &format!("{prefix}/agents/{}", id(&body)),
+                Some(&json!({ "status": "paused" })),
+            )
+            .await;
+        assert_eq!(patched.ok(200)["status"], "paused", "{prefix}");
+        let attached = c
+            .call(
+                Method::POST,
+                &format!("{prefix}/agents/{}/playbooks", id(&body)),
+                Some(&json!({ "playbook_id": "shared" })),
+            )
+            .await;
+        assert_eq!(names(&attached.ok(200)["playbooks"]), ["shared"]);
+        created.push(id(&body));
+    }
+    assert_eq!(c.agents().await.len(), 1 + PREFIXES.len());
+    for (prefix, agent) in PREFIXES.iter().zip(&created) {
+        let resp = c
+            .call(Method::DELETE, &format!("{prefix}/agents/{agent}"), None)
+            .await;
+        assert_eq!(resp.status, 204, "{prefix}: {}", resp.text);
+    }
+    assert_eq!(c.agents().await.len(), 1);
+}
+
+#[tokio::test]
+async fn another_tenants_resources_are_not_found() {
+    let app = roomy_app().await;
+    let a = Client::new(&app, "tenanta", "alice").await;
+    let b = Client::new(&app, "tenantb", "bob").await;
+
+    let agent = a.agent("A's agent").await;
+    let ag = id(&agent);
+    let pb = a.create("/playbooks", json!({ "name": "a_book" })).await;
+    let faq = a.create("/faqs", json!({ "name": "a_faq" })).await;
+    let tool = a.create("/tools", json!({ "name": "a_tool" })).await;
+    a.post(
+        &format!("/agents/{ag}/playbooks"),
+        json!({ "playbook_id": "a_book" }),
+    )
+    .await
+    .ok(200);
+    let agent = a.get(&format!("/agents/{ag}")).await.ok(200).clone();
+    let b_agent = b.agent("B's agent").await;
+    let bg = id(&b_agent);
+
+    // A's agent from B.
+    for (case, resp) in [
+        ("get", b.get(&format!("/agents/{ag}")).await),
+        (
+            "patch",
+            b.patch(&format!("/agents/{ag}"), json!({ "name": "pwned" }))
+                .await,
+        ),
+        ("delete", b.delete(&format!("/agents/{ag}")).await),
+        ("tools", b.get(&format!("/agents/{ag}/tools")).await),
+        (
+            "upsert tool",
+            b.post(
+                &format!("/agents/{ag}/tools"),
+                json!({ "tool_name": "a_tool" }),
+            )
+            .await,
+        ),
+        (
+            "attach to A's agent",
+            b.post(
+                &format!("/agents/{ag}/playbooks"),
+                json!({ "playbook_id": id(&pb) }),
+            )
+            .await,
+        ),
+        (
+            "detach from A's agent",
+            b.delete(&format!("/agents/{ag}/playbooks/{}", id(&pb)))
+                .await,
+        ),
+        // A's playbook and FAQ onto B's own agent.
+        (
+            "attach A's playbook by id",
+            b.post(
+                &format!("/agents/{bg}/playbooks"),
+                json!({ "playbook_id": id(&pb) }),
+            )
+            .await,
+        ),
+        (
+            "attach A's playbook by name",
+            b.post(
+                &format!("/agents/{bg}/playbooks"),
+                json!({ "playbook_id": "a_book" }),
+            )
+            .await,
+        ),
+        (
+            "attach A's faq",
+            b.post(&format!("/agents/{bg}/faqs"), json!({ "faq_id": id(&faq) }))
+                .await,
+        ),
+    ] {
+        resp.err(404, "not_found", None, case);
+    }
+    // A's tool is unknown to B's agent.
+    b.post(
+        &format!("/agents/{bg}/tools"),
+        json!({ "tool_name": "a_tool" }),
+    )
+    .await
+    .err(400, "invalid_body", Some("tool_name"), "A's tool");
+
+    // A's knowledge by UUID and by name.
+    for (kind, row) in [("playbooks", &pb), ("faqs", &faq), ("tools", &tool)] {
+        let name = row["name"].as_str().unwrap();
+        for target in [id(row), name.to_owned()] {
+            let path = format!("/{kind}/{target}");
+            b.get(&path)
+                .await
+                .err(404, "not_found", None, &format!("get {path}"));
+            b.patch(&path, json!({ "description": "pwned" })).await.err(
+                404,
+                "not_found",
+                None,
+                &format!("patch {path}"),
+            );
+            b.delete(&path)
+                .await
+                .err(404, "not_found", None, &format!("delete {path}"));
+        }
+        let page = b.get(&format!("/{kind}")).await.ok(200).clone();
+        assert_eq!(page["total"], 0, "{kind}: {page}");
+    }
+    // B's list holds only B's agent; B may reuse A's names.
+    assert_eq!(b.agents().await, vec![b_agent]);
+    b.create("/playbooks", json!({ "name": "a_book" })).await;
+
+    // A's things are untouched.
+    assert_eq!(a.get(&format!("/agents/{ag}")).await.ok(200), &agent);
+    assert_eq!(a.agents().await, vec![agent]);
+    assert_eq!(a.get("/playbooks/a_book").await.ok(200), &pb);
+    assert_eq!(a.get("/faqs/a_faq").await.ok(200), &faq);
+    assert_eq!(a.get("/tools/a_tool").await.ok(200), &tool);
+
+    // Alice is no member of B: her token with B's account header does not reach B's data.
+    let resp = send(app.as_user(
+        Method::GET,
+        &format!("{V1}/agents/{bg}"),
+        &b.account,
+        "alice",
+    ))
+    .await;
+    assert_eq!(resp.status, 403, "{}", resp.text);
+}
+
+#[tokio::test]
+async fn writes_are_recorded_in_the_tenant_audit_log() {
+    let app = roomy_app().await;
+    let c = Client::new(&app, "audit", "alice").await;
+
+    let agent = c.agent("Audited").await;
+    let a = id(&agent);
+    c.patch(&format!("/agents/{a}"), json!({ "status": "active" }))
+        .await
+        .ok(200);
+    let tool = c.create("/tools", json!({ "name": "lookup" })).await;
+    c.post(
+        &format!("/agents/{a}/tools"),
+        json!({ "tool_name": "lookup" }),
+    )
+    .await
+    .ok(201);
+    c.put(
+        &format!("/agents/{a}/tools"),
+        json!({ "tool_name": "lookup", "enabled": false }),
+    )
+    .await
+    .ok(200);
+    let pb = c.create("/playbooks", json!({ "name": "book" })).await;
+    c.post(
+        &format!("/agents/{a}/playbooks"),
+        json!({ "playbook_id": "book" }),
+    )
+    .await
+    .ok(200);
+    let faq = c.create("/faqs", json!({ "name": "faq" })).await;
+    c.post(&format!("/agents/{a}/faqs"), json!({ "faq_id": id(&faq) }))
+        .await
+        .ok(200);
+    c.delete(&format!("/agents/{a}/playbooks/book"))
+        .await
+        .ok(204);
+    c.delete(&format!("/agents/{a}/faqs/faq")).await.ok(204);
+    c.patch("/playbooks/book", json!({ "description": "changed" }))
+        .await
+        .ok(200);
+    // Reads and failed writes are not audited.
+    c.get(&format!("/agents/{a}")).await.ok(200);
+    c.agents().await;
+    c.get("/playbooks").await.ok(200);
+    c.patch(
+        &format!("/agents/{a}"),
+        json!({ "background_audio_volume": 9 }),
+    )
+    .await
+    .err(400, "invalid_body", Some("background_audio_volume"), "bad");
+    c.post("/playbooks", json!({ "name": "book" }))
+        .await
+        .err(409, "conflict", None, "dup");
+    c.delete(&format!("/agents/{}", Uuid::now_v7()))
+        .await
+        .err(404, "not_found", None, "unknown");
+    c.delete(&format!("/agents/{a}/faqs/faq"))
+        .await
+        .err(404, "not_found", None, "not attached");
+    // Deletes are.
+    c.delete(&format!("/agents/{a}")).await.ok(204);
+    c.delete("/playbooks/book").await.ok(204);
+    c.delete(&format!("/faqs/{}", id(&faq))).await.ok(204);
+    c.delete("/tools/lookup").await.ok(204);
+
+    let (pb, faq, tool) = (id(&pb), id(&faq), id(&tool));
+    let expected: Vec<(&str, &str, String)> = vec![
+        ("create", "agent", a.clone()),
+        ("update", "agent", a.clone()),
+        ("create", "tool", tool.clone()),
+        ("upsert", "agent_tool", format!("{a}/lookup")),
+        ("upsert", "agent_tool", format!("{a}/lookup")),
+        ("create", "playbook", pb.clone()),
+        ("attach", "agent_playbooks", format!("{a}/{pb}")),
+        ("create", "faq", faq.clone()),
+        ("attach", "agent_faqs", format!("{a}/{faq}")),
+        ("detach", "agent_playbooks", format!("{a}/{pb}")),
+        ("detach", "agent_faqs", format!("{a}/{faq}")),
+        ("update", "playbook", pb.clone()),
+        ("delete", "agent", a.clone()),
+        ("delete", "playbook", pb.clone()),
+        ("delete", "faq", faq.clone()),
+        ("delete", "tool", tool.clone()),
+    ];
+
+    let mut db = c.db().await;
+    #[derive(sqlx::FromRow)]
+    struct AuditRow {
+        at: DateTime<chrono::Utc>,
+        principal_kind: String,
+        principal_id: String,
+        action: String,
+        resource: String,
+        resource_id: Option<String>,
+    }
+    let rows: Vec<AuditRow> = sqlx::query_as(
+        "SELECT at, principal_kind, principal_id, action, resource, resource_id
+         FROM audit_log ORDER BY at, id",
+    )
+    .fetch_all(&mut db)
+    .await
+    .unwrap();
+    let actual: Vec<(&str, &str, String)> = rows
+        .iter()
+        .map(|r| {
+            assert_eq!(
+                (r.principal_kind.as_str(), r.principal_id.as_str()),
+                ("user", "alice"),
+                "{} {}",
+                r.action,
+                r.resource
+            );
+            (
+                r.action.as_str(),
+                r.resource.as_str(),
+                r.resource_id.clone().unwrap_or_default(),
+            )
+        })
+        .collect();
+    assert_eq!(actual, expected);
+    let now = chrono::Utc::now();
+    for r in &rows {
+        assert!((now - r.at).num_seconds().abs() < 60, "{}", r.at);
+    }
+}
+
+// ---- call limits ------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn call_limits_are_the_defaults_unless_the_account_overrides_them() {
+    // The harness may configure other limits; run on the service's stock defaults.
+    let stock = kataven_hub::config::Config::defaults();
+    let app = TestApp::builder()
+        .await
+        .config(|c| {
+            c.limit_per_minute = stock.limit_per_minute;
+            c.limit_per_hour = stock.limit_per_hour;
+            c.limit_per_day = stock.limit_per_day;
+            c.limit_concurrent = stock.limit_concurrent;
+            c.limit_daily_minutes = stock.limit_daily_minutes;
+        })
+        .spawn()
+        .await;
+    let a = Client::new(&app, "limitsa", "alice").await;
+    let b = Client::new(&app, "limitsb", "bob").await;
+    let defaults = json!({
+        "calls_per_minute": 60,
+        "concurrent_max": 20,
+        "daily_calls_max": 10000,
+        "daily_minutes_max": 1440,
+    });
+    assert_eq!(a.get("/call-limits").await.ok(200), &defaults);
+    assert_eq!(b.get("/call-limits").await.ok(200), &defaults);
+
+    let pool = app.state.catalog.pool();
+    sqlx::query(
+        "INSERT INTO account_limits (account, per_minute, concurrent, per_day, daily_minutes)
+         VALUES ($1, 30, 5, 500, 90)",
+    )
+    .bind(&a.account)
+    .execute(pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        a.get("/call-limits").await.ok(200),
+        &json!({
+            "calls_per_minute": 30,
+            "concurrent_max": 5,
+            "daily_calls_max": 500,
+            "daily_minutes_max": 90,
+        })
+    );
+    assert_eq!(b.get("/call-limits").await.ok(200), &defaults);
+
+    // A partial override: the rest stays at the defaults. 0 is reported as is.
+    sqlx::query("INSERT INTO account_limits (account, daily_minutes) VALUES ($1, 0)")
+        .bind(&b.account)
+        .execute(pool)
+        .await
+        .unwrap();
+    assert_eq!(
+        b.get("/call-limits").await.ok(200),
+        &json!({
+            "calls_per_minute": 60,
+            "concurrent_max": 20,
+            "daily_calls_max": 10000,
+            "daily_minutes_max": 0,
+        })
+    );
+    // Changes show at once; removing the row restores the defaults.
+    sqlx::query("UPDATE account_limits SET per_minute = 45 WHERE account = $1")
+        .bind(&a.account)
+        .execute(pool)
+        .await
+        .unwrap();
+    assert_eq!(a.get("/call-limits").await.ok(200)["calls_per_minute"], 45);
+    sqlx::query("DELETE FROM account_limits WHERE account = $1")
+        .bind(&a.account)
+        .execute(pool)
+        .await
+        .unwrap();
+    assert_eq!(a.get("/call-limits").await.ok(200), &defaults);
+
+    // Read-only through the API.
+    for method in [Method::POST, Method::PUT, Method::PATCH, Method::DELETE] {
+        let resp = a
+            .call(
+                method.clone(),
+                &format!("{V1}/call-limits"),
+                Some(&json!({ "calls_per_minute": 1_000_000 })),
+            )
+            .await;
+        resp.err(405, "method_not_allowed", None, method.as_str());
+    }
+    assert_eq!(a.get("/call-limits").await.ok(200), &defaults);
+}
+
+#[tokio::test]
+async fn call_limits_report_the_configured_defaults() {
+    let app = TestApp::builder()
+        .await
+        .config(|c| {
+            c.limit_per_minute = 120;
+            c.limit_concurrent = 7;
+            c.limit_per_day = 2500;
+            c.limit_daily_minutes = 300;
+        })
+        .spawn()
+        .await;
+    let c = Client::new(&app, "limitscfg", "alice").await;
+    assert_eq!(
+        c.get("/call-limits").await.ok(200),
+        &json!({
+            "calls_per_minute": 120,
+            "concurrent_max": 7,
+            "daily_calls_max": 2500,
+            "daily_minutes_max": 300,
+        })
+    );
+}
+
+// ---- the agents list at scale ----------------------------------------------------------------
+
+#[tokio::test]
+async fn the_agents_list_joins_every_agents_playbooks_and_faqs() {
+    let app = roomy_app().await;
+    let c = Client::new(&app, "many", "alice").await;
+    let playbooks: Vec<Value> = {
+        let mut v = Vec::new();
+        for (name, display) in [("pb_a", "A"), ("pb_b", "B"), ("pb_c", "C")] {
+            v.push(
+                c.create(
+                    "/playbooks",
+                    json!({ "name": name, "display_name": display }),
+                )
+                .await,
+            );
+        }
+        v
+    };
+    let faqs: Vec<Value> = {
+        let mut v = Vec::new();
+        for (name, title) in [("faq_a", "FA"), ("faq_b", "FB")] {
+            v.push(
+                c.create("/faqs", json!({ "name": name, "title": title }))
+                    .await,
+            );
+        }
+        v
+    };
+
+    let first = c.agent("agent_00").await;
+    let listed = c.agents().await;
+    assert_eq!(listed, vec![first.clone()]);
+
+    // 20 more, each with a different mix (attached in a scrambled order).
+    let mut expected: BTreeMap<String, (Vec<String>, Vec<String>)> = BTreeMap::new();
+    expected.insert(id(&first), (vec![], vec![]));
+    let mut order = vec![id(&first)];
+    for i in 1..=20usize {
+        let agent = c.agent(&format!("agent_{i:02}")).await;
+        let a = id(&agent);
+        let pbs: Vec<&Value> = playbooks
+            .iter()
+            .enumerate()
+            .filter(|(k, _)| (i >> k) & 1 == 1)
+            .map(|(_, p)| p)
+            .rev()
+            .collect();
+        let fs: Vec<&Value> = faqs.iter().take(i % 3).rev().collect();
+        for p in &pbs {
+            c.post(
+                &format!("/agents/{a}/playbooks"),
+                json!({ "playbook_id": id(p) }),
+            )
+            .await
+            .ok(200);
+        }
+        for f in &fs {
+            c.post(&format!("/agents/{a}/faqs"), json!({ "faq_id": f["name"] }))
+                .await
+                .ok(200);
+        }
+        let mut pb_names: Vec<String> = pbs
+            .iter()
+            .map(|p| p["name"].as_str().unwrap().to_owned())
+            .collect();
+        pb_names.sort();
+        let mut faq_names: Vec<String> = fs
+            .iter()
+            .map(|f| f["name"].as_str().unwrap().to_owned())
+            .collect();
+        faq_names.sort();
+        expected.insert(a.clone(), (pb_names, faq_names));
+        order.push(a);
+    }
+
+    let listed = c.agents().await;
+    assert_eq!(listed.len(), 21);
+    let listed_ids: Vec<String> = listed.iter().map(id).collect();
+    let newest_first: Vec<String> = order.iter().rev().cloned().collect();
+    assert_eq!(listed_ids, newest_first);
+    for agent in &listed {
+        let (pbs, fs) = &expected[&id(agent)];
+        assert_eq!(&names(&agent["playbooks"]), pbs, "{}", agent["name"]);
+        assert_eq!(&names(&agent["faqs"]), fs, "{}", agent["name"]);
+        for p in agent["playbooks"].as_array().unwrap() {
+            let source = playbooks.iter().find(|x| x["id"] == p["id"]).unwrap();
+            assert_eq!(p["display_name"], source["display_name"]);
+            assert_eq!(p.as_object().unwrap().len(), 3, "{p}");
+        }
+        for f in agent["faqs"].as_array().unwrap() {
+            let source = faqs.iter().find(|x| x["id"] == f["id"]).unwrap();
+            assert_eq!(f["title"], source["title"]);
+            assert_eq!(f.as_object().unwrap().len(), 3, "{f}");
+        }
+        // The list and the single get agree.
+        assert_eq!(
+            c.get(&format!("/agents/{}", id(agent))).await.ok(200),
+            agent
+        );
+    }
+    // Some agent has every playbook, some none.
+    assert!(expected.values().any(|(p, _)| p.len() == 3));
+    assert!(expected.values().any(|(p, f)| p.is_empty() && f.is_empty()));
+}
