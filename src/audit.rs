@@ -25,3 +25,30 @@ pub async fn record(
     .await?;
     Ok(())
 }
+
+/// Records a change made in the catalog (members, keys) in the tenant's audit log. The change
+/// is committed already; a failure to audit is logged, not turned into an error for the caller.
+pub async fn record_catalog_change(
+    state: &crate::state::AppState,
+    tenant: &crate::extract::Tenant,
+    action: &str,
+    resource: &str,
+    resource_id: &str,
+) {
+    let result = async {
+        let mut conn = state.pools.acquire(&tenant.account).await?;
+        record(
+            &mut conn,
+            &tenant.principal,
+            action,
+            resource,
+            Some(resource_id),
+        )
+        .await?;
+        Ok::<_, crate::error::ApiError>(())
+    }
+    .await;
+    if let Err(e) = result {
+        tracing::error!(error = %e, resource, "could not write the audit row of a catalog change");
+    }
+}

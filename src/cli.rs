@@ -41,6 +41,9 @@ pub enum Command {
     /// Manage accounts (tenants).
     #[command(subcommand)]
     Accounts(AccountsCommand),
+    /// Manage API keys.
+    #[command(subcommand, name = "api-keys")]
+    ApiKeys(ApiKeysCommand),
     /// Print the OpenAPI document (the committed `openapi/openapi.json` equals it).
     Openapi,
 }
@@ -95,6 +98,19 @@ pub enum AccountsCommand {
     },
 }
 
+#[derive(Debug, Subcommand)]
+pub enum ApiKeysCommand {
+    /// Create an API key and print it once (bootstrap for headless set-ups).
+    Create {
+        slug: String,
+        #[arg(long)]
+        name: String,
+        /// never, 30d, 90d or 1y.
+        #[arg(long, default_value = "90d")]
+        expiry: crate::routes::api_keys::Expiry,
+    },
+}
+
 /// A limit override: a number, or `default` to clear it.
 #[derive(Debug, Clone, Copy)]
 pub enum LimitArg {
@@ -133,6 +149,36 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Dev => dev(config).await,
         Command::Migrate => migrate(&config).await,
         Command::Accounts(cmd) => accounts(&config, cmd).await,
+        Command::ApiKeys(ApiKeysCommand::Create { slug, name, expiry }) => {
+            let slug = slug_arg(&slug)?;
+            let pepper = config
+                .key_pepper
+                .clone()
+                .context("KATAVEN_KEY_PEPPER is required: keys are stored as its HMAC")?;
+            let provisioner = server::provisioner(&config).await?;
+            if provisioner.catalog().account(&slug).await?.is_none() {
+                bail!("no account `{slug}`");
+            }
+            let hasher = crate::auth::keys::KeyHasher::new(pepper);
+            let created = crate::routes::api_keys::create_key(
+                provisioner.catalog().pool(),
+                &hasher,
+                slug.as_str(),
+                &name,
+                expiry,
+                "cli",
+            )
+            .await?;
+            let expires = created
+                .expires_at
+                .map_or_else(|| "never".to_owned(), |t| t.to_rfc3339());
+            eprintln!(
+                "API key `{}` for {slug} (id {}, expires {expires}); it is shown once:",
+                created.name, created.id
+            );
+            println!("{}", created.key);
+            Ok(())
+        }
         Command::Openapi => {
             print!("{}", crate::routes::openapi::json());
             Ok(())

@@ -31,6 +31,8 @@ pub enum ApiError {
     AccountMismatch,
     #[error("this endpoint needs an admin of the account and the header `X-Admin: true`")]
     AdminRequired,
+    #[error("API keys cannot manage API keys; sign in as an admin")]
+    ApiKeyNotAllowed,
     #[error("{0}")]
     NotFound(String),
     /// The body is malformed or a field is missing, mistyped or out of range; `field` names it.
@@ -79,7 +81,7 @@ pub struct ErrorBody {
 pub struct ErrorDetail {
     /// A stable machine code: `missing_account_header`, `invalid_account`, `reserved_account`,
     /// `unauthenticated`, `account_suspended`, `forbidden`, `account_mismatch`,
-    /// `admin_required`, `not_found`, `invalid_body`, `invalid_query`, `conflict`, `rate_limited`,
+    /// `admin_required`, `api_key_not_allowed`, `not_found`, `invalid_body`, `invalid_query`, `conflict`, `rate_limited`,
     /// `payload_too_large`, `method_not_allowed`, `unavailable`, `internal`.
     pub code: String,
     /// For people; may change.
@@ -126,7 +128,8 @@ impl ApiError {
             Self::ReservedAccount
             | Self::AccountSuspended
             | Self::Forbidden(_)
-            | Self::AdminRequired => StatusCode::FORBIDDEN,
+            | Self::AdminRequired
+            | Self::ApiKeyNotAllowed => StatusCode::FORBIDDEN,
             Self::NotFound(_) => StatusCode::NOT_FOUND,
             Self::RateLimited(_) | Self::IpRateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
@@ -147,6 +150,7 @@ impl ApiError {
             Self::Forbidden(_) => "forbidden",
             Self::AccountMismatch => "account_mismatch",
             Self::AdminRequired => "admin_required",
+            Self::ApiKeyNotAllowed => "api_key_not_allowed",
             Self::NotFound(_) => "not_found",
             Self::InvalidBody { .. } => "invalid_body",
             Self::InvalidQuery { .. } => "invalid_query",

@@ -11,15 +11,17 @@ use axum::http::{HeaderMap, HeaderName};
 use std::sync::Arc;
 
 use crate::auth::Principal;
+use crate::auth::api_keys::KeyRejection;
+use crate::auth::keys::API_KEY_PREFIX;
 use crate::error::ApiError;
 use crate::limits::Admission;
 use crate::state::AppState;
 use crate::tenancy::catalog::{Account, AccountStatus, Role};
 use crate::tenancy::pools::TenantConn;
+use crate::tenancy::slug::SYSTEM_DATABASE;
 use crate::tenancy::slug::{AccountSlug, SlugError};
 
 pub static X_ACCOUNT_ID: HeaderName = HeaderName::from_static("x-account-id");
-const API_KEY_PREFIX: &str = "sk_live_";
 
 /// An authorized caller in an active account (pipeline steps 1–7 passed).
 #[derive(Debug, Clone)]
@@ -166,6 +168,16 @@ impl FromRequestParts<AppState> for Authorized {
                 Some(parse_slug(raw)?)
             }
         };
+        // Step 3 also covers the account named inside an API key.
+        if let Ok(Some(token)) = bearer {
+            let key_account = token
+                .strip_prefix(API_KEY_PREFIX)
+                .and_then(|rest| rest.rsplit_once('_'))
+                .map(|(account, _)| account);
+            if key_account == Some(SYSTEM_DATABASE) {
+                return Err(ApiError::ReservedAccount);
+            }
+        }
 
         // Step 4: a valid bearer.
         let token = match bearer {
@@ -173,11 +185,22 @@ impl FromRequestParts<AppState> for Authorized {
             Ok(None) => return Err(unauthenticated(state, "missing_bearer")),
             Err(()) => return Err(unauthenticated(state, "malformed_authorization")),
         };
-        let principal = state
-            .identity
-            .authenticate(token)
-            .await
-            .map_err(|rejection| unauthenticated(state, rejection.reason))?;
+        let principal = if is_api_key {
+            state
+                .api_keys
+                .verify(token, &state.cache)
+                .await
+                .map_err(|e| match e {
+                    KeyRejection::Refused(rejection) => unauthenticated(state, rejection.reason),
+                    KeyRejection::Unavailable(e) => e.into(),
+                })?
+        } else {
+            state
+                .identity
+                .authenticate(token)
+                .await
+                .map_err(|rejection| unauthenticated(state, rejection.reason))?
+        };
 
         let slug = match (requested, principal.bound_account()) {
             (Some(slug), _) => slug,
@@ -267,6 +290,14 @@ async fn authorize(
 
 pub static X_ADMIN: HeaderName = HeaderName::from_static("x-admin");
 
+/// `X-Admin: true` (case-insensitive): the explicit elevation of step 8.
+fn is_elevated(headers: &HeaderMap) -> bool {
+    headers
+        .get(&X_ADMIN)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.trim().eq_ignore_ascii_case("true"))
+}
+
 /// An admin acting with explicit elevation (pipeline step 8): an admin principal **and** the
 /// header `X-Admin: true`. The header alone grants nothing; neither does the role alone.
 #[derive(Debug, Clone)]
@@ -277,14 +308,29 @@ impl FromRequestParts<AppState> for Admin {
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
         let authorized = Authorized::from_request_parts(parts, state).await?;
-        let elevated = parts
-            .headers
-            .get(&X_ADMIN)
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|v| v.trim().eq_ignore_ascii_case("true"));
-        if !elevated || authorized.role != Role::Admin {
+        if !is_elevated(&parts.headers) || authorized.role != Role::Admin {
             return Err(ApiError::AdminRequired);
         }
         Ok(Admin(authorized.admit(parts, state).await?))
+    }
+}
+
+/// The manager of an account's API keys: a user (never an API key: a leaked key must not mint
+/// others, 403 `api_key_not_allowed`) who is an admin acting with `X-Admin: true`.
+#[derive(Debug, Clone)]
+pub struct KeyManager(pub Tenant);
+
+impl FromRequestParts<AppState> for KeyManager {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let authorized = Authorized::from_request_parts(parts, state).await?;
+        if matches!(authorized.principal, Principal::ApiKey { .. }) {
+            return Err(ApiError::ApiKeyNotAllowed);
+        }
+        if !is_elevated(&parts.headers) || authorized.role != Role::Admin {
+            return Err(ApiError::AdminRequired);
+        }
+        Ok(KeyManager(authorized.admit(parts, state).await?))
     }
 }

@@ -18,6 +18,7 @@ use anyhow::bail;
 
 use crate::auth::Identity;
 use crate::auth::dev_issuer::{DEV_AUDIENCE, DevIssuer};
+use crate::auth::keys::KeyHasher;
 use crate::auth::oidc::{IssuerKeys, IssuerSettings};
 use crate::config::Config;
 use crate::limits::client_ip::{IpLimiter, TrustedProxies};
@@ -140,6 +141,11 @@ pub async fn build_state(
         .get_or_create(&crate::metrics::LimitLabels { limit: "ip".into() })
         .clone();
     let ip_limiter = IpLimiter::new(config.public_limit_per_minute, proxies, refused);
+    let pepper = config
+        .key_pepper
+        .clone()
+        .context("KATAVEN_KEY_PEPPER is required (the secret of API and widget key hashes)")?;
+    let hasher = KeyHasher::new(pepper);
     Ok(AppState::new(
         config,
         provisioner,
@@ -147,6 +153,7 @@ pub async fn build_state(
         metrics,
         limiter,
         ip_limiter,
+        hasher,
     ))
 }
 

@@ -4,6 +4,8 @@ use std::ops::Deref;
 use std::sync::Arc;
 
 use crate::auth::Identity;
+use crate::auth::api_keys::ApiKeys;
+use crate::auth::keys::KeyHasher;
 use crate::auth::membership::CatalogCache;
 use crate::config::Config;
 use crate::limits::client_ip::IpLimiter;
@@ -27,6 +29,7 @@ pub struct AppInner {
     pub identity: Arc<Identity>,
     pub limiter: Arc<Limiter>,
     pub ip_limiter: Arc<IpLimiter>,
+    pub api_keys: Arc<ApiKeys>,
 }
 
 impl Deref for AppState {
@@ -44,6 +47,7 @@ impl AppState {
         metrics: Arc<Metrics>,
         limiter: Arc<Limiter>,
         ip_limiter: Arc<IpLimiter>,
+        hasher: KeyHasher,
     ) -> Self {
         let pools = TenantPools::new(
             provisioner.clone(),
@@ -59,7 +63,9 @@ impl AppState {
         let cache = CatalogCache::new(provisioner.catalog().clone(), move |slug| {
             forget.forget(slug)
         });
+        let api_keys = Arc::new(ApiKeys::new(hasher, provisioner.catalog().pool().clone()));
         Self(Arc::new(AppInner {
+            api_keys,
             catalog: provisioner.catalog().clone(),
             cache,
             provisioner,
@@ -78,6 +84,7 @@ impl AppState {
         let mut tasks = vec![self.pools.spawn_reaper(), self.cache.spawn_listener()];
         tasks.extend(self.identity.issuers().iter().map(|i| i.spawn_refresher()));
         tasks.push(self.ip_limiter.spawn_janitor());
+        tasks.push(self.api_keys.spawn_flusher());
         if let Store::Memory(memory) = self.limiter.store() {
             tasks.push(memory.spawn_flusher());
         }
@@ -86,6 +93,7 @@ impl AppState {
 
     /// Saves what must survive a restart (the in-process daily request counts).
     pub async fn flush(&self) {
+        self.api_keys.flush_last_used().await;
         if let Store::Memory(memory) = self.limiter.store() {
             memory.flush().await;
         }

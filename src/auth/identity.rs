@@ -17,7 +17,6 @@ use super::principal::{AuthRejection, Principal};
 
 /// How long a userinfo answer is reused for the same token.
 pub const USERINFO_TTL: Duration = Duration::from_secs(60);
-const API_KEY_PREFIX: &str = "sk_live_";
 
 pub struct Identity {
     /// Issuers whose ID tokens are accepted.
@@ -176,10 +175,6 @@ impl Identity {
     /// Step 4 of the pipeline: turns a bearer into a principal. Touches no tenant database.
     pub async fn authenticate(&self, bearer: &str) -> Result<Principal, AuthRejection> {
         {
-            if bearer.starts_with(API_KEY_PREFIX) {
-                // API keys arrive with the credentials issue; until then they are refused.
-                return Err(AuthRejection::new("api_key_unsupported"));
-            }
             if self.issuers.is_empty() {
                 return Err(AuthRejection::new("no_identity_provider"));
             }

@@ -12,6 +12,8 @@ use dashmap::DashMap;
 use sqlx::postgres::PgListener;
 use tokio::time::Instant;
 
+use super::api_keys::{self, ApiKeyRecord};
+use super::widget_keys::{self, WidgetKeyRecord};
 use crate::tenancy::catalog::{Account, Catalog, Limits, Role};
 use crate::tenancy::slug::AccountSlug;
 
@@ -38,6 +40,10 @@ struct Inner {
     members: DashMap<(String, String), Cached<Option<Role>>>,
     /// The account's limits (overrides applied to the defaults).
     limits: DashMap<String, Cached<Limits>>,
+    /// API keys by HMAC.
+    api_keys: DashMap<[u8; 32], Cached<Option<ApiKeyRecord>>>,
+    /// Widget keys by HMAC.
+    widget_keys: DashMap<[u8; 32], Cached<Option<WidgetKeyRecord>>>,
     /// Called with the slug of an account deleted or moved (the pool map forgets its pool).
     on_placement_change: Box<dyn Fn(&str) + Send + Sync>,
 }
@@ -53,6 +59,8 @@ impl CatalogCache {
                 accounts: DashMap::new(),
                 members: DashMap::new(),
                 limits: DashMap::new(),
+                api_keys: DashMap::new(),
+                widget_keys: DashMap::new(),
                 on_placement_change: Box::new(on_placement_change),
             }),
         }
@@ -90,7 +98,28 @@ impl CatalogCache {
         Ok(value)
     }
 
-    fn invalidate(&self, payload: &str) {
+    pub async fn api_key(&self, hash: &[u8; 32]) -> sqlx::Result<Option<ApiKeyRecord>> {
+        if let Some(hit) = fresh(&self.inner.api_keys, hash) {
+            return Ok(hit);
+        }
+        let value = api_keys::load(self.inner.catalog.pool(), hash).await?;
+        insert(&self.inner.api_keys, *hash, value.clone());
+        Ok(value)
+    }
+
+    pub async fn widget_key(&self, hash: &[u8; 32]) -> sqlx::Result<Option<WidgetKeyRecord>> {
+        if let Some(hit) = fresh(&self.inner.widget_keys, hash) {
+            return Ok(hit);
+        }
+        let value = widget_keys::load(self.inner.catalog.pool(), hash).await?;
+        insert(&self.inner.widget_keys, *hash, value.clone());
+        Ok(value)
+    }
+
+    /// Drops what a catalog change makes stale. `payload` is what the triggers `NOTIFY`; an
+    /// instance calls this itself after its own changes so that they apply to its very next
+    /// request, before the notification comes back.
+    pub fn invalidate(&self, payload: &str) {
         match payload.split_once(':') {
             Some(("accounts", slug)) => {
                 self.inner.accounts.remove(slug);
@@ -103,6 +132,18 @@ impl CatalogCache {
             Some(("limits", slug)) => {
                 self.inner.limits.remove(slug);
             }
+            Some(("apikey", hex)) => match decode_hash(hex) {
+                Some(hash) => {
+                    self.inner.api_keys.remove(&hash);
+                }
+                None => self.flush(),
+            },
+            Some(("widgetkey", hex)) => match decode_hash(hex) {
+                Some(hash) => {
+                    self.inner.widget_keys.remove(&hash);
+                }
+                None => self.flush(),
+            },
             Some(("members", slug)) => {
                 self.inner.members.retain(|(account, _), _| account != slug);
             }
@@ -114,6 +155,8 @@ impl CatalogCache {
         self.inner.accounts.clear();
         self.inner.members.clear();
         self.inner.limits.clear();
+        self.inner.api_keys.clear();
+        self.inner.widget_keys.clear();
     }
 
     /// Listens for catalog changes until the task is aborted.
@@ -147,6 +190,10 @@ impl CatalogCache {
             }
         }
     }
+}
+
+fn decode_hash(hex_text: &str) -> Option<[u8; 32]> {
+    hex::decode(hex_text).ok()?.try_into().ok()
 }
 
 fn fresh<K, Q, V>(map: &DashMap<K, Cached<V>>, key: &Q) -> Option<V>

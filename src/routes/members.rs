@@ -7,6 +7,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
+use crate::audit;
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{Admin, Tenant};
 use crate::json::Json;
@@ -64,13 +65,14 @@ pub async fn upsert(
             "must be 1–255 characters",
         ));
     }
-    match state
+    let change = state
         .catalog
         .change_member(&tenant.slug, subject, Some(body.role))
-        .await?
-    {
+        .await?;
+    state.cache.invalidate(&format!("members:{}", tenant.slug));
+    match change {
         MemberChange::Done(member) => {
-            audit(&state, &tenant, "upsert", subject).await;
+            audit::record_catalog_change(&state, &tenant, "upsert", "member", subject).await;
             Ok((StatusCode::CREATED, Json(member.into())))
         }
         MemberChange::LastAdmin => Err(last_admin()),
@@ -90,13 +92,14 @@ pub async fn remove(
     Admin(tenant): Admin,
     Path(subject): Path<String>,
 ) -> ApiResult<StatusCode> {
-    match state
+    let change = state
         .catalog
         .change_member(&tenant.slug, &subject, None)
-        .await?
-    {
+        .await?;
+    state.cache.invalidate(&format!("members:{}", tenant.slug));
+    match change {
         MemberChange::Done(_) => {
-            audit(&state, &tenant, "delete", &subject).await;
+            audit::record_catalog_change(&state, &tenant, "delete", "member", &subject).await;
             Ok(StatusCode::NO_CONTENT)
         }
         MemberChange::NotAMember => Err(ApiError::not_found("no such member")),
@@ -106,25 +109,4 @@ pub async fn remove(
 
 fn last_admin() -> ApiError {
     ApiError::Conflict("the account must keep at least one admin".into())
-}
-
-/// Records a member change in the tenant's audit log. The change itself is committed in the
-/// catalog already; a failure to audit is logged, not turned into an error for the caller.
-async fn audit(state: &AppState, tenant: &Tenant, action: &str, subject: &str) {
-    let result = async {
-        let mut conn = state.pools.acquire(&tenant.account).await?;
-        crate::audit::record(
-            &mut conn,
-            &tenant.principal,
-            action,
-            "member",
-            Some(subject),
-        )
-        .await?;
-        Ok::<_, ApiError>(())
-    }
-    .await;
-    if let Err(e) = result {
-        tracing::error!(error = %e, "could not write the audit row of a member change");
-    }
 }

@@ -3,6 +3,7 @@
 
 pub mod accounts;
 pub mod agents;
+pub mod api_keys;
 pub mod call_limits;
 pub mod health;
 pub mod knowledge;
@@ -66,6 +67,8 @@ fn resources() -> OpenApiRouter<AppState> {
         .routes(routes!(members::list, members::upsert))
         .routes(routes!(members::remove))
         .routes(routes!(call_limits::get))
+        .routes(routes!(api_keys::list, api_keys::create))
+        .routes(routes!(api_keys::patch, api_keys::delete))
         .layer(middleware::from_fn(rate_limit_headers))
 }
 

@@ -39,6 +39,7 @@ use crate::error::ErrorBody;
         (name = "playbooks"), (name = "faqs"), (name = "tools"),
         (name = "members", description = "Who may act in the account"),
         (name = "limits"),
+        (name = "api-keys", description = "`sk_live_` keys for machines"),
         (name = "public", description = "No account header and no ID token needed"),
         (name = "operations", description = "Health and metrics"),
         (name = "dev", description = "Dev mode only; 404 otherwise"),
@@ -50,7 +51,13 @@ pub struct ApiDoc;
 const IP_LIMITED: &[&str] = &["list_accounts", "validate_account", "user_org", "login"];
 
 /// Operations (relative to `/api/v1`) that need `X-Admin: true` and an admin principal.
-const ADMIN_OPERATIONS: &[(&str, &str)] = &[("post", "/members"), ("delete", "/members/{subject}")];
+const ADMIN_OPERATIONS: &[(&str, &str)] = &[
+    ("post", "/members"),
+    ("delete", "/members/{subject}"),
+    ("post", "/api-keys"),
+    ("patch", "/api-keys/{id}"),
+    ("delete", "/api-keys/{id}"),
+];
 
 impl ApiDoc {
     /// The whole document: public routes as they are, the resources under `/api/v1` with their

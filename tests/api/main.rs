@@ -1,5 +1,6 @@
 //! Integration tests: one binary, real PostgreSQL, real HTTP on a real port.
 
+mod api_keys;
 mod cli;
 mod identity;
 mod limits;

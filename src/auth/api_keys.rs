@@ -1,0 +1,141 @@
+//! `sk_live_` API keys: verification on the hot path, and their records in the catalog.
+//!
+//! Verification: the format and checksum are checked first (no database access for a mistyped
+//! or invented key), then the HMAC of the key is looked up in the catalog cache (one catalog
+//! query on a miss; revocations evict it on every instance through `NOTIFY`). `last_used_at`
+//! is written in batches, never per request.
+
+use chrono::{DateTime, Utc};
+use dashmap::DashMap;
+use sqlx::PgPool;
+use uuid::Uuid;
+
+use super::keys::{KeyFormatError, KeyHasher, api_key_account};
+use super::membership::CatalogCache;
+use super::principal::{AuthRejection, Principal};
+use crate::tenancy::slug::AccountSlug;
+
+/// What verification needs of a key's catalog row.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct ApiKeyRecord {
+    pub id: Uuid,
+    pub account: String,
+    pub expires_at: Option<DateTime<Utc>>,
+    pub disabled_at: Option<DateTime<Utc>>,
+}
+
+/// Why a key was not accepted.
+#[derive(Debug)]
+pub enum KeyRejection {
+    /// 401, with a reason label for metrics.
+    Refused(AuthRejection),
+    /// The catalog could not be asked (503).
+    Unavailable(sqlx::Error),
+}
+
+impl From<&'static str> for KeyRejection {
+    fn from(reason: &'static str) -> Self {
+        Self::Refused(AuthRejection::new(reason))
+    }
+}
+
+pub struct ApiKeys {
+    hasher: KeyHasher,
+    pool: PgPool,
+    /// Keys used since the last flush, with the time of their last use.
+    touched: DashMap<Uuid, DateTime<Utc>>,
+}
+
+impl ApiKeys {
+    pub fn new(hasher: KeyHasher, pool: PgPool) -> Self {
+        Self {
+            hasher,
+            pool,
+            touched: DashMap::new(),
+        }
+    }
+
+    pub fn hasher(&self) -> &KeyHasher {
+        &self.hasher
+    }
+
+    /// Step 4 for `sk_live_` bearers.
+    pub async fn verify(&self, key: &str, cache: &CatalogCache) -> Result<Principal, KeyRejection> {
+        let account = api_key_account(key).map_err(|e| match e {
+            KeyFormatError::Malformed => "malformed_api_key",
+            KeyFormatError::BadChecksum => "bad_checksum",
+        })?;
+        let account = AccountSlug::parse(account).map_err(|_| "malformed_api_key")?;
+        let hash = self.hasher.hash(key);
+        let record = cache
+            .api_key(&hash)
+            .await
+            .map_err(KeyRejection::Unavailable)?
+            .ok_or("unknown_api_key")?;
+        if record.account != account.as_str() {
+            return Err("unknown_api_key".into());
+        }
+        if record.disabled_at.is_some() {
+            return Err("disabled_api_key".into());
+        }
+        if record.expires_at.is_some_and(|at| at <= Utc::now()) {
+            return Err("expired_api_key".into());
+        }
+        self.touched.insert(record.id, Utc::now());
+        Ok(Principal::ApiKey {
+            account,
+            key_id: record.id.to_string(),
+        })
+    }
+
+    /// Writes the pending `last_used_at` times in one statement.
+    pub async fn flush_last_used(&self) {
+        let pending: Vec<(Uuid, DateTime<Utc>)> = self
+            .touched
+            .iter()
+            .map(|e| (*e.key(), *e.value()))
+            .collect();
+        if pending.is_empty() {
+            return;
+        }
+        for (id, at) in &pending {
+            self.touched.remove_if(id, |_, v| v == at);
+        }
+        let (ids, times): (Vec<Uuid>, Vec<DateTime<Utc>>) = pending.into_iter().unzip();
+        let written = sqlx::query(
+            "UPDATE api_keys AS k SET last_used_at = GREATEST(k.last_used_at, u.at)
+             FROM unnest($1::uuid[], $2::timestamptz[]) AS u(id, at) WHERE k.id = u.id",
+        )
+        .bind(&ids)
+        .bind(&times)
+        .execute(&self.pool)
+        .await;
+        if let Err(e) = written {
+            tracing::warn!(error = %e, "could not record API key use; retrying later");
+            for (id, at) in ids.into_iter().zip(times) {
+                self.touched.entry(id).or_insert(at);
+            }
+        }
+    }
+
+    /// Flushes every few seconds until aborted.
+    pub fn spawn_flusher(self: &std::sync::Arc<Self>) -> tokio::task::JoinHandle<()> {
+        let this = self.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(std::time::Duration::from_secs(5));
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                this.flush_last_used().await;
+            }
+        })
+    }
+}
+
+/// The catalog row of a key hash, for the cache.
+pub async fn load(pool: &PgPool, hash: &[u8; 32]) -> sqlx::Result<Option<ApiKeyRecord>> {
+    sqlx::query_as("SELECT id, account, expires_at, disabled_at FROM api_keys WHERE key_hash = $1")
+        .bind(&hash[..])
+        .fetch_optional(pool)
+        .await
+}

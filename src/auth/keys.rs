@@ -1,0 +1,195 @@
+//! Key formats and hashing shared by API keys (`sk_live_`) and widget keys (`pk_live_`).
+//!
+//! * `sk_live_<account>_<body>`: `<body>` is 32 random base62 characters followed by a
+//!   6-character base62 CRC32 of everything before it, so that a mistyped or made-up key is
+//!   refused without touching any database.
+//! * `pk_live_<account>_<32 random base62>`: a public identifier, not a credential.
+//!
+//! The account is everything between the prefix and the **last** `_` (slugs may contain `_`;
+//! bodies never do). Keys are stored as HMAC-SHA256(pepper, key).
+
+use hmac::{Hmac, Mac};
+use rand::Rng;
+use secrecy::{ExposeSecret, SecretString};
+use sha2::Sha256;
+
+pub const API_KEY_PREFIX: &str = "sk_live_";
+pub const WIDGET_KEY_PREFIX: &str = "pk_live_";
+const RANDOM_LEN: usize = 32;
+const CHECKSUM_LEN: usize = 6;
+const BASE62: &[u8; 62] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
+
+fn random_base62(len: usize) -> String {
+    let mut rng = rand::rng();
+    (0..len)
+        .map(|_| BASE62[rng.random_range(0..62)] as char)
+        .collect()
+}
+
+/// `n` in base62, left-padded with `0` to `width` characters.
+fn base62(mut n: u64, width: usize) -> String {
+    let mut out = vec![b'0'; width];
+    for slot in out.iter_mut().rev() {
+        *slot = BASE62[(n % 62) as usize];
+        n /= 62;
+    }
+    String::from_utf8(out).expect("ASCII")
+}
+
+fn checksum(text: &str) -> String {
+    base62(u64::from(crc32fast::hash(text.as_bytes())), CHECKSUM_LEN)
+}
+
+fn is_base62(s: &str) -> bool {
+    s.bytes().all(|b| b.is_ascii_alphanumeric())
+}
+
+/// A new API key for `account`.
+pub fn new_api_key(account: &str) -> String {
+    let head = format!("{API_KEY_PREFIX}{account}_{}", random_base62(RANDOM_LEN));
+    let sum = checksum(&head);
+    head + &sum
+}
+
+/// A new widget key for `account`.
+pub fn new_widget_key(account: &str) -> String {
+    format!("{WIDGET_KEY_PREFIX}{account}_{}", random_base62(RANDOM_LEN))
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum KeyFormatError {
+    #[error("not a key of this kind")]
+    Malformed,
+    #[error("the key's checksum does not match")]
+    BadChecksum,
+}
+
+/// The account of a well-formed API key, checksum verified. The account is not yet checked
+/// against the slug rules (the caller parses it into an `AccountSlug`).
+pub fn api_key_account(key: &str) -> Result<&str, KeyFormatError> {
+    let rest = key
+        .strip_prefix(API_KEY_PREFIX)
+        .ok_or(KeyFormatError::Malformed)?;
+    let (account, body) = rest.rsplit_once('_').ok_or(KeyFormatError::Malformed)?;
+    if account.is_empty() || body.len() != RANDOM_LEN + CHECKSUM_LEN || !is_base62(body) {
+        return Err(KeyFormatError::Malformed);
+    }
+    let head = &key[..key.len() - CHECKSUM_LEN];
+    if checksum(head) != body[RANDOM_LEN..] {
+        return Err(KeyFormatError::BadChecksum);
+    }
+    Ok(account)
+}
+
+/// The account of a well-formed widget key.
+pub fn widget_key_account(key: &str) -> Result<&str, KeyFormatError> {
+    let rest = key
+        .strip_prefix(WIDGET_KEY_PREFIX)
+        .ok_or(KeyFormatError::Malformed)?;
+    let (account, body) = rest.rsplit_once('_').ok_or(KeyFormatError::Malformed)?;
+    if account.is_empty() || body.len() != RANDOM_LEN || !is_base62(body) {
+        return Err(KeyFormatError::Malformed);
+    }
+    Ok(account)
+}
+
+/// The last 8 characters, shown in lists to recognise a key.
+pub fn last8(key: &str) -> String {
+    key[key.len().saturating_sub(8)..].to_owned()
+}
+
+/// HMAC-SHA256 with the configured pepper: what the catalog stores instead of keys and tokens.
+#[derive(Clone)]
+pub struct KeyHasher {
+    pepper: SecretString,
+}
+
+impl KeyHasher {
+    pub fn new(pepper: SecretString) -> Self {
+        Self { pepper }
+    }
+
+    pub fn hash(&self, key: &str) -> [u8; 32] {
+        let mut mac = Hmac::<Sha256>::new_from_slice(self.pepper.expose_secret().as_bytes())
+            .expect("HMAC takes keys of any length");
+        mac.update(key.as_bytes());
+        mac.finalize().into_bytes().into()
+    }
+}
+
+impl std::fmt::Debug for KeyHasher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("KeyHasher([REDACTED])")
+    }
+}
+
+/// A new opaque secret of `len` base62 characters (user tokens).
+pub fn random_secret(prefix: &str, len: usize) -> String {
+    format!("{prefix}{}", random_base62(len))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn api_keys_round_trip_and_carry_their_account() {
+        for account in ["acme", "acme_corp", "a_b_c-d", "0"] {
+            let key = new_api_key(account);
+            assert_eq!(key.len(), API_KEY_PREFIX.len() + account.len() + 1 + 38);
+            assert_eq!(api_key_account(&key), Ok(account), "{key}");
+        }
+    }
+
+    #[test]
+    fn a_wrong_checksum_or_shape_is_refused() {
+        let key = new_api_key("acme");
+        // Change one character of the random part: the checksum no longer matches.
+        let mut bytes = key.clone().into_bytes();
+        let i = API_KEY_PREFIX.len() + "acme_".len() + 3;
+        bytes[i] = if bytes[i] == b'A' { b'B' } else { b'A' };
+        let tampered = String::from_utf8(bytes).unwrap();
+        assert_eq!(api_key_account(&tampered), Err(KeyFormatError::BadChecksum));
+        for bad in [
+            "",
+            "sk_live_",
+            "sk_live_acme",
+            "sk_live_acme_short",
+            "sk_test_acme_0123456789abcdef0123456789abcdef012345",
+            &key[..key.len() - 1],
+            &format!("{key}x"),
+            &key.replace("sk_live_", "pk_live_"),
+            &format!("sk_live__{}", &key[API_KEY_PREFIX.len() + 5..]),
+        ] {
+            assert!(api_key_account(bad).is_err(), "{bad}");
+        }
+        // Non-base62 bytes in the body.
+        let odd = format!("{}!{}", &key[..key.len() - 10], &key[key.len() - 9..]);
+        assert!(api_key_account(&odd).is_err());
+    }
+
+    #[test]
+    fn widget_keys_carry_their_account() {
+        let key = new_widget_key("shop_eu");
+        assert_eq!(widget_key_account(&key), Ok("shop_eu"));
+        assert_eq!(last8(&key).len(), 8);
+        assert!(widget_key_account("pk_live_acme_tooshort").is_err());
+        assert!(widget_key_account(&new_api_key("acme")).is_err());
+    }
+
+    #[test]
+    fn base62_is_fixed_width() {
+        assert_eq!(base62(0, 6), "000000");
+        assert_eq!(base62(61, 2), "0z");
+        assert_eq!(base62(u64::from(u32::MAX), 6).len(), 6);
+    }
+
+    #[test]
+    fn hashes_depend_on_the_pepper() {
+        let a = KeyHasher::new(SecretString::from("one".to_owned()));
+        let b = KeyHasher::new(SecretString::from("two".to_owned()));
+        assert_eq!(a.hash("k"), a.hash("k"));
+        assert_ne!(a.hash("k"), b.hash("k"));
+        assert_eq!(format!("{a:?}"), "KeyHasher([REDACTED])");
+    }
+}

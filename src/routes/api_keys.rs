@@ -1,0 +1,273 @@
+//! `/api/v1/api-keys`: the account's `sk_live_` keys. Listing is open to every principal of
+//! the account; creating, changing and deleting needs an admin user with `X-Admin: true`
+//! (an API key gets 403 `api_key_not_allowed`).
+
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use chrono::{DateTime, Duration, Utc};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+use uuid::Uuid;
+
+use crate::audit;
+use crate::auth::keys::{last8, new_api_key};
+use crate::error::{ApiError, ApiResult};
+use crate::extract::{KeyManager, Tenant};
+use crate::json::Json;
+use crate::model::{check_required_text, non_null};
+use crate::state::AppState;
+
+/// How long a new key lives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize, ToSchema)]
+pub enum Expiry {
+    #[serde(rename = "never")]
+    Never,
+    #[serde(rename = "30d")]
+    Days30,
+    #[default]
+    #[serde(rename = "90d")]
+    Days90,
+    #[serde(rename = "1y")]
+    Year,
+}
+
+impl std::str::FromStr for Expiry {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "never" => Ok(Self::Never),
+            "30d" => Ok(Self::Days30),
+            "90d" => Ok(Self::Days90),
+            "1y" => Ok(Self::Year),
+            other => Err(format!("`{other}`: expected never, 30d, 90d or 1y")),
+        }
+    }
+}
+
+impl Expiry {
+    pub fn expires_at(self, from: DateTime<Utc>) -> Option<DateTime<Utc>> {
+        match self {
+            Self::Never => None,
+            Self::Days30 => Some(from + Duration::days(30)),
+            Self::Days90 => Some(from + Duration::days(90)),
+            Self::Year => Some(from + Duration::days(365)),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct ApiKeyCreate {
+    #[schema(example = "CI deploys")]
+    pub name: String,
+    /// `never`, `30d`, `90d` (default) or `1y`.
+    #[serde(default)]
+    pub expiry: Expiry,
+}
+
+/// A new key. `key` is the plaintext: shown this once, never again.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ApiKeyCreated {
+    pub id: Uuid,
+    pub name: String,
+    pub key: String,
+    pub last8: String,
+    pub expires_at: Option<DateTime<Utc>>,
+    pub created_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Serialize, ToSchema, sqlx::FromRow)]
+pub struct ApiKeyItem {
+    pub id: Uuid,
+    pub name: String,
+    pub last8: String,
+    pub expires_at: Option<DateTime<Utc>>,
+    pub disabled: bool,
+    pub last_used_at: Option<DateTime<Utc>>,
+    pub created_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Default, Deserialize, ToSchema)]
+pub struct ApiKeyPatch {
+    #[serde(default, deserialize_with = "non_null")]
+    pub name: Option<String>,
+    /// `true` disables the key at once on every instance; `false` enables it again.
+    #[serde(default, deserialize_with = "non_null")]
+    pub disabled: Option<bool>,
+}
+
+const ITEM_COLUMNS: &str =
+    "id, name, last8, expires_at, disabled_at IS NOT NULL AS disabled, last_used_at, created_at";
+
+/// Creates a key for `account`; returns the record and the plaintext. Shared with the
+/// `api-keys create` command.
+pub async fn create_key(
+    pool: &sqlx::PgPool,
+    hasher: &crate::auth::keys::KeyHasher,
+    account: &str,
+    name: &str,
+    expiry: Expiry,
+    created_by: &str,
+) -> sqlx::Result<ApiKeyCreated> {
+    let key = new_api_key(account);
+    let now = Utc::now();
+    let created = ApiKeyCreated {
+        id: Uuid::now_v7(),
+        name: name.to_owned(),
+        last8: last8(&key),
+        expires_at: expiry.expires_at(now),
+        created_at: now,
+        key,
+    };
+    sqlx::query(
+        "INSERT INTO api_keys (id, account, name, key_hash, last8, expires_at, created_by, created_at)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+    )
+    .bind(created.id)
+    .bind(account)
+    .bind(&created.name)
+    .bind(&hasher.hash(&created.key)[..])
+    .bind(&created.last8)
+    .bind(created.expires_at)
+    .bind(created_by)
+    .bind(now)
+    .execute(pool)
+    .await?;
+    Ok(created)
+}
+
+fn key_id(raw: &str) -> ApiResult<Uuid> {
+    Uuid::parse_str(raw).map_err(|_| no_key())
+}
+
+fn no_key() -> ApiError {
+    ApiError::not_found("no such API key")
+}
+
+/// The account's API keys (without the keys themselves).
+#[utoipa::path(get, path = "/api-keys", tag = "api-keys", operation_id = "list_api_keys",
+    responses((status = 200, description = "API keys, newest first", body = Vec<ApiKeyItem>)))]
+pub async fn list(
+    State(state): State<AppState>,
+    tenant: Tenant,
+) -> ApiResult<Json<Vec<ApiKeyItem>>> {
+    let keys = sqlx::query_as(&format!(
+        "SELECT {ITEM_COLUMNS} FROM api_keys WHERE account = $1 ORDER BY created_at DESC, id DESC"
+    ))
+    .bind(tenant.slug.as_str())
+    .fetch_all(state.catalog.pool())
+    .await?;
+    Ok(Json(keys))
+}
+
+/// Admin only (users): create a key. The plaintext is in this answer only.
+#[utoipa::path(post, path = "/api-keys", tag = "api-keys", operation_id = "create_api_key", request_body = ApiKeyCreate,
+    responses((status = 201, description = "Created; `key` is shown this once", body = ApiKeyCreated)))]
+pub async fn create(
+    State(state): State<AppState>,
+    KeyManager(tenant): KeyManager,
+    Json(body): Json<ApiKeyCreate>,
+) -> ApiResult<(StatusCode, Json<ApiKeyCreated>)> {
+    check_required_text("name", &body.name, 200)?;
+    let created_by = format!("{}:{}", tenant.principal.kind(), tenant.principal.id());
+    let created = create_key(
+        state.catalog.pool(),
+        state.api_keys.hasher(),
+        tenant.slug.as_str(),
+        body.name.trim(),
+        body.expiry,
+        &created_by,
+    )
+    .await?;
+    audit::record_catalog_change(
+        &state,
+        &tenant,
+        "create",
+        "api_key",
+        &created.id.to_string(),
+    )
+    .await;
+    Ok((StatusCode::CREATED, Json(created)))
+}
+
+/// Admin only (users): rename, disable or enable a key.
+#[utoipa::path(patch, path = "/api-keys/{id}", tag = "api-keys", operation_id = "update_api_key", request_body = ApiKeyPatch,
+    params(("id" = Uuid, Path, description = "The key's id")),
+    responses((status = 200, description = "The key", body = ApiKeyItem)))]
+pub async fn patch(
+    State(state): State<AppState>,
+    KeyManager(tenant): KeyManager,
+    Path(id): Path<String>,
+    Json(body): Json<ApiKeyPatch>,
+) -> ApiResult<Json<ApiKeyItem>> {
+    let id = key_id(&id)?;
+    if let Some(name) = &body.name {
+        check_required_text("name", name, 200)?;
+    }
+    #[derive(sqlx::FromRow)]
+    struct Updated {
+        #[sqlx(flatten)]
+        item: ApiKeyItem,
+        key_hash: Vec<u8>,
+    }
+    let updated: Updated = sqlx::query_as(&format!(
+        "UPDATE api_keys SET name = COALESCE($3, name),
+             disabled_at = CASE WHEN $4::boolean IS NULL THEN disabled_at
+                                WHEN $4 THEN COALESCE(disabled_at, now()) ELSE NULL END
+         WHERE account = $1 AND id = $2 RETURNING {ITEM_COLUMNS}, key_hash"
+    ))
+    .bind(tenant.slug.as_str())
+    .bind(id)
+    .bind(body.name.as_deref().map(str::trim))
+    .bind(body.disabled)
+    .fetch_optional(state.catalog.pool())
+    .await?
+    .ok_or_else(no_key)?;
+    state
+        .cache
+        .invalidate(&format!("apikey:{}", hex::encode(&updated.key_hash)));
+    audit::record_catalog_change(&state, &tenant, "update", "api_key", &id.to_string()).await;
+    Ok(Json(updated.item))
+}
+
+/// Admin only (users): delete a key. A key never used is deleted; a used one is disabled, so
+/// that its history stays. Either way it stops working at once on every instance.
+#[utoipa::path(delete, path = "/api-keys/{id}", tag = "api-keys", operation_id = "delete_api_key",
+    params(("id" = Uuid, Path, description = "The key's id")),
+    responses((status = 204, description = "Deleted (or disabled, if it was ever used)")))]
+pub async fn delete(
+    State(state): State<AppState>,
+    KeyManager(tenant): KeyManager,
+    Path(id): Path<String>,
+) -> ApiResult<StatusCode> {
+    let id = key_id(&id)?;
+    // Record this instance's pending uses first, so that a key just used counts as used.
+    state.api_keys.flush_last_used().await;
+    let pool = state.catalog.pool();
+    let deleted: Option<Vec<u8>> = sqlx::query_scalar(
+        "DELETE FROM api_keys WHERE account = $1 AND id = $2 AND last_used_at IS NULL RETURNING key_hash",
+    )
+    .bind(tenant.slug.as_str())
+    .bind(id)
+    .fetch_optional(pool)
+    .await?;
+    let (action, hash) = match deleted {
+        Some(hash) => ("delete", hash),
+        None => {
+            let hash: Vec<u8> = sqlx::query_scalar(
+                "UPDATE api_keys SET disabled_at = COALESCE(disabled_at, now())
+                 WHERE account = $1 AND id = $2 RETURNING key_hash",
+            )
+            .bind(tenant.slug.as_str())
+            .bind(id)
+            .fetch_optional(pool)
+            .await?
+            .ok_or_else(no_key)?;
+            ("disable", hash)
+        }
+    };
+    state
+        .cache
+        .invalidate(&format!("apikey:{}", hex::encode(&hash)));
+    audit::record_catalog_change(&state, &tenant, action, "api_key", &id.to_string()).await;
+    Ok(StatusCode::NO_CONTENT)
+}

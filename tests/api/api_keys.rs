@@ -1,0 +1,462 @@
+//! `sk_live_` API keys: management, the hot path, revocation across instances.
+
+use std::time::{Duration, Instant};
+
+use reqwest::Method;
+use serde_json::{Value, json};
+
+use crate::support::{TestApp, error_code, system_url_of, unique_slug};
+
+async fn create_key(app: &TestApp, account: &str, admin: &str, body: Value) -> Value {
+    let resp = app
+        .as_user(Method::POST, "/api/v1/api-keys", account, admin)
+        .header("X-Admin", "true")
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 201);
+    resp.json().await.unwrap()
+}
+
+fn with_key(app: &TestApp, method: Method, path: &str, key: &str) -> reqwest::RequestBuilder {
+    app.client.request(method, app.url(path)).bearer_auth(key)
+}
+
+#[tokio::test]
+async fn a_key_is_shown_once_and_acts_in_its_account_without_the_header() {
+    let app = TestApp::spawn().await;
+    // A slug with `_`: the account is everything up to the last `_`.
+    let slug = unique_slug("acme_eu");
+    app.provisioner()
+        .create_account(&slug, "EU", None, None)
+        .await
+        .unwrap();
+    app.state
+        .catalog
+        .upsert_member(&slug, "alice", kataven_hub::tenancy::catalog::Role::Admin)
+        .await
+        .unwrap();
+    let created = create_key(
+        &app,
+        slug.as_str(),
+        "alice",
+        json!({ "name": "deploys", "expiry": "30d" }),
+    )
+    .await;
+    let key = created["key"].as_str().unwrap().to_owned();
+    assert!(key.starts_with(&format!("sk_live_{slug}_")));
+    assert_eq!(created["last8"], &key[key.len() - 8..]);
+    assert_eq!(created["name"], "deploys");
+    let expires: chrono::DateTime<chrono::Utc> =
+        created["expires_at"].as_str().unwrap().parse().unwrap();
+    assert!(
+        (expires - chrono::Utc::now() - chrono::Duration::days(30))
+            .num_seconds()
+            .abs()
+            < 60
+    );
+
+    // Lists never show the key again.
+    let list: Value = with_key(&app, Method::GET, "/api/v1/api-keys", &key)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(list[0]["id"], created["id"]);
+    assert_eq!(list[0]["disabled"], false);
+    assert!(list[0].get("key").is_none());
+    assert!(!list.to_string().contains(&key[..key.len() - 8]));
+
+    // The key works without X-Account-ID, and with the right one; another account: 400.
+    assert_eq!(
+        with_key(&app, Method::GET, "/api/v1/agents", &key)
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    let resp = with_key(&app, Method::GET, "/api/v1/agents", &key)
+        .header("X-Account-ID", slug.as_str())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let other = app.account_with_admin("other", "alice").await;
+    let resp = with_key(&app, Method::GET, "/api/v1/agents", &key)
+        .header("X-Account-ID", other.slug.as_str())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(error_code(resp).await, (400, "account_mismatch".into()));
+
+    // What a key creates is attributed to it.
+    let resp = with_key(&app, Method::POST, "/api/v1/agents", &key)
+        .json(&json!({ "name": "By key" }))
+        .send()
+        .await
+        .unwrap();
+    let agent: Value = resp.json().await.unwrap();
+    assert_eq!(
+        agent["created_by"],
+        format!("api_key:{}", created["id"].as_str().unwrap())
+    );
+}
+
+#[tokio::test]
+async fn keys_cannot_manage_keys_and_only_elevated_admins_can() {
+    let app = TestApp::spawn().await;
+    let acme = app.account_with_admin("mgmt", "alice").await;
+    app.state
+        .catalog
+        .upsert_member(
+            &acme.slug.parse().unwrap(),
+            "bob",
+            kataven_hub::tenancy::catalog::Role::Member,
+        )
+        .await
+        .unwrap();
+    let key = create_key(&app, &acme.slug, "alice", json!({ "name": "k" })).await["key"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let id = {
+        let list: Value = with_key(&app, Method::GET, "/api/v1/api-keys", &key)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        list[0]["id"].as_str().unwrap().to_owned()
+    };
+    for (method, path) in [
+        (Method::POST, "/api/v1/api-keys".to_owned()),
+        (Method::PATCH, format!("/api/v1/api-keys/{id}")),
+        (Method::DELETE, format!("/api/v1/api-keys/{id}")),
+    ] {
+        let resp = with_key(&app, method.clone(), &path, &key)
+            .header("X-Admin", "true")
+            .json(&json!({ "name": "x" }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            error_code(resp).await,
+            (403, "api_key_not_allowed".into()),
+            "{method} {path}"
+        );
+        let resp = app
+            .as_user(method.clone(), &path, &acme.slug, "bob")
+            .header("X-Admin", "true")
+            .json(&json!({ "name": "x" }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            error_code(resp).await,
+            (403, "admin_required".into()),
+            "{method} {path}"
+        );
+        let resp = app
+            .as_user(method.clone(), &path, &acme.slug, "alice")
+            .json(&json!({ "name": "x" }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            error_code(resp).await,
+            (403, "admin_required".into()),
+            "{method} {path}"
+        );
+    }
+    // A key never acts as admin elsewhere either.
+    let resp = with_key(&app, Method::POST, "/api/v1/members", &key)
+        .header("X-Admin", "true")
+        .json(&json!({ "subject": "x", "role": "admin" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(error_code(resp).await, (403, "admin_required".into()));
+    // Bad bodies.
+    let resp = app
+        .as_user(Method::POST, "/api/v1/api-keys", &acme.slug, "alice")
+        .header("X-Admin", "true")
+        .json(&json!({ "name": "x", "expiry": "2w" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(error_code(resp).await, (400, "invalid_body".into()));
+}
+
+#[tokio::test]
+async fn malformed_keys_are_refused_without_touching_the_catalog() {
+    let mut app = TestApp::spawn().await;
+    let acme = app.account_with_admin("fmt", "alice").await;
+    let key = create_key(&app, &acme.slug, "alice", json!({ "name": "k" })).await["key"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let mut tampered = key.clone().into_bytes();
+    let i = key.len() - 10;
+    tampered[i] = if tampered[i] == b'a' { b'b' } else { b'a' };
+    let tampered = String::from_utf8(tampered).unwrap();
+
+    // Take the catalog away: anything that needed it would now answer 503.
+    app.state.catalog.pool().close().await;
+    for bad in [
+        tampered.as_str(),
+        "sk_live_",
+        "sk_live_acme",
+        &key[..key.len() - 1],
+    ] {
+        let resp = with_key(&app, Method::GET, "/api/v1/agents", bad)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            error_code(resp).await,
+            (401, "unauthenticated".into()),
+            "{bad}"
+        );
+    }
+    assert_eq!(
+        app.metric(r#"kataven_auth_failures_total{reason="bad_checksum"}"#)
+            .await,
+        1.0
+    );
+    // A well-formed key that is not cached does need the catalog: 503, not 401 or 500.
+    let unknown = kataven_hub::auth::keys::new_api_key(&acme.slug);
+    let resp = with_key(&app, Method::GET, "/api/v1/agents", &unknown)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(error_code(resp).await, (503, "unavailable".into()));
+    app.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_key_naming_the_system_database_is_refused_as_reserved() {
+    let app = TestApp::spawn().await;
+    let key = kataven_hub::auth::keys::new_api_key("kataven-admin");
+    let resp = with_key(&app, Method::GET, "/api/v1/agents", &key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(error_code(resp).await, (403, "reserved_account".into()));
+}
+
+#[tokio::test]
+async fn disabled_expired_and_deleted_keys_stop_working() {
+    let app = TestApp::spawn().await;
+    let acme = app.account_with_admin("life", "alice").await;
+    let admin = |method: Method, path: &str| {
+        app.as_user(method, path, &acme.slug, "alice")
+            .header("X-Admin", "true")
+    };
+    let created = create_key(
+        &app,
+        &acme.slug,
+        "alice",
+        json!({ "name": "k", "expiry": "never" }),
+    )
+    .await;
+    let (key, id) = (
+        created["key"].as_str().unwrap().to_owned(),
+        created["id"].as_str().unwrap().to_owned(),
+    );
+    assert!(created["expires_at"].is_null());
+    assert_eq!(
+        with_key(&app, Method::GET, "/api/v1/agents", &key)
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+
+    let resp = admin(Method::PATCH, &format!("/api/v1/api-keys/{id}"))
+        .json(&json!({ "disabled": true, "name": "off" }))
+        .send()
+        .await
+        .unwrap();
+    let item: Value = resp.json().await.unwrap();
+    assert_eq!(
+        (item["disabled"].clone(), item["name"].clone()),
+        (json!(true), json!("off"))
+    );
+    let resp = with_key(&app, Method::GET, "/api/v1/agents", &key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(error_code(resp).await, (401, "unauthenticated".into()));
+    admin(Method::PATCH, &format!("/api/v1/api-keys/{id}"))
+        .json(&json!({ "disabled": false }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        with_key(&app, Method::GET, "/api/v1/agents", &key)
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+
+    // Expired.
+    sqlx::query("UPDATE api_keys SET expires_at = now() - interval '1 second' WHERE id = $1::uuid")
+        .bind(&id)
+        .execute(app.state.catalog.pool())
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let resp = with_key(&app, Method::GET, "/api/v1/agents", &key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(error_code(resp).await, (401, "unauthenticated".into()));
+    assert!(
+        app.metric(r#"kataven_auth_failures_total{reason="expired_api_key"}"#)
+            .await
+            >= 1.0
+    );
+
+    // DELETE: a used key is disabled (kept for the record), an unused one is gone.
+    let unused = create_key(&app, &acme.slug, "alice", json!({ "name": "unused" })).await;
+    for k in [&created, &unused] {
+        let resp = admin(
+            Method::DELETE,
+            &format!("/api/v1/api-keys/{}", k["id"].as_str().unwrap()),
+        )
+        .send()
+        .await
+        .unwrap();
+        assert_eq!(resp.status(), 204);
+    }
+    let list: Value = app
+        .as_user(Method::GET, "/api/v1/api-keys", &acme.slug, "alice")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let list = list.as_array().unwrap();
+    assert_eq!(list.len(), 1);
+    assert_eq!(list[0]["id"], created["id"]);
+    assert_eq!(list[0]["disabled"], true);
+    assert!(list[0]["last_used_at"].is_string());
+    let resp = admin(
+        Method::DELETE,
+        &format!("/api/v1/api-keys/{}", unused["id"].as_str().unwrap()),
+    )
+    .send()
+    .await
+    .unwrap();
+    assert_eq!(resp.status(), 404);
+}
+
+#[tokio::test]
+async fn last_used_at_is_written_in_batches() {
+    let app = TestApp::spawn().await;
+    let acme = app.account_with_admin("used", "alice").await;
+    let created = create_key(&app, &acme.slug, "alice", json!({ "name": "k" })).await;
+    let key = created["key"].as_str().unwrap();
+    for _ in 0..20 {
+        assert_eq!(
+            with_key(&app, Method::GET, "/api/v1/agents", key)
+                .send()
+                .await
+                .unwrap()
+                .status(),
+            200
+        );
+    }
+    // Not yet written per request…
+    let row: (Option<chrono::DateTime<chrono::Utc>>,) =
+        sqlx::query_as("SELECT last_used_at FROM api_keys WHERE id = $1::uuid")
+            .bind(created["id"].as_str().unwrap())
+            .fetch_one(app.state.catalog.pool())
+            .await
+            .unwrap();
+    assert!(row.0.is_none());
+    // …but by the next flush (every 5 s).
+    let mut written = None;
+    for _ in 0..80 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let list: Value = with_key(&app, Method::GET, "/api/v1/api-keys", key)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if list[0]["last_used_at"].is_string() {
+            written = Some(list[0]["last_used_at"].clone());
+            break;
+        }
+    }
+    assert!(written.is_some(), "last_used_at was never written");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revocation_on_one_instance_reaches_another_within_a_second() {
+    let one = TestApp::spawn().await;
+    let acme = one.account_with_admin("revoke", "alice").await;
+    let issuer = one.issuer.issuer();
+    let two = TestApp::builder()
+        .await
+        .database_url(&system_url_of(&one))
+        .config(|c| c.oidc_issuer = Some(issuer))
+        .spawn()
+        .await;
+    let created = create_key(&one, &acme.slug, "alice", json!({ "name": "k" })).await;
+    let key = created["key"].as_str().unwrap();
+    // Both instances have verified (and cached) the key.
+    for app in [&one, &two] {
+        assert_eq!(
+            with_key(app, Method::GET, "/api/v1/agents", key)
+                .send()
+                .await
+                .unwrap()
+                .status(),
+            200
+        );
+    }
+    let revoked_at = Instant::now();
+    let resp = one
+        .as_user(
+            Method::PATCH,
+            &format!("/api/v1/api-keys/{}", created["id"].as_str().unwrap()),
+            &acme.slug,
+            "alice",
+        )
+        .header("X-Admin", "true")
+        .json(&json!({ "disabled": true }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let mut refused_after = None;
+    while revoked_at.elapsed() < Duration::from_secs(1) {
+        let status = with_key(&two, Method::GET, "/api/v1/agents", key)
+            .send()
+            .await
+            .unwrap()
+            .status();
+        if status == 401 {
+            refused_after = Some(revoked_at.elapsed());
+            break;
+        }
+    }
+    let refused_after =
+        refused_after.expect("instance two still accepted the key 1 s after revocation");
+    println!(
+        "revocation reached the other instance after {} ms",
+        refused_after.as_millis()
+    );
+}
