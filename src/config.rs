@@ -126,6 +126,15 @@ pub struct Config {
     )]
     pub public_limit_per_minute: u32,
 
+    /// Requests per minute per widget key on the public widget endpoints.
+    #[arg(
+        long,
+        env = "KATAVEN_WIDGET_KEY_LIMIT_PER_MINUTE",
+        default_value_t = 600,
+        global = true
+    )]
+    pub widget_key_limit_per_minute: u32,
+
     /// Call minutes per account and day (reported by `/api/v1/call-limits`).
     #[arg(
         long,

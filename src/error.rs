@@ -56,9 +56,21 @@ pub enum ApiError {
     /// Over an account cap (pipeline step 9).
     #[error("rate_limited: {} ({}) exceeded", .0.dimension.label(), .0.cap)]
     RateLimited(Box<crate::limits::Refusal>),
-    /// Over the per-client-IP quota of public endpoints.
-    #[error("rate_limited: too many requests from this address")]
-    IpRateLimited { retry_after_secs: u64 },
+    /// Over a quota of public endpoints: per client IP (`ip`) or per widget key (`client_key`).
+    #[error("rate_limited: too many requests from this {}", if *.limit == "ip" { "address" } else { "widget key" })]
+    ClientRateLimited {
+        limit: &'static str,
+        retry_after_secs: u64,
+    },
+    /// A widget key that is malformed, unknown or disabled.
+    #[error("unknown or disabled widget key")]
+    InvalidClientKey,
+    /// The page's origin is not on the widget key's allowlist.
+    #[error("this origin may not use this widget key")]
+    OriginNotAllowed,
+    /// The agent's widget policy refuses this.
+    #[error("{0}")]
+    WidgetNotAllowed(&'static str),
     /// A dependency (database, pool budget) cannot serve right now; retry later.
     #[error("{message}")]
     Unavailable {
@@ -81,7 +93,8 @@ pub struct ErrorBody {
 pub struct ErrorDetail {
     /// A stable machine code: `missing_account_header`, `invalid_account`, `reserved_account`,
     /// `unauthenticated`, `account_suspended`, `forbidden`, `account_mismatch`,
-    /// `admin_required`, `api_key_not_allowed`, `not_found`, `invalid_body`, `invalid_query`, `conflict`, `rate_limited`,
+    /// `admin_required`, `api_key_not_allowed`, `invalid_client_key`, `origin_not_allowed`,
+    /// `widget_not_allowed`, `not_found`, `invalid_body`, `invalid_query`, `conflict`, `rate_limited`,
     /// `payload_too_large`, `method_not_allowed`, `unavailable`, `internal`.
     pub code: String,
     /// For people; may change.
@@ -131,7 +144,9 @@ impl ApiError {
             | Self::AdminRequired
             | Self::ApiKeyNotAllowed => StatusCode::FORBIDDEN,
             Self::NotFound(_) => StatusCode::NOT_FOUND,
-            Self::RateLimited(_) | Self::IpRateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+            Self::RateLimited(_) | Self::ClientRateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+            Self::InvalidClientKey => StatusCode::UNAUTHORIZED,
+            Self::OriginNotAllowed | Self::WidgetNotAllowed(_) => StatusCode::FORBIDDEN,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::Conflict(_) => StatusCode::CONFLICT,
             Self::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
@@ -155,7 +170,10 @@ impl ApiError {
             Self::InvalidBody { .. } => "invalid_body",
             Self::InvalidQuery { .. } => "invalid_query",
             Self::Conflict(_) => "conflict",
-            Self::RateLimited(_) | Self::IpRateLimited { .. } => "rate_limited",
+            Self::RateLimited(_) | Self::ClientRateLimited { .. } => "rate_limited",
+            Self::InvalidClientKey => "invalid_client_key",
+            Self::OriginNotAllowed => "origin_not_allowed",
+            Self::WidgetNotAllowed(_) => "widget_not_allowed",
             Self::PayloadTooLarge { .. } => "payload_too_large",
             Self::MethodNotAllowed => "method_not_allowed",
             Self::Unavailable { .. } => "unavailable",
@@ -211,7 +229,7 @@ impl IntoResponse for ApiError {
                 },
                 limit: match &self {
                     Self::RateLimited(r) => Some(r.dimension.name().to_owned()),
-                    Self::IpRateLimited { .. } => Some("ip".to_owned()),
+                    Self::ClientRateLimited { limit, .. } => Some((*limit).to_owned()),
                     _ => None,
                 },
             },
@@ -225,7 +243,9 @@ impl IntoResponse for ApiError {
             Self::Unavailable {
                 retry_after_secs, ..
             }
-            | Self::IpRateLimited { retry_after_secs } => {
+            | Self::ClientRateLimited {
+                retry_after_secs, ..
+            } => {
                 headers.insert(
                     header::RETRY_AFTER,
                     HeaderValue::from((*retry_after_secs).max(1)),

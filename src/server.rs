@@ -20,13 +20,16 @@ use crate::auth::Identity;
 use crate::auth::dev_issuer::{DEV_AUDIENCE, DevIssuer};
 use crate::auth::keys::KeyHasher;
 use crate::auth::oidc::{IssuerKeys, IssuerSettings};
+use crate::auth::signing::SigningKeys;
+use crate::auth::widget_session::{self, WidgetSessions};
 use crate::config::Config;
-use crate::limits::client_ip::{IpLimiter, TrustedProxies};
+use crate::limits::client_ip::{IpLimiter, PerKeyLimiter, TrustedProxies};
 use crate::limits::memory::MemoryStore;
 use crate::limits::redis::RedisStore;
 use crate::limits::{Limiter, Store};
 use crate::metrics::Metrics;
 use crate::state::AppState;
+use crate::state::{Services, WidgetState};
 use crate::tenancy::catalog::Catalog;
 use crate::tenancy::provision::{self, Provisioner};
 
@@ -146,15 +149,24 @@ pub async fn build_state(
         .clone()
         .context("KATAVEN_KEY_PEPPER is required (the secret of API and widget key hashes)")?;
     let hasher = KeyHasher::new(pepper);
-    Ok(AppState::new(
-        config,
-        provisioner,
+    let session_keys =
+        SigningKeys::load_or_create(provisioner.catalog().pool().clone(), "widget_session").await?;
+    session_keys
+        .rotate_if_older(chrono::Duration::days(widget_session::ROTATION_DAYS))
+        .await?;
+    let widget = WidgetState {
+        sessions: WidgetSessions::new(session_keys, config.public_url()),
+        key_limiter: PerKeyLimiter::per_minute(config.widget_key_limit_per_minute),
+    };
+    let services = Services {
         identity,
         metrics,
         limiter,
         ip_limiter,
         hasher,
-    ))
+        widget,
+    };
+    Ok(AppState::new(config, provisioner, services))
 }
 
 /// Completes when SIGTERM or SIGINT (Ctrl-C) arrives.

@@ -7,8 +7,10 @@ use crate::auth::Identity;
 use crate::auth::api_keys::ApiKeys;
 use crate::auth::keys::KeyHasher;
 use crate::auth::membership::CatalogCache;
+use crate::auth::widget_session::WidgetSessions;
 use crate::config::Config;
 use crate::limits::client_ip::IpLimiter;
+use crate::limits::client_ip::PerKeyLimiter;
 use crate::limits::{Limiter, Store};
 use crate::metrics::Metrics;
 use crate::tenancy::catalog::Catalog;
@@ -30,6 +32,23 @@ pub struct AppInner {
     pub limiter: Arc<Limiter>,
     pub ip_limiter: Arc<IpLimiter>,
     pub api_keys: Arc<ApiKeys>,
+    pub widget: WidgetState,
+}
+
+/// The services [`AppState::new`] wires together (built by `server::build_state`).
+pub struct Services {
+    pub identity: Arc<Identity>,
+    pub metrics: Arc<Metrics>,
+    pub limiter: Arc<Limiter>,
+    pub ip_limiter: Arc<IpLimiter>,
+    pub hasher: KeyHasher,
+    pub widget: WidgetState,
+}
+
+/// What the public widget endpoints need besides the rest.
+pub struct WidgetState {
+    pub sessions: WidgetSessions,
+    pub key_limiter: PerKeyLimiter<uuid::Uuid>,
 }
 
 impl Deref for AppState {
@@ -40,15 +59,15 @@ impl Deref for AppState {
 }
 
 impl AppState {
-    pub fn new(
-        config: Config,
-        provisioner: Provisioner,
-        identity: Arc<Identity>,
-        metrics: Arc<Metrics>,
-        limiter: Arc<Limiter>,
-        ip_limiter: Arc<IpLimiter>,
-        hasher: KeyHasher,
-    ) -> Self {
+    pub fn new(config: Config, provisioner: Provisioner, services: Services) -> Self {
+        let Services {
+            identity,
+            metrics,
+            limiter,
+            ip_limiter,
+            hasher,
+            widget,
+        } = services;
         let pools = TenantPools::new(
             provisioner.clone(),
             PoolSettings {
@@ -66,6 +85,7 @@ impl AppState {
         let api_keys = Arc::new(ApiKeys::new(hasher, provisioner.catalog().pool().clone()));
         Self(Arc::new(AppInner {
             api_keys,
+            widget,
             catalog: provisioner.catalog().clone(),
             cache,
             provisioner,
@@ -88,7 +108,34 @@ impl AppState {
         if let Store::Memory(memory) = self.limiter.store() {
             tasks.push(memory.spawn_flusher());
         }
+        tasks.push(self.spawn_widget_maintenance());
         tasks
+    }
+
+    /// Hourly: forget idle widget-key quotas, rotate the session signing key when due, and
+    /// delete user tokens that expired a day ago.
+    fn spawn_widget_maintenance(&self) -> tokio::task::JoinHandle<()> {
+        let state = self.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(std::time::Duration::from_secs(3600));
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                state.widget.key_limiter.forget_idle();
+                let rotation = chrono::Duration::days(crate::auth::widget_session::ROTATION_DAYS);
+                if let Err(e) = state.widget.sessions.keys().rotate_if_older(rotation).await {
+                    tracing::warn!(error = %e, "widget signing key rotation failed");
+                }
+                let purged = sqlx::query(
+                    "DELETE FROM widget_user_tokens WHERE expires_at < now() - interval '1 day'",
+                )
+                .execute(state.catalog.pool())
+                .await;
+                if let Err(e) = purged {
+                    tracing::warn!(error = %e, "could not purge expired widget user tokens");
+                }
+            }
+        })
     }
 
     /// Saves what must survive a restart (the in-process daily request counts).

@@ -11,6 +11,7 @@ pub mod origin;
 pub mod principal;
 pub mod signing;
 pub mod widget_keys;
+pub mod widget_session;
 
 pub use identity::Identity;
 pub use principal::{AuthRejection, Principal};

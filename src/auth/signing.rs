@@ -80,6 +80,46 @@ impl SigningKeys {
         Ok(())
     }
 
+    /// Creates a new signing key when the newest is older than `max_age`, and retires keys
+    /// older than twice that (tokens they signed have long expired). Safe to run on several
+    /// instances at once (advisory lock). Returns whether a key was created.
+    pub async fn rotate_if_older(&self, max_age: chrono::Duration) -> anyhow::Result<bool> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("SELECT pg_advisory_xact_lock(hashtext('kataven:signing_keys:' || $1))")
+            .bind(self.purpose)
+            .execute(&mut *tx)
+            .await?;
+        let newest: Option<chrono::DateTime<chrono::Utc>> = sqlx::query_scalar(
+            "SELECT max(created_at) FROM signing_keys WHERE purpose = $1 AND retired_at IS NULL",
+        )
+        .bind(self.purpose)
+        .fetch_one(&mut *tx)
+        .await?;
+        let rotate = newest.is_none_or(|at| at < chrono::Utc::now() - max_age);
+        if rotate {
+            insert_new_key(&mut tx, self.purpose).await?;
+            sqlx::query(
+                "UPDATE signing_keys SET retired_at = now()
+                 WHERE purpose = $1 AND retired_at IS NULL AND created_at < now() - $2::interval",
+            )
+            .bind(self.purpose)
+            .bind(format!("{} seconds", (max_age * 2).num_seconds()))
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        self.reload().await?;
+        Ok(rotate)
+    }
+
+    /// The public key of `kid`, to verify tokens this service signed.
+    pub fn decoding_key(&self, kid: &str) -> Option<jsonwebtoken::DecodingKey> {
+        let keys = self.keys.read();
+        let key = keys.iter().find(|k| k.kid == kid)?;
+        let jwk: jsonwebtoken::jwk::Jwk = serde_json::from_value(key.public_jwk.clone()).ok()?;
+        jsonwebtoken::DecodingKey::from_jwk(&jwk).ok()
+    }
+
     /// Signs `claims` with the newest key.
     pub fn sign<T: Serialize>(&self, claims: &T) -> anyhow::Result<String> {
         let key = self

@@ -67,23 +67,49 @@ impl TrustedProxies {
     }
 }
 
+/// A quota per key (client IP, widget key), refilled evenly, with bursts up to the quota.
+pub struct PerKeyLimiter<K: std::hash::Hash + Eq + Clone> {
+    limiter: DefaultKeyedRateLimiter<K>,
+}
+
+impl<K: std::hash::Hash + Eq + Clone + Send + Sync + 'static> PerKeyLimiter<K> {
+    pub fn per_minute(n: u32) -> Self {
+        let quota = Quota::per_minute(NonZeroU32::new(n.max(1)).expect("at least 1"));
+        Self {
+            limiter: RateLimiter::keyed(quota),
+        }
+    }
+
+    /// `Err(seconds to wait)` when `key` is over its quota.
+    pub fn check(&self, key: &K) -> Result<(), u64> {
+        self.limiter.check_key(key).map_err(|not_until| {
+            let wait = not_until.wait_time_from(DefaultClock::default().now());
+            wait.as_secs() + u64::from(wait.subsec_nanos() > 0)
+        })
+    }
+
+    /// Forgets idle keys (governor keeps every key until told to).
+    pub fn forget_idle(&self) {
+        self.limiter.retain_recent();
+        self.limiter.shrink_to_fit();
+    }
+}
+
 /// Per-IP limits for public endpoints.
 pub struct IpLimiter {
-    limiter: DefaultKeyedRateLimiter<IpAddr>,
+    limiter: PerKeyLimiter<IpAddr>,
     proxies: TrustedProxies,
     pub refused: prometheus_client::metrics::counter::Counter,
 }
 
 impl IpLimiter {
-    /// `per_minute` requests per client IP, refilled evenly, with bursts up to the same number.
     pub fn new(
         per_minute: u32,
         proxies: TrustedProxies,
         refused: prometheus_client::metrics::counter::Counter,
     ) -> Arc<Self> {
-        let quota = Quota::per_minute(NonZeroU32::new(per_minute.max(1)).expect("at least 1"));
         Arc::new(Self {
-            limiter: RateLimiter::keyed(quota),
+            limiter: PerKeyLimiter::per_minute(per_minute),
             proxies,
             refused,
         })
@@ -95,20 +121,16 @@ impl IpLimiter {
 
     /// `Err(seconds to wait)` when the client is over its quota.
     pub fn check(&self, ip: IpAddr) -> Result<(), u64> {
-        self.limiter.check_key(&ip).map_err(|not_until| {
-            let wait = not_until.wait_time_from(DefaultClock::default().now());
-            wait.as_secs() + u64::from(wait.subsec_nanos() > 0)
-        })
+        self.limiter.check(&ip)
     }
 
-    /// Forgets idle clients periodically (governor keeps every key until told to).
+    /// Forgets idle clients every minute until aborted.
     pub fn spawn_janitor(self: &Arc<Self>) -> tokio::task::JoinHandle<()> {
         let this = self.clone();
         tokio::spawn(async move {
             loop {
                 tokio::time::sleep(Duration::from_secs(60)).await;
-                this.limiter.retain_recent();
-                this.limiter.shrink_to_fit();
+                this.limiter.forget_idle();
             }
         })
     }
@@ -128,7 +150,11 @@ pub async fn limit_public(req: Request, next: Next) -> Response {
         let ip = limiter.proxies.client_ip(peer, req.headers());
         if let Err(retry_after_secs) = limiter.check(ip) {
             limiter.refused.inc();
-            return ApiError::IpRateLimited { retry_after_secs }.into_response();
+            return ApiError::ClientRateLimited {
+                limit: "ip",
+                retry_after_secs,
+            }
+            .into_response();
         }
     }
     next.run(req).await

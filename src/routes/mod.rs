@@ -11,6 +11,9 @@ pub mod login;
 pub mod members;
 pub mod openapi;
 pub mod user;
+pub mod widget;
+pub mod widget_keys;
+pub mod widget_settings;
 
 use std::time::Duration;
 
@@ -69,6 +72,13 @@ fn resources() -> OpenApiRouter<AppState> {
         .routes(routes!(call_limits::get))
         .routes(routes!(api_keys::list, api_keys::create))
         .routes(routes!(api_keys::patch, api_keys::delete))
+        .routes(routes!(widget_keys::list, widget_keys::create))
+        .routes(routes!(widget_keys::patch, widget_keys::delete))
+        .routes(routes!(widget_settings::get, widget_settings::patch))
+        .routes(routes!(
+            widget_settings::get_agent,
+            widget_settings::patch_agent
+        ))
         .layer(middleware::from_fn(rate_limit_headers))
 }
 
@@ -82,11 +92,33 @@ fn public() -> OpenApiRouter<AppState> {
         .layer(middleware::from_fn(limit_public));
     OpenApiRouter::new()
         .merge(limited)
+        .merge(widget())
+        .routes(routes!(widget::jwks))
         .routes(routes!(health::healthz))
         .routes(routes!(health::readyz))
         .routes(routes!(health::metrics))
         .routes(routes!(openapi::document))
         .routes(routes!(openapi::reference))
+}
+
+/// The public widget endpoints: called cross-origin from customers' pages, so CORS answers
+/// every origin (echoed, with `Vary: Origin`); the handlers check the key's allowlist.
+fn widget() -> OpenApiRouter<AppState> {
+    use axum::http::{Method, header};
+    use tower_http::cors::{AllowOrigin, CorsLayer};
+    let cors = CorsLayer::new()
+        .allow_origin(AllowOrigin::mirror_request())
+        .allow_methods([Method::GET, Method::POST])
+        .allow_headers([header::CONTENT_TYPE, header::AUTHORIZATION])
+        .max_age(Duration::from_secs(600));
+    OpenApiRouter::new()
+        .routes(routes!(widget::config))
+        .routes(routes!(widget::guest))
+        .routes(routes!(widget::user_token))
+        .routes(routes!(widget::exchange))
+        .routes(routes!(widget::refresh))
+        .layer(middleware::from_fn(limit_public))
+        .layer(cors)
 }
 
 /// Dev login and the dev issuer: routed only when dev login is on (documented always).

@@ -40,6 +40,7 @@ use crate::error::ErrorBody;
         (name = "members", description = "Who may act in the account"),
         (name = "limits"),
         (name = "api-keys", description = "`sk_live_` keys for machines"),
+        (name = "widget", description = "Widget keys, settings, and the public widget endpoints"),
         (name = "public", description = "No account header and no ID token needed"),
         (name = "operations", description = "Health and metrics"),
         (name = "dev", description = "Dev mode only; 404 otherwise"),
@@ -48,7 +49,17 @@ use crate::error::ErrorBody;
 pub struct ApiDoc;
 
 /// Public operations limited per client IP.
-const IP_LIMITED: &[&str] = &["list_accounts", "validate_account", "user_org", "login"];
+const IP_LIMITED: &[&str] = &[
+    "list_accounts",
+    "validate_account",
+    "user_org",
+    "login",
+    "widget_config",
+    "widget_guest",
+    "widget_user_token",
+    "widget_exchange",
+    "widget_refresh",
+];
 
 /// Operations (relative to `/api/v1`) that need `X-Admin: true` and an admin principal.
 const ADMIN_OPERATIONS: &[(&str, &str)] = &[
@@ -57,6 +68,7 @@ const ADMIN_OPERATIONS: &[(&str, &str)] = &[
     ("post", "/api-keys"),
     ("patch", "/api-keys/{id}"),
     ("delete", "/api-keys/{id}"),
+    ("patch", "/widget-settings"),
 ];
 
 impl ApiDoc {

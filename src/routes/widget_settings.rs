@@ -1,0 +1,229 @@
+//! Widget settings: the account's branding (`/api/v1/widget-settings`, admin-only writes) and
+//! each agent's widget policy (`/api/v1/agents/{id}/widget-settings`).
+
+use axum::extract::Path;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use sqlx::{Connection, PgConnection};
+use utoipa::ToSchema;
+use uuid::Uuid;
+
+use crate::audit;
+use crate::error::{ApiError, ApiResult};
+use crate::extract::{Admin, TenantDb};
+use crate::json::Json;
+use crate::model::agents::WidgetAuthMode;
+use crate::model::{check_text, non_null, nullable};
+use crate::routes::agents::parse_agent_id;
+
+/// Where the launcher sits: bottom-left, bottom-right, top-left, top-right.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema, sqlx::Type)]
+#[serde(rename_all = "lowercase")]
+#[sqlx(type_name = "text", rename_all = "lowercase")]
+pub enum LauncherPosition {
+    Bl,
+    Br,
+    Tl,
+    Tr,
+}
+
+/// The account's widget branding.
+#[derive(Debug, Clone, Serialize, ToSchema, sqlx::FromRow)]
+pub struct WidgetSettings {
+    #[schema(example = "#4F46E5")]
+    pub primary_color: String,
+    #[schema(example = "#F59E0B")]
+    pub accent_color: String,
+    pub logo_url: Option<String>,
+    pub launcher_position: LauncherPosition,
+    pub launcher_label: String,
+    pub privacy_notice: String,
+    pub updated_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Default, Deserialize, ToSchema)]
+pub struct WidgetSettingsPatch {
+    #[serde(default, deserialize_with = "non_null")]
+    pub primary_color: Option<String>,
+    #[serde(default, deserialize_with = "non_null")]
+    pub accent_color: Option<String>,
+    #[serde(default, deserialize_with = "nullable")]
+    #[schema(value_type = Option<String>)]
+    pub logo_url: Option<Option<String>>,
+    #[serde(default, deserialize_with = "non_null")]
+    pub launcher_position: Option<LauncherPosition>,
+    #[serde(default, deserialize_with = "non_null")]
+    pub launcher_label: Option<String>,
+    #[serde(default, deserialize_with = "non_null")]
+    pub privacy_notice: Option<String>,
+}
+
+/// `#rgb` or `#rrggbb`.
+fn check_color(field: &str, value: &str) -> ApiResult<()> {
+    let hex = value.strip_prefix('#').unwrap_or("");
+    if matches!(hex.len(), 3 | 6) && hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+        Ok(())
+    } else {
+        Err(ApiError::invalid_field(
+            field,
+            "must be a color like #4F46E5",
+        ))
+    }
+}
+
+fn check_https_url(field: &str, value: &str) -> ApiResult<()> {
+    match url::Url::parse(value) {
+        Ok(u) if u.scheme() == "https" && u.host().is_some() && value.len() <= 2000 => Ok(()),
+        _ => Err(ApiError::invalid_field(field, "must be an https:// URL")),
+    }
+}
+
+pub async fn load_settings(conn: &mut PgConnection) -> ApiResult<WidgetSettings> {
+    Ok(sqlx::query_as(
+        "SELECT primary_color, accent_color, logo_url, launcher_position, launcher_label,
+                privacy_notice, updated_at FROM widget_settings WHERE id",
+    )
+    .fetch_one(conn)
+    .await?)
+}
+
+/// The account's widget branding.
+#[utoipa::path(get, path = "/widget-settings", tag = "widget", operation_id = "get_widget_settings",
+    responses((status = 200, description = "Branding", body = WidgetSettings)))]
+pub async fn get(TenantDb { mut conn, .. }: TenantDb) -> ApiResult<Json<WidgetSettings>> {
+    Ok(Json(load_settings(&mut conn).await?))
+}
+
+/// Admin only: change the account's widget branding.
+#[utoipa::path(patch, path = "/widget-settings", tag = "widget", operation_id = "update_widget_settings",
+    request_body = WidgetSettingsPatch,
+    responses((status = 200, description = "Branding", body = WidgetSettings)))]
+pub async fn patch(
+    Admin(tenant): Admin,
+    axum::extract::State(state): axum::extract::State<crate::state::AppState>,
+    Json(body): Json<WidgetSettingsPatch>,
+) -> ApiResult<Json<WidgetSettings>> {
+    if let Some(c) = &body.primary_color {
+        check_color("primary_color", c)?;
+    }
+    if let Some(c) = &body.accent_color {
+        check_color("accent_color", c)?;
+    }
+    if let Some(Some(u)) = &body.logo_url {
+        check_https_url("logo_url", u)?;
+    }
+    if let Some(l) = &body.launcher_label {
+        check_text("launcher_label", l, 60)?;
+    }
+    if let Some(p) = &body.privacy_notice {
+        check_text("privacy_notice", p, 2000)?;
+    }
+    let mut conn = state.pools.acquire(&tenant.account).await?;
+    let mut tx = conn.begin().await?;
+    sqlx::query(
+        "UPDATE widget_settings SET
+            primary_color = COALESCE($1, primary_color),
+            accent_color = COALESCE($2, accent_color),
+            logo_url = CASE WHEN $3 THEN $4 ELSE logo_url END,
+            launcher_position = COALESCE($5, launcher_position),
+            launcher_label = COALESCE($6, launcher_label),
+            privacy_notice = COALESCE($7, privacy_notice),
+            updated_at = now()
+         WHERE id",
+    )
+    .bind(&body.primary_color)
+    .bind(&body.accent_color)
+    .bind(body.logo_url.is_some())
+    .bind(body.logo_url.clone().flatten())
+    .bind(body.launcher_position)
+    .bind(&body.launcher_label)
+    .bind(&body.privacy_notice)
+    .execute(&mut *tx)
+    .await?;
+    audit::record(
+        &mut tx,
+        &tenant.principal,
+        "update",
+        "widget_settings",
+        None,
+    )
+    .await?;
+    let settings = load_settings(&mut tx).await?;
+    tx.commit().await?;
+    Ok(Json(settings))
+}
+
+/// An agent's widget policy.
+#[derive(Debug, Clone, Serialize, ToSchema, sqlx::FromRow)]
+pub struct AgentWidgetSettings {
+    /// Whether the agent is offered by the widget (default true).
+    pub widget_enabled: bool,
+    /// Which widget sessions it accepts (default `both`). Guests also need the agent's own
+    /// `auth_mode` to be `public`.
+    pub auth_mode: WidgetAuthMode,
+}
+
+#[derive(Debug, Default, Deserialize, ToSchema)]
+pub struct AgentWidgetSettingsPatch {
+    #[serde(default, deserialize_with = "non_null")]
+    pub widget_enabled: Option<bool>,
+    #[serde(default, deserialize_with = "non_null")]
+    pub auth_mode: Option<WidgetAuthMode>,
+}
+
+async fn load_agent_settings(conn: &mut PgConnection, id: Uuid) -> ApiResult<AgentWidgetSettings> {
+    sqlx::query_as("SELECT widget_enabled, widget_auth_mode AS auth_mode FROM agents WHERE id = $1")
+        .bind(id)
+        .fetch_optional(conn)
+        .await?
+        .ok_or_else(|| ApiError::not_found("no such agent"))
+}
+
+/// An agent's widget policy.
+#[utoipa::path(get, path = "/agents/{id}/widget-settings", tag = "widget", operation_id = "get_agent_widget_settings",
+    params(("id" = Uuid, Path, description = "The agent's id")),
+    responses((status = 200, description = "The policy", body = AgentWidgetSettings)))]
+pub async fn get_agent(
+    TenantDb { mut conn, .. }: TenantDb,
+    Path(id): Path<String>,
+) -> ApiResult<Json<AgentWidgetSettings>> {
+    let id = parse_agent_id(&id)?;
+    Ok(Json(load_agent_settings(&mut conn, id).await?))
+}
+
+/// Change an agent's widget policy.
+#[utoipa::path(patch, path = "/agents/{id}/widget-settings", tag = "widget", operation_id = "update_agent_widget_settings",
+    request_body = AgentWidgetSettingsPatch,
+    params(("id" = Uuid, Path, description = "The agent's id")),
+    responses((status = 200, description = "The policy", body = AgentWidgetSettings)))]
+pub async fn patch_agent(
+    TenantDb { tenant, mut conn }: TenantDb,
+    Path(id): Path<String>,
+    Json(body): Json<AgentWidgetSettingsPatch>,
+) -> ApiResult<Json<AgentWidgetSettings>> {
+    let id = parse_agent_id(&id)?;
+    let mut tx = conn.begin().await?;
+    let updated = sqlx::query(
+        "UPDATE agents SET widget_enabled = COALESCE($2, widget_enabled),
+            widget_auth_mode = COALESCE($3, widget_auth_mode), updated_at = now() WHERE id = $1",
+    )
+    .bind(id)
+    .bind(body.widget_enabled)
+    .bind(body.auth_mode)
+    .execute(&mut *tx)
+    .await?;
+    if updated.rows_affected() == 0 {
+        return Err(ApiError::not_found("no such agent"));
+    }
+    audit::record(
+        &mut tx,
+        &tenant.principal,
+        "update",
+        "agent_widget_settings",
+        Some(&id.to_string()),
+    )
+    .await?;
+    let settings = load_agent_settings(&mut tx, id).await?;
+    tx.commit().await?;
+    Ok(Json(settings))
+}
