@@ -231,7 +231,7 @@ async fn dev(mut config: Config) -> anyhow::Result<()> {
         provisioner
             .prepare_template(&server::system_options(&config)?)
             .await?;
-        seed_demo(&provisioner).await?;
+        seed_demo(&provisioner, &config).await?;
         let password = dev_secret(&config.data_dir.join("dev-user-password"), 20)?;
         let slug = AccountSlug::parse(DEMO_ACCOUNT).expect("valid slug");
         upsert_dev_user(
@@ -253,6 +253,10 @@ async fn dev(mut config: Config) -> anyhow::Result<()> {
              | sed -E 's/.*\"token\":\"([^\"]+)\".*/\\1/')"
         );
         println!("    curl -s {url}/api/v1/agents -H \"X-Account-ID: {DEMO_ACCOUNT}\" -H \"Authorization: Bearer $TOKEN\"");
+        if let Ok(key) = std::fs::read_to_string(config.data_dir.join("widget-key")) {
+            println!("  widget key (localhost pages): {}", key.trim());
+            println!("    curl -s '{url}/api/v1/widget/config?client_key={}' -H 'Origin: http://localhost:3000'", key.trim());
+        }
         println!("Press Ctrl-C to stop.\n");
         run_server(config, provisioner).await
     }
@@ -291,7 +295,7 @@ const DEMO_ACCOUNT: &str = "acme";
 const DEMO_EMAIL: &str = "admin@acme.test";
 
 /// The demo account, created on the first `dev` run (later runs find it and leave it alone).
-async fn seed_demo(provisioner: &Provisioner) -> anyhow::Result<()> {
+async fn seed_demo(provisioner: &Provisioner, config: &Config) -> anyhow::Result<()> {
     let slug = AccountSlug::parse(DEMO_ACCOUNT).expect("valid slug");
     if provisioner.catalog().account(&slug).await?.is_some() {
         return Ok(());
@@ -305,6 +309,21 @@ async fn seed_demo(provisioner: &Provisioner) -> anyhow::Result<()> {
         .execute(&mut conn)
         .await?;
     conn.close().await?;
+    // A widget key for local pages; its plaintext is kept for the banner (dev only).
+    let key = crate::auth::keys::new_widget_key(DEMO_ACCOUNT);
+    let pepper = config.key_pepper.clone().context("the dev pepper")?;
+    sqlx::query(
+        "INSERT INTO widget_keys (id, account, name, key_hash, last8, domain_allowlist, created_by)
+         VALUES ($1, $2, 'Local pages', $3, $4, $5, 'seed')",
+    )
+    .bind(uuid::Uuid::now_v7())
+    .bind(DEMO_ACCOUNT)
+    .bind(&crate::auth::keys::KeyHasher::new(pepper).hash(&key)[..])
+    .bind(crate::auth::keys::last8(&key))
+    .bind(vec!["localhost:*".to_owned(), "127.0.0.1".to_owned()])
+    .execute(provisioner.catalog().pool())
+    .await?;
+    std::fs::write(config.data_dir.join("widget-key"), &key)?;
     tracing::info!("seeded demo account `acme`");
     Ok(())
 }

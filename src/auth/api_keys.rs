@@ -42,8 +42,10 @@ impl From<&'static str> for KeyRejection {
 pub struct ApiKeys {
     hasher: KeyHasher,
     pool: PgPool,
-    /// Keys used since the last flush, with the time of their last use.
+    /// API keys used since the last flush, with the time of their last use.
     touched: DashMap<Uuid, DateTime<Utc>>,
+    /// Widget keys used since the last flush.
+    touched_widget: DashMap<Uuid, DateTime<Utc>>,
 }
 
 impl ApiKeys {
@@ -52,6 +54,7 @@ impl ApiKeys {
             hasher,
             pool,
             touched: DashMap::new(),
+            touched_widget: DashMap::new(),
         }
     }
 
@@ -88,24 +91,32 @@ impl ApiKeys {
         })
     }
 
-    /// Writes the pending `last_used_at` times in one statement.
+    /// Notes a widget key's use (written with the next flush).
+    pub fn touch_widget_key(&self, id: Uuid) {
+        self.touched_widget.insert(id, Utc::now());
+    }
+
+    /// Writes the pending `last_used_at` times of API keys and widget keys.
     pub async fn flush_last_used(&self) {
-        let pending: Vec<(Uuid, DateTime<Utc>)> = self
-            .touched
-            .iter()
-            .map(|e| (*e.key(), *e.value()))
-            .collect();
+        self.flush_table(&self.touched, "api_keys").await;
+        self.flush_table(&self.touched_widget, "widget_keys").await;
+    }
+
+    /// One statement per table for all pending uses.
+    async fn flush_table(&self, touched: &DashMap<Uuid, DateTime<Utc>>, table: &str) {
+        let pending: Vec<(Uuid, DateTime<Utc>)> =
+            touched.iter().map(|e| (*e.key(), *e.value())).collect();
         if pending.is_empty() {
             return;
         }
         for (id, at) in &pending {
-            self.touched.remove_if(id, |_, v| v == at);
+            touched.remove_if(id, |_, v| v == at);
         }
         let (ids, times): (Vec<Uuid>, Vec<DateTime<Utc>>) = pending.into_iter().unzip();
-        let written = sqlx::query(
-            "UPDATE api_keys AS k SET last_used_at = GREATEST(k.last_used_at, u.at)
-             FROM unnest($1::uuid[], $2::timestamptz[]) AS u(id, at) WHERE k.id = u.id",
-        )
+        let written = sqlx::query(&format!(
+            "UPDATE {table} AS k SET last_used_at = GREATEST(k.last_used_at, u.at)
+             FROM unnest($1::uuid[], $2::timestamptz[]) AS u(id, at) WHERE k.id = u.id"
+        ))
         .bind(&ids)
         .bind(&times)
         .execute(&self.pool)
@@ -113,7 +124,7 @@ impl ApiKeys {
         if let Err(e) = written {
             tracing::warn!(error = %e, "could not record API key use; retrying later");
             for (id, at) in ids.into_iter().zip(times) {
-                self.touched.entry(id).or_insert(at);
+                touched.entry(id).or_insert(at);
             }
         }
     }

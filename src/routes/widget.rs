@@ -68,6 +68,7 @@ async fn check_key(state: &AppState, headers: &HeaderMap, client_key: &str) -> A
     if account.status == AccountStatus::Suspended {
         return Err(ApiError::AccountSuspended);
     }
+    state.api_keys.touch_widget_key(key.id);
     Ok(Caller { key, account })
 }
 

@@ -249,6 +249,8 @@ pub async fn delete(
     Path(id): Path<String>,
 ) -> ApiResult<StatusCode> {
     let id = key_id(&id)?;
+    // Record this instance's pending uses first, so that a key just used counts as used.
+    state.api_keys.flush_last_used().await;
     let pool = state.catalog.pool();
     let deleted: Option<Vec<u8>> = sqlx::query_scalar(
         "DELETE FROM widget_keys WHERE account = $1 AND id = $2 AND last_used_at IS NULL RETURNING key_hash",

@@ -354,6 +354,17 @@ fn dev_starts_embedded_postgres_seeds_acme_once_and_stops_cleanly() {
             body.contains("refund_policy") && body.contains("opening_hours"),
             "{body}"
         );
+        // The seeded widget key works from a local page.
+        let widget_key = std::fs::read_to_string(data_dir.join("widget-key")).unwrap();
+        let (status, body) = raw_http::get(
+            &format!(
+                "http://127.0.0.1:{port}/api/v1/widget/config?client_key={}",
+                widget_key.trim()
+            ),
+            &[("Origin", "http://localhost:5173")],
+        );
+        assert_eq!(status, 200, "{body}");
+        assert!(body.contains("Front desk"), "{body}");
         signal(&child, libc::SIGINT);
         let exit = wait_exit(&mut child);
         let mut out = String::new();
