@@ -123,6 +123,74 @@ impl std::fmt::Debug for KeyHasher {
     }
 }
 
+/// Which kind of key a catalog operation is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyKind {
+    Api,
+    Widget,
+}
+
+impl KeyKind {
+    fn table(self) -> &'static str {
+        match self {
+            Self::Api => "api_keys",
+            Self::Widget => "widget_keys",
+        }
+    }
+
+    /// The prefix of this kind's cache-invalidation payload (as the triggers send it).
+    pub fn invalidation(self, hash: &[u8]) -> String {
+        let kind = match self {
+            Self::Api => "apikey",
+            Self::Widget => "widgetkey",
+        };
+        format!("{kind}:{}", hex::encode(hash))
+    }
+}
+
+/// What [`delete_or_disable`] did.
+pub struct Removal {
+    /// `delete` or `disable`, as recorded in the audit log.
+    pub action: &'static str,
+    pub key_hash: Vec<u8>,
+}
+
+/// Deletes a key of `account` that was never used, or disables a used one so that its record
+/// stays. `None` when there is no such key.
+pub async fn delete_or_disable(
+    pool: &sqlx::PgPool,
+    kind: KeyKind,
+    account: &str,
+    id: uuid::Uuid,
+) -> sqlx::Result<Option<Removal>> {
+    let table = kind.table();
+    let deleted: Option<Vec<u8>> = sqlx::query_scalar(&format!(
+        "DELETE FROM {table} WHERE account = $1 AND id = $2 AND last_used_at IS NULL RETURNING key_hash"
+    ))
+    .bind(account)
+    .bind(id)
+    .fetch_optional(pool)
+    .await?;
+    if let Some(key_hash) = deleted {
+        return Ok(Some(Removal {
+            action: "delete",
+            key_hash,
+        }));
+    }
+    let disabled: Option<Vec<u8>> = sqlx::query_scalar(&format!(
+        "UPDATE {table} SET disabled_at = COALESCE(disabled_at, now())
+         WHERE account = $1 AND id = $2 RETURNING key_hash"
+    ))
+    .bind(account)
+    .bind(id)
+    .fetch_optional(pool)
+    .await?;
+    Ok(disabled.map(|key_hash| Removal {
+        action: "disable",
+        key_hash,
+    }))
+}
+
 /// A new opaque secret of `len` base62 characters (user tokens).
 pub fn random_secret(prefix: &str, len: usize) -> String {
     format!("{prefix}{}", random_base62(len))

@@ -10,7 +10,7 @@ use utoipa::ToSchema;
 use uuid::Uuid;
 
 use crate::audit;
-use crate::auth::keys::{last8, new_api_key};
+use crate::auth::keys::{KeyKind, delete_or_disable, last8, new_api_key};
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{KeyManager, Tenant};
 use crate::json::Json;
@@ -224,7 +224,7 @@ pub async fn patch(
     .ok_or_else(no_key)?;
     state
         .cache
-        .invalidate(&format!("apikey:{}", hex::encode(&updated.key_hash)));
+        .invalidate(&KeyKind::Api.invalidation(&updated.key_hash));
     audit::record_catalog_change(&state, &tenant, "update", "api_key", &id.to_string()).await;
     Ok(Json(updated.item))
 }
@@ -242,32 +242,12 @@ pub async fn delete(
     let id = key_id(&id)?;
     // Record this instance's pending uses first, so that a key just used counts as used.
     state.api_keys.flush_last_used().await;
-    let pool = state.catalog.pool();
-    let deleted: Option<Vec<u8>> = sqlx::query_scalar(
-        "DELETE FROM api_keys WHERE account = $1 AND id = $2 AND last_used_at IS NULL RETURNING key_hash",
-    )
-    .bind(tenant.slug.as_str())
-    .bind(id)
-    .fetch_optional(pool)
-    .await?;
-    let (action, hash) = match deleted {
-        Some(hash) => ("delete", hash),
-        None => {
-            let hash: Vec<u8> = sqlx::query_scalar(
-                "UPDATE api_keys SET disabled_at = COALESCE(disabled_at, now())
-                 WHERE account = $1 AND id = $2 RETURNING key_hash",
-            )
-            .bind(tenant.slug.as_str())
-            .bind(id)
-            .fetch_optional(pool)
-            .await?
-            .ok_or_else(no_key)?;
-            ("disable", hash)
-        }
-    };
+    let removal = delete_or_disable(state.catalog.pool(), KeyKind::Api, tenant.slug.as_str(), id)
+        .await?
+        .ok_or_else(no_key)?;
     state
         .cache
-        .invalidate(&format!("apikey:{}", hex::encode(&hash)));
-    audit::record_catalog_change(&state, &tenant, action, "api_key", &id.to_string()).await;
+        .invalidate(&KeyKind::Api.invalidation(&removal.key_hash));
+    audit::record_catalog_change(&state, &tenant, removal.action, "api_key", &id.to_string()).await;
     Ok(StatusCode::NO_CONTENT)
 }

@@ -54,22 +54,35 @@ async fn check_key(state: &AppState, headers: &HeaderMap, client_key: &str) -> A
             retry_after_secs,
         });
     }
+    check_origin(headers, &key.domain_allowlist)?;
+    let account = active_account(state, &slug).await?;
+    state.api_keys.touch_widget_key(key.id);
+    Ok(Caller { key, account })
+}
+
+/// The request's origin (`Origin`, else the origin of `Referer`) must be on the allowlist.
+fn check_origin(headers: &HeaderMap, allowlist: &[String]) -> ApiResult<()> {
     let header = |name: header::HeaderName| headers.get(name).and_then(|v| v.to_str().ok());
     let origin = request_origin(header(header::ORIGIN), header(header::REFERER))
         .ok_or(ApiError::OriginNotAllowed)?;
-    if !is_allowed(&key.domain_allowlist, &origin) {
-        return Err(ApiError::OriginNotAllowed);
+    if is_allowed(allowlist, &origin) {
+        Ok(())
+    } else {
+        Err(ApiError::OriginNotAllowed)
     }
+}
+
+/// The widget key's account, which must exist and be active.
+async fn active_account(state: &AppState, slug: &AccountSlug) -> ApiResult<Account> {
     let account = state
         .cache
-        .account(&slug)
+        .account(slug)
         .await?
         .ok_or(ApiError::InvalidClientKey)?;
     if account.status == AccountStatus::Suspended {
         return Err(ApiError::AccountSuspended);
     }
-    state.api_keys.touch_widget_key(key.id);
-    Ok(Caller { key, account })
+    Ok(account)
 }
 
 /// What the widget needs to know of an agent.
@@ -448,21 +461,9 @@ pub async fn refresh(
     let key = key
         .filter(|k| k.disabled_at.is_none() && k.account == claims.acct)
         .ok_or(ApiError::InvalidClientKey)?;
-    let header = |name: header::HeaderName| headers.get(name).and_then(|v| v.to_str().ok());
-    let origin = request_origin(header(header::ORIGIN), header(header::REFERER))
-        .ok_or(ApiError::OriginNotAllowed)?;
-    if !is_allowed(&key.domain_allowlist, &origin) {
-        return Err(ApiError::OriginNotAllowed);
-    }
+    check_origin(&headers, &key.domain_allowlist)?;
     let slug = AccountSlug::parse(&claims.acct).map_err(|_| ApiError::InvalidClientKey)?;
-    let account = state
-        .cache
-        .account(&slug)
-        .await?
-        .ok_or(ApiError::InvalidClientKey)?;
-    if account.status == AccountStatus::Suspended {
-        return Err(ApiError::AccountSuspended);
-    }
+    let account = active_account(&state, &slug).await?;
     let mut conn = state.pools.acquire(&account).await?;
     let agent = chosen_agent(&mut conn, &key, Some(claims.agent_id)).await?;
     if !agent.is_some_and(|a| a.allows(claims.kind)) {

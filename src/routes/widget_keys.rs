@@ -10,7 +10,7 @@ use utoipa::ToSchema;
 use uuid::Uuid;
 
 use crate::audit;
-use crate::auth::keys::{last8, new_widget_key};
+use crate::auth::keys::{KeyKind, delete_or_disable, last8, new_widget_key};
 use crate::auth::origin::Entry;
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{Tenant, TenantDb};
@@ -227,7 +227,7 @@ pub async fn patch(
     .ok_or_else(no_key)?;
     state
         .cache
-        .invalidate(&format!("widgetkey:{}", hex::encode(&updated.key_hash)));
+        .invalidate(&KeyKind::Widget.invalidation(&updated.key_hash));
     audit::record(
         &mut conn,
         &tenant.principal,
@@ -251,36 +251,21 @@ pub async fn delete(
     let id = key_id(&id)?;
     // Record this instance's pending uses first, so that a key just used counts as used.
     state.api_keys.flush_last_used().await;
-    let pool = state.catalog.pool();
-    let deleted: Option<Vec<u8>> = sqlx::query_scalar(
-        "DELETE FROM widget_keys WHERE account = $1 AND id = $2 AND last_used_at IS NULL RETURNING key_hash",
+    let removal = delete_or_disable(
+        state.catalog.pool(),
+        KeyKind::Widget,
+        tenant.slug.as_str(),
+        id,
     )
-    .bind(tenant.slug.as_str())
-    .bind(id)
-    .fetch_optional(pool)
-    .await?;
-    let (action, hash) = match deleted {
-        Some(hash) => ("delete", hash),
-        None => {
-            let hash: Vec<u8> = sqlx::query_scalar(
-                "UPDATE widget_keys SET disabled_at = COALESCE(disabled_at, now())
-                 WHERE account = $1 AND id = $2 RETURNING key_hash",
-            )
-            .bind(tenant.slug.as_str())
-            .bind(id)
-            .fetch_optional(pool)
-            .await?
-            .ok_or_else(no_key)?;
-            ("disable", hash)
-        }
-    };
+    .await?
+    .ok_or_else(no_key)?;
     state
         .cache
-        .invalidate(&format!("widgetkey:{}", hex::encode(&hash)));
+        .invalidate(&KeyKind::Widget.invalidation(&removal.key_hash));
     audit::record(
         &mut conn,
         &tenant.principal,
-        action,
+        removal.action,
         "widget_key",
         Some(&id.to_string()),
     )
