@@ -119,7 +119,7 @@ pub struct TenantDb {
 
 /// The bearer token of the `Authorization` header. `Err` when the header is present but is not
 /// a bearer, so that step 4 refuses it rather than treating it as absent.
-fn bearer(headers: &HeaderMap) -> Result<Option<&str>, ()> {
+pub(crate) fn bearer(headers: &HeaderMap) -> Result<Option<&str>, ()> {
     let Some(value) = headers.get(AUTHORIZATION) else {
         return Ok(None);
     };

@@ -82,6 +82,18 @@ impl AppState {
         let cache = CatalogCache::new(provisioner.catalog().clone(), move |slug| {
             forget.forget(slug)
         });
+        // Another instance rotated the widget session keys: re-read them.
+        let session_keys = widget.sessions.keys_handle();
+        cache.on_signing_keys_change(move |purpose| {
+            if purpose == "widget_session" {
+                let keys = session_keys.clone();
+                tokio::spawn(async move {
+                    if let Err(e) = keys.reload().await {
+                        tracing::warn!(error = %e, "could not re-read widget signing keys");
+                    }
+                });
+            }
+        });
         let api_keys = Arc::new(ApiKeys::new(hasher, provisioner.catalog().pool().clone()));
         Self(Arc::new(AppInner {
             api_keys,

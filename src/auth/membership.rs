@@ -22,6 +22,9 @@ pub const CATALOG_CHANNEL: &str = "kataven_catalog";
 /// Past this many entries a cache is cleared rather than grown.
 const MAX_ENTRIES: usize = 100_000;
 
+/// A callback run when the listener hears of a change.
+type Hook = Box<dyn Fn(&str) + Send + Sync>;
+
 struct Cached<T> {
     value: T,
     at: Instant,
@@ -46,6 +49,8 @@ struct Inner {
     widget_keys: DashMap<[u8; 32], Cached<Option<WidgetKeyRecord>>>,
     /// Called with the slug of an account deleted or moved (the pool map forgets its pool).
     on_placement_change: Box<dyn Fn(&str) + Send + Sync>,
+    /// Called with the purpose of signing keys that changed (instances re-read them).
+    on_signing_keys_change: parking_lot::RwLock<Option<Hook>>,
 }
 
 impl CatalogCache {
@@ -62,6 +67,7 @@ impl CatalogCache {
                 api_keys: DashMap::new(),
                 widget_keys: DashMap::new(),
                 on_placement_change: Box::new(on_placement_change),
+                on_signing_keys_change: parking_lot::RwLock::new(None),
             }),
         }
     }
@@ -96,6 +102,11 @@ impl CatalogCache {
         let value = self.inner.catalog.limits(slug, defaults).await?;
         insert(&self.inner.limits, slug.to_string(), value);
         Ok(value)
+    }
+
+    /// Registers what to do when signing keys change on any instance.
+    pub fn on_signing_keys_change(&self, f: impl Fn(&str) + Send + Sync + 'static) {
+        *self.inner.on_signing_keys_change.write() = Some(Box::new(f));
     }
 
     pub async fn api_key(&self, hash: &[u8; 32]) -> sqlx::Result<Option<ApiKeyRecord>> {
@@ -144,6 +155,11 @@ impl CatalogCache {
                 }
                 None => self.flush(),
             },
+            Some(("signingkeys", purpose)) => {
+                if let Some(f) = self.inner.on_signing_keys_change.read().as_ref() {
+                    f(purpose);
+                }
+            }
             Some(("members", slug)) => {
                 self.inner.members.retain(|(account, _), _| account != slug);
             }

@@ -25,6 +25,7 @@ pub struct SigningKeys {
     pool: PgPool,
     purpose: &'static str,
     keys: RwLock<Vec<Arc<SigningKey>>>,
+    loaded_at: parking_lot::Mutex<std::time::Instant>,
 }
 
 impl SigningKeys {
@@ -35,6 +36,7 @@ impl SigningKeys {
             pool,
             purpose,
             keys: RwLock::new(Vec::new()),
+            loaded_at: parking_lot::Mutex::new(std::time::Instant::now()),
         });
         let mut tx = this.pool.begin().await?;
         sqlx::query("SELECT pg_advisory_xact_lock(hashtext('kataven:signing_keys:' || $1))")
@@ -77,7 +79,24 @@ impl SigningKeys {
             })
             .collect::<anyhow::Result<Vec<_>>>()?;
         *self.keys.write() = keys;
+        *self.loaded_at.lock() = std::time::Instant::now();
         Ok(())
+    }
+
+    /// Re-reads the keys if they were read longer than `age` ago (another instance may have
+    /// rotated them). Failures keep the keys in memory.
+    pub async fn reload_if_older(&self, age: std::time::Duration) {
+        {
+            let mut loaded_at = self.loaded_at.lock();
+            if loaded_at.elapsed() < age {
+                return;
+            }
+            // Claim this reload so that concurrent callers do not all go to the database.
+            *loaded_at = std::time::Instant::now();
+        }
+        if let Err(e) = self.reload().await {
+            tracing::warn!(error = %e, purpose = self.purpose, "could not re-read signing keys");
+        }
     }
 
     /// Creates a new signing key when the newest is older than `max_age`, and retires keys

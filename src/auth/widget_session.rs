@@ -55,6 +55,10 @@ impl WidgetSessions {
         &self.keys
     }
 
+    pub fn keys_handle(&self) -> Arc<SigningKeys> {
+        self.keys.clone()
+    }
+
     /// A new session token; returns it and its lifetime in seconds.
     pub fn mint(
         &self,
@@ -82,12 +86,23 @@ impl WidgetSessions {
 
     /// Verifies a session token for refresh: our signature, issuer and audience; expired up
     /// to [`REFRESH_GRACE_SECS`] ago is accepted.
-    pub fn verify_for_refresh(&self, token: &str) -> Option<SessionClaims> {
+    /// A key id this instance does not know yet (another instance rotated and the notification
+    /// is still on its way) makes it re-read the keys, at most once a second.
+    pub async fn verify_for_refresh(&self, token: &str) -> Option<SessionClaims> {
         let header = jsonwebtoken::decode_header(token).ok()?;
         if header.alg != Algorithm::ES256 {
             return None;
         }
-        let key = self.keys.decoding_key(header.kid.as_deref()?)?;
+        let kid = header.kid.as_deref()?;
+        let key = match self.keys.decoding_key(kid) {
+            Some(key) => key,
+            None => {
+                self.keys
+                    .reload_if_older(std::time::Duration::from_secs(1))
+                    .await;
+                self.keys.decoding_key(kid)?
+            }
+        };
         let mut validation = Validation::new(Algorithm::ES256);
         validation.leeway = REFRESH_GRACE_SECS;
         validation.set_issuer(&[&self.issuer]);

@@ -101,16 +101,8 @@ fn public() -> OpenApiRouter<AppState> {
         .routes(routes!(openapi::reference))
 }
 
-/// The public widget endpoints: called cross-origin from customers' pages, so CORS answers
-/// every origin (echoed, with `Vary: Origin`); the handlers check the key's allowlist.
+/// The public widget endpoints, called cross-origin from customers' pages (see [`widget_cors`]).
 fn widget() -> OpenApiRouter<AppState> {
-    use axum::http::{Method, header};
-    use tower_http::cors::{AllowOrigin, CorsLayer};
-    let cors = CorsLayer::new()
-        .allow_origin(AllowOrigin::mirror_request())
-        .allow_methods([Method::GET, Method::POST])
-        .allow_headers([header::CONTENT_TYPE, header::AUTHORIZATION])
-        .max_age(Duration::from_secs(600));
     OpenApiRouter::new()
         .routes(routes!(widget::config))
         .routes(routes!(widget::guest))
@@ -118,7 +110,28 @@ fn widget() -> OpenApiRouter<AppState> {
         .routes(routes!(widget::exchange))
         .routes(routes!(widget::refresh))
         .layer(middleware::from_fn(limit_public))
-        .layer(cors)
+}
+
+/// Whether CORS is open for a path: the widget endpoints and the session JWKS (also under
+/// `/hub-api`). Everything else keeps the browser's same-origin default.
+fn cors_open(path: &str) -> bool {
+    let path = path.strip_prefix("/hub-api").unwrap_or(path);
+    path.starts_with("/api/v1/widget/") || path == "/.well-known/jwks.json"
+}
+
+/// Permissive CORS for the widget paths: any origin is echoed (with `Vary: Origin`) and
+/// preflights are answered; the handlers' allowlist check is the security boundary. Applied
+/// around the whole router, so that preflights never reach the method-not-allowed fallback.
+fn widget_cors() -> tower_http::cors::CorsLayer {
+    use axum::http::{Method, header};
+    use tower_http::cors::{AllowOrigin, CorsLayer};
+    CorsLayer::new()
+        .allow_origin(AllowOrigin::predicate(|_, parts| {
+            cors_open(parts.uri.path())
+        }))
+        .allow_methods([Method::GET, Method::POST])
+        .allow_headers([header::CONTENT_TYPE, header::AUTHORIZATION])
+        .max_age(Duration::from_secs(600))
 }
 
 /// Dev login and the dev issuer: routed only when dev login is on (documented always).
@@ -176,6 +189,7 @@ pub fn router(routes: Router<AppState>, state: AppState) -> Router {
         // Layers run bottom-up on the way in: the request id first, the body limit last.
         .layer(DefaultBodyLimit::max(state.config.body_limit_bytes))
         .layer(axum::Extension(state.ip_limiter.clone()))
+        .layer(widget_cors())
         .layer(middleware::from_fn_with_state(timeout, request_timeout))
         .layer(tower_http::catch_panic::CatchPanicLayer::custom(
             panic_response,

@@ -325,11 +325,9 @@ pub async fn user_token(
     headers: HeaderMap,
     Json(body): Json<UserTokenRequest>,
 ) -> ApiResult<Json<UserToken>> {
-    let key = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim)
+    let key = crate::extract::bearer(&headers)
+        .ok()
+        .flatten()
         .ok_or(ApiError::Unauthenticated("an sk_live_ API key is required"))?;
     let principal = state
         .api_keys
@@ -346,6 +344,8 @@ pub async fn user_token(
         .bound_account()
         .cloned()
         .ok_or(ApiError::Unauthenticated("an sk_live_ API key is required"))?;
+    // A suspended account mints nothing.
+    active_account(&state, &account).await?;
     check_required_text("external_user_id", &body.external_user_id, 255)?;
     let token = random_secret("ut_", 40);
     sqlx::query(
@@ -451,6 +451,7 @@ pub async fn refresh(
         .widget
         .sessions
         .verify_for_refresh(&body.token)
+        .await
         .ok_or(ApiError::Unauthenticated("not a valid widget session"))?;
     let key: Option<WidgetKeyRecord> = sqlx::query_as(
         "SELECT id, account, domain_allowlist, agent_id, disabled_at FROM widget_keys WHERE id = $1",
@@ -485,6 +486,13 @@ pub async fn refresh(
 #[utoipa::path(get, path = "/.well-known/jwks.json", tag = "widget", operation_id = "widget_jwks", security(()),
     responses((status = 200, description = "JWK set", body = Object)))]
 pub async fn jwks(State(state): State<AppState>) -> ApiResult<Json<serde_json::Value>> {
+    // Another instance may have rotated the key: re-read the keys at most once a minute.
+    state
+        .widget
+        .sessions
+        .keys()
+        .reload_if_older(std::time::Duration::from_secs(60))
+        .await;
     let jwks = state.widget.sessions.keys().jwks();
     Ok(Json(
         serde_json::to_value(jwks).map_err(|e| ApiError::Internal(e.into()))?,
