@@ -36,6 +36,10 @@ use crate::error::ApiError;
 const PING_IDLE_AFTER: Duration = Duration::from_secs(10);
 /// Closing a connection (the `Terminate` message) gives up after this long.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
+/// After `Terminate`, the server's backend still holds its slot until its process has exited;
+/// the budget permit is kept this much longer so that the server never counts more of our
+/// connections than the budget.
+const BACKEND_EXIT_GRACE: Duration = Duration::from_millis(50);
 
 #[derive(Debug, Clone)]
 pub struct PoolSettings {
@@ -461,6 +465,7 @@ impl TenantPool {
         shared.closing.fetch_add(1, Ordering::AcqRel);
         tokio::spawn(async move {
             let _ = timeout(CLOSE_TIMEOUT, idle.conn.close()).await;
+            tokio::time::sleep(BACKEND_EXIT_GRACE).await;
             drop(idle.permit);
             shared.closing.fetch_sub(1, Ordering::AcqRel);
         });

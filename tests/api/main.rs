@@ -1,6 +1,7 @@
 //! Integration tests: one binary, real PostgreSQL, real HTTP on a real port.
 
 mod api_keys;
+mod browser;
 mod cli;
 mod identity;
 mod limits;
@@ -12,3 +13,4 @@ mod provisioning;
 mod public;
 mod resources;
 mod support;
+mod widget;
