@@ -50,6 +50,7 @@ pub struct Metrics {
     pub oidc: OidcCounters,
     pub rate_limited: Family<LimitLabels, Counter>,
     pub limiter_store_errors: Counter,
+    pub listener_resets: Counter,
     pools_open: Gauge,
     connections_open: Gauge,
     connections_in_use: Gauge,
@@ -120,6 +121,12 @@ impl Metrics {
             "Rate-limit store (Redis) failures; the requests were let through",
             limiter_store_errors.clone(),
         );
+        let listener_resets = Counter::default();
+        registry.register(
+            "catalog_listener_resets",
+            "Times the catalog change listener lost its connection (every cache was flushed)",
+            listener_resets.clone(),
+        );
         let pools_open = Gauge::default();
         registry.register(
             "tenant_pools_open",
@@ -153,6 +160,7 @@ impl Metrics {
             oidc,
             rate_limited,
             limiter_store_errors,
+            listener_resets,
             pools_open,
             connections_open,
             connections_in_use,

@@ -79,9 +79,11 @@ impl AppState {
             metrics.pool_counters.clone(),
         );
         let forget = pools.clone();
-        let cache = CatalogCache::new(provisioner.catalog().clone(), move |slug| {
-            forget.forget(slug)
-        });
+        let cache = CatalogCache::new(
+            provisioner.catalog().clone(),
+            metrics.listener_resets.clone(),
+            move |slug| forget.forget(slug),
+        );
         // Another instance rotated the widget session keys: re-read them.
         let session_keys = widget.sessions.keys_handle();
         cache.on_signing_keys_change(move |purpose| {

@@ -51,11 +51,15 @@ struct Inner {
     on_placement_change: Box<dyn Fn(&str) + Send + Sync>,
     /// Called with the purpose of signing keys that changed (instances re-read them).
     on_signing_keys_change: parking_lot::RwLock<Option<Hook>>,
+    listener_resets: prometheus_client::metrics::counter::Counter,
 }
 
 impl CatalogCache {
+    /// `listener_resets` counts the times the listener lost its connection (and so flushed
+    /// every cache).
     pub fn new(
         catalog: Catalog,
+        listener_resets: prometheus_client::metrics::counter::Counter,
         on_placement_change: impl Fn(&str) + Send + Sync + 'static,
     ) -> Self {
         Self {
@@ -68,6 +72,7 @@ impl CatalogCache {
                 widget_keys: DashMap::new(),
                 on_placement_change: Box::new(on_placement_change),
                 on_signing_keys_change: parking_lot::RwLock::new(None),
+                listener_resets,
             }),
         }
     }
@@ -183,6 +188,7 @@ impl CatalogCache {
                 if let Err(e) = cache.listen().await {
                     tracing::warn!(error = %e, "catalog listener failed; retrying");
                 }
+                cache.inner.listener_resets.inc();
                 cache.flush();
                 tokio::time::sleep(Duration::from_secs(1)).await;
             }
@@ -201,6 +207,7 @@ impl CatalogCache {
                     // The connection was lost and will be re-established by the next call:
                     // notifications may have been missed meanwhile.
                     tracing::warn!("catalog listener reconnecting; caches flushed");
+                    self.inner.listener_resets.inc();
                     self.flush();
                 }
             }

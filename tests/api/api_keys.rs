@@ -460,3 +460,55 @@ async fn revocation_on_one_instance_reaches_another_within_a_second() {
         refused_after.as_millis()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_listener_connection_flushes_the_caches() {
+    let app = TestApp::spawn().await;
+    let acme = app.account_with_admin("listener", "alice").await;
+    let created = create_key(&app, &acme.slug, "alice", json!({ "name": "k" })).await;
+    let key = created["key"].as_str().unwrap();
+    assert_eq!(
+        with_key(&app, Method::GET, "/api/v1/agents", key)
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+
+    // Cut the listener's connection, and disable the key behind the instance's back while it
+    // may be deaf to the notification.
+    let pool = app.state.catalog.pool();
+    let cut: i64 = sqlx::query_scalar(
+        "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity
+         WHERE datname = current_database() AND query ILIKE 'LISTEN%'",
+    )
+    .fetch_one(pool)
+    .await
+    .unwrap();
+    assert_eq!(cut, 1, "the listener connection was not found");
+    sqlx::query("UPDATE api_keys SET disabled_at = now() WHERE id = $1::uuid")
+        .bind(created["id"].as_str().unwrap())
+        .execute(pool)
+        .await
+        .unwrap();
+
+    // The instance notices, flushes everything it cached, and refuses the key.
+    let mut refused = false;
+    for _ in 0..100 {
+        let status = with_key(&app, Method::GET, "/api/v1/agents", key)
+            .send()
+            .await
+            .unwrap()
+            .status();
+        if status == 401 && app.metric("kataven_catalog_listener_resets_total").await >= 1.0 {
+            refused = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        refused,
+        "the disabled key was still accepted after the listener reset"
+    );
+}
