@@ -50,6 +50,54 @@ pub async fn load_agent(conn: &mut PgConnection, id: Uuid) -> ApiResult<Agent> {
         .ok_or_else(no_agent)
 }
 
+/// Writes an agent: inserts a new one, or updates the fields a client may change of an
+/// existing one (`created_by` and `created_at` stay).
+async fn save_agent(conn: &mut PgConnection, agent: &Agent) -> ApiResult<()> {
+    sqlx::query(
+        "INSERT INTO agents (id, name, description, category, status, system_prompt,
+            greeting_message, greeting_mode, llm_model, voice_provider, voice_id, auth_mode,
+            ringing_enabled, background_audio_enabled, background_audio_volume,
+            noise_suppression_enabled, template_id, active_prompt_id, created_by, created_at,
+            updated_at)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18,
+                 $19, $20, $20)
+         ON CONFLICT (id) DO UPDATE SET name = EXCLUDED.name, description = EXCLUDED.description,
+            category = EXCLUDED.category, status = EXCLUDED.status,
+            system_prompt = EXCLUDED.system_prompt, greeting_message = EXCLUDED.greeting_message,
+            greeting_mode = EXCLUDED.greeting_mode, llm_model = EXCLUDED.llm_model,
+            voice_provider = EXCLUDED.voice_provider, voice_id = EXCLUDED.voice_id,
+            auth_mode = EXCLUDED.auth_mode, ringing_enabled = EXCLUDED.ringing_enabled,
+            background_audio_enabled = EXCLUDED.background_audio_enabled,
+            background_audio_volume = EXCLUDED.background_audio_volume,
+            noise_suppression_enabled = EXCLUDED.noise_suppression_enabled,
+            template_id = EXCLUDED.template_id, active_prompt_id = EXCLUDED.active_prompt_id,
+            updated_at = now()",
+    )
+    .bind(agent.id)
+    .bind(&agent.name)
+    .bind(&agent.description)
+    .bind(agent.category)
+    .bind(agent.status)
+    .bind(&agent.system_prompt)
+    .bind(&agent.greeting_message)
+    .bind(agent.greeting_mode)
+    .bind(&agent.llm_model)
+    .bind(agent.voice_provider)
+    .bind(&agent.voice_id)
+    .bind(agent.auth_mode)
+    .bind(agent.ringing_enabled)
+    .bind(agent.background_audio_enabled)
+    .bind(agent.background_audio_volume)
+    .bind(agent.noise_suppression_enabled)
+    .bind(agent.template_id)
+    .bind(agent.active_prompt_id)
+    .bind(&agent.created_by)
+    .bind(agent.created_at)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
 /// Locks the agent row for a change; 404 when it does not exist.
 async fn lock_agent(conn: &mut PgConnection, id: Uuid) -> ApiResult<()> {
     sqlx::query("SELECT 1 FROM agents WHERE id = $1 FOR UPDATE")
@@ -84,37 +132,7 @@ pub async fn create(
     let agent = Agent::from_create(body, principal);
     agent.validate()?;
     let mut tx = conn.begin().await?;
-    sqlx::query(
-        "INSERT INTO agents (id, name, description, category, status, system_prompt,
-            greeting_message, greeting_mode, llm_model, voice_provider, voice_id, auth_mode,
-            ringing_enabled, background_audio_enabled, background_audio_volume,
-            noise_suppression_enabled, template_id, active_prompt_id, created_by, created_at,
-            updated_at)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18,
-                 $19, $20, $20)",
-    )
-    .bind(agent.id)
-    .bind(&agent.name)
-    .bind(&agent.description)
-    .bind(agent.category)
-    .bind(agent.status)
-    .bind(&agent.system_prompt)
-    .bind(&agent.greeting_message)
-    .bind(agent.greeting_mode)
-    .bind(&agent.llm_model)
-    .bind(agent.voice_provider)
-    .bind(&agent.voice_id)
-    .bind(agent.auth_mode)
-    .bind(agent.ringing_enabled)
-    .bind(agent.background_audio_enabled)
-    .bind(agent.background_audio_volume)
-    .bind(agent.noise_suppression_enabled)
-    .bind(agent.template_id)
-    .bind(agent.active_prompt_id)
-    .bind(&agent.created_by)
-    .bind(agent.created_at)
-    .execute(&mut *tx)
-    .await?;
+    save_agent(&mut tx, &agent).await?;
     audit::record(
         &mut tx,
         &tenant.principal,
@@ -162,35 +180,7 @@ pub async fn patch(
     let mut agent = load_agent(&mut tx, id).await?;
     agent.apply(body);
     agent.validate()?;
-    sqlx::query(
-        "UPDATE agents SET name = $2, description = $3, category = $4, status = $5,
-            system_prompt = $6, greeting_message = $7, greeting_mode = $8, llm_model = $9,
-            voice_provider = $10, voice_id = $11, auth_mode = $12, ringing_enabled = $13,
-            background_audio_enabled = $14, background_audio_volume = $15,
-            noise_suppression_enabled = $16, template_id = $17, active_prompt_id = $18,
-            updated_at = now()
-         WHERE id = $1",
-    )
-    .bind(id)
-    .bind(&agent.name)
-    .bind(&agent.description)
-    .bind(agent.category)
-    .bind(agent.status)
-    .bind(&agent.system_prompt)
-    .bind(&agent.greeting_message)
-    .bind(agent.greeting_mode)
-    .bind(&agent.llm_model)
-    .bind(agent.voice_provider)
-    .bind(&agent.voice_id)
-    .bind(agent.auth_mode)
-    .bind(agent.ringing_enabled)
-    .bind(agent.background_audio_enabled)
-    .bind(agent.background_audio_volume)
-    .bind(agent.noise_suppression_enabled)
-    .bind(agent.template_id)
-    .bind(agent.active_prompt_id)
-    .execute(&mut *tx)
-    .await?;
+    save_agent(&mut tx, &agent).await?;
     audit::record(
         &mut tx,
         &tenant.principal,
