@@ -188,6 +188,16 @@ impl From<sqlx::Error> for ApiError {
             tracing::warn!(error = %err, "database unavailable");
             return Self::unavailable("the database is temporarily unavailable");
         }
+        // 22021 character_not_in_repertoire (U+0000 in text), 22P05 untranslatable_character
+        // (U+0000 in jsonb): input the database cannot store, e.g. from a path segment.
+        if let sqlx::Error::Database(db) = &err {
+            if matches!(db.code().as_deref(), Some("22021" | "22P05")) {
+                return Self::InvalidBody {
+                    message: "invalid input: text must not contain U+0000".into(),
+                    field: None,
+                };
+            }
+        }
         Self::Internal(err.into())
     }
 }

@@ -48,6 +48,13 @@ pub fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
             field: None,
         });
     }
+    if has_nul_escape(bytes) {
+        // PostgreSQL text and jsonb cannot hold U+0000.
+        return Err(ApiError::InvalidBody {
+            message: "invalid body: strings must not contain U+0000".into(),
+            field: None,
+        });
+    }
     let mut de = serde_json::Deserializer::from_slice(bytes);
     let value = serde_path_to_error::deserialize(&mut de).map_err(|e| {
         let path = e.path().to_string();
@@ -75,6 +82,43 @@ pub fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
         field: None,
     })?;
     Ok(value)
+}
+
+/// Whether a JSON text contains the escape `\u0000` (a raw NUL byte is not valid JSON anyway).
+fn has_nul_escape(bytes: &[u8]) -> bool {
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'\\' {
+            if bytes.get(i + 1) == Some(&b'u') && bytes.get(i + 2..i + 6) == Some(b"0000") {
+                return true;
+            }
+            i += 2; // skip the escaped character
+        } else {
+            i += 1;
+        }
+    }
+    false
+}
+
+/// Checks that the numbers in a JSON value stored as `jsonb` can be read back: PostgreSQL
+/// keeps them exactly, but a value beyond ±1e300 may not round-trip into an `f64`.
+pub fn check_json_numbers(field: &str, value: &serde_json::Value) -> Result<(), ApiError> {
+    match value {
+        serde_json::Value::Number(n) => match n.as_f64() {
+            Some(f) if f.is_finite() && f.abs() <= 1e300 => Ok(()),
+            _ => Err(ApiError::invalid_field(
+                field,
+                "holds a number out of range (±1e300)",
+            )),
+        },
+        serde_json::Value::Array(items) => {
+            items.iter().try_for_each(|v| check_json_numbers(field, v))
+        }
+        serde_json::Value::Object(map) => {
+            map.values().try_for_each(|v| check_json_numbers(field, v))
+        }
+        _ => Ok(()),
+    }
 }
 
 /// The field at fault: the path of the value, or for a missing field the path of its parent

@@ -19,6 +19,12 @@ where
 
     async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, ApiError> {
         let query = parts.uri.query().unwrap_or("");
+        if form_urlencoded_parse(query).any(|(k, v)| k.contains('\0') || v.contains('\0')) {
+            return Err(ApiError::InvalidQuery {
+                message: "query parameters must not contain U+0000".into(),
+                field: None,
+            });
+        }
         let de = serde_urlencoded::Deserializer::new(form_urlencoded_parse(query));
         serde_path_to_error::deserialize(de)
             .map(Query)

@@ -316,6 +316,8 @@ impl Tool {
                 "must be an object",
             ));
         }
+        crate::json::check_json_numbers("schema", &self.schema)?;
+        crate::json::check_json_numbers("implementation_config", &self.implementation_config)?;
         if let Some(code) = &self.implementation_code {
             check_text("implementation_code", code, 200_000)?;
         }

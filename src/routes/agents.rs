@@ -260,6 +260,7 @@ pub async fn upsert_tool(
     if !config.is_object() {
         return Err(ApiError::invalid_field("config", "must be an object"));
     }
+    crate::json::check_json_numbers("config", &config)?;
     let mut tx = conn.begin().await?;
     lock_agent(&mut tx, id).await?;
     let known: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM tools WHERE name = $1)")

@@ -177,7 +177,8 @@ pub async fn list_playbooks(
 
 /// Create a playbook.
 #[utoipa::path(post, path = "/playbooks", tag = "playbooks", request_body = PlaybookCreate,
-    responses((status = 201, description = "Created", body = Playbook)))]
+    responses((status = 201, description = "Created", body = Playbook),
+               (status = 409, description = "A playbook with this name exists (`conflict`)", body = crate::error::ErrorBody)))]
 pub async fn create_playbook(
     TenantDb { tenant, mut conn }: TenantDb,
     Json(body): Json<PlaybookCreate>,
@@ -212,7 +213,8 @@ pub async fn get_playbook(
 /// Change some fields of a playbook.
 #[utoipa::path(patch, operation_id = "update_playbook", path = "/playbooks/{id}", tag = "playbooks", request_body = PlaybookPatch,
     params(("id" = String, Path, description = "UUID or name")),
-    responses((status = 200, description = "The changed playbook", body = Playbook)))]
+    responses((status = 200, description = "The changed playbook", body = Playbook),
+               (status = 409, description = "A playbook with this name exists (`conflict`)", body = crate::error::ErrorBody)))]
 pub async fn patch_playbook(
     TenantDb { tenant, mut conn }: TenantDb,
     Path(id): Path<String>,
@@ -282,7 +284,8 @@ pub async fn list_faqs(
 
 /// Create a FAQ.
 #[utoipa::path(post, path = "/faqs", tag = "faqs", request_body = FaqCreate,
-    responses((status = 201, description = "Created", body = Faq)))]
+    responses((status = 201, description = "Created", body = Faq),
+               (status = 409, description = "A FAQ with this name exists (`conflict`)", body = crate::error::ErrorBody)))]
 pub async fn create_faq(
     TenantDb { tenant, mut conn }: TenantDb,
     Json(body): Json<FaqCreate>,
@@ -317,7 +320,8 @@ pub async fn get_faq(
 /// Change some fields of a FAQ.
 #[utoipa::path(patch, operation_id = "update_faq", path = "/faqs/{id}", tag = "faqs", request_body = FaqPatch,
     params(("id" = String, Path, description = "UUID or name")),
-    responses((status = 200, description = "The changed FAQ", body = Faq)))]
+    responses((status = 200, description = "The changed FAQ", body = Faq),
+               (status = 409, description = "A FAQ with this name exists (`conflict`)", body = crate::error::ErrorBody)))]
 pub async fn patch_faq(
     TenantDb { tenant, mut conn }: TenantDb,
     Path(id): Path<String>,
@@ -392,7 +396,8 @@ pub async fn list_tools(
 
 /// Create a tool.
 #[utoipa::path(post, path = "/tools", tag = "tools", request_body = ToolCreate,
-    responses((status = 201, description = "Created", body = Tool)))]
+    responses((status = 201, description = "Created", body = Tool),
+               (status = 409, description = "A tool with this name exists (`conflict`)", body = crate::error::ErrorBody)))]
 pub async fn create_tool(
     TenantDb { tenant, mut conn }: TenantDb,
     Json(body): Json<ToolCreate>,
@@ -427,7 +432,8 @@ pub async fn get_tool(
 /// Change some fields of a tool.
 #[utoipa::path(patch, operation_id = "update_tool", path = "/tools/{id}", tag = "tools", request_body = ToolPatch,
     params(("id" = String, Path, description = "UUID or name")),
-    responses((status = 200, description = "The changed tool", body = Tool)))]
+    responses((status = 200, description = "The changed tool", body = Tool),
+               (status = 409, description = "A tool with this name exists (`conflict`)", body = crate::error::ErrorBody)))]
 pub async fn patch_tool(
     TenantDb { tenant, mut conn }: TenantDb,
     Path(id): Path<String>,

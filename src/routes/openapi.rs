@@ -59,6 +59,9 @@ const IP_LIMITED: &[&str] = &[
     "widget_user_token",
     "widget_exchange",
     "widget_refresh",
+    "dev_discovery",
+    "dev_keys",
+    "dev_userinfo",
 ];
 
 /// Operations (relative to `/api/v1`) that need `X-Admin: true` and an admin principal.
@@ -105,10 +108,17 @@ impl ApiDoc {
                     .as_deref()
                     .is_some_and(|id| IP_LIMITED.contains(&id))
                 {
-                    op.responses.responses.insert(
-                        "429".to_owned(),
-                        RefOr::Ref(Ref::from_response_name("TooManyRequests")),
-                    );
+                    // They take input (400) and read the catalog or a tenant (503) too.
+                    for (status, name) in [
+                        ("400", "BadRequest"),
+                        ("429", "TooManyRequests"),
+                        ("503", "Unavailable"),
+                    ] {
+                        op.responses
+                            .responses
+                            .entry(status.to_owned())
+                            .or_insert_with(|| RefOr::Ref(Ref::from_response_name(name)));
+                    }
                 }
             }
         }
@@ -167,6 +177,7 @@ impl ApiDoc {
                 "`reserved_account`, `account_suspended`, `forbidden` or `admin_required`",
             ),
             ("NotFound", "`not_found`: no such resource in this account"),
+            ("PayloadTooLarge", "`payload_too_large`: the body is over the size limit"),
             (
                 "Unavailable",
                 "`unavailable`: a database is unavailable or busy; retry after `Retry-After` seconds",
@@ -224,6 +235,7 @@ impl ApiDoc {
 }
 
 fn protect(op: &mut Operation, admin: bool) {
+    let has_body = op.request_body.is_some();
     let mut user = vec!["bearer", "account"];
     if admin {
         user.push("admin");
@@ -250,6 +262,12 @@ fn protect(op: &mut Operation, admin: bool) {
             .responses
             .entry(status.to_owned())
             .or_insert_with(|| RefOr::Ref(Ref::from_response_name(name)));
+    }
+    if has_body {
+        op.responses
+            .responses
+            .entry("413".to_owned())
+            .or_insert_with(|| RefOr::Ref(Ref::from_response_name("PayloadTooLarge")));
     }
 }
 

@@ -9,7 +9,7 @@ use serde_json::{Value, json};
 use sqlx::PgConnection;
 use uuid::Uuid;
 
-use crate::support::{TestApp, tenant_conn};
+use crate::support::{TestApp, error_code, tenant_conn};
 
 const V1: &str = "/api/v1";
 
@@ -2590,4 +2590,64 @@ async fn the_agents_list_joins_every_agents_playbooks_and_faqs() {
     // Some agent has every playbook, some none.
     assert!(expected.values().any(|(p, _)| p.len() == 3));
     assert!(expected.values().any(|(p, f)| p.is_empty() && f.is_empty()));
+}
+
+/// Found by schemathesis: input PostgreSQL cannot store must be a 400, never a 500.
+#[tokio::test]
+async fn nul_characters_and_unreadable_numbers_are_refused() {
+    let app = TestApp::spawn().await;
+    let acme = app.account_with_admin("nul", "alice").await;
+    let post = |path: &str, body: &str| {
+        app.as_user(reqwest::Method::POST, path, &acme.slug, "alice")
+            .header("content-type", "application/json")
+            .body(body.to_owned())
+            .send()
+    };
+    for (path, body) in [
+        ("/api/v1/agents", r#"{"name": "a\u0000b"}"#),
+        ("/api/v1/faqs", r#"{"name": "ok", "title": "\u0000"}"#),
+        (
+            "/api/v1/tools",
+            r#"{"name": "t", "schema": {"k": "\u0000"}}"#,
+        ),
+        (
+            "/api/v1/tools",
+            r#"{"name": "t2", "schema": {"n": 1.7976931348623157e308}}"#,
+        ),
+    ] {
+        let resp = post(path, body).await.unwrap();
+        assert_eq!(
+            error_code(resp).await,
+            (400, "invalid_body".into()),
+            "{path} {body}"
+        );
+    }
+    // An escaped backslash followed by `u0000` is ordinary text.
+    let resp = post("/api/v1/agents", r#"{"name": "a\\u0000b"}"#)
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 201);
+    // Query strings and path segments too.
+    let resp = app
+        .as_user(
+            reqwest::Method::GET,
+            "/api/v1/faqs?search=%00",
+            &acme.slug,
+            "alice",
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(error_code(resp).await, (400, "invalid_query".into()));
+    let resp = app
+        .as_user(
+            reqwest::Method::GET,
+            "/api/v1/faqs/a%00b",
+            &acme.slug,
+            "alice",
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 400);
 }
