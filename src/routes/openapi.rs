@@ -177,7 +177,10 @@ impl ApiDoc {
                 "`reserved_account`, `account_suspended`, `forbidden` or `admin_required`",
             ),
             ("NotFound", "`not_found`: no such resource in this account"),
-            ("PayloadTooLarge", "`payload_too_large`: the body is over the size limit"),
+            (
+                "PayloadTooLarge",
+                "`payload_too_large`: the body is over the size limit",
+            ),
             (
                 "Unavailable",
                 "`unavailable`: a database is unavailable or busy; retry after `Retry-After` seconds",
