@@ -36,8 +36,8 @@ struct Caller {
     account: Account,
 }
 
-/// Checks a widget key and the request's origin. The order matters: an unknown key says
-/// nothing about origins, and nothing here opens the tenant database.
+/// Checks a widget key, the request's origin, then the key's quota. The order matters: an
+/// unknown key says nothing about origins, and nothing here opens the tenant database.
 async fn check_key(state: &AppState, headers: &HeaderMap, client_key: &str) -> ApiResult<Caller> {
     let account = widget_key_account(client_key).map_err(|_| ApiError::InvalidClientKey)?;
     let slug = AccountSlug::parse(account).map_err(|_| ApiError::InvalidClientKey)?;
@@ -47,6 +47,8 @@ async fn check_key(state: &AppState, headers: &HeaderMap, client_key: &str) -> A
         .await?
         .filter(|k| k.account == slug.as_str() && k.disabled_at.is_none())
         .ok_or(ApiError::InvalidClientKey)?;
+    // Pages on other origins are refused before they can spend the key's quota.
+    check_origin(headers, &key.domain_allowlist)?;
     if let Err(retry_after_secs) = state.widget.key_limiter.check(&key.id) {
         state.metrics.rate_limited("client_key");
         return Err(ApiError::ClientRateLimited {
@@ -54,7 +56,6 @@ async fn check_key(state: &AppState, headers: &HeaderMap, client_key: &str) -> A
             retry_after_secs,
         });
     }
-    check_origin(headers, &key.domain_allowlist)?;
     let account = active_account(state, &slug).await?;
     state.api_keys.touch_widget_key(key.id);
     Ok(Caller { key, account })

@@ -2122,3 +2122,27 @@ async fn user_token_accepts_the_bearer_scheme_in_any_case() {
         .unwrap();
     assert_eq!(resp.status(), 200);
 }
+
+#[tokio::test]
+async fn pages_on_other_origins_cannot_spend_a_keys_quota() {
+    let app = TestApp::builder()
+        .await
+        .config(|c| c.widget_key_limit_per_minute = 2)
+        .spawn()
+        .await;
+    let slug = account(&app, "quotaorigin").await;
+    public_agent(&app, &slug, "Support").await;
+    let key = key_of(&widget_key(&app, &slug, &["acme.com"], None).await);
+    for _ in 0..5 {
+        let resp = config(&app, "https://evilacme.com", &key, None).await;
+        assert_eq!(resp.status(), 403);
+    }
+    for i in 0..2 {
+        assert_eq!(
+            config(&app, SITE, &key, None).await.status(),
+            200,
+            "call {i}"
+        );
+    }
+    assert_eq!(config(&app, SITE, &key, None).await.status(), 429);
+}
