@@ -16,6 +16,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, anyhow, bail};
+use dashmap::DashMap;
 use futures::FutureExt;
 use futures::future::{BoxFuture, Shared};
 use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, Jwk, JwkSet, KeyAlgorithm};
@@ -25,9 +26,13 @@ use openidconnect::{IssuerUrl, reqwest};
 use parking_lot::{Mutex, RwLock};
 use prometheus_client::metrics::counter::Counter;
 use serde::Deserialize;
+use sha2::{Digest, Sha256};
 use tokio::time::Instant;
 
 use super::principal::AuthRejection;
+
+/// Verified tokens remembered per issuer, at most.
+const MAX_VERIFIED: usize = 50_000;
 
 /// Leeway for `exp`, `nbf` and `iat`.
 pub const LEEWAY_SECS: u64 = 60;
@@ -43,6 +48,9 @@ pub struct IdClaims {
     pub email: Option<String>,
     #[serde(default)]
     pub iat: Option<i64>,
+    /// Required (checked by the validation); here to bound how long a verification is reused.
+    #[serde(default)]
+    pub exp: i64,
     /// The user's organisation.
     #[serde(rename = "urn:zitadel:iam:user:resourceowner:id", default)]
     pub org_id: Option<String>,
@@ -129,6 +137,10 @@ pub struct IssuerKeys {
     settings: IssuerSettings,
     source: Source,
     keys: RwLock<Arc<KeySet>>,
+    /// Tokens verified with the current key set: SHA-256 of the token → its claims. Emptied
+    /// whenever the keys are replaced, and an entry is never used past the token's `exp`
+    /// (+ leeway), so a reused verification means exactly what a new one would.
+    verified: DashMap<[u8; 32], Arc<IdClaims>>,
     last_attempt: Mutex<Option<Instant>>,
     inflight: Mutex<Option<Shared<BoxFuture<'static, ()>>>>,
     counters: OidcCounters,
@@ -193,6 +205,7 @@ impl IssuerKeys {
             settings,
             source,
             keys: RwLock::new(Arc::default()),
+            verified: DashMap::new(),
             last_attempt: Mutex::new(None),
             inflight: Mutex::new(None),
             counters,
@@ -296,6 +309,7 @@ impl IssuerKeys {
             })
             .collect();
         *self.keys.write() = Arc::new(KeySet { keys });
+        self.verified.clear();
     }
 
     /// Starts a refresh unless one is in flight (then joins it) or, when `respect_cooldown`,
@@ -353,8 +367,25 @@ impl IssuerKeys {
         self.keys.read().keys.get(kid).cloned()
     }
 
-    /// Verifies an ID token of this issuer.
+    /// Verifies an ID token of this issuer. A token already verified with the current keys is
+    /// not verified again (signature checks cost ~0.2 ms) until it expires.
     pub async fn verify(self: &Arc<Self>, token: &str) -> Result<IdClaims, AuthRejection> {
+        let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+        if let Some(claims) = self.verified.get(&digest) {
+            if chrono::Utc::now().timestamp() <= claims.exp + LEEWAY_SECS as i64 {
+                return Ok(IdClaims::clone(&claims));
+            }
+        }
+        let claims = self.verify_uncached(token).await?;
+        if self.verified.len() >= MAX_VERIFIED {
+            self.verified.clear();
+        }
+        self.verified.insert(digest, Arc::new(claims.clone()));
+        Ok(claims)
+    }
+
+    /// A full verification, without the verified-token cache.
+    pub async fn verify_uncached(self: &Arc<Self>, token: &str) -> Result<IdClaims, AuthRejection> {
         let header = jsonwebtoken::decode_header(token)
             .map_err(|_| AuthRejection::new("malformed_token"))?;
         if !matches!(
