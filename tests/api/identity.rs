@@ -712,3 +712,21 @@ async fn pipeline_order_holds_for_admin_routes() {
         assert_eq!((got.0, got.1.as_str()), want, "case {i}");
     }
 }
+
+#[tokio::test]
+async fn a_remembered_verification_ends_when_the_token_expires() {
+    let app = TestApp::spawn().await;
+    let acme = app.account_with_admin("expiry", "alice").await;
+    // Expired 55 s ago: still inside the 60 s leeway, for 5 more seconds.
+    let mut claims = app.issuer.claims("alice");
+    claims["exp"] = json!(now() - 55);
+    let token = app.issuer.sign("rsa-1", &claims);
+    assert_eq!(status_with(&app, &acme.slug, &token).await.0, 200);
+    assert_eq!(status_with(&app, &acme.slug, &token).await.0, 200);
+    // Once past exp + leeway, the remembered verification no longer counts.
+    tokio::time::sleep(std::time::Duration::from_secs(7)).await;
+    assert_eq!(
+        status_with(&app, &acme.slug, &token).await,
+        (401, "unauthenticated".into())
+    );
+}
