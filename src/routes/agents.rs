@@ -326,6 +326,30 @@ pub async fn put_tool(
     upsert_tool(db, path, body).await
 }
 
+/// An agent's link to its playbooks or FAQs.
+struct Association {
+    /// The linked resource's table, addressed by UUID or name.
+    table: &'static str,
+    /// The link table and its column naming the linked row.
+    link: &'static str,
+    column: &'static str,
+    noun: &'static str,
+}
+
+const PLAYBOOKS: Association = Association {
+    table: "playbooks",
+    link: "agent_playbooks",
+    column: "playbook_id",
+    noun: "playbook",
+};
+
+const FAQS: Association = Association {
+    table: "faqs",
+    link: "agent_faqs",
+    column: "faq_id",
+    noun: "faq",
+};
+
 async fn resolve(conn: &mut PgConnection, table: &str, raw: &str) -> ApiResult<Option<Uuid>> {
     let target = IdOrName::parse(raw);
     let (id, name) = target.binds();
@@ -347,16 +371,7 @@ pub async fn attach_playbook(
     Path(id): Path<String>,
     Json(body): Json<AttachPlaybook>,
 ) -> ApiResult<Json<Agent>> {
-    attach(
-        &tenant,
-        &mut conn,
-        &id,
-        "playbooks",
-        "agent_playbooks",
-        "playbook_id",
-        &body.playbook_id,
-    )
-    .await
+    attach(&tenant, &mut conn, &id, &PLAYBOOKS, &body.playbook_id).await
 }
 
 /// Attach a FAQ to an agent (idempotent).
@@ -368,33 +383,28 @@ pub async fn attach_faq(
     Path(id): Path<String>,
     Json(body): Json<AttachFaq>,
 ) -> ApiResult<Json<Agent>> {
-    attach(
-        &tenant,
-        &mut conn,
-        &id,
-        "faqs",
-        "agent_faqs",
-        "faq_id",
-        &body.faq_id,
-    )
-    .await
+    attach(&tenant, &mut conn, &id, &FAQS, &body.faq_id).await
 }
 
 async fn attach(
     tenant: &crate::extract::Tenant,
     conn: &mut PgConnection,
     agent: &str,
-    table: &str,
-    link: &str,
-    column: &str,
+    assoc: &Association,
     target: &str,
 ) -> ApiResult<Json<Agent>> {
+    let Association {
+        table,
+        link,
+        column,
+        noun,
+    } = assoc;
     let id = parse_agent_id(agent)?;
     let mut tx = conn.begin().await?;
     lock_agent(&mut tx, id).await?;
     let target_id = resolve(&mut tx, table, target)
         .await?
-        .ok_or_else(|| ApiError::not_found(format!("no such {}", &table[..table.len() - 1])))?;
+        .ok_or_else(|| ApiError::not_found(format!("no such {noun}")))?;
     sqlx::query(&format!(
         "INSERT INTO {link} (agent_id, {column}) VALUES ($1, $2) ON CONFLICT DO NOTHING"
     ))
@@ -419,20 +429,19 @@ async fn detach(
     tenant: &crate::extract::Tenant,
     conn: &mut PgConnection,
     agent: &str,
-    table: &str,
-    link: &str,
-    column: &str,
+    assoc: &Association,
     target: &str,
 ) -> ApiResult<StatusCode> {
+    let Association {
+        table,
+        link,
+        column,
+        noun,
+    } = assoc;
     let id = parse_agent_id(agent)?;
     let mut tx = conn.begin().await?;
     lock_agent(&mut tx, id).await?;
-    let not_attached = || {
-        ApiError::not_found(format!(
-            "no such {} on this agent",
-            &table[..table.len() - 1]
-        ))
-    };
+    let not_attached = || ApiError::not_found(format!("no such {noun} on this agent"));
     let target_id = resolve(&mut tx, table, target)
         .await?
         .ok_or_else(not_attached)?;
@@ -467,16 +476,7 @@ pub async fn detach_playbook(
     TenantDb { tenant, mut conn }: TenantDb,
     Path((id, playbook)): Path<(String, String)>,
 ) -> ApiResult<StatusCode> {
-    detach(
-        &tenant,
-        &mut conn,
-        &id,
-        "playbooks",
-        "agent_playbooks",
-        "playbook_id",
-        &playbook,
-    )
-    .await
+    detach(&tenant, &mut conn, &id, &PLAYBOOKS, &playbook).await
 }
 
 /// Detach a FAQ from an agent.
@@ -488,14 +488,5 @@ pub async fn detach_faq(
     TenantDb { tenant, mut conn }: TenantDb,
     Path((id, faq)): Path<(String, String)>,
 ) -> ApiResult<StatusCode> {
-    detach(
-        &tenant,
-        &mut conn,
-        &id,
-        "faqs",
-        "agent_faqs",
-        "faq_id",
-        &faq,
-    )
-    .await
+    detach(&tenant, &mut conn, &id, &FAQS, &faq).await
 }
