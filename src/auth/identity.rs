@@ -79,10 +79,6 @@ impl Identity {
         }
     }
 
-    pub fn is_configured(&self) -> bool {
-        !self.issuers.is_empty()
-    }
-
     pub fn issuers(&self) -> &[Arc<IssuerKeys>] {
         &self.issuers
     }

@@ -115,10 +115,6 @@ impl IpLimiter {
         })
     }
 
-    pub fn proxies(&self) -> &TrustedProxies {
-        &self.proxies
-    }
-
     /// `Err(seconds to wait)` when the client is over its quota.
     pub fn check(&self, ip: IpAddr) -> Result<(), u64> {
         self.limiter.check(&ip)

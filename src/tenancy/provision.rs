@@ -141,10 +141,6 @@ impl Provisioner {
         &self.catalog
     }
 
-    pub fn migrator(&self) -> &Migrator {
-        &self.migrator
-    }
-
     pub fn latest_tenant_version(&self) -> i64 {
         latest_version(&self.migrator)
     }
