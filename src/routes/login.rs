@@ -3,14 +3,13 @@
 
 use axum::extract::State;
 use axum::http::HeaderMap;
-use axum::http::header::AUTHORIZATION;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use utoipa::ToSchema;
 
 use crate::auth::dev_issuer::TOKEN_TTL_SECS;
 use crate::error::{ApiError, ApiResult};
-use crate::extract::parse_slug;
+use crate::extract::{bearer, parse_slug};
 use crate::json::Json;
 use crate::state::AppState;
 use crate::tenancy::catalog::AccountStatus;
@@ -97,15 +96,14 @@ pub async fn userinfo(State(state): State<AppState>, headers: HeaderMap) -> ApiR
         .dev
         .as_ref()
         .ok_or_else(|| ApiError::not_found("no such route"))?;
-    let token = headers
-        .get(AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
+    let token = bearer(&headers)
+        .ok()
+        .flatten()
         .ok_or(ApiError::Unauthenticated(
             "a valid bearer token is required",
         ))?;
     let claims = verifier
-        .verify(token.trim())
+        .verify(token)
         .await
         .map_err(|_| ApiError::Unauthenticated("a valid bearer token is required"))?;
     Ok(Json(json!({ "sub": claims.sub, "email": claims.email })))

@@ -6,12 +6,12 @@ use std::collections::BTreeMap;
 
 use axum::extract::State;
 use axum::http::HeaderMap;
-use axum::http::header::AUTHORIZATION;
 use serde::Serialize;
 use utoipa::ToSchema;
 
 use crate::auth::identity::UserInfoFailure;
 use crate::error::{ApiError, ApiResult};
+use crate::extract::bearer;
 use crate::json::Json;
 use crate::state::AppState;
 use crate::tenancy::catalog::Role;
@@ -49,17 +49,10 @@ pub async fn user_org(
     headers: HeaderMap,
 ) -> ApiResult<Json<UserOrg>> {
     let unauthenticated = || ApiError::Unauthenticated("a valid bearer token is required");
-    let token = headers
-        .get(AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.split_once(' '))
-        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
-        .map(|(_, token)| token.trim())
-        .filter(|t| !t.is_empty())
-        .ok_or_else(|| {
-            state.metrics.auth_failure("missing_bearer");
-            unauthenticated()
-        })?;
+    let token = bearer(&headers).ok().flatten().ok_or_else(|| {
+        state.metrics.auth_failure("missing_bearer");
+        unauthenticated()
+    })?;
     let info = state.identity.userinfo(token).await.map_err(|e| match e {
         UserInfoFailure::Refused | UserInfoFailure::NotConfigured => {
             state.metrics.auth_failure("userinfo_refused");
