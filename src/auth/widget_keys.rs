@@ -15,11 +15,22 @@ pub struct WidgetKeyRecord {
     pub disabled_at: Option<DateTime<Utc>>,
 }
 
+const COLUMNS: &str = "id, account, domain_allowlist, agent_id, disabled_at";
+
+/// The key with this HMAC (the widget endpoints, through the catalog cache).
 pub async fn load(pool: &PgPool, hash: &[u8; 32]) -> sqlx::Result<Option<WidgetKeyRecord>> {
-    sqlx::query_as(
-        "SELECT id, account, domain_allowlist, agent_id, disabled_at FROM widget_keys WHERE key_hash = $1",
-    )
+    sqlx::query_as(&format!(
+        "SELECT {COLUMNS} FROM widget_keys WHERE key_hash = $1"
+    ))
     .bind(&hash[..])
     .fetch_optional(pool)
     .await
+}
+
+/// The key with this id (a session refresh names its key by id).
+pub async fn load_by_id(pool: &PgPool, id: uuid::Uuid) -> sqlx::Result<Option<WidgetKeyRecord>> {
+    sqlx::query_as(&format!("SELECT {COLUMNS} FROM widget_keys WHERE id = $1"))
+        .bind(id)
+        .fetch_optional(pool)
+        .await
 }

@@ -454,12 +454,7 @@ pub async fn refresh(
         .verify_for_refresh(&body.token)
         .await
         .ok_or(ApiError::Unauthenticated("not a valid widget session"))?;
-    let key: Option<WidgetKeyRecord> = sqlx::query_as(
-        "SELECT id, account, domain_allowlist, agent_id, disabled_at FROM widget_keys WHERE id = $1",
-    )
-    .bind(claims.wk)
-    .fetch_optional(state.catalog.pool())
-    .await?;
+    let key = crate::auth::widget_keys::load_by_id(state.catalog.pool(), claims.wk).await?;
     let key = key
         .filter(|k| k.disabled_at.is_none() && k.account == claims.acct)
         .ok_or(ApiError::InvalidClientKey)?;
