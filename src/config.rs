@@ -171,6 +171,16 @@ pub struct Config {
     )]
     pub db_acquire_timeout_ms: u64,
 
+    /// Server-side `statement_timeout` of the service's database connections (milliseconds;
+    /// `0`: the server's own setting). A statement cancelled by it answers 503.
+    #[arg(
+        long,
+        env = "KATAVEN_DB_STATEMENT_TIMEOUT_MS",
+        default_value_t = 10_000,
+        global = true
+    )]
+    pub db_statement_timeout_ms: u64,
+
     /// Idle tenant connections are closed after this many seconds; a pool with no connections
     /// left is dropped from the map.
     #[arg(
@@ -259,6 +269,12 @@ pub struct Config {
 impl Config {
     pub fn db_acquire_timeout(&self) -> Duration {
         Duration::from_millis(self.db_acquire_timeout_ms)
+    }
+
+    /// `None` when statements may run as long as the server lets them.
+    pub fn db_statement_timeout(&self) -> Option<Duration> {
+        (self.db_statement_timeout_ms > 0)
+            .then(|| Duration::from_millis(self.db_statement_timeout_ms))
     }
 
     pub fn tenant_idle_timeout(&self) -> Duration {

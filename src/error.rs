@@ -77,6 +77,10 @@ pub enum ApiError {
         message: &'static str,
         retry_after_secs: u64,
     },
+    /// The account's own database is missing or refuses connections although its catalog row
+    /// exists: an operator has to act; other accounts are unaffected.
+    #[error("this account's database is unavailable; retry later")]
+    AccountUnavailable { retry_after_secs: u64 },
     /// Something we did not expect. The cause is logged, the client sees a generic message.
     #[error("internal error")]
     Internal(#[source] anyhow::Error),
@@ -95,7 +99,7 @@ pub struct ErrorDetail {
     /// `unauthenticated`, `account_suspended`, `forbidden`, `account_mismatch`,
     /// `admin_required`, `api_key_not_allowed`, `invalid_client_key`, `origin_not_allowed`,
     /// `widget_not_allowed`, `not_found`, `invalid_body`, `invalid_query`, `conflict`, `rate_limited`,
-    /// `payload_too_large`, `method_not_allowed`, `unavailable`, `internal`.
+    /// `payload_too_large`, `method_not_allowed`, `unavailable`, `account_unavailable`, `internal`.
     pub code: String,
     /// For people; may change.
     pub message: String,
@@ -150,7 +154,9 @@ impl ApiError {
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::Conflict(_) => StatusCode::CONFLICT,
             Self::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-            Self::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Unavailable { .. } | Self::AccountUnavailable { .. } => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -177,6 +183,7 @@ impl ApiError {
             Self::PayloadTooLarge { .. } => "payload_too_large",
             Self::MethodNotAllowed => "method_not_allowed",
             Self::Unavailable { .. } => "unavailable",
+            Self::AccountUnavailable { .. } => "account_unavailable",
             Self::Internal(_) => "internal",
         }
     }
@@ -184,8 +191,18 @@ impl ApiError {
 
 impl From<sqlx::Error> for ApiError {
     fn from(err: sqlx::Error) -> Self {
+        if let sqlx::Error::Database(db) = &err {
+            // 57014 query_canceled: the statement ran into `statement_timeout`.
+            if db.code().as_deref() == Some("57014") {
+                return Self::unavailable("the database took too long to answer");
+            }
+        }
         if is_unavailable(&err) {
-            tracing::warn!(error = %err, "database unavailable");
+            // One line per burst, not one per request, while a database is down.
+            static LOG: crate::log_throttle::Throttle = crate::log_throttle::Throttle::new(10);
+            if let Some(suppressed) = LOG.admit() {
+                tracing::warn!(error = %err, suppressed, "database unavailable");
+            }
             return Self::unavailable("the database is temporarily unavailable");
         }
         // 22021 character_not_in_repertoire (U+0000 in text), 22P05 untranslatable_character
@@ -205,8 +222,10 @@ impl From<sqlx::Error> for ApiError {
 /// Errors that mean "the database cannot serve now" rather than "the query is wrong".
 pub fn is_unavailable(err: &sqlx::Error) -> bool {
     match err {
+        // A protocol error means the stream is out of step (a connection cut mid-message).
         sqlx::Error::Io(_)
         | sqlx::Error::Tls(_)
+        | sqlx::Error::Protocol(_)
         | sqlx::Error::PoolTimedOut
         | sqlx::Error::PoolClosed
         | sqlx::Error::WorkerCrashed => true,
@@ -253,6 +272,7 @@ impl IntoResponse for ApiError {
             Self::Unavailable {
                 retry_after_secs, ..
             }
+            | Self::AccountUnavailable { retry_after_secs }
             | Self::ClientRateLimited {
                 retry_after_secs, ..
             } => {

@@ -92,6 +92,16 @@ impl Metrics {
             "Idle tenant connections closed to make room in the connection budget",
             pool_counters.evictions.clone(),
         );
+        registry.register(
+            "tenant_connections_broken",
+            "Broken tenant connections dropped (they failed the health check on return or before reuse)",
+            pool_counters.broken.clone(),
+        );
+        registry.register(
+            "tenant_connects",
+            "Tenant connection attempts, by outcome (ok, refused, timeout, too_many_connections, …)",
+            pool_counters.connects.clone(),
+        );
         let auth_failures = Family::<ReasonLabels, Counter>::default();
         registry.register(
             "auth_failures",

@@ -47,7 +47,15 @@ pub fn system_options(config: &Config) -> anyhow::Result<PgConnectOptions> {
 /// Connects to (creating and migrating if needed) the system database and builds a provisioner.
 pub async fn provisioner(config: &Config) -> anyhow::Result<Provisioner> {
     let system = system_options(config)?;
-    let pool = provision::prepare_system_database(&system).await?;
+    let pool = provision::prepare_system_database_with(
+        &system,
+        &provision::SystemPool {
+            acquire_timeout: config.db_acquire_timeout(),
+            statement_timeout: config.db_statement_timeout(),
+            ..provision::SystemPool::default()
+        },
+    )
+    .await?;
     Ok(Provisioner::new(
         Catalog::new(pool),
         system,

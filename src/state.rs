@@ -13,6 +13,7 @@ use crate::limits::client_ip::IpLimiter;
 use crate::limits::client_ip::PerKeyLimiter;
 use crate::limits::{Limiter, Store};
 use crate::metrics::Metrics;
+use crate::readiness::Readiness;
 use crate::tenancy::catalog::Catalog;
 use crate::tenancy::pools::{PoolSettings, TenantPools};
 use crate::tenancy::provision::Provisioner;
@@ -33,6 +34,7 @@ pub struct AppInner {
     pub ip_limiter: Arc<IpLimiter>,
     pub api_keys: Arc<ApiKeys>,
     pub widget: WidgetState,
+    pub readiness: Readiness,
 }
 
 /// The services [`AppState::new`] wires together (built by `server::build_state`).
@@ -75,6 +77,7 @@ impl AppState {
                 budget: config.db_connection_budget.max(1) as usize,
                 acquire_timeout: config.db_acquire_timeout(),
                 idle_timeout: config.tenant_idle_timeout(),
+                statement_timeout: config.db_statement_timeout(),
             },
             metrics.pool_counters.clone(),
         );
@@ -84,6 +87,10 @@ impl AppState {
             metrics.listener_resets.clone(),
             move |slug| forget.forget(slug),
         );
+        // The listener's connection broke: the server may have restarted under the tenant
+        // connections too, so each idle one is checked before its next use.
+        let suspect = pools.clone();
+        cache.on_listener_reset(move || suspect.suspect_idle_connections());
         // Another instance rotated the widget session keys: re-read them.
         let session_keys = widget.sessions.keys_handle();
         cache.on_signing_keys_change(move |purpose| {
@@ -97,7 +104,13 @@ impl AppState {
             }
         });
         let api_keys = Arc::new(ApiKeys::new(hasher, provisioner.catalog().pool().clone()));
+        let readiness = Readiness::new(
+            provisioner.catalog().pool().clone(),
+            provisioner.system_options().clone(),
+            limiter.clone(),
+        );
         Self(Arc::new(AppInner {
+            readiness,
             api_keys,
             widget,
             catalog: provisioner.catalog().clone(),
@@ -112,12 +125,13 @@ impl AppState {
         }))
     }
 
-    /// Starts the background tasks: the pool reaper, the catalog listener and the key
-    /// refreshers. Abort the handles to stop them.
+    /// Starts the background tasks: the pool reaper, the catalog listener, the key
+    /// refreshers, the readiness prober and the flushers. Abort the handles to stop them.
     pub fn spawn_background(&self) -> Vec<tokio::task::JoinHandle<()>> {
         let mut tasks = vec![self.pools.spawn_reaper(), self.cache.spawn_listener()];
         tasks.extend(self.identity.issuers().iter().map(|i| i.spawn_refresher()));
         tasks.push(self.ip_limiter.spawn_janitor());
+        tasks.push(self.readiness.spawn_prober());
         tasks.push(self.api_keys.spawn_flusher());
         if let Store::Memory(memory) = self.limiter.store() {
             tasks.push(memory.spawn_flusher());

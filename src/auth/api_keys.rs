@@ -96,18 +96,20 @@ impl ApiKeys {
         self.touched_widget.insert(id, Utc::now());
     }
 
-    /// Writes the pending `last_used_at` times of API keys and widget keys.
-    pub async fn flush_last_used(&self) {
-        self.flush_table(&self.touched, "api_keys").await;
-        self.flush_table(&self.touched_widget, "widget_keys").await;
+    /// Writes the pending `last_used_at` times of API keys and widget keys; `false` when some
+    /// could not be written (they are kept for the next flush).
+    pub async fn flush_last_used(&self) -> bool {
+        let keys = self.flush_table(&self.touched, "api_keys").await;
+        let widget_keys = self.flush_table(&self.touched_widget, "widget_keys").await;
+        keys && widget_keys
     }
 
     /// One statement per table for all pending uses.
-    async fn flush_table(&self, touched: &DashMap<Uuid, DateTime<Utc>>, table: &str) {
+    async fn flush_table(&self, touched: &DashMap<Uuid, DateTime<Utc>>, table: &str) -> bool {
         let pending: Vec<(Uuid, DateTime<Utc>)> =
             touched.iter().map(|e| (*e.key(), *e.value())).collect();
         if pending.is_empty() {
-            return;
+            return true;
         }
         for (id, at) in &pending {
             touched.remove_if(id, |_, v| v == at);
@@ -122,11 +124,13 @@ impl ApiKeys {
         .execute(&self.pool)
         .await;
         if let Err(e) = written {
-            tracing::warn!(error = %e, "could not record API key use; retrying later");
+            tracing::warn!(error = %e, table, "could not record key use; retrying later");
             for (id, at) in ids.into_iter().zip(times) {
                 touched.entry(id).or_insert(at);
             }
+            return false;
         }
+        true
     }
 
     /// Flushes every few seconds until aborted.

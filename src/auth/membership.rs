@@ -18,6 +18,8 @@ use crate::tenancy::catalog::{Account, Catalog, Limits, Role};
 use crate::tenancy::slug::AccountSlug;
 
 pub const CACHE_TTL: Duration = Duration::from_secs(30);
+const LISTENER_BACKOFF_FIRST: Duration = Duration::from_millis(100);
+const LISTENER_BACKOFF_MAX: Duration = Duration::from_secs(1);
 pub const CATALOG_CHANNEL: &str = "kataven_catalog";
 /// Past this many entries a cache is cleared rather than grown.
 const MAX_ENTRIES: usize = 100_000;
@@ -51,6 +53,8 @@ struct Inner {
     on_placement_change: Box<dyn Fn(&str) + Send + Sync>,
     /// Called with the purpose of signing keys that changed (instances re-read them).
     on_signing_keys_change: parking_lot::RwLock<Option<Hook>>,
+    /// Called when the listener lost its connection (the database may have restarted).
+    on_listener_reset: parking_lot::RwLock<Option<Box<dyn Fn() + Send + Sync>>>,
     listener_resets: prometheus_client::metrics::counter::Counter,
 }
 
@@ -72,6 +76,7 @@ impl CatalogCache {
                 widget_keys: DashMap::new(),
                 on_placement_change: Box::new(on_placement_change),
                 on_signing_keys_change: parking_lot::RwLock::new(None),
+                on_listener_reset: parking_lot::RwLock::new(None),
                 listener_resets,
             }),
         }
@@ -112,6 +117,23 @@ impl CatalogCache {
     /// Registers what to do when signing keys change on any instance.
     pub fn on_signing_keys_change(&self, f: impl Fn(&str) + Send + Sync + 'static) {
         *self.inner.on_signing_keys_change.write() = Some(Box::new(f));
+    }
+
+    /// Registers what to do when the listener loses its connection (besides flushing).
+    pub fn on_listener_reset(&self, f: impl Fn() + Send + Sync + 'static) {
+        *self.inner.on_listener_reset.write() = Some(Box::new(f));
+    }
+
+    /// The listener lost its connection: notifications may have been missed, and the server
+    /// may have restarted under every other connection too.
+    fn listener_reset(&self, was_listening: bool) {
+        if was_listening {
+            self.inner.listener_resets.inc();
+        }
+        self.flush();
+        if let Some(f) = self.inner.on_listener_reset.read().as_ref() {
+            f();
+        }
     }
 
     pub async fn api_key(&self, hash: &[u8; 32]) -> sqlx::Result<Option<ApiKeyRecord>> {
@@ -180,35 +202,50 @@ impl CatalogCache {
         self.inner.widget_keys.clear();
     }
 
-    /// Listens for catalog changes until the task is aborted.
+    /// Listens for catalog changes until the task is aborted. After a lost connection it
+    /// reconnects with a backoff of 100 ms doubling up to 1 s, and logs once per outage.
     pub fn spawn_listener(&self) -> tokio::task::JoinHandle<()> {
         let cache = self.clone();
         tokio::spawn(async move {
+            let mut backoff = LISTENER_BACKOFF_FIRST;
+            let mut failing = false;
             loop {
-                if let Err(e) = cache.listen().await {
-                    tracing::warn!(error = %e, "catalog listener failed; retrying");
+                let mut listening = false;
+                let result = cache.listen(&mut listening).await;
+                cache.listener_reset(listening);
+                if listening {
+                    backoff = LISTENER_BACKOFF_FIRST;
+                    failing = false;
                 }
-                cache.inner.listener_resets.inc();
-                cache.flush();
-                tokio::time::sleep(Duration::from_secs(1)).await;
+                if let Err(e) = result {
+                    if !failing {
+                        tracing::warn!(error = %e, "catalog listener lost its connection; caches flushed, reconnecting");
+                    }
+                    failing = true;
+                }
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(LISTENER_BACKOFF_MAX);
             }
         })
     }
 
-    async fn listen(&self) -> sqlx::Result<()> {
+    /// Listens until the connection fails; `listening` tells whether LISTEN took effect.
+    async fn listen(&self, listening: &mut bool) -> sqlx::Result<()> {
         let mut listener = PgListener::connect_with(self.inner.catalog.pool()).await?;
         listener.listen(CATALOG_CHANNEL).await?;
+        *listening = true;
         // Anything cached before LISTEN took effect may be stale.
         self.flush();
+        tracing::debug!("catalog listener listening");
         loop {
             match listener.try_recv().await? {
                 Some(notification) => self.invalidate(notification.payload()),
+                // The connection was lost: start again with a new one (the next `try_recv`
+                // would reconnect without telling).
                 None => {
-                    // The connection was lost and will be re-established by the next call:
-                    // notifications may have been missed meanwhile.
-                    tracing::warn!("catalog listener reconnecting; caches flushed");
-                    self.inner.listener_resets.inc();
-                    self.flush();
+                    return Err(sqlx::Error::Io(std::io::Error::from(
+                        std::io::ErrorKind::ConnectionAborted,
+                    )));
                 }
             }
         }

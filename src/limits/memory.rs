@@ -22,6 +22,8 @@ struct Counters {
     in_flight: u32,
     /// The day whose stored count has been added to `windows[2]`.
     day_loaded: Option<u64>,
+    /// When reading the stored count last failed (it is retried after [`FLUSH_INTERVAL`]).
+    load_failed_at: Option<std::time::Instant>,
     /// Requests counted today and not yet written to the database.
     unflushed: u64,
 }
@@ -30,6 +32,8 @@ struct Counters {
 pub struct MemoryStore {
     accounts: Arc<DashMap<String, Arc<Mutex<Counters>>>>,
     pool: Option<PgPool>,
+    /// Counts whose write failed, by account and day: retried by the next flush.
+    unsaved: Arc<Mutex<std::collections::HashMap<(String, u64), u64>>>,
 }
 
 /// Frees the in-flight slot when the request ends.
@@ -54,6 +58,7 @@ impl MemoryStore {
         Self {
             accounts: Arc::new(DashMap::new()),
             pool,
+            unsaved: Arc::default(),
         }
     }
 
@@ -72,17 +77,28 @@ impl MemoryStore {
     ) -> Result<Admission, Refusal> {
         let counters = self.counters(account);
         let day = window_start(Dimension::Day, now);
-        let needs_load = self.pool.is_some() && counters.lock().day_loaded != Some(day);
+        let needs_load = self.pool.is_some() && {
+            let c = counters.lock();
+            c.day_loaded != Some(day)
+                && c.load_failed_at
+                    .is_none_or(|at| at.elapsed() >= FLUSH_INTERVAL)
+        };
         if needs_load {
             // Read today's stored count without holding the lock across the query.
             let stored = self.stored_today(account, day).await;
             let mut c = counters.lock();
-            if c.day_loaded != Some(day) {
-                if c.windows[2].0 != day {
-                    c.windows[2] = (day, 0);
+            match stored {
+                Some(stored) if c.day_loaded != Some(day) => {
+                    if c.windows[2].0 != day {
+                        c.windows[2] = (day, 0);
+                    }
+                    c.windows[2].1 += stored;
+                    c.day_loaded = Some(day);
+                    c.load_failed_at = None;
                 }
-                c.windows[2].1 += stored;
-                c.day_loaded = Some(day);
+                Some(_) => {}
+                // Counted from what this instance saw; read again later.
+                None => c.load_failed_at = Some(std::time::Instant::now()),
             }
         }
 
@@ -127,8 +143,11 @@ impl MemoryStore {
         ))
     }
 
-    async fn stored_today(&self, account: &str, day: u64) -> u64 {
-        let Some(pool) = &self.pool else { return 0 };
+    /// Today's stored count (`None` when it could not be read).
+    async fn stored_today(&self, account: &str, day: u64) -> Option<u64> {
+        let Some(pool) = &self.pool else {
+            return Some(0);
+        };
         let stored: Result<Option<i64>, _> =
             sqlx::query_scalar("SELECT requests FROM usage_daily WHERE account = $1 AND day = $2")
                 .bind(account)
@@ -136,30 +155,37 @@ impl MemoryStore {
                 .fetch_optional(pool)
                 .await;
         match stored {
-            Ok(n) => n.unwrap_or(0).max(0) as u64,
+            Ok(n) => Some(n.unwrap_or(0).max(0) as u64),
             Err(e) => {
-                tracing::warn!(error = %e, "could not read today's request count; counting from zero");
-                0
+                tracing::warn!(error = %e, "could not read today's request count; retrying later");
+                None
             }
         }
     }
 
-    /// Adds the unflushed daily counts to the database.
-    pub async fn flush(&self) {
-        let Some(pool) = &self.pool else { return };
-        let pending: Vec<(String, u64, u64)> = self
-            .accounts
-            .iter()
-            .filter_map(|e| {
-                let mut c = e.value().lock();
-                if c.unflushed == 0 {
-                    return None;
-                }
-                let delta = std::mem::take(&mut c.unflushed);
-                Some((e.key().clone(), c.windows[2].0, delta))
-            })
+    /// Adds the unflushed daily counts to the database. A count that cannot be written is
+    /// kept, with its day, for the next flush; then the answer is `false`.
+    pub async fn flush(&self) -> bool {
+        let Some(pool) = &self.pool else { return true };
+        let mut pending: Vec<(String, u64, u64)> = std::mem::take(&mut *self.unsaved.lock())
+            .into_iter()
+            .map(|((account, day), delta)| (account, day, delta))
             .collect();
+        pending.extend(self.accounts.iter().filter_map(|e| {
+            let mut c = e.value().lock();
+            if c.unflushed == 0 {
+                return None;
+            }
+            let delta = std::mem::take(&mut c.unflushed);
+            Some((e.key().clone(), c.windows[2].0, delta))
+        }));
+        let mut failed = false;
         for (account, day, delta) in pending {
+            if failed {
+                // The database is failing: keep the rest for the next flush.
+                self.keep_unsaved(account, day, delta);
+                continue;
+            }
             let written = sqlx::query(
                 "INSERT INTO usage_daily (account, day, requests) VALUES ($1, $2, $3)
                  ON CONFLICT (account, day) DO UPDATE SET requests = usage_daily.requests + EXCLUDED.requests",
@@ -175,12 +201,16 @@ impl MemoryStore {
                 Err(sqlx::Error::Database(e)) if e.is_foreign_key_violation() => {}
                 Err(e) => {
                     tracing::warn!(error = %e, "could not save request counts; retrying later");
-                    if let Some(c) = self.accounts.get(&account) {
-                        c.lock().unflushed += delta;
-                    }
+                    failed = true;
+                    self.keep_unsaved(account, day, delta);
                 }
             }
         }
+        !failed
+    }
+
+    fn keep_unsaved(&self, account: String, day: u64, delta: u64) {
+        *self.unsaved.lock().entry((account, day)).or_default() += delta;
     }
 
     /// Flushes every [`FLUSH_INTERVAL`] until aborted.

@@ -94,6 +94,12 @@ impl RedisStore {
             .cloned()
     }
 
+    /// One `PING` (readiness).
+    pub async fn ping(&self) -> redis::RedisResult<()> {
+        let mut conn = self.conn().await?;
+        redis::cmd("PING").query_async::<()>(&mut conn).await
+    }
+
     pub async fn admit(
         &self,
         account: &str,

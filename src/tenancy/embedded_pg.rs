@@ -117,9 +117,17 @@ impl EmbeddedPostgres {
             return Ok(pg);
         }
         pg.port = free_port()?;
-        let log = pg.root.join("postgres.log");
+        pg.pg_ctl_start()?;
+        pg.started_here = true;
+        Ok(pg)
+    }
+
+    /// `pg_ctl start` on [`Self::port`], waiting until the server accepts connections.
+    fn pg_ctl_start(&self) -> anyhow::Result<()> {
+        let data = self.root.join("data");
+        let log = self.root.join("postgres.log");
         let out = run(
-            &pg.bin_dir.join("pg_ctl"),
+            &self.bin_dir.join("pg_ctl"),
             &[
                 "-D".as_ref(),
                 data.as_os_str(),
@@ -129,7 +137,7 @@ impl EmbeddedPostgres {
                 "-t".as_ref(),
                 "60".as_ref(),
                 "-o".as_ref(),
-                format!("-p {}", pg.port).as_ref(),
+                format!("-p {}", self.port).as_ref(),
                 "start".as_ref(),
             ],
         )?;
@@ -143,8 +151,19 @@ impl EmbeddedPostgres {
                 tail.into_iter().rev().collect::<Vec<_>>().join("\n")
             );
         }
-        pg.started_here = true;
-        Ok(pg)
+        Ok(())
+    }
+
+    /// Starts a server of this cluster again, on the same port, after [`Self::stop_with`] or
+    /// a crash (fault tests).
+    pub fn start_again(&self) -> anyhow::Result<()> {
+        self.pg_ctl_start()
+    }
+
+    /// The postmaster's process id, from `postmaster.pid` (fault tests).
+    pub fn postmaster_pid(&self) -> Option<i32> {
+        let pid_file = fs::read_to_string(self.root.join("data").join("postmaster.pid")).ok()?;
+        pid_file.lines().next()?.trim().parse().ok()
     }
 
     /// The port of a postmaster already running on this data directory, if any.
@@ -188,6 +207,11 @@ impl EmbeddedPostgres {
         if !self.started_here {
             return Ok(());
         }
+        self.stop_with("fast")
+    }
+
+    /// `pg_ctl stop -m <mode>` (`smart`, `fast` or `immediate`), waiting until it has stopped.
+    pub fn stop_with(&self, mode: &str) -> anyhow::Result<()> {
         let data = self.root.join("data");
         let out = run(
             &self.bin_dir.join("pg_ctl"),
@@ -195,7 +219,7 @@ impl EmbeddedPostgres {
                 "-D".as_ref(),
                 data.as_os_str(),
                 "-m".as_ref(),
-                "fast".as_ref(),
+                mode.as_ref(),
                 "-w".as_ref(),
                 "stop".as_ref(),
             ],

@@ -2,6 +2,7 @@
 
 pub mod catalog;
 pub mod embedded_pg;
+pub mod gate;
 pub mod pools;
 pub mod provision;
 pub mod slug;

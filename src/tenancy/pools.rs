@@ -12,28 +12,52 @@
 //!   have no connection left.
 //! * No map guard is ever held across an `.await`: entries are `Arc`s cloned out of the map.
 //!
+//! Health (see `docs/tenancy.md`, "When the database fails"):
+//!
+//! * A returned connection is checked before it is idle again (a `Sync` round trip, as sqlx's
+//!   own pool does, in the background after the response): one that fails the check — I/O
+//!   error, terminated by the server, still inside a transaction after a cancelled request — is
+//!   dropped and its budget permit released; it never reaches the idle list.
+//! * An idle connection is checked before it is handed out when it has been idle for a while,
+//!   or when a broken connection (or the loss of the catalog listener's connection) was seen
+//!   anywhere since it was last checked: so after a database restart no request gets a
+//!   connection from before the restart.
+//! * New connections pass the [`Gate`]s of their server and of their database: while one is
+//!   failing, attempts are single-flight with backoff, and a missing tenant database answers
+//!   503 `account_unavailable`.
+//! * Every wait is bounded by the request's acquire deadline; every tenant connection carries
+//!   a server-side `statement_timeout`.
+//!
 //! sqlx's `PgPool` cannot be used per tenant here because it offers no way to account for a
-//! connection's whole lifetime against a shared budget; this pool does just that and no more.
+//! connection's whole lifetime against a shared budget, nor to close another tenant's idle
+//! connection to make room; a pool crate such as deadpool has the same gap (and checks
+//! returned objects only when they are next handed out). This pool does just that and no more.
 
 use std::ops::{Deref, DerefMut};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use dashmap::DashMap;
 use parking_lot::Mutex;
+use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
 use sqlx::postgres::PgConnectOptions;
 use sqlx::{ConnectOptions, Connection, PgConnection};
 use tokio::sync::{Notify, OnceCell, OwnedSemaphorePermit, Semaphore};
 use tokio::time::{Instant, sleep_until, timeout, timeout_at};
 
 use super::catalog::Account;
+use super::gate::{ConnectOutcome, Gate, Scope};
 use super::provision::Provisioner;
 use crate::error::ApiError;
 
-/// An idle connection older than this is pinged before it is handed out.
-const PING_IDLE_AFTER: Duration = Duration::from_secs(10);
+/// An idle connection idle for this long is checked before it is handed out.
+const PING_IDLE_AFTER: Duration = Duration::from_secs(1);
+/// A connection attempt that timed out counts as a failure of the server only if it had at
+/// least this long (a request that reached its deadline while connecting says nothing).
+const MIN_TIMEOUT_EVIDENCE: Duration = Duration::from_millis(500);
 /// Closing a connection (the `Terminate` message) gives up after this long.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 /// After `Terminate`, the server's backend still holds its slot until its process has exited;
@@ -51,6 +75,13 @@ pub struct PoolSettings {
     pub acquire_timeout: Duration,
     /// Idle connections are closed after this long.
     pub idle_timeout: Duration,
+    /// Server-side `statement_timeout` of every tenant connection (`None`: the server's own).
+    pub statement_timeout: Option<Duration>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ConnectLabels {
+    pub outcome: ConnectOutcome,
 }
 
 /// Counters the pool map reports into `/metrics`.
@@ -62,6 +93,10 @@ pub struct PoolCounters {
     pub acquire_timeouts: Counter,
     /// Idle connections closed to make room in the budget for another tenant.
     pub evictions: Counter,
+    /// Broken connections dropped (they failed their health check).
+    pub broken: Counter,
+    /// Connection attempts, by outcome.
+    pub connects: Family<ConnectLabels, Counter>,
 }
 
 /// A point-in-time view of the pool map, for metrics and tests.
@@ -80,16 +115,16 @@ pub struct TenantPools {
 
 struct Inner {
     map: DashMap<String, Arc<OnceCell<Arc<TenantPool>>>>,
+    /// One gate per database server (`host:port`), shared by the pools of its tenants.
+    servers: DashMap<String, Arc<Gate>>,
     budget: Arc<Semaphore>,
     settings: PoolSettings,
     provisioner: Provisioner,
-    counters: PoolCounters,
-    budget_state: Arc<BudgetState>,
+    shared: Arc<Shared>,
 }
 
-/// Shared by the map and every pool: who waits for the budget and what is on its way back.
-#[derive(Default)]
-struct BudgetState {
+/// Shared by the map and every pool.
+struct Shared {
     /// Requests waiting for a budget permit, and connections being closed whose permits are
     /// about to return: a waiter evicts an idle connection only while the first outnumbers
     /// the second, so one waiter costs at most one eviction.
@@ -97,11 +132,31 @@ struct BudgetState {
     closing: AtomicUsize,
     /// Signalled when a connection turns idle while requests wait for the budget.
     idle_returned: Notify,
+    /// Raised whenever a broken connection is seen (or the catalog listener lost its
+    /// connection): idle connections checked before the current value are checked again
+    /// before they are handed out.
+    suspicion: AtomicU64,
+    /// How long the health check of a returned connection may take.
+    check_timeout: Duration,
+    counters: PoolCounters,
+}
+
+impl Shared {
+    fn suspicion(&self) -> u64 {
+        self.suspicion.load(Ordering::Acquire)
+    }
+
+    fn raise_suspicion(&self) {
+        self.suspicion.fetch_add(1, Ordering::AcqRel);
+    }
 }
 
 struct TenantPool {
+    slug: String,
     options: PgConnectOptions,
-    budget_state: Arc<BudgetState>,
+    shared: Arc<Shared>,
+    server_gate: Arc<Gate>,
+    database_gate: Gate,
     slots: Arc<Semaphore>,
     /// Idle connections, oldest first; the newest is reused first (it is the warmest).
     idle: Mutex<Vec<IdleConn>>,
@@ -116,6 +171,8 @@ struct IdleConn {
     conn: PgConnection,
     permit: OwnedSemaphorePermit,
     since: Instant,
+    /// [`Shared::suspicion`] when the connection was last known to be healthy.
+    checked_at: u64,
 }
 
 enum AcquireError {
@@ -132,16 +189,30 @@ impl From<ApiError> for AcquireError {
 
 impl TenantPools {
     pub fn new(provisioner: Provisioner, settings: PoolSettings, counters: PoolCounters) -> Self {
+        let shared = Arc::new(Shared {
+            waiters: AtomicUsize::new(0),
+            closing: AtomicUsize::new(0),
+            idle_returned: Notify::new(),
+            suspicion: AtomicU64::new(0),
+            check_timeout: settings.acquire_timeout,
+            counters,
+        });
         Self {
             inner: Arc::new(Inner {
                 map: DashMap::new(),
+                servers: DashMap::new(),
                 budget: Arc::new(Semaphore::new(settings.budget)),
                 settings,
                 provisioner,
-                counters,
-                budget_state: Arc::default(),
+                shared,
             }),
         }
+    }
+
+    /// Every idle connection is checked before its next use: something (the catalog
+    /// listener's connection, say) suggests that the database server went away.
+    pub fn suspect_idle_connections(&self) {
+        self.inner.shared.raise_suspicion();
     }
 
     /// A connection to the account's tenant database. Call only after the caller is authorized.
@@ -154,7 +225,7 @@ impl TenantPools {
                 Err(AcquireError::Retired) => continue,
                 Err(AcquireError::Api(e)) => {
                     if matches!(e, ApiError::Unavailable { .. }) {
-                        self.inner.counters.acquire_timeouts.inc();
+                        self.inner.shared.counters.acquire_timeouts.inc();
                     }
                     return Err(e);
                 }
@@ -178,13 +249,25 @@ impl TenantPools {
 
     async fn open_pool(&self, account: &Account) -> Result<Arc<TenantPool>, ApiError> {
         let inner = &self.inner;
-        let options = inner
+        let mut options = inner
             .provisioner
             .tenant_options(account)
             .map_err(ApiError::Internal)?;
+        if let Some(limit) = inner.settings.statement_timeout {
+            options = options.options([("statement_timeout", format!("{}ms", limit.as_millis()))]);
+        }
+        let server = format!("{}:{}", options.get_host(), options.get_port());
+        let server_gate = inner
+            .servers
+            .entry(server.clone())
+            .or_insert_with(|| Arc::new(Gate::new(Scope::Server, server)))
+            .clone();
         let pool = Arc::new(TenantPool {
+            slug: account.slug.clone(),
             options,
-            budget_state: inner.budget_state.clone(),
+            shared: inner.shared.clone(),
+            database_gate: Gate::new(Scope::Database, account.slug.clone()),
+            server_gate,
             slots: Arc::new(Semaphore::new(inner.settings.pool_max)),
             idle: Mutex::new(Vec::new()),
             open: AtomicUsize::new(0),
@@ -209,7 +292,7 @@ impl TenantPools {
                     ApiError::unavailable("the account's database is being upgraded")
                 })?;
         }
-        inner.counters.cold_opens.inc();
+        inner.shared.counters.cold_opens.inc();
         Ok(pool)
     }
 
@@ -337,7 +420,7 @@ impl TenantPools {
             idle.remove(0)
         };
         pool.close(conn);
-        self.inner.counters.evictions.inc();
+        self.inner.shared.counters.evictions.inc();
         true
     }
 }
@@ -355,7 +438,7 @@ impl Inner {
         if let Ok(permit) = self.budget.clone().try_acquire_owned() {
             return Ok(permit);
         }
-        let shared = &self.budget_state;
+        let shared = &self.shared;
         shared.waiters.fetch_add(1, Ordering::AcqRel);
         let _waiting = scopeguard(|| {
             shared.waiters.fetch_sub(1, Ordering::AcqRel);
@@ -417,75 +500,194 @@ impl TenantPool {
         loop {
             let candidate = self.idle.lock().pop();
             let Some(mut idle) = candidate else { break };
-            if idle.since.elapsed() >= PING_IDLE_AFTER && idle.conn.ping().await.is_err() {
-                // The server closed it (restart, idle kill): forget it and try the next one.
-                self.open.fetch_sub(1, Ordering::AcqRel);
-                drop(idle);
-                continue;
+            let suspect = idle.since.elapsed() >= PING_IDLE_AFTER
+                || idle.checked_at != self.shared.suspicion();
+            if suspect {
+                match timeout_at(deadline, idle.conn.ping()).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => {
+                        // Closed by the server (restart, terminated backend): drop it and try
+                        // the next one.
+                        tracing::debug!(account = %self.slug, error = %e, "idle tenant connection broken");
+                        self.discard(idle.conn, idle.permit);
+                        continue;
+                    }
+                    Err(_) => {
+                        self.discard(idle.conn, idle.permit);
+                        return Err(ApiError::unavailable(
+                            "the account's database did not answer in time",
+                        )
+                        .into());
+                    }
+                }
             }
             self.in_use.fetch_add(1, Ordering::AcqRel);
             return Ok(TenantConn {
                 conn: Some(idle.conn),
                 permit: Some(idle.permit),
-                _slot: slot,
+                slot: Some(slot),
                 pool: self.clone(),
             });
         }
 
-        let pools = TenantPools {
-            inner: inner.clone(),
-        };
-        let permit = inner.budget_permit(&pools, self, deadline).await?;
-        let conn = match timeout_at(deadline, self.options.connect()).await {
-            Ok(Ok(conn)) => conn,
-            Ok(Err(e)) => {
-                tracing::warn!(error = %e, "cannot connect to tenant database");
-                return Err(ApiError::unavailable("the account's database is unavailable").into());
-            }
-            Err(_) => {
-                return Err(
-                    ApiError::unavailable("the account's database did not answer in time").into(),
-                );
-            }
-        };
-        self.open.fetch_add(1, Ordering::AcqRel);
+        let conn = self.connect(inner, deadline).await?;
         self.in_use.fetch_add(1, Ordering::AcqRel);
         Ok(TenantConn {
-            conn: Some(conn),
-            permit: Some(permit),
-            _slot: slot,
+            conn: Some(conn.0),
+            permit: Some(conn.1),
+            slot: Some(slot),
             pool: self.clone(),
         })
     }
 
-    /// Closes a connection in the background; its budget permit is released once it is closed.
-    fn close(&self, idle: IdleConn) {
-        self.open.fetch_sub(1, Ordering::AcqRel);
-        let shared = self.budget_state.clone();
-        shared.closing.fetch_add(1, Ordering::AcqRel);
-        tokio::spawn(async move {
-            let _ = timeout(CLOSE_TIMEOUT, idle.conn.close()).await;
-            tokio::time::sleep(BACKEND_EXIT_GRACE).await;
-            drop(idle.permit);
-            shared.closing.fetch_sub(1, Ordering::AcqRel);
-        });
-    }
-
-    fn release(&self, conn: PgConnection, permit: OwnedSemaphorePermit) {
-        self.in_use.fetch_sub(1, Ordering::AcqRel);
-        let idle = IdleConn {
-            conn,
-            permit,
-            since: Instant::now(),
+    /// A new connection, with its budget permit: through the server's and the database's
+    /// gates, within the budget, before `deadline`.
+    async fn connect(
+        self: &Arc<Self>,
+        inner: &Arc<Inner>,
+        deadline: Instant,
+    ) -> Result<(PgConnection, OwnedSemaphorePermit), ApiError> {
+        let server = self.server_gate.pass(deadline).await?;
+        let database = self.database_gate.pass(deadline).await?;
+        let pools = TenantPools {
+            inner: inner.clone(),
         };
-        if self.retired.load(Ordering::Acquire) {
-            self.close(idle);
-        } else {
-            self.idle.lock().push(idle);
-            if self.budget_state.waiters.load(Ordering::Acquire) > 0 {
-                self.budget_state.idle_returned.notify_waiters();
+        let permit = inner.budget_permit(&pools, self, deadline).await?;
+        let started = Instant::now();
+        let result = timeout_at(deadline, self.options.connect()).await;
+        let outcome = match &result {
+            Ok(r) => ConnectOutcome::of(&r.as_ref().map(|_| ())),
+            // Only a real wait says something about the server; a request that ran out of
+            // time while connecting does not.
+            Err(_) if started.elapsed() >= MIN_TIMEOUT_EVIDENCE => ConnectOutcome::Timeout,
+            Err(_) => {
+                return Err(ApiError::unavailable(
+                    "the account's database did not answer in time",
+                ));
+            }
+        };
+        self.shared
+            .counters
+            .connects
+            .get_or_create(&ConnectLabels { outcome })
+            .inc();
+        match outcome.scope() {
+            Scope::Server => {
+                self.server_gate.record(server, outcome);
+                drop(database);
+            }
+            Scope::Database => {
+                self.server_gate.record(server, ConnectOutcome::Ok);
+                self.database_gate.record(database, outcome);
             }
         }
+        match result {
+            Ok(Ok(conn)) => {
+                self.open.fetch_add(1, Ordering::AcqRel);
+                Ok((conn, permit))
+            }
+            Ok(Err(e)) => {
+                tracing::debug!(account = %self.slug, error = %e, "cannot connect to tenant database");
+                Err(match outcome.scope() {
+                    Scope::Database => ApiError::AccountUnavailable {
+                        retry_after_secs: crate::error::UNAVAILABLE_RETRY_AFTER_SECS,
+                    },
+                    Scope::Server => ApiError::unavailable("the account's database is unavailable"),
+                })
+            }
+            Err(_) => Err(ApiError::unavailable(
+                "the account's database did not answer in time",
+            )),
+        }
+    }
+
+    /// Closes a healthy connection in the background; its budget permit is released once it
+    /// is closed.
+    fn close(&self, idle: IdleConn) {
+        self.close_in_background(idle.conn, idle.permit, true);
+    }
+
+    /// Drops a broken connection (no goodbye to a server that is not listening) and makes every
+    /// idle connection suspect.
+    fn discard(&self, conn: PgConnection, permit: OwnedSemaphorePermit) {
+        self.shared.counters.broken.inc();
+        self.shared.raise_suspicion();
+        self.close_in_background(conn, permit, false);
+    }
+
+    fn close_in_background(
+        &self,
+        conn: PgConnection,
+        permit: OwnedSemaphorePermit,
+        graceful: bool,
+    ) {
+        self.open.fetch_sub(1, Ordering::AcqRel);
+        let shared = self.shared.clone();
+        shared.closing.fetch_add(1, Ordering::AcqRel);
+        let closing = async move {
+            if graceful {
+                let _ = timeout(CLOSE_TIMEOUT, conn.close()).await;
+            } else {
+                drop(conn);
+            }
+            tokio::time::sleep(BACKEND_EXIT_GRACE).await;
+            drop(permit);
+            shared.closing.fetch_sub(1, Ordering::AcqRel);
+        };
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => {
+                runtime.spawn(closing);
+            }
+            // No runtime left (process exit): the socket closes with the process.
+            Err(_) => {
+                self.shared.closing.fetch_sub(1, Ordering::AcqRel);
+            }
+        }
+    }
+
+    /// Takes back a connection after use: it is checked (and a transaction a cancelled request
+    /// left behind is rolled back) in the background, and turns idle only if healthy. The
+    /// pool slot stays taken until then, so the pool never has more than its size open.
+    fn release(
+        self: &Arc<Self>,
+        conn: PgConnection,
+        permit: OwnedSemaphorePermit,
+        slot: OwnedSemaphorePermit,
+    ) {
+        self.in_use.fetch_sub(1, Ordering::AcqRel);
+        if self.retired.load(Ordering::Acquire) {
+            self.close_in_background(conn, permit, true);
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            self.open.fetch_sub(1, Ordering::AcqRel);
+            return;
+        };
+        let pool = self.clone();
+        runtime.spawn(async move {
+            let mut conn = conn;
+            // The check drains whatever a cancelled request left (unread rows, the queued
+            // ROLLBACK of a dropped transaction) and waits for the server to be ready.
+            let checked = timeout(pool.shared.check_timeout, conn.ping()).await;
+            let healthy = matches!(checked, Ok(Ok(()))) && !conn.is_in_transaction();
+            if !healthy {
+                tracing::debug!(account = %pool.slug, "returned tenant connection broken; dropped");
+                pool.discard(conn, permit);
+            } else if pool.retired.load(Ordering::Acquire) {
+                pool.close_in_background(conn, permit, true);
+            } else {
+                pool.idle.lock().push(IdleConn {
+                    conn,
+                    permit,
+                    since: Instant::now(),
+                    checked_at: pool.shared.suspicion(),
+                });
+                if pool.shared.waiters.load(Ordering::Acquire) > 0 {
+                    pool.shared.idle_returned.notify_waiters();
+                }
+            }
+            drop(slot);
+        });
     }
 }
 
@@ -493,7 +695,7 @@ impl TenantPool {
 pub struct TenantConn {
     conn: Option<PgConnection>,
     permit: Option<OwnedSemaphorePermit>,
-    _slot: OwnedSemaphorePermit,
+    slot: Option<OwnedSemaphorePermit>,
     pool: Arc<TenantPool>,
 }
 
@@ -512,8 +714,10 @@ impl DerefMut for TenantConn {
 
 impl Drop for TenantConn {
     fn drop(&mut self) {
-        if let (Some(conn), Some(permit)) = (self.conn.take(), self.permit.take()) {
-            self.pool.release(conn, permit);
+        if let (Some(conn), Some(permit), Some(slot)) =
+            (self.conn.take(), self.permit.take(), self.slot.take())
+        {
+            self.pool.release(conn, permit, slot);
         }
     }
 }

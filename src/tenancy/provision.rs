@@ -51,26 +51,64 @@ impl From<sqlx::Error> for ProvisionError {
     }
 }
 
+/// How the service's pool of the system database behaves.
+#[derive(Debug, Clone)]
+pub struct SystemPool {
+    pub max_connections: u32,
+    /// How long a query waits for a connection (connecting included) before it fails.
+    pub acquire_timeout: Duration,
+    /// Server-side `statement_timeout` of the pool's connections.
+    pub statement_timeout: Option<Duration>,
+}
+
+impl Default for SystemPool {
+    fn default() -> Self {
+        Self {
+            max_connections: 10,
+            acquire_timeout: Duration::from_secs(5),
+            statement_timeout: None,
+        }
+    }
+}
+
 /// Creates the system database if it is missing, then applies pending system migrations.
 /// Safe when several instances start together: a concurrent `CREATE DATABASE` is tolerated
 /// and sqlx holds an advisory lock while migrating.
 pub async fn prepare_system_database(system: &PgConnectOptions) -> anyhow::Result<PgPool> {
+    prepare_system_database_with(system, &SystemPool::default()).await
+}
+
+/// [`prepare_system_database`] with the pool's settings. Broken connections never stay in the
+/// pool: sqlx checks each one when it is returned and before it is handed out again.
+pub async fn prepare_system_database_with(
+    system: &PgConnectOptions,
+    settings: &SystemPool,
+) -> anyhow::Result<PgPool> {
     let name = system
         .get_database()
         .context("KATAVEN_DATABASE_URL must name the system database (…/kataven-admin)")?
         .to_owned();
     create_database_if_missing(system, &name, None).await?;
-    let pool = PgPoolOptions::new()
-        .max_connections(10)
-        .acquire_timeout(Duration::from_secs(5))
-        .connect_with(system.clone())
+    // Migrations on a connection of their own, without the statement timeout.
+    let mut conn = system
+        .connect()
         .await
         .with_context(|| format!("connecting to the system database `{name}`"))?;
     SYSTEM_MIGRATOR
-        .run(&pool)
+        .run(&mut conn)
         .await
         .context("applying system migrations")?;
-    Ok(pool)
+    conn.close().await.ok();
+    let mut options = system.clone();
+    if let Some(limit) = settings.statement_timeout {
+        options = options.options([("statement_timeout", format!("{}ms", limit.as_millis()))]);
+    }
+    PgPoolOptions::new()
+        .max_connections(settings.max_connections)
+        .acquire_timeout(settings.acquire_timeout)
+        .connect_with(options)
+        .await
+        .with_context(|| format!("connecting to the system database `{name}`"))
 }
 
 async fn maintenance(server: &PgConnectOptions) -> anyhow::Result<PgConnection> {
@@ -139,6 +177,11 @@ impl Provisioner {
 
     pub fn catalog(&self) -> &Catalog {
         &self.catalog
+    }
+
+    /// Connection options of the system database.
+    pub fn system_options(&self) -> &PgConnectOptions {
+        &self.system
     }
 
     pub fn latest_tenant_version(&self) -> i64 {
@@ -314,9 +357,17 @@ impl Provisioner {
         conn: &mut PgConnection,
         slug: &str,
     ) -> anyhow::Result<()> {
+        // Migrations may run longer than the connection's `statement_timeout` allows.
+        sqlx::query("SET statement_timeout = 0")
+            .execute(&mut *conn)
+            .await?;
         // `run_direct` on the connection itself: `run` takes an `Acquire`, whose lifetimes make
         // the future unusable inside request handlers.
-        self.migrator.run_direct(&mut *conn).await?;
+        let migrated = self.migrator.run_direct(&mut *conn).await;
+        sqlx::query("RESET statement_timeout")
+            .execute(&mut *conn)
+            .await?;
+        migrated?;
         self.catalog
             .set_schema_version(slug, self.latest_tenant_version())
             .await?;

@@ -193,14 +193,7 @@ async fn idle_connections_and_pools_are_closed() {
         .spawn()
         .await;
     let acme = app.account_with_admin("idle", "alice").await;
-    assert_eq!(
-        app.tenant_get(&acme.slug, "alice")
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        200
-    );
+    assert_eq!(app.tenant_status(&acme.slug, "alice").await, 200);
     assert_eq!(app.state.pools.stats().pools, 1);
 
     let mut admin = admin_conn().await;
@@ -224,14 +217,7 @@ async fn idle_connections_and_pools_are_closed() {
         app.state.pools.stats()
     );
     // The next request opens it again.
-    assert_eq!(
-        app.tenant_get(&acme.slug, "alice")
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        200
-    );
+    assert_eq!(app.tenant_status(&acme.slug, "alice").await, 200);
     assert_eq!(
         app.metric("kataven_tenant_pool_cold_opens_total").await,
         2.0
@@ -275,4 +261,86 @@ async fn a_tenant_pool_never_exceeds_its_own_maximum() {
     assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
     assert!(peak <= 2, "peak {peak}");
     assert!(peak >= 1);
+}
+
+/// A statement past `KATAVEN_DB_STATEMENT_TIMEOUT_MS` is cancelled by the server: 503 with
+/// `Retry-After`, and the connection serves the next request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_statement_past_the_statement_timeout_answers_503() {
+    let app = TestApp::builder()
+        .await
+        .config(|c| {
+            c.db_statement_timeout_ms = 300;
+            c.tenant_pool_max = 1;
+        })
+        .spawn()
+        .await;
+    let acme = app.account_with_admin("slowsql", "alice").await;
+    let started = std::time::Instant::now();
+    let resp = app
+        .get("/test/tenant?sleep_ms=5000")
+        .header("X-Account-ID", &acme.slug)
+        .bearer_auth(app.token("alice"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.headers()["retry-after"], "1");
+    assert_eq!(error_code(resp).await, (503, "unavailable".to_owned()));
+    assert!(started.elapsed() < Duration::from_secs(4));
+    assert_eq!(app.tenant_status(&acme.slug, "alice").await, 200);
+    assert_eq!(
+        app.metric("kataven_tenant_connections_broken_total").await,
+        0.0
+    );
+}
+
+/// A client that gives up in the middle of a transaction: the transaction is rolled back
+/// before the connection serves anyone else (it is never left idle in a transaction), and the
+/// pool keeps working.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transaction_abandoned_by_a_cancelled_request_is_rolled_back() {
+    let app = TestApp::builder()
+        .await
+        .config(|c| c.tenant_pool_max = 1)
+        .spawn()
+        .await;
+    let acme = app.account_with_admin("cancel", "alice").await;
+    let gave_up = app
+        .get("/test/tx?sleep_ms=800")
+        .header("X-Account-ID", &acme.slug)
+        .bearer_auth(app.token("alice"))
+        .timeout(Duration::from_millis(200))
+        .send()
+        .await;
+    assert!(gave_up.is_err(), "the client should have given up");
+
+    // Once the sleep is over, the connection is rolled back at once (not when someone next
+    // uses it): the session is idle, not idle in a transaction holding its locks.
+    let mut tenant = crate::support::tenant_conn(&acme.slug).await;
+    let started = std::time::Instant::now();
+    loop {
+        let states: Vec<String> = sqlx::query_scalar(
+            "SELECT state FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid()",
+        )
+        .bind(acme.slug.as_str())
+        .fetch_all(&mut tenant)
+        .await
+        .unwrap();
+        if states == ["idle"] {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "the abandoned transaction was not rolled back: {states:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let uncommitted: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM audit_log WHERE action = 'uncommitted'")
+            .fetch_one(&mut tenant)
+            .await
+            .unwrap();
+    assert_eq!(uncommitted, 0, "the abandoned transaction was committed");
+    // And the pool's only connection serves the next request.
+    assert_eq!(app.tenant_status(&acme.slug, "alice").await, 200);
 }

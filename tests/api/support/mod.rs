@@ -2,7 +2,9 @@
 //! authenticator until the identity issue brings real tokens.
 
 pub mod cluster;
+pub mod faults;
 pub mod issuer;
+pub mod logs;
 pub mod redis;
 
 use std::net::SocketAddr;
@@ -64,8 +66,20 @@ pub fn test_config(database_url: &str) -> Config {
 }
 
 pub async fn provisioner(database_url: &str, migrator: Option<Migrator>) -> Provisioner {
-    let system = PgConnectOptions::from_str(database_url).unwrap();
-    let pool = provision::prepare_system_database(&system)
+    provisioner_with(database_url, migrator, &provision::SystemPool::default()).await
+}
+
+/// A provisioner whose system pool has the given settings (as `serve` derives them from its
+/// configuration).
+pub async fn provisioner_with(
+    database_url: &str,
+    migrator: Option<Migrator>,
+    pool: &provision::SystemPool,
+) -> Provisioner {
+    let system = PgConnectOptions::from_str(database_url)
+        .unwrap()
+        .application_name("kataven-hub");
+    let pool = provision::prepare_system_database_with(&system, pool)
         .await
         .expect("system database");
     let migrator = migrator.unwrap_or_else(provision::tenant_migrator);
@@ -120,7 +134,12 @@ impl Builder {
     }
 
     pub async fn spawn(self) -> TestApp {
-        let provisioner = provisioner(&self.database_url, self.migrator).await;
+        let system_pool = provision::SystemPool {
+            acquire_timeout: self.config.db_acquire_timeout(),
+            statement_timeout: self.config.db_statement_timeout(),
+            ..provision::SystemPool::default()
+        };
+        let provisioner = provisioner_with(&self.database_url, self.migrator, &system_pool).await;
         provisioner
             .prepare_template(&PgConnectOptions::from_str(&self.database_url).unwrap())
             .await
@@ -183,12 +202,34 @@ fn test_routes(dev_login: bool) -> Router<AppState> {
             "role": format!("{:?}", tenant.role),
         })))
     }
+    /// Writes an audit row inside a transaction, then sleeps before committing: a client that
+    /// gives up meanwhile leaves a transaction behind on the connection.
+    async fn in_transaction(
+        TenantDb { mut conn, .. }: TenantDb,
+        Query(p): Query<Params>,
+    ) -> Result<&'static str, kataven_hub::error::ApiError> {
+        use sqlx::Connection;
+        let mut tx = conn.begin().await?;
+        sqlx::query(
+            "INSERT INTO audit_log (id, principal_kind, principal_id, action, resource)
+             VALUES (gen_random_uuid(), 'test', 'test', 'uncommitted', 'test')",
+        )
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query("SELECT pg_sleep($1)")
+            .bind(p.sleep_ms.unwrap_or(0) as f64 / 1000.0)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok("committed")
+    }
     async fn slow(Query(p): Query<Params>) -> &'static str {
         tokio::time::sleep(Duration::from_millis(p.sleep_ms.unwrap_or(500))).await;
         "done"
     }
     kataven_hub::routes::routes(dev_login)
         .route("/test/tenant", get(tenant))
+        .route("/test/tx", get(in_transaction))
         .route("/test/slow", get(slow))
 }
 
@@ -229,6 +270,16 @@ impl TestApp {
         self.get("/test/tenant")
             .header("X-Account-ID", account)
             .bearer_auth(self.token(subject))
+    }
+
+    /// The status of `GET /test/tenant` as `subject` in `account`.
+    pub async fn tenant_status(&self, account: &str, subject: &str) -> u16 {
+        self.tenant_get(account, subject)
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .as_u16()
     }
 
     /// A request as `subject` in `account` (bearer ID token and `X-Account-ID`).
