@@ -3,6 +3,7 @@
 mod api_keys;
 mod browser;
 mod cli;
+mod faults;
 mod identity;
 mod limits;
 mod login;
