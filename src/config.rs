@@ -126,6 +126,16 @@ pub struct Config {
     )]
     pub public_limit_per_minute: u32,
 
+    /// Failed authentications per minute per client IP (401s and unknown accounts); past it,
+    /// 429 `rate_limited` with `limit: "auth"` until the budget refills.
+    #[arg(
+        long,
+        env = "KATAVEN_AUTH_FAILURE_LIMIT_PER_MINUTE",
+        default_value_t = 60,
+        global = true
+    )]
+    pub auth_failure_limit_per_minute: u32,
+
     /// Requests per minute per widget key on the public widget endpoints.
     #[arg(
         long,
@@ -134,6 +144,16 @@ pub struct Config {
         global = true
     )]
     pub widget_key_limit_per_minute: u32,
+
+    /// Requests per minute from one client IP within one widget key's quota (its share), so
+    /// that one client cannot spend a key's whole quota.
+    #[arg(
+        long,
+        env = "KATAVEN_WIDGET_KEY_IP_LIMIT_PER_MINUTE",
+        default_value_t = 60,
+        global = true
+    )]
+    pub widget_key_ip_limit_per_minute: u32,
 
     /// Call minutes per account and day (reported by `/api/v1/call-limits`).
     #[arg(

@@ -8,6 +8,8 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 
+use crate::limits::ClientLimit;
+use crate::limits::auth_failures::AuthFailure;
 use crate::request_id;
 
 /// Seconds a client should wait before retrying after a 503.
@@ -19,6 +21,9 @@ pub enum ApiError {
     MissingAccountHeader,
     #[error("{0}")]
     InvalidAccount(String),
+    /// A well-formed slug that names no account (400 `invalid_account`).
+    #[error("unknown account `{0}`")]
+    UnknownAccount(String),
     #[error("account `kataven-admin` is reserved")]
     ReservedAccount,
     #[error("{0}")]
@@ -56,10 +61,10 @@ pub enum ApiError {
     /// Over an account cap (pipeline step 9).
     #[error("rate_limited: {} ({}) exceeded", .0.dimension.label(), .0.cap)]
     RateLimited(Box<crate::limits::Refusal>),
-    /// Over a quota of public endpoints: per client IP (`ip`) or per widget key (`client_key`).
-    #[error("rate_limited: too many requests from this {}", if *.limit == "ip" { "address" } else { "widget key" })]
+    /// Over a limit of public endpoints per client (see [`ClientLimit`]).
+    #[error("rate_limited: {}", .limit.describe())]
     ClientRateLimited {
-        limit: &'static str,
+        limit: ClientLimit,
         retry_after_secs: u64,
     },
     /// A widget key that is malformed, unknown or disabled.
@@ -109,7 +114,8 @@ pub struct ErrorDetail {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub field: Option<String>,
     /// The tripped limit of a `rate_limited` error: `minute`, `hour`, `day`, `concurrent`
-    /// (account caps) or `ip` (public endpoints).
+    /// (account caps), `ip` (public endpoints), `client_key` (a widget key's quota), `auth`
+    /// (failed authentications from this address) or `user_tokens` (pending user tokens).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub limit: Option<String>,
 }
@@ -138,6 +144,7 @@ impl ApiError {
         match self {
             Self::MissingAccountHeader
             | Self::InvalidAccount(_)
+            | Self::UnknownAccount(_)
             | Self::AccountMismatch
             | Self::InvalidBody { .. }
             | Self::InvalidQuery { .. } => StatusCode::BAD_REQUEST,
@@ -164,7 +171,7 @@ impl ApiError {
     pub fn code(&self) -> &'static str {
         match self {
             Self::MissingAccountHeader => "missing_account_header",
-            Self::InvalidAccount(_) => "invalid_account",
+            Self::InvalidAccount(_) | Self::UnknownAccount(_) => "invalid_account",
             Self::ReservedAccount => "reserved_account",
             Self::Unauthenticated(_) => "unauthenticated",
             Self::AccountSuspended => "account_suspended",
@@ -258,12 +265,19 @@ impl IntoResponse for ApiError {
                 },
                 limit: match &self {
                     Self::RateLimited(r) => Some(r.dimension.name().to_owned()),
-                    Self::ClientRateLimited { limit, .. } => Some((*limit).to_owned()),
+                    Self::ClientRateLimited { limit, .. } => Some(limit.name().to_owned()),
                     _ => None,
                 },
             },
         };
         let mut response = (status, axum::Json(body)).into_response();
+        if matches!(
+            self,
+            Self::Unauthenticated(_) | Self::InvalidClientKey | Self::UnknownAccount(_)
+        ) {
+            // Charged to the client's budget of failed authentications.
+            response.extensions_mut().insert(AuthFailure);
+        }
         let headers = response.headers_mut();
         match &self {
             Self::Unauthenticated(_) => {

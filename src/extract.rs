@@ -55,21 +55,47 @@ struct Authorized {
     role: Role,
 }
 
+/// Step 9: the account's limits. A request refused here consumed nothing; an admitted one
+/// holds its in-flight slot until the admission is dropped.
+pub async fn admit(state: &AppState, slug: &AccountSlug) -> Result<Admission, ApiError> {
+    let limits = state
+        .cache
+        .limits(slug, &state.config.default_limits())
+        .await?;
+    state
+        .limiter
+        .admit(slug.as_str(), &limits)
+        .await
+        .map_err(|refusal| {
+            state.metrics.rate_limited(refusal.dimension.name());
+            ApiError::RateLimited(Box::new(refusal))
+        })
+}
+
+/// The client's address: the socket's peer, or what trusted proxies report
+/// (`KATAVEN_TRUSTED_PROXIES`). `None` for requests without connection information.
+#[derive(Debug, Clone, Copy)]
+pub struct ClientIp(pub Option<std::net::IpAddr>);
+
+impl FromRequestParts<AppState> for ClientIp {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, std::convert::Infallible> {
+        Ok(Self(
+            state
+                .ip_limiter
+                .client_ip(&parts.extensions, &parts.headers),
+        ))
+    }
+}
+
 impl Authorized {
     /// Step 9: the account's limits. A request refused here consumed nothing.
     async fn admit(self, parts: &mut Parts, state: &AppState) -> Result<Tenant, ApiError> {
-        let limits = state
-            .cache
-            .limits(&self.slug, &state.config.default_limits())
-            .await?;
-        let admission = state
-            .limiter
-            .admit(self.slug.as_str(), &limits)
-            .await
-            .map_err(|refusal| {
-                state.metrics.rate_limited(refusal.dimension.name());
-                ApiError::RateLimited(Box::new(refusal))
-            })?;
+        let admission = admit(state, &self.slug).await?;
         if let Some(slot) = parts.extensions.get::<RateLimitHeaders>() {
             let mut headers = HeaderMap::new();
             crate::limits::admitted_headers(&admission, &mut headers);
@@ -214,7 +240,7 @@ impl FromRequestParts<AppState> for Authorized {
             .cache
             .account(&slug)
             .await?
-            .ok_or_else(|| ApiError::InvalidAccount(format!("unknown account `{slug}`")))?;
+            .ok_or_else(|| ApiError::UnknownAccount(slug.to_string()))?;
         if account.status == AccountStatus::Suspended {
             return Err(ApiError::AccountSuspended);
         }

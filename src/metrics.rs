@@ -51,6 +51,7 @@ pub struct Metrics {
     pub rate_limited: Family<LimitLabels, Counter>,
     pub limiter_store_errors: Counter,
     pub listener_resets: Counter,
+    pub cache_lookups: Family<crate::cache::LookupLabels, Counter>,
     pools_open: Gauge,
     connections_open: Gauge,
     connections_in_use: Gauge,
@@ -137,6 +138,12 @@ impl Metrics {
             "Times the catalog change listener lost its connection (every cache was flushed)",
             listener_resets.clone(),
         );
+        let cache_lookups = Family::<crate::cache::LookupLabels, Counter>::default();
+        registry.register(
+            "catalog_cache_lookups",
+            "Lookups in the catalog caches (accounts, members, limits, API and widget keys); a miss is a catalog query",
+            cache_lookups.clone(),
+        );
         let pools_open = Gauge::default();
         registry.register(
             "tenant_pools_open",
@@ -171,6 +178,7 @@ impl Metrics {
             rate_limited,
             limiter_store_errors,
             listener_resets,
+            cache_lookups,
             pools_open,
             connections_open,
             connections_in_use,

@@ -23,6 +23,7 @@ use crate::auth::oidc::{IssuerKeys, IssuerSettings};
 use crate::auth::signing::SigningKeys;
 use crate::auth::widget_session::{self, WidgetSessions};
 use crate::config::Config;
+use crate::limits::auth_failures::AuthFailures;
 use crate::limits::client_ip::{IpLimiter, PerKeyLimiter, TrustedProxies};
 use crate::limits::memory::MemoryStore;
 use crate::limits::redis::RedisStore;
@@ -152,6 +153,15 @@ pub async fn build_state(
         .get_or_create(&crate::metrics::LimitLabels { limit: "ip".into() })
         .clone();
     let ip_limiter = IpLimiter::new(config.public_limit_per_minute, proxies, refused);
+    let auth_failures = AuthFailures::per_minute(
+        config.auth_failure_limit_per_minute,
+        metrics
+            .rate_limited
+            .get_or_create(&crate::metrics::LimitLabels {
+                limit: "auth".into(),
+            })
+            .clone(),
+    );
     let pepper = config
         .key_pepper
         .clone()
@@ -165,12 +175,14 @@ pub async fn build_state(
     let widget = WidgetState {
         sessions: WidgetSessions::new(session_keys, config.public_url()),
         key_limiter: PerKeyLimiter::per_minute(config.widget_key_limit_per_minute),
+        key_ip_limiter: PerKeyLimiter::per_minute(config.widget_key_ip_limit_per_minute),
     };
     let services = Services {
         identity,
         metrics,
         limiter,
         ip_limiter,
+        auth_failures,
         hasher,
         widget,
     };

@@ -9,6 +9,7 @@ use crate::auth::keys::KeyHasher;
 use crate::auth::membership::CatalogCache;
 use crate::auth::widget_session::WidgetSessions;
 use crate::config::Config;
+use crate::limits::auth_failures::AuthFailures;
 use crate::limits::client_ip::IpLimiter;
 use crate::limits::client_ip::PerKeyLimiter;
 use crate::limits::{Limiter, Store};
@@ -32,6 +33,7 @@ pub struct AppInner {
     pub identity: Arc<Identity>,
     pub limiter: Arc<Limiter>,
     pub ip_limiter: Arc<IpLimiter>,
+    pub auth_failures: Arc<AuthFailures>,
     pub api_keys: Arc<ApiKeys>,
     pub widget: WidgetState,
     pub readiness: Readiness,
@@ -43,6 +45,7 @@ pub struct Services {
     pub metrics: Arc<Metrics>,
     pub limiter: Arc<Limiter>,
     pub ip_limiter: Arc<IpLimiter>,
+    pub auth_failures: Arc<AuthFailures>,
     pub hasher: KeyHasher,
     pub widget: WidgetState,
 }
@@ -51,6 +54,8 @@ pub struct Services {
 pub struct WidgetState {
     pub sessions: WidgetSessions,
     pub key_limiter: PerKeyLimiter<uuid::Uuid>,
+    /// Each client IP's share of a widget key's quota.
+    pub key_ip_limiter: PerKeyLimiter<(uuid::Uuid, std::net::IpAddr)>,
 }
 
 impl Deref for AppState {
@@ -67,6 +72,7 @@ impl AppState {
             metrics,
             limiter,
             ip_limiter,
+            auth_failures,
             hasher,
             widget,
         } = services;
@@ -82,11 +88,9 @@ impl AppState {
             metrics.pool_counters.clone(),
         );
         let forget = pools.clone();
-        let cache = CatalogCache::new(
-            provisioner.catalog().clone(),
-            metrics.listener_resets.clone(),
-            move |slug| forget.forget(slug),
-        );
+        let cache = CatalogCache::new(provisioner.catalog().clone(), &metrics, move |slug| {
+            forget.forget(slug)
+        });
         // The listener's connection broke: the server may have restarted under the tenant
         // connections too, so each idle one is checked before its next use.
         let suspect = pools.clone();
@@ -121,6 +125,7 @@ impl AppState {
             identity,
             limiter,
             ip_limiter,
+            auth_failures,
             config,
         }))
     }
@@ -131,6 +136,7 @@ impl AppState {
         let mut tasks = vec![self.pools.spawn_reaper(), self.cache.spawn_listener()];
         tasks.extend(self.identity.issuers().iter().map(|i| i.spawn_refresher()));
         tasks.push(self.ip_limiter.spawn_janitor());
+        tasks.push(self.auth_failures.spawn_janitor());
         tasks.push(self.readiness.spawn_prober());
         tasks.push(self.api_keys.spawn_flusher());
         if let Store::Memory(memory) = self.limiter.store() {
@@ -140,8 +146,8 @@ impl AppState {
         tasks
     }
 
-    /// Hourly: forget idle widget-key quotas, rotate the session signing key when due, and
-    /// delete user tokens that expired a day ago.
+    /// Hourly: forget idle widget-key quotas, rotate the session signing key when due, delete
+    /// user tokens that expired a day ago and the refresh records of expired sessions.
     fn spawn_widget_maintenance(&self) -> tokio::task::JoinHandle<()> {
         let state = self.clone();
         tokio::spawn(async move {
@@ -150,6 +156,7 @@ impl AppState {
             loop {
                 tick.tick().await;
                 state.widget.key_limiter.forget_idle();
+                state.widget.key_ip_limiter.forget_idle();
                 let rotation = chrono::Duration::days(crate::auth::widget_session::ROTATION_DAYS);
                 if let Err(e) = state.widget.sessions.keys().rotate_if_older(rotation).await {
                     tracing::warn!(error = %e, "widget signing key rotation failed");
@@ -161,6 +168,12 @@ impl AppState {
                 .await;
                 if let Err(e) = purged {
                     tracing::warn!(error = %e, "could not purge expired widget user tokens");
+                }
+                let purged = sqlx::query("DELETE FROM widget_refreshes WHERE expires_at < now()")
+                    .execute(state.catalog.pool())
+                    .await;
+                if let Err(e) = purged {
+                    tracing::warn!(error = %e, "could not purge widget refresh records");
                 }
             }
         })

@@ -1,9 +1,14 @@
 //! `sk_live_` API keys: verification on the hot path, and their records in the catalog.
 //!
-//! Verification: the format and checksum are checked first (no database access for a mistyped
-//! or invented key), then the HMAC of the key is looked up in the catalog cache (one catalog
-//! query on a miss; revocations evict it on every instance through `NOTIFY`). `last_used_at`
-//! is written in batches, never per request.
+//! Verification: the format, checksum and tag are checked first (no database access for a
+//! mistyped or made-up key), then the HMAC of the key is looked up in the catalog cache (one
+//! catalog query on a miss, which also records the key's first use; revocations evict it on
+//! every instance through `NOTIFY`). `last_used_at` is written in batches, never per request.
+//!
+//! Keys made before tags existed (untagged) are still looked up while any usable one exists;
+//! whether one does is read at start and every minute.
+
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use chrono::{DateTime, Utc};
 use dashmap::DashMap;
@@ -42,6 +47,8 @@ impl From<&'static str> for KeyRejection {
 pub struct ApiKeys {
     hasher: KeyHasher,
     pool: PgPool,
+    /// Whether usable untagged (pre-tag) keys may exist: until the catalog says otherwise.
+    untagged_keys: AtomicBool,
     /// API keys used since the last flush, with the time of their last use.
     touched: DashMap<Uuid, DateTime<Utc>>,
     /// Widget keys used since the last flush.
@@ -53,6 +60,7 @@ impl ApiKeys {
         Self {
             hasher,
             pool,
+            untagged_keys: AtomicBool::new(true),
             touched: DashMap::new(),
             touched_widget: DashMap::new(),
         }
@@ -69,6 +77,9 @@ impl ApiKeys {
             KeyFormatError::BadChecksum => "bad_checksum",
         })?;
         let account = AccountSlug::parse(account).map_err(|_| "malformed_api_key")?;
+        if !self.hasher.is_tagged(key) && !self.untagged_keys.load(Ordering::Relaxed) {
+            return Err("forged_api_key".into());
+        }
         let hash = self.hasher.hash(key);
         let record = cache
             .api_key(&hash)
@@ -133,24 +144,47 @@ impl ApiKeys {
         true
     }
 
-    /// Flushes every few seconds until aborted.
+    /// Reads whether any usable untagged key is left (they are looked up until none is).
+    pub async fn check_untagged_keys(&self) {
+        let left: sqlx::Result<bool> = sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM api_keys WHERE NOT tagged AND disabled_at IS NULL
+                              AND (expires_at IS NULL OR expires_at > now()))",
+        )
+        .fetch_one(&self.pool)
+        .await;
+        match left {
+            Ok(left) => self.untagged_keys.store(left, Ordering::Relaxed),
+            Err(e) => tracing::debug!(error = %e, "could not check for untagged API keys"),
+        }
+    }
+
+    /// Flushes every few seconds, and checks for untagged keys every minute, until aborted.
     pub fn spawn_flusher(self: &std::sync::Arc<Self>) -> tokio::task::JoinHandle<()> {
         let this = self.clone();
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(std::time::Duration::from_secs(5));
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
+            for round in 0u64.. {
                 tick.tick().await;
+                if round % 12 == 0 {
+                    this.check_untagged_keys().await;
+                }
                 this.flush_last_used().await;
             }
         })
     }
 }
 
-/// The catalog row of a key hash, for the cache.
+/// The catalog row of a key hash, for the cache; records the key's first use if it is usable.
 pub async fn load(pool: &PgPool, hash: &[u8; 32]) -> sqlx::Result<Option<ApiKeyRecord>> {
-    sqlx::query_as("SELECT id, account, expires_at, disabled_at FROM api_keys WHERE key_hash = $1")
-        .bind(&hash[..])
-        .fetch_optional(pool)
-        .await
+    sqlx::query_as(
+        "WITH first_use AS (
+             UPDATE api_keys SET first_used_at = now()
+             WHERE key_hash = $1 AND first_used_at IS NULL AND disabled_at IS NULL
+               AND (expires_at IS NULL OR expires_at > now()))
+         SELECT id, account, expires_at, disabled_at FROM api_keys WHERE key_hash = $1",
+    )
+    .bind(&hash[..])
+    .fetch_optional(pool)
+    .await
 }

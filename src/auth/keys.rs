@@ -1,8 +1,12 @@
 //! Key formats and hashing shared by API keys (`sk_live_`) and widget keys (`pk_live_`).
 //!
 //! * `sk_live_<account>_<body>`: `<body>` is 32 random base62 characters followed by a
-//!   6-character base62 CRC32 of everything before it, so that a mistyped or made-up key is
-//!   refused without touching any database.
+//!   6-character base62 CRC32 of everything before it, so that a mistyped key is refused
+//!   without touching any database. Of the 32, the last 8 are a **tag**: a MAC of the rest of
+//!   the key under the pepper. Anyone can compute a CRC32, nobody without the pepper a tag, so
+//!   a made-up key is refused without a database query too (see `docs/keys.md`). Keys made
+//!   before tags existed have 32 random characters and are told apart by the catalog's
+//!   `tagged` column.
 //! * `pk_live_<account>_<32 random base62>`: a public identifier, not a credential.
 //!
 //! The account is everything between the prefix and the **last** `_` (slugs may contain `_`;
@@ -16,6 +20,8 @@ use sha2::Sha256;
 pub const API_KEY_PREFIX: &str = "sk_live_";
 pub const WIDGET_KEY_PREFIX: &str = "pk_live_";
 const RANDOM_LEN: usize = 32;
+/// The server-keyed tag at the end of an API key's random part.
+const TAG_LEN: usize = 8;
 const CHECKSUM_LEN: usize = 6;
 const BASE62: &[u8; 62] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
 
@@ -42,13 +48,6 @@ fn checksum(text: &str) -> String {
 
 fn is_base62(s: &str) -> bool {
     s.bytes().all(|b| b.is_ascii_alphanumeric())
-}
-
-/// A new API key for `account`.
-pub fn new_api_key(account: &str) -> String {
-    let head = format!("{API_KEY_PREFIX}{account}_{}", random_base62(RANDOM_LEN));
-    let sum = checksum(&head);
-    head + &sum
 }
 
 /// A new widget key for `account`.
@@ -109,11 +108,56 @@ impl KeyHasher {
         Self { pepper }
     }
 
+    fn mac(&self) -> Hmac<Sha256> {
+        Hmac::<Sha256>::new_from_slice(self.pepper.expose_secret().as_bytes())
+            .expect("HMAC takes keys of any length")
+    }
+
     pub fn hash(&self, key: &str) -> [u8; 32] {
-        let mut mac = Hmac::<Sha256>::new_from_slice(self.pepper.expose_secret().as_bytes())
-            .expect("HMAC takes keys of any length");
+        let mut mac = self.mac();
         mac.update(key.as_bytes());
         mac.finalize().into_bytes().into()
+    }
+
+    /// A new API key for `account`, tagged (see the module documentation).
+    pub fn new_api_key(&self, account: &str) -> String {
+        let head = format!(
+            "{API_KEY_PREFIX}{account}_{}",
+            random_base62(RANDOM_LEN - TAG_LEN)
+        );
+        let tagged = format!("{head}{}", self.tag(&head));
+        let sum = checksum(&tagged);
+        tagged + &sum
+    }
+
+    /// The tag of everything in a key before it (domain-separated from [`Self::hash`]: keys
+    /// never contain a NUL byte).
+    fn tag(&self, head: &str) -> String {
+        let mut mac = self.mac();
+        mac.update(b"kataven api key tag\0");
+        mac.update(head.as_bytes());
+        let digest = mac.finalize().into_bytes();
+        let n = u64::from_be_bytes(digest[..8].try_into().expect("8 bytes"));
+        base62(n % 62u64.pow(TAG_LEN as u32), TAG_LEN)
+    }
+
+    /// Whether a well-formed API key (see [`api_key_account`]) carries this server's tag.
+    pub fn is_tagged(&self, key: &str) -> bool {
+        let Some(tag_start) = key.len().checked_sub(CHECKSUM_LEN + TAG_LEN) else {
+            return false;
+        };
+        let (Some(head), Some(tag)) = (
+            key.get(..tag_start),
+            key.get(tag_start..tag_start + TAG_LEN),
+        ) else {
+            return false;
+        };
+        // Constant time: the comparison says nothing about how much of a guess was right.
+        self.tag(head)
+            .bytes()
+            .zip(tag.bytes())
+            .fold(0u8, |diff, (a, b)| diff | (a ^ b))
+            == 0
     }
 }
 
@@ -156,7 +200,9 @@ pub struct Removal {
 }
 
 /// Deletes a key of `account` that was never used, or disables a used one so that its record
-/// stays. `None` when there is no such key.
+/// stays. `None` when there is no such key. "Used" is `first_used_at`, which the first
+/// verification on any instance records at once (in the same statement that reads the key), so
+/// every instance agrees; the batched `last_used_at` may lag by seconds.
 pub async fn delete_or_disable(
     pool: &sqlx::PgPool,
     kind: KeyKind,
@@ -165,7 +211,7 @@ pub async fn delete_or_disable(
 ) -> sqlx::Result<Option<Removal>> {
     let table = kind.table();
     let deleted: Option<Vec<u8>> = sqlx::query_scalar(&format!(
-        "DELETE FROM {table} WHERE account = $1 AND id = $2 AND last_used_at IS NULL RETURNING key_hash"
+        "DELETE FROM {table} WHERE account = $1 AND id = $2 AND first_used_at IS NULL RETURNING key_hash"
     ))
     .bind(account)
     .bind(id)
@@ -200,13 +246,36 @@ pub fn random_secret(prefix: &str, len: usize) -> String {
 mod tests {
     use super::*;
 
+    fn hasher() -> KeyHasher {
+        KeyHasher::new(SecretString::from("pepper".to_owned()))
+    }
+
+    fn new_api_key(account: &str) -> String {
+        hasher().new_api_key(account)
+    }
+
     #[test]
     fn api_keys_round_trip_and_carry_their_account() {
         for account in ["acme", "acme_corp", "a_b_c-d", "0"] {
             let key = new_api_key(account);
             assert_eq!(key.len(), API_KEY_PREFIX.len() + account.len() + 1 + 38);
             assert_eq!(api_key_account(&key), Ok(account), "{key}");
+            assert!(hasher().is_tagged(&key));
         }
+    }
+
+    /// A key with a valid checksum but made without the pepper (anyone can compute a CRC32)
+    /// is told apart offline; so is a key made under another pepper.
+    #[test]
+    fn made_up_keys_lack_the_tag() {
+        let head = format!("{API_KEY_PREFIX}acme_{}", random_base62(RANDOM_LEN));
+        let forged = format!("{head}{}", checksum(&head));
+        assert_eq!(api_key_account(&forged), Ok("acme"));
+        assert!(!hasher().is_tagged(&forged));
+        let other = KeyHasher::new(SecretString::from("other".to_owned())).new_api_key("acme");
+        assert!(!hasher().is_tagged(&other));
+        assert!(!hasher().is_tagged("sk_live_"));
+        assert!(!hasher().is_tagged(""));
     }
 
     #[test]

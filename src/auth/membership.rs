@@ -4,16 +4,19 @@
 //! `accounts` or `account_members` tables fires a trigger that `NOTIFY`s `kataven_catalog`; each
 //! instance listens and drops the affected entries at once. If the listener connection is lost,
 //! everything is flushed (notifications may have been missed) and the listener reconnects.
+//!
+//! The caches are bounded and keep what is used under a flood of unique keys, and a fill that
+//! read a row before an invalidation arrived is not kept (see [`crate::cache`]). Rows that do
+//! not exist (an unknown account, a forged key) are cached too, as `None`.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use dashmap::DashMap;
 use sqlx::postgres::PgListener;
-use tokio::time::Instant;
 
 use super::api_keys::{self, ApiKeyRecord};
 use super::widget_keys::{self, WidgetKeyRecord};
+use crate::cache::{Cache, CacheName};
 use crate::tenancy::catalog::{Account, Catalog, Limits, Role};
 use crate::tenancy::slug::AccountSlug;
 
@@ -21,16 +24,11 @@ pub const CACHE_TTL: Duration = Duration::from_secs(30);
 const LISTENER_BACKOFF_FIRST: Duration = Duration::from_millis(100);
 const LISTENER_BACKOFF_MAX: Duration = Duration::from_secs(1);
 pub const CATALOG_CHANNEL: &str = "kataven_catalog";
-/// Past this many entries a cache is cleared rather than grown.
-const MAX_ENTRIES: usize = 100_000;
+/// Entries per cache, at most.
+const MAX_ENTRIES: u64 = 100_000;
 
 /// A callback run when the listener hears of a change.
 type Hook = Box<dyn Fn(&str) + Send + Sync>;
-
-struct Cached<T> {
-    value: T,
-    at: Instant,
-}
 
 /// Cached catalog lookups for the request pipeline.
 #[derive(Clone)]
@@ -40,15 +38,15 @@ pub struct CatalogCache {
 
 struct Inner {
     catalog: Catalog,
-    accounts: DashMap<String, Cached<Option<Account>>>,
+    accounts: Cache<String, Option<Account>>,
     /// `(account, subject)` → the member row's role, if any.
-    members: DashMap<(String, String), Cached<Option<Role>>>,
+    members: Cache<(String, String), Option<Role>>,
     /// The account's limits (overrides applied to the defaults).
-    limits: DashMap<String, Cached<Limits>>,
+    limits: Cache<String, Limits>,
     /// API keys by HMAC.
-    api_keys: DashMap<[u8; 32], Cached<Option<ApiKeyRecord>>>,
+    api_keys: Cache<[u8; 32], Option<ApiKeyRecord>>,
     /// Widget keys by HMAC.
-    widget_keys: DashMap<[u8; 32], Cached<Option<WidgetKeyRecord>>>,
+    widget_keys: Cache<[u8; 32], Option<WidgetKeyRecord>>,
     /// Called with the slug of an account deleted or moved (the pool map forgets its pool).
     on_placement_change: Box<dyn Fn(&str) + Send + Sync>,
     /// Called with the purpose of signing keys that changed (instances re-read them).
@@ -59,36 +57,41 @@ struct Inner {
 }
 
 impl CatalogCache {
-    /// `listener_resets` counts the times the listener lost its connection (and so flushed
-    /// every cache).
+    /// The metrics count the caches' lookups and the times the listener lost its connection
+    /// (and so flushed every cache).
     pub fn new(
         catalog: Catalog,
-        listener_resets: prometheus_client::metrics::counter::Counter,
+        metrics: &crate::metrics::Metrics,
         on_placement_change: impl Fn(&str) + Send + Sync + 'static,
     ) -> Self {
+        fn cache<K, V>(metrics: &crate::metrics::Metrics, name: CacheName) -> Cache<K, V>
+        where
+            K: std::hash::Hash + Eq + Send + Sync + 'static,
+            V: Clone + Send + Sync + 'static,
+        {
+            Cache::new(MAX_ENTRIES, CACHE_TTL).counted(&metrics.cache_lookups, name)
+        }
         Self {
             inner: Arc::new(Inner {
                 catalog,
-                accounts: DashMap::new(),
-                members: DashMap::new(),
-                limits: DashMap::new(),
-                api_keys: DashMap::new(),
-                widget_keys: DashMap::new(),
+                accounts: cache(metrics, CacheName::Accounts),
+                members: cache(metrics, CacheName::Members),
+                limits: cache(metrics, CacheName::Limits),
+                api_keys: cache(metrics, CacheName::ApiKeys),
+                widget_keys: cache(metrics, CacheName::WidgetKeys),
                 on_placement_change: Box::new(on_placement_change),
                 on_signing_keys_change: parking_lot::RwLock::new(None),
                 on_listener_reset: parking_lot::RwLock::new(None),
-                listener_resets,
+                listener_resets: metrics.listener_resets.clone(),
             }),
         }
     }
 
     pub async fn account(&self, slug: &AccountSlug) -> sqlx::Result<Option<Account>> {
-        if let Some(hit) = fresh(&self.inner.accounts, slug.as_str()) {
-            return Ok(hit);
-        }
-        let value = self.inner.catalog.account(slug).await?;
-        insert(&self.inner.accounts, slug.to_string(), value.clone());
-        Ok(value)
+        self.inner
+            .accounts
+            .get_or_load(slug.to_string(), self.inner.catalog.account(slug))
+            .await
     }
 
     pub async fn member_role(
@@ -96,22 +99,20 @@ impl CatalogCache {
         slug: &AccountSlug,
         subject: &str,
     ) -> sqlx::Result<Option<Role>> {
-        let key = (slug.to_string(), subject.to_owned());
-        if let Some(hit) = fresh(&self.inner.members, &key) {
-            return Ok(hit);
-        }
-        let value = self.inner.catalog.member_role(slug, subject).await?;
-        insert(&self.inner.members, key, value);
-        Ok(value)
+        self.inner
+            .members
+            .get_or_load(
+                (slug.to_string(), subject.to_owned()),
+                self.inner.catalog.member_role(slug, subject),
+            )
+            .await
     }
 
     pub async fn limits(&self, slug: &AccountSlug, defaults: &Limits) -> sqlx::Result<Limits> {
-        if let Some(hit) = fresh(&self.inner.limits, slug.as_str()) {
-            return Ok(hit);
-        }
-        let value = self.inner.catalog.limits(slug, defaults).await?;
-        insert(&self.inner.limits, slug.to_string(), value);
-        Ok(value)
+        self.inner
+            .limits
+            .get_or_load(slug.to_string(), self.inner.catalog.limits(slug, defaults))
+            .await
     }
 
     /// Registers what to do when signing keys change on any instance.
@@ -137,21 +138,17 @@ impl CatalogCache {
     }
 
     pub async fn api_key(&self, hash: &[u8; 32]) -> sqlx::Result<Option<ApiKeyRecord>> {
-        if let Some(hit) = fresh(&self.inner.api_keys, hash) {
-            return Ok(hit);
-        }
-        let value = api_keys::load(self.inner.catalog.pool(), hash).await?;
-        insert(&self.inner.api_keys, *hash, value.clone());
-        Ok(value)
+        self.inner
+            .api_keys
+            .get_or_load(*hash, api_keys::load(self.inner.catalog.pool(), hash))
+            .await
     }
 
     pub async fn widget_key(&self, hash: &[u8; 32]) -> sqlx::Result<Option<WidgetKeyRecord>> {
-        if let Some(hit) = fresh(&self.inner.widget_keys, hash) {
-            return Ok(hit);
-        }
-        let value = widget_keys::load(self.inner.catalog.pool(), hash).await?;
-        insert(&self.inner.widget_keys, *hash, value.clone());
-        Ok(value)
+        self.inner
+            .widget_keys
+            .get_or_load(*hash, widget_keys::load(self.inner.catalog.pool(), hash))
+            .await
     }
 
     /// Drops what a catalog change makes stale. `payload` is what the triggers `NOTIFY`; an
@@ -160,26 +157,22 @@ impl CatalogCache {
     pub fn invalidate(&self, payload: &str) {
         match payload.split_once(':') {
             Some(("accounts", slug)) => {
-                self.inner.accounts.remove(slug);
+                self.inner.accounts.invalidate(slug);
             }
             Some(("placement", slug)) => {
-                self.inner.accounts.remove(slug);
-                self.inner.members.retain(|(account, _), _| account != slug);
+                self.inner.accounts.invalidate(slug);
+                self.forget_members_of(slug);
                 (self.inner.on_placement_change)(slug);
             }
             Some(("limits", slug)) => {
-                self.inner.limits.remove(slug);
+                self.inner.limits.invalidate(slug);
             }
             Some(("apikey", hex)) => match decode_hash(hex) {
-                Some(hash) => {
-                    self.inner.api_keys.remove(&hash);
-                }
+                Some(hash) => self.inner.api_keys.invalidate(&hash),
                 None => self.flush(),
             },
             Some(("widgetkey", hex)) => match decode_hash(hex) {
-                Some(hash) => {
-                    self.inner.widget_keys.remove(&hash);
-                }
+                Some(hash) => self.inner.widget_keys.invalidate(&hash),
                 None => self.flush(),
             },
             Some(("signingkeys", purpose)) => {
@@ -187,11 +180,16 @@ impl CatalogCache {
                     f(purpose);
                 }
             }
-            Some(("members", slug)) => {
-                self.inner.members.retain(|(account, _), _| account != slug);
-            }
+            Some(("members", slug)) => self.forget_members_of(slug),
             _ => self.flush(),
         }
+    }
+
+    fn forget_members_of(&self, slug: &str) {
+        let slug = slug.to_owned();
+        self.inner
+            .members
+            .invalidate_if(move |(account, _), _| *account == slug);
     }
 
     pub fn flush(&self) {
@@ -254,27 +252,4 @@ impl CatalogCache {
 
 fn decode_hash(hex_text: &str) -> Option<[u8; 32]> {
     hex::decode(hex_text).ok()?.try_into().ok()
-}
-
-fn fresh<K, Q, V>(map: &DashMap<K, Cached<V>>, key: &Q) -> Option<V>
-where
-    K: std::hash::Hash + Eq + std::borrow::Borrow<Q>,
-    Q: std::hash::Hash + Eq + ?Sized,
-    V: Clone,
-{
-    let entry = map.get(key)?;
-    (entry.at.elapsed() < CACHE_TTL).then(|| entry.value.clone())
-}
-
-fn insert<K: std::hash::Hash + Eq, V>(map: &DashMap<K, Cached<V>>, key: K, value: V) {
-    if map.len() >= MAX_ENTRIES {
-        map.clear();
-    }
-    map.insert(
-        key,
-        Cached {
-            value,
-            at: Instant::now(),
-        },
-    );
 }

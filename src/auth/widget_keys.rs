@@ -17,10 +17,14 @@ pub struct WidgetKeyRecord {
 
 const COLUMNS: &str = "id, account, domain_allowlist, agent_id, disabled_at";
 
-/// The key with this HMAC (the widget endpoints, through the catalog cache).
+/// The key with this HMAC (the widget endpoints, through the catalog cache); records the
+/// key's first use if it is enabled.
 pub async fn load(pool: &PgPool, hash: &[u8; 32]) -> sqlx::Result<Option<WidgetKeyRecord>> {
     sqlx::query_as(&format!(
-        "SELECT {COLUMNS} FROM widget_keys WHERE key_hash = $1"
+        "WITH first_use AS (
+             UPDATE widget_keys SET first_used_at = now()
+             WHERE key_hash = $1 AND first_used_at IS NULL AND disabled_at IS NULL)
+         SELECT {COLUMNS} FROM widget_keys WHERE key_hash = $1"
     ))
     .bind(&hash[..])
     .fetch_optional(pool)

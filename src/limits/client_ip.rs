@@ -18,6 +18,7 @@ use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use ipnet::IpNet;
 
+use super::ClientLimit;
 use crate::error::ApiError;
 
 #[derive(Debug, Clone, Default)]
@@ -115,6 +116,21 @@ impl IpLimiter {
         })
     }
 
+    /// The client address of a request (`None` without connection information).
+    pub fn client_of<B>(&self, req: &axum::http::Request<B>) -> Option<IpAddr> {
+        self.client_ip(req.extensions(), req.headers())
+    }
+
+    /// The client address of a request, from its parts.
+    pub fn client_ip(
+        &self,
+        extensions: &axum::http::Extensions,
+        headers: &HeaderMap,
+    ) -> Option<IpAddr> {
+        let peer = extensions.get::<ConnectInfo<SocketAddr>>()?.0.ip();
+        Some(self.proxies.client_ip(peer, headers))
+    }
+
     /// `Err(seconds to wait)` when the client is over its quota.
     pub fn check(&self, ip: IpAddr) -> Result<(), u64> {
         self.limiter.check(&ip)
@@ -138,16 +154,11 @@ pub async fn limit_public(req: Request, next: Next) -> Response {
     let Some(limiter) = req.extensions().get::<Arc<IpLimiter>>().cloned() else {
         return next.run(req).await;
     };
-    let peer = req
-        .extensions()
-        .get::<ConnectInfo<SocketAddr>>()
-        .map(|c| c.0.ip());
-    if let Some(peer) = peer {
-        let ip = limiter.proxies.client_ip(peer, req.headers());
+    if let Some(ip) = limiter.client_of(&req) {
         if let Err(retry_after_secs) = limiter.check(ip) {
             limiter.refused.inc();
             return ApiError::ClientRateLimited {
-                limit: "ip",
+                limit: ClientLimit::Ip,
                 retry_after_secs,
             }
             .into_response();

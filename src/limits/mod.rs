@@ -9,6 +9,7 @@
 //! shared by every instance with one round trip per request. If Redis fails, requests pass
 //! (fail open) and the failure is logged and counted.
 
+pub mod auth_failures;
 pub mod client_ip;
 pub mod memory;
 pub mod redis;
@@ -76,6 +77,41 @@ impl Dimension {
 pub fn window_start(dim: Dimension, now: u64) -> u64 {
     let len = dim.window_secs().unwrap_or(1);
     now - now % len
+}
+
+/// A limit per client of the public and widget endpoints: the `limit` of its 429.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientLimit {
+    /// Requests per client IP on public endpoints.
+    Ip,
+    /// Requests per widget key, and per client IP within a widget key.
+    ClientKey,
+    /// Failed authentications per client IP ([`auth_failures`]).
+    Auth,
+    /// Unexchanged user tokens per account.
+    UserTokens,
+}
+
+impl ClientLimit {
+    /// As in the error's `limit` field and the metrics label.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Ip => "ip",
+            Self::ClientKey => "client_key",
+            Self::Auth => "auth",
+            Self::UserTokens => "user_tokens",
+        }
+    }
+
+    /// As in the error's message.
+    pub fn describe(self) -> &'static str {
+        match self {
+            Self::Ip => "too many requests from this address",
+            Self::ClientKey => "too many requests for this widget key",
+            Self::Auth => "too many failed authentications from this address",
+            Self::UserTokens => "too many user tokens waiting to be exchanged",
+        }
+    }
 }
 
 /// Seconds until the window of `dim` containing `now` ends (at least 1).

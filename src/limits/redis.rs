@@ -43,15 +43,29 @@ pub struct RedisStore {
     stale_after: Duration,
 }
 
-/// Removes the request from the in-flight set when it ends.
+/// Removes the request from the in-flight set when it ends. Made *before* the script runs:
+/// a request cancelled (or timed out) while the script's reply is on its way may have been
+/// added by it, and dropping the slot then removes it — the removal is sent on the same
+/// connection after the script, so Redis runs it after the script. Without this, such a
+/// member would hold a concurrency slot until it went stale.
 struct Slot {
     conn: ConnectionManager,
     key: String,
     member: String,
 }
 
+impl Slot {
+    /// The script refused the request, so it added nothing: nothing to remove.
+    fn disarm(mut self) {
+        self.key.clear();
+    }
+}
+
 impl Drop for Slot {
     fn drop(&mut self) {
+        if self.key.is_empty() {
+            return;
+        }
         let (mut conn, key, member) = (
             self.conn.clone(),
             std::mem::take(&mut self.key),
@@ -120,6 +134,11 @@ impl RedisStore {
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_millis() as u64)
             .unwrap_or(now * 1000);
+        let slot = Slot {
+            conn: conn.clone(),
+            key: in_flight.clone(),
+            member: member.clone(),
+        };
         let reply: Vec<u64> = self
             .script
             .key(key(Dimension::Minute))
@@ -146,11 +165,6 @@ impl RedisStore {
         };
         let dimension = match verdict {
             0 => {
-                let slot = Slot {
-                    conn,
-                    key: in_flight,
-                    member,
-                };
                 let usage = Usage { minute, hour, day };
                 return Ok(Ok(Admission::new(
                     Some(usage),
@@ -164,6 +178,7 @@ impl RedisStore {
             3 => Dimension::Day,
             _ => Dimension::Concurrent,
         };
+        slot.disarm();
         Ok(Err(Refusal {
             dimension,
             cap: dimension.cap(limits),

@@ -10,7 +10,7 @@ use utoipa::ToSchema;
 use uuid::Uuid;
 
 use crate::audit;
-use crate::auth::keys::{KeyKind, delete_or_disable, last8, new_api_key};
+use crate::auth::keys::{KeyKind, delete_or_disable, last8};
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{KeyManager, Tenant};
 use crate::json::Json;
@@ -108,7 +108,7 @@ pub async fn create_key(
     expiry: Expiry,
     created_by: &str,
 ) -> sqlx::Result<ApiKeyCreated> {
-    let key = new_api_key(account);
+    let key = hasher.new_api_key(account);
     let now = Utc::now();
     let created = ApiKeyCreated {
         id: Uuid::now_v7(),
@@ -119,8 +119,8 @@ pub async fn create_key(
         key,
     };
     sqlx::query(
-        "INSERT INTO api_keys (id, account, name, key_hash, last8, expires_at, created_by, created_at)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+        "INSERT INTO api_keys (id, account, name, key_hash, last8, expires_at, created_by, created_at, tagged)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, true)",
     )
     .bind(created.id)
     .bind(account)
@@ -229,8 +229,9 @@ pub async fn patch(
     Ok(Json(updated.item))
 }
 
-/// Admin only (users): delete a key. A key never used is deleted; a used one is disabled, so
-/// that its history stays. Either way it stops working at once on every instance.
+/// Admin only (users): delete a key. A key never used is deleted; a key that ever
+/// authenticated, on any instance, is disabled, so that its history stays. Either way it stops
+/// working at once on every instance.
 #[utoipa::path(delete, path = "/api-keys/{id}", tag = "api-keys", operation_id = "delete_api_key",
     params(("id" = Uuid, Path, description = "The key's id")),
     responses((status = 204, description = "Deleted (or disabled, if it was ever used)")))]
@@ -240,7 +241,8 @@ pub async fn delete(
     Path(id): Path<String>,
 ) -> ApiResult<StatusCode> {
     let id = key_id(&id)?;
-    // Record this instance's pending uses first, so that a key just used counts as used.
+    // Not for the decision (`first_used_at` is), but so that the kept record shows this
+    // instance's latest use.
     state.api_keys.flush_last_used().await;
     let removal = delete_or_disable(state.catalog.pool(), KeyKind::Api, tenant.slug.as_str(), id)
         .await?

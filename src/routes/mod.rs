@@ -27,6 +27,7 @@ use utoipa_axum::routes;
 
 use crate::error::ApiError;
 use crate::extract::rate_limit_headers;
+use crate::limits::auth_failures;
 use crate::limits::client_ip::limit_public;
 use crate::request_id::RequestId;
 use crate::state::AppState;
@@ -187,8 +188,14 @@ pub fn router(routes: Router<AppState>, state: AppState) -> Router {
         .fallback(fallback)
         .method_not_allowed_fallback(method_not_allowed)
         // Layers run bottom-up on the way in: the request id first, the body limit last.
+        // The failure budget sits inside the extensions it reads and inside CORS (so that its
+        // 429 carries the widget's CORS headers).
         .layer(DefaultBodyLimit::max(state.config.body_limit_bytes))
+        // Every route: whatever answers 401 (or names an unknown account) is charged to the
+        // client, and a client that spent its budget is refused before anything else.
+        .layer(middleware::from_fn(auth_failures::budget))
         .layer(axum::Extension(state.ip_limiter.clone()))
+        .layer(axum::Extension(state.auth_failures.clone()))
         .layer(widget_cors())
         .layer(middleware::from_fn_with_state(timeout, request_timeout))
         .layer(tower_http::catch_panic::CatchPanicLayer::custom(

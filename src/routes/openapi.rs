@@ -183,7 +183,8 @@ impl ApiDoc {
             ),
             (
                 "Unavailable",
-                "`unavailable`: a database is unavailable or busy; retry after `Retry-After` seconds",
+                "`unavailable`: a database is unavailable or busy, or `account_unavailable`: this \
+                 account's database is missing; retry after `Retry-After` seconds",
             ),
         ];
         let header = |description: &str| {
@@ -201,7 +202,8 @@ impl ApiDoc {
                 ResponseBuilder::new()
                     .description(
                         "`rate_limited`: a limit was reached; `error.limit` names it (`minute`, `hour`, `day`, \
-                         `concurrent`, or `ip` on public endpoints).",
+                         `concurrent`; `ip`, `client_key` or `user_tokens` on public endpoints; `auth` when \
+                         this address has spent its budget of failed authentications).",
                     )
                     .header("Retry-After", header("Seconds until the limit resets"))
                     .header(

@@ -16,11 +16,13 @@ use crate::auth::api_keys::KeyRejection;
 use crate::auth::keys::{random_secret, widget_key_account};
 use crate::auth::origin::{is_allowed, request_origin};
 use crate::auth::widget_keys::WidgetKeyRecord;
-use crate::auth::widget_session::{SessionClaims, SessionKind};
+use crate::auth::widget_session::{REFRESH_GRACE_SECS, SessionClaims, SessionKind};
 use crate::error::{ApiError, ApiResult};
+use crate::extract::ClientIp;
 use crate::json::Json;
+use crate::limits::ClientLimit;
 use crate::model::agents::{AgentStatus, AuthMode, WidgetAuthMode};
-use crate::model::check_required_text;
+use crate::model::{check_required_text, check_text};
 use crate::query::Query;
 use crate::routes::widget_settings::{WidgetSettings, load_settings};
 use crate::state::AppState;
@@ -38,7 +40,12 @@ struct Caller {
 
 /// Checks a widget key, the request's origin, then the key's quota. The order matters: an
 /// unknown key says nothing about origins, and nothing here opens the tenant database.
-async fn check_key(state: &AppState, headers: &HeaderMap, client_key: &str) -> ApiResult<Caller> {
+async fn check_key(
+    state: &AppState,
+    headers: &HeaderMap,
+    client: ClientIp,
+    client_key: &str,
+) -> ApiResult<Caller> {
     let account = widget_key_account(client_key).map_err(|_| ApiError::InvalidClientKey)?;
     let slug = AccountSlug::parse(account).map_err(|_| ApiError::InvalidClientKey)?;
     let key = state
@@ -49,16 +56,31 @@ async fn check_key(state: &AppState, headers: &HeaderMap, client_key: &str) -> A
         .ok_or(ApiError::InvalidClientKey)?;
     // Pages on other origins are refused before they can spend the key's quota.
     check_origin(headers, &key.domain_allowlist)?;
-    if let Err(retry_after_secs) = state.widget.key_limiter.check(&key.id) {
-        state.metrics.rate_limited("client_key");
-        return Err(ApiError::ClientRateLimited {
-            limit: "client_key",
-            retry_after_secs,
-        });
-    }
+    charge_key(state, key.id, client)?;
     let account = active_account(state, &slug).await?;
     state.api_keys.touch_widget_key(key.id);
     Ok(Caller { key, account })
+}
+
+/// Charges a request to a widget key's quota, and first to this client's share of it, so that
+/// one client (a script that sends an allowed `Origin`) cannot spend the quota of every
+/// visitor of the site.
+fn charge_key(state: &AppState, key: Uuid, ClientIp(client): ClientIp) -> ApiResult<()> {
+    let refused = |retry_after_secs| {
+        state.metrics.rate_limited(ClientLimit::ClientKey.name());
+        ApiError::ClientRateLimited {
+            limit: ClientLimit::ClientKey,
+            retry_after_secs,
+        }
+    };
+    if let Some(ip) = client {
+        state
+            .widget
+            .key_ip_limiter
+            .check(&(key, ip))
+            .map_err(refused)?;
+    }
+    state.widget.key_limiter.check(&key).map_err(refused)
 }
 
 /// The request's origin (`Origin`, else the origin of `Referer`) must be on the allowlist.
@@ -199,10 +221,11 @@ pub struct WidgetConfig {
               (status = 403, description = "`origin_not_allowed` or `widget_not_allowed`", body = crate::error::ErrorBody)))]
 pub async fn config(
     State(state): State<AppState>,
+    client: ClientIp,
     headers: HeaderMap,
     Query(q): Query<ConfigQuery>,
 ) -> ApiResult<Json<WidgetConfig>> {
-    let caller = check_key(&state, &headers, &q.client_key).await?;
+    let caller = check_key(&state, &headers, client, &q.client_key).await?;
     let mut conn = state.pools.acquire(&caller.account).await?;
     let branding = load_settings(&mut conn).await?;
     let agent = chosen_agent(&mut conn, &caller.key, q.agent_id).await?;
@@ -271,10 +294,11 @@ pub struct GuestRequest {
               (status = 403, description = "`origin_not_allowed` or `widget_not_allowed`", body = crate::error::ErrorBody)))]
 pub async fn guest(
     State(state): State<AppState>,
+    client: ClientIp,
     headers: HeaderMap,
     Json(body): Json<GuestRequest>,
 ) -> ApiResult<Json<SessionToken>> {
-    let caller = check_key(&state, &headers, &body.client_key).await?;
+    let caller = check_key(&state, &headers, client, &body.client_key).await?;
     let mut conn = state.pools.acquire(&caller.account).await?;
     let agent = chosen_agent(&mut conn, &caller.key, body.agent_id)
         .await?
@@ -301,12 +325,21 @@ pub async fn guest(
 
 #[derive(Debug, Deserialize, ToSchema)]
 pub struct UserTokenRequest {
-    /// Your identifier of the signed-in user.
+    /// Your identifier of the signed-in user (1–255 characters).
+    #[schema(min_length = 1, max_length = 255)]
     pub external_user_id: String,
+    /// At most 200 characters.
+    #[schema(max_length = 200)]
     pub display_name: Option<String>,
+    /// At most 254 characters.
+    #[schema(max_length = 254)]
     pub email: Option<String>,
     pub agent_id: Option<Uuid>,
 }
+
+/// User tokens of one account waiting to be exchanged, at most (about: concurrent mints may
+/// pass it by a few).
+pub const MAX_PENDING_USER_TOKENS: i64 = 1_000;
 
 #[derive(Debug, Serialize, ToSchema)]
 pub struct UserToken {
@@ -316,11 +349,14 @@ pub struct UserToken {
 }
 
 /// Server to server (`Authorization: Bearer sk_live_…`): a single-use token for one of your
-/// signed-in users, to be exchanged by the widget for a user session.
+/// signed-in users, to be exchanged by the widget for a user session. Counts against the
+/// account's request limits like any API request; at most 1,000 tokens per account may wait to
+/// be exchanged.
 #[utoipa::path(post, path = "/api/v1/widget/auth/user-token", tag = "widget", operation_id = "widget_user_token",
     security(("api_key" = [])), request_body = UserTokenRequest,
     responses((status = 200, description = "User token", body = UserToken),
-              (status = 401, description = "No valid API key", body = crate::error::ErrorBody)))]
+              (status = 401, description = "No valid API key", body = crate::error::ErrorBody),
+              (status = 403, description = "`account_suspended`", body = crate::error::ErrorBody)))]
 pub async fn user_token(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -348,10 +384,20 @@ pub async fn user_token(
     // A suspended account mints nothing.
     active_account(&state, &account).await?;
     check_required_text("external_user_id", &body.external_user_id, 255)?;
+    check_text(
+        "display_name",
+        body.display_name.as_deref().unwrap_or(""),
+        200,
+    )?;
+    check_text("email", body.email.as_deref().unwrap_or(""), 254)?;
+    // Like any request of the account: its limits apply, and `0` stops the minting.
+    let _admitted = crate::extract::admit(&state, &account).await?;
     let token = random_secret("ut_", 40);
-    sqlx::query(
+    let minted = sqlx::query(
         "INSERT INTO widget_user_tokens (token_hash, account, external_user_id, display_name, email, agent_id, expires_at)
-         VALUES ($1, $2, $3, $4, $5, $6, $7)",
+         SELECT $1, $2, $3, $4, $5, $6, $7
+         WHERE (SELECT count(*) FROM widget_user_tokens
+                WHERE account = $2 AND consumed_at IS NULL AND expires_at > now()) < $8",
     )
     .bind(&state.api_keys.hasher().hash(&token)[..])
     .bind(account.as_str())
@@ -360,8 +406,16 @@ pub async fn user_token(
     .bind(&body.email)
     .bind(body.agent_id)
     .bind(Utc::now() + Duration::seconds(USER_TOKEN_TTL_SECS))
+    .bind(MAX_PENDING_USER_TOKENS)
     .execute(state.catalog.pool())
     .await?;
+    if minted.rows_affected() != 1 {
+        state.metrics.rate_limited(ClientLimit::UserTokens.name());
+        return Err(ApiError::ClientRateLimited {
+            limit: ClientLimit::UserTokens,
+            retry_after_secs: USER_TOKEN_TTL_SECS as u64,
+        });
+    }
     Ok(Json(UserToken {
         user_token: token,
         expires_in: USER_TOKEN_TTL_SECS,
@@ -383,10 +437,11 @@ pub struct ExchangeRequest {
               (status = 403, description = "`origin_not_allowed` or `widget_not_allowed`", body = crate::error::ErrorBody)))]
 pub async fn exchange(
     State(state): State<AppState>,
+    client: ClientIp,
     headers: HeaderMap,
     Json(body): Json<ExchangeRequest>,
 ) -> ApiResult<Json<SessionToken>> {
-    let caller = check_key(&state, &headers, &body.client_key).await?;
+    let caller = check_key(&state, &headers, client, &body.client_key).await?;
     let refused = || ApiError::Unauthenticated("the user token is unknown, used or expired");
     let hash = state.api_keys.hasher().hash(&body.user_token);
     let pending: Option<(String, Option<Uuid>)> = sqlx::query_as(
@@ -437,7 +492,9 @@ pub struct RefreshRequest {
 }
 
 /// A fresh session with the same identity, accepted up to 5 minutes after expiry; refused if
-/// the widget key was disabled or the agent's policy no longer allows the session.
+/// the widget key was disabled or the agent's policy no longer allows the session. Each session
+/// token can be refreshed once (refresh the new one next time), and a refresh counts against
+/// the widget key's quota.
 #[utoipa::path(post, path = "/api/v1/widget/auth/refresh", tag = "widget", operation_id = "widget_refresh", security(()),
     request_body = RefreshRequest,
     responses((status = 200, description = "Fresh session", body = SessionToken),
@@ -445,6 +502,7 @@ pub struct RefreshRequest {
               (status = 403, description = "`origin_not_allowed` or `widget_not_allowed`", body = crate::error::ErrorBody)))]
 pub async fn refresh(
     State(state): State<AppState>,
+    client: ClientIp,
     headers: HeaderMap,
     Json(body): Json<RefreshRequest>,
 ) -> ApiResult<Json<SessionToken>> {
@@ -459,13 +517,30 @@ pub async fn refresh(
         .filter(|k| k.disabled_at.is_none() && k.account == claims.acct)
         .ok_or(ApiError::InvalidClientKey)?;
     check_origin(&headers, &key.domain_allowlist)?;
+    charge_key(&state, key.id, client)?;
     let slug = AccountSlug::parse(&claims.acct).map_err(|_| ApiError::InvalidClientKey)?;
     let account = active_account(&state, &slug).await?;
     let mut conn = state.pools.acquire(&account).await?;
     let agent = chosen_agent(&mut conn, &key, Some(claims.agent_id)).await?;
+    drop(conn);
     if !agent.is_some_and(|a| a.allows(claims.kind)) {
         return Err(ApiError::WidgetNotAllowed(
             "the agent's widget policy changed",
+        ));
+    }
+    // Last, so that a refused refresh does not use the token up: exactly one refresh of each
+    // token wins, on any instance.
+    let first = sqlx::query(
+        "INSERT INTO widget_refreshes (jti, expires_at) VALUES ($1, to_timestamp($2))
+         ON CONFLICT (jti) DO NOTHING",
+    )
+    .bind(claims.jti)
+    .bind((claims.exp + REFRESH_GRACE_SECS as i64) as f64)
+    .execute(state.catalog.pool())
+    .await?;
+    if first.rows_affected() != 1 {
+        return Err(ApiError::Unauthenticated(
+            "this session was refreshed already; refresh the newest token",
         ));
     }
     session(

@@ -249,7 +249,8 @@ pub async fn delete(
     Path(id): Path<String>,
 ) -> ApiResult<StatusCode> {
     let id = key_id(&id)?;
-    // Record this instance's pending uses first, so that a key just used counts as used.
+    // Not for the decision (`first_used_at` is), but so that the kept record shows this
+    // instance's latest use.
     state.api_keys.flush_last_used().await;
     let removal = delete_or_disable(
         state.catalog.pool(),

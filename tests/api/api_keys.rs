@@ -5,7 +5,9 @@ use std::time::{Duration, Instant};
 use reqwest::Method;
 use serde_json::{Value, json};
 
-use crate::support::{TestApp, error_code, system_url_of, unique_slug};
+use futures::StreamExt;
+
+use crate::support::{TestApp, error_code, from_client, system_url_of, unique_slug};
 
 async fn create_key(app: &TestApp, account: &str, admin: &str, body: Value) -> Value {
     let resp = app
@@ -229,7 +231,7 @@ async fn malformed_keys_are_refused_without_touching_the_catalog() {
         1.0
     );
     // A well-formed key that is not cached does need the catalog: 503, not 401 or 500.
-    let unknown = kataven_hub::auth::keys::new_api_key(&acme.slug);
+    let unknown = app.state.api_keys.hasher().new_api_key(&acme.slug);
     let resp = with_key(&app, Method::GET, "/api/v1/agents", &unknown)
         .send()
         .await
@@ -241,7 +243,7 @@ async fn malformed_keys_are_refused_without_touching_the_catalog() {
 #[tokio::test]
 async fn a_key_naming_the_system_database_is_refused_as_reserved() {
     let app = TestApp::spawn().await;
-    let key = kataven_hub::auth::keys::new_api_key("kataven-admin");
+    let key = app.state.api_keys.hasher().new_api_key("kataven-admin");
     let resp = with_key(&app, Method::GET, "/api/v1/agents", &key)
         .send()
         .await
@@ -511,4 +513,175 @@ async fn a_lost_listener_connection_flushes_the_caches() {
         refused,
         "the disabled key was still accepted after the listener reset"
     );
+}
+
+/// The decision between deleting and disabling a key is the same on every instance: a key that
+/// authenticated on another instance a moment ago (whose batched `last_used_at` is not written
+/// yet) is disabled, not deleted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_used_on_another_instance_is_disabled_not_deleted() {
+    let one = TestApp::spawn().await;
+    let acme = one.account_with_admin("xdelete", "alice").await;
+    let issuer = one.issuer.issuer();
+    let two = TestApp::builder()
+        .await
+        .database_url(&system_url_of(&one))
+        .config(|c| c.oidc_issuer = Some(issuer))
+        .spawn()
+        .await;
+    let created = create_key(&one, &acme.slug, "alice", json!({ "name": "k" })).await;
+    let key = created["key"].as_str().unwrap();
+    let id = created["id"].as_str().unwrap();
+    let resp = with_key(&two, Method::GET, "/api/v1/agents", key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+
+    let resp = one
+        .as_user(
+            Method::DELETE,
+            &format!("/api/v1/api-keys/{id}"),
+            &acme.slug,
+            "alice",
+        )
+        .header("X-Admin", "true")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 204);
+    let disabled: Option<bool> =
+        sqlx::query_scalar("SELECT disabled_at IS NOT NULL FROM api_keys WHERE id = $1::uuid")
+            .bind(id)
+            .fetch_optional(one.state.catalog.pool())
+            .await
+            .unwrap();
+    assert_eq!(
+        disabled,
+        Some(true),
+        "a used key was deleted (or left enabled)"
+    );
+}
+
+/// Made-up keys (a valid CRC32 is easy; the tag needs the pepper) are refused without a
+/// catalog query once no untagged key is left; while untagged keys exist, a client's made-up
+/// keys cost at most its failure budget of queries, then 429 `auth`. A legitimate key from
+/// another client keeps working, from the cache.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forged_keys_cost_no_catalog_query_and_a_bounded_number_per_client() {
+    const BUDGET: u32 = 50;
+    let forged_count: usize = std::env::var("KATAVEN_TEST_FORGED_KEYS")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(4_000);
+    let app = TestApp::builder()
+        .await
+        .config(|c| {
+            c.auth_failure_limit_per_minute = BUDGET;
+            c.trusted_proxies = vec!["127.0.0.1".into()];
+        })
+        .spawn()
+        .await;
+    let acme = app.account_with_admin("forged", "alice").await;
+    let legit = create_key(&app, &acme.slug, "alice", json!({ "name": "k" })).await["key"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let as_legit = || {
+        from_client(
+            with_key(&app, Method::GET, "/api/v1/agents", &legit),
+            "198.51.100.7",
+        )
+        .send()
+    };
+    assert_eq!(as_legit().await.unwrap().status(), 200);
+    let misses =
+        || app.metric(r#"kataven_catalog_cache_lookups_total{cache="api_keys",result="miss"}"#);
+    let flood = |client: &'static str| {
+        let app = &app;
+        let slug = acme.slug.clone();
+        async move {
+            let statuses: Vec<u16> = futures::stream::iter(0..forged_count)
+                .map(|_| {
+                    let key = crate::support::forged_api_key(&slug);
+                    async move {
+                        from_client(with_key(app, Method::GET, "/api/v1/agents", &key), client)
+                            .send()
+                            .await
+                            .unwrap()
+                            .status()
+                            .as_u16()
+                    }
+                })
+                .buffer_unordered(16)
+                .collect()
+                .await;
+            statuses
+        }
+    };
+
+    // No untagged key left: not one query.
+    app.state.api_keys.check_untagged_keys().await;
+    let before = misses().await;
+    let statuses = flood("203.0.113.66").await;
+    let queries = misses().await - before;
+    let refused = statuses.iter().filter(|s| **s == 401).count();
+    let limited = statuses.iter().filter(|s| **s == 429).count();
+    println!(
+        "{forged_count} forged keys from one client, no untagged key left: {queries} catalog queries, {refused} × 401, {limited} × 429"
+    );
+    assert_eq!(queries, 0.0);
+    // The budget, plus the requests in flight when it ran out and what refilled meanwhile.
+    let bound = 2 * BUDGET as usize;
+    assert!(
+        (BUDGET as usize..=bound).contains(&refused),
+        "{refused} refused"
+    );
+    assert_eq!(refused + limited, forged_count);
+    assert!(
+        app.metric(r#"kataven_auth_failures_total{reason="forged_api_key"}"#)
+            .await
+            >= 1.0
+    );
+
+    // An untagged key exists (made before tags): made-up keys are looked up, but one client
+    // gets its budget's worth of queries a minute.
+    sqlx::query(
+        "INSERT INTO api_keys (id, account, name, key_hash, last8, created_by)
+         VALUES (gen_random_uuid(), $1, 'old', sha256(random()::text::bytea), 'oldkey00', 'test')",
+    )
+    .bind(acme.slug.as_str())
+    .execute(app.state.catalog.pool())
+    .await
+    .unwrap();
+    app.state.api_keys.check_untagged_keys().await;
+    let before = misses().await;
+    let statuses = flood("203.0.113.67").await;
+    let queries = misses().await - before;
+    println!(
+        "{forged_count} forged keys from one client, untagged keys left: {queries} catalog queries"
+    );
+    assert!(queries <= bound as f64, "{queries} queries");
+    let resp = from_client(
+        with_key(
+            &app,
+            Method::GET,
+            "/api/v1/agents",
+            &crate::support::forged_api_key(&acme.slug),
+        ),
+        "203.0.113.67",
+    )
+    .send()
+    .await
+    .unwrap();
+    assert_eq!(resp.status(), 429);
+    assert!(resp.headers().contains_key("retry-after"));
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["error"]["limit"], "auth");
+    assert!(statuses.contains(&429));
+
+    // The legitimate client is unaffected, and served from the cache.
+    let before = misses().await;
+    assert_eq!(as_legit().await.unwrap().status(), 200);
+    assert_eq!(misses().await, before);
 }

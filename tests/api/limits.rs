@@ -384,3 +384,36 @@ async fn behind_a_trusted_proxy_each_forwarded_client_has_its_own_quota() {
         429
     );
 }
+
+/// A request whose client gives up while Redis has not answered the admission script yet: the
+/// script may still add it to the in-flight set when Redis answers again, and the slot must be
+/// removed then, not held until it goes stale (a minute, for a cap of 1 in flight).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_cancelled_while_redis_is_slow_leaves_no_slot_behind() {
+    let redis = TestRedis::start();
+    let app = limited_app(|c| {
+        c.limit_concurrent = 1;
+        c.redis_url = Some(redis.url().into());
+    })
+    .await;
+    let acme = app.account_with_admin("slotleak", "alice").await;
+    // Warm up: the script is loaded, the connection made.
+    assert_eq!(get(&app, &acme.slug, "alice").await.status(), 200);
+
+    redis.freeze();
+    let gave_up = app
+        .as_user(Method::GET, "/api/v1/agents", &acme.slug, "alice")
+        .timeout(Duration::from_millis(200))
+        .send()
+        .await;
+    assert!(gave_up.is_err(), "the client should have given up");
+    redis.thaw();
+
+    // The cap of one in flight is free again at once.
+    let mut statuses = Vec::new();
+    for _ in 0..5 {
+        statuses.push(get(&app, &acme.slug, "alice").await.status().as_u16());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(statuses, [200; 5], "a cancelled request kept its slot");
+}

@@ -3,7 +3,7 @@
 use kataven_hub::tenancy::catalog::{AccountStatus, Role};
 use serde_json::Value;
 
-use crate::support::{TestApp, admin_conn, backends, error_code};
+use crate::support::{TestApp, admin_conn, backends, error_code, from_client};
 
 async fn call(app: &TestApp, account: Option<&str>, auth: Option<&str>) -> (u16, String) {
     let mut req = app.get("/test/tenant");
@@ -209,4 +209,70 @@ async fn an_unreachable_tenant_database_answers_503_with_retry_after() {
     assert_eq!(resp.headers()["retry-after"], "1");
     let (_, code) = error_code(resp).await;
     assert_eq!(code, "unavailable");
+}
+
+/// Failed authentications cost their client a budget: a caller with a valid token that names
+/// random accounts makes a bounded number of catalog queries, then gets 429 `auth` (before its
+/// bearer is even looked at); other clients are unaffected. The same budget covers 401s.
+#[tokio::test]
+async fn a_client_naming_random_accounts_spends_its_failure_budget() {
+    const BUDGET: u32 = 20;
+    let app = TestApp::builder()
+        .await
+        .config(|c| {
+            c.auth_failure_limit_per_minute = BUDGET;
+            c.trusted_proxies = vec!["127.0.0.1".into()];
+        })
+        .spawn()
+        .await;
+    let acme = app.account_with_admin("budget", "alice").await;
+    let token = app.token("alice");
+    let misses =
+        || app.metric(r#"kataven_catalog_cache_lookups_total{cache="accounts",result="miss"}"#);
+    let before = misses().await;
+    let mut statuses = Vec::new();
+    for _ in 0..200 {
+        let slug = crate::support::unique_slug("nope");
+        let req = app
+            .get("/test/tenant")
+            .header("X-Account-ID", slug.as_str())
+            .bearer_auth(&token);
+        let resp = from_client(req, "203.0.113.9").send().await.unwrap();
+        statuses.push(error_code(resp).await);
+    }
+    let queries = misses().await - before;
+    println!("200 random accounts from one client: {queries} catalog queries");
+    assert!(queries <= (BUDGET + 5) as f64, "{queries} queries");
+    assert_eq!(statuses[0], (400, "invalid_account".into()));
+    assert_eq!(statuses[199], (429, "rate_limited".into()));
+    // Blocked before the bearer is looked at: even a valid request from that client waits.
+    let req = app
+        .get("/test/tenant")
+        .header("X-Account-ID", acme.slug.as_str())
+        .bearer_auth(&token);
+    let resp = from_client(req, "203.0.113.9").send().await.unwrap();
+    assert!(resp.headers().contains_key("retry-after"));
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["error"]["limit"], "auth");
+    assert!(
+        app.metric(r#"kataven_rate_limited_total{limit="auth"}"#)
+            .await
+            >= 1.0
+    );
+
+    // Another client is unaffected, and spends its own budget on bad bearers.
+    let as_other = |bearer: &str| {
+        let req = app
+            .get("/test/tenant")
+            .header("X-Account-ID", acme.slug.as_str())
+            .bearer_auth(bearer);
+        from_client(req, "198.51.100.20").send()
+    };
+    assert_eq!(as_other(&token).await.unwrap().status(), 200);
+    let mut bad = Vec::new();
+    for _ in 0..(BUDGET + 5) {
+        bad.push(as_other("not-a-token").await.unwrap().status().as_u16());
+    }
+    assert_eq!(bad[0], 401);
+    assert_eq!(*bad.last().unwrap(), 429);
 }

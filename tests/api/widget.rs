@@ -12,7 +12,7 @@ use reqwest::Method;
 use serde_json::{Value, json};
 use uuid::Uuid;
 
-use crate::support::{TestApp, error_code, system_url_of};
+use crate::support::{TestApp, error_code, from_client, system_url_of};
 
 /// The page the widget runs on in most tests (allowlist `acme.com`).
 const SITE: &str = "https://acme.com";
@@ -179,6 +179,14 @@ async fn refresh(app: &TestApp, origin: &str, token: &str) -> reqwest::Response 
         json!({ "token": token }),
     )
     .await
+}
+
+/// Refreshes `token` (asserting success) and returns the new token: each token refreshes once.
+async fn refreshed(app: &TestApp, origin: &str, token: &str) -> String {
+    let resp = refresh(app, origin, token).await;
+    assert_eq!(resp.status(), 200, "refresh from {origin}");
+    let body: Value = resp.json().await.unwrap();
+    body["token"].as_str().unwrap().to_owned()
 }
 
 /// The claims of a session token, verified the way the voice gateway would: with the key the
@@ -1381,7 +1389,7 @@ async fn user_tokens_need_an_api_key() {
     for bearer in [
         app.token("alice"),
         widget,
-        kataven_hub::auth::keys::new_api_key(&slug),
+        app.state.api_keys.hasher().new_api_key(&slug),
         "sk_live_nonsense".to_owned(),
     ] {
         let resp = app
@@ -1736,21 +1744,21 @@ async fn refresh_rechecks_the_key_and_the_policy() {
     let agent_id = public_agent(&app, &slug, "Support").await;
     let created = widget_key(&app, &slug, &["acme.com"], Some(&agent_id)).await;
     let key = key_of(&created);
-    let guest_session = guest_token(&app, &key, None).await;
+    let mut guest_session = guest_token(&app, &key, None).await;
     let ut = user_token(&app, &sk, "cust-1", None).await;
     let body: Value = exchange(&app, SITE, &key, &ut).await.json().await.unwrap();
-    let user_session = body["token"].as_str().unwrap().to_owned();
+    let mut user_session = body["token"].as_str().unwrap().to_owned();
 
     // Policy changed to users only: guests are refused, users still refresh.
     set_policy(&app, &slug, &agent_id, json!({ "auth_mode": "user" })).await;
     let resp = refresh(&app, SITE, &guest_session).await;
     assert_eq!(error_code(resp).await, (403, "widget_not_allowed".into()));
-    assert_eq!(refresh(&app, SITE, &user_session).await.status(), 200);
+    user_session = refreshed(&app, SITE, &user_session).await;
     // Guests only: users refused.
     set_policy(&app, &slug, &agent_id, json!({ "auth_mode": "guest" })).await;
     let resp = refresh(&app, SITE, &user_session).await;
     assert_eq!(error_code(resp).await, (403, "widget_not_allowed".into()));
-    assert_eq!(refresh(&app, SITE, &guest_session).await.status(), 200);
+    guest_session = refreshed(&app, SITE, &guest_session).await;
     // The agent no longer public: guests refused.
     patch_agent(
         &app,
@@ -1762,7 +1770,7 @@ async fn refresh_rechecks_the_key_and_the_policy() {
     let resp = refresh(&app, SITE, &guest_session).await;
     assert_eq!(error_code(resp).await, (403, "widget_not_allowed".into()));
     patch_agent(&app, &slug, &agent_id, json!({ "auth_mode": "public" })).await;
-    assert_eq!(refresh(&app, SITE, &guest_session).await.status(), 200);
+    guest_session = refreshed(&app, SITE, &guest_session).await;
     // The agent paused: refused.
     patch_agent(&app, &slug, &agent_id, json!({ "status": "paused" })).await;
     let resp = refresh(&app, SITE, &guest_session).await;
@@ -1782,7 +1790,7 @@ async fn refresh_rechecks_the_key_and_the_policy() {
     assert_eq!(error_code(resp).await, (403, "widget_not_allowed".into()));
     let resp = patch_widget_key(&app, &slug, &id_of(&created), json!({ "agent_id": null })).await;
     assert_eq!(resp.status(), 200);
-    assert_eq!(refresh(&app, SITE, &guest_session).await.status(), 200);
+    guest_session = refreshed(&app, SITE, &guest_session).await;
     // The allowlist no longer has the page: 403.
     let resp = patch_widget_key(
         &app,
@@ -1794,12 +1802,7 @@ async fn refresh_rechecks_the_key_and_the_policy() {
     assert_eq!(resp.status(), 200);
     let resp = refresh(&app, SITE, &guest_session).await;
     assert_eq!(error_code(resp).await, (403, "origin_not_allowed".into()));
-    assert_eq!(
-        refresh(&app, "https://other.example", &guest_session)
-            .await
-            .status(),
-        200
-    );
+    guest_session = refreshed(&app, "https://other.example", &guest_session).await;
     // The key disabled: 401 invalid_client_key, for both kinds.
     let resp = patch_widget_key(&app, &slug, &id_of(&created), json!({ "disabled": true })).await;
     assert_eq!(resp.status(), 200);
@@ -1990,6 +1993,199 @@ async fn widget_endpoints_are_limited_per_client_ip() {
     assert_eq!(body["error"]["limit"], "ip");
     // The management API is not a public endpoint: unaffected.
     assert_eq!(list_widget_keys(&app, &slug, "alice").await.len(), 1);
+}
+
+/// A client that sends an allowed `Origin` from a script spends only its own share of the key's
+/// quota: visitors from other addresses keep working.
+#[tokio::test]
+async fn one_client_spends_only_its_share_of_a_widget_key() {
+    let app = TestApp::builder()
+        .await
+        .config(|c| {
+            c.widget_key_ip_limit_per_minute = 3;
+            c.trusted_proxies = vec!["127.0.0.1".into()];
+        })
+        .spawn()
+        .await;
+    let slug = account(&app, "keyshare").await;
+    public_agent(&app, &slug, "Support").await;
+    let key = key_of(&widget_key(&app, &slug, &["acme.com"], None).await);
+    let config_from = |client: &'static str| {
+        let req = app
+            .client
+            .get(config_url(&app, &[("client_key", key.as_str())]))
+            .header("Origin", SITE);
+        from_client(req, client).send()
+    };
+    for i in 0..3 {
+        assert_eq!(
+            config_from("203.0.113.66").await.unwrap().status(),
+            200,
+            "call {i}"
+        );
+    }
+    let resp = config_from("203.0.113.66").await.unwrap();
+    assert_eq!(resp.status(), 429);
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["error"]["limit"], "client_key");
+    for visitor in ["198.51.100.1", "198.51.100.2"] {
+        assert_eq!(
+            config_from(visitor).await.unwrap().status(),
+            200,
+            "{visitor}"
+        );
+    }
+}
+
+/// A refresh spends the key's quota like the other widget calls.
+#[tokio::test]
+async fn refreshes_count_against_the_key_quota() {
+    let app = TestApp::builder()
+        .await
+        .config(|c| c.widget_key_limit_per_minute = 3)
+        .spawn()
+        .await;
+    let slug = account(&app, "refreshquota").await;
+    let agent_id = public_agent(&app, &slug, "Support").await;
+    let key = key_of(&widget_key(&app, &slug, &["acme.com"], Some(&agent_id)).await);
+    let token = guest_token(&app, &key, None).await;
+    let token = refreshed(&app, SITE, &token).await;
+    let token = refreshed(&app, SITE, &token).await;
+    let resp = refresh(&app, SITE, &token).await;
+    assert_eq!(resp.status(), 429);
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["error"]["limit"], "client_key");
+}
+
+/// Each session token refreshes once, on any instance: a stolen or replayed token cannot be
+/// turned into many parallel sessions. A refused refresh (wrong origin, policy) does not use
+/// the token up.
+#[tokio::test]
+async fn a_session_token_refreshes_once() {
+    let app = TestApp::spawn().await;
+    let slug = account(&app, "onerefresh").await;
+    let agent_id = public_agent(&app, &slug, "Support").await;
+    let key = key_of(&widget_key(&app, &slug, &["acme.com"], Some(&agent_id)).await);
+    let token = guest_token(&app, &key, None).await;
+    let resp = refresh(&app, "https://evil.example", &token).await;
+    assert_eq!(error_code(resp).await, (403, "origin_not_allowed".into()));
+    let next = refreshed(&app, SITE, &token).await;
+    let resp = refresh(&app, SITE, &token).await;
+    assert_eq!(error_code(resp).await, (401, "unauthenticated".into()));
+    // The new token refreshes (once) in its turn.
+    refreshed(&app, SITE, &next).await;
+
+    // Many refreshes of one token at once, on two instances: exactly one wins.
+    let issuer = app.issuer.issuer();
+    let two = TestApp::builder()
+        .await
+        .database_url(&system_url_of(&app))
+        .config(|c| c.oidc_issuer = Some(issuer))
+        .spawn()
+        .await;
+    let token = guest_token(&app, &key, None).await;
+    let attempts = (0..20).map(|i| {
+        let instance = if i % 2 == 0 { &app } else { &two };
+        refresh(instance, SITE, &token)
+    });
+    let statuses: Vec<u16> = futures::future::join_all(attempts)
+        .await
+        .into_iter()
+        .map(|r| r.status().as_u16())
+        .collect();
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 200).count(),
+        1,
+        "{statuses:?}"
+    );
+    assert!(
+        statuses.iter().all(|s| *s == 200 || *s == 401),
+        "{statuses:?}"
+    );
+}
+
+/// `user-token` stores bounded strings only, spends the account's request limits (and `0`
+/// stops it), and keeps at most 1,000 tokens per account waiting to be exchanged.
+#[tokio::test]
+async fn user_tokens_are_bounded_and_count_against_the_account() {
+    let app = TestApp::spawn().await;
+    let slug = account(&app, "utbounds").await;
+    let sk = api_key(&app, &slug).await;
+    for (field, body) in [
+        (
+            "display_name",
+            json!({ "external_user_id": "u", "display_name": "x".repeat(201) }),
+        ),
+        (
+            "email",
+            json!({ "external_user_id": "u", "email": format!("{}@example.com", "x".repeat(243)) }),
+        ),
+        (
+            "external_user_id",
+            json!({ "external_user_id": "x".repeat(256) }),
+        ),
+    ] {
+        let resp = user_token_resp(&app, &sk, body).await;
+        let body: Value = resp.json().await.unwrap();
+        assert_eq!(body["error"]["code"], "invalid_body", "{field}");
+        assert_eq!(body["error"]["field"], field);
+    }
+    // The longest accepted values.
+    let resp = user_token_resp(
+        &app,
+        &sk,
+        json!({ "external_user_id": "x".repeat(255), "display_name": "d".repeat(200),
+                "email": format!("{}@example.com", "e".repeat(242)) }),
+    )
+    .await;
+    assert_eq!(resp.status(), 200);
+
+    // The account's limits apply, and 0 is the kill switch.
+    let account: kataven_hub::tenancy::slug::AccountSlug = slug.parse().unwrap();
+    let catalog = &app.state.catalog;
+    catalog
+        .set_limit(&account, "per_minute", Some(0))
+        .await
+        .unwrap();
+    app.state.cache.invalidate(&format!("limits:{slug}"));
+    let resp = user_token_resp(&app, &sk, json!({ "external_user_id": "u" })).await;
+    assert_eq!(resp.status(), 429);
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["error"]["limit"], "minute");
+    catalog
+        .set_limit(&account, "per_minute", None)
+        .await
+        .unwrap();
+    app.state.cache.invalidate(&format!("limits:{slug}"));
+
+    // At most 1,000 waiting to be exchanged.
+    sqlx::query(
+        "INSERT INTO widget_user_tokens (token_hash, account, external_user_id, expires_at)
+         SELECT sha256((g::text || random()::text)::bytea), $1, 'u', now() + interval '5 minutes'
+         FROM generate_series(1, 999) AS g",
+    )
+    .bind(&slug)
+    .execute(catalog.pool())
+    .await
+    .unwrap();
+    let resp = user_token_resp(&app, &sk, json!({ "external_user_id": "u" })).await;
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["error"]["limit"], "user_tokens", "{body}");
+    // Exchanged (or expired) ones do not count.
+    sqlx::query(
+        "UPDATE widget_user_tokens SET consumed_at = now()
+         WHERE ctid IN (SELECT ctid FROM widget_user_tokens WHERE account = $1 LIMIT 1)",
+    )
+    .bind(&slug)
+    .execute(catalog.pool())
+    .await
+    .unwrap();
+    assert_eq!(
+        user_token_resp(&app, &sk, json!({ "external_user_id": "u" }))
+            .await
+            .status(),
+        200
+    );
 }
 
 // ---------------------------------------------------------------------------------------------

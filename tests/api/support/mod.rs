@@ -62,6 +62,7 @@ pub fn test_config(database_url: &str) -> Config {
     config.limit_per_day = 1_000_000;
     config.limit_concurrent = 1_000;
     config.public_limit_per_minute = 100_000;
+    config.auth_failure_limit_per_minute = 100_000;
     config
 }
 
@@ -392,6 +393,29 @@ pub async fn database_exists(name: &str) -> bool {
         .unwrap();
     conn.close().await.ok();
     exists
+}
+
+/// A request builder that comes from `client` as far as the app can tell: the app trusts
+/// `127.0.0.1` as a proxy (`KATAVEN_TRUSTED_PROXIES`), and this says who the client is.
+pub fn from_client(req: reqwest::RequestBuilder, client: &str) -> reqwest::RequestBuilder {
+    req.header("X-Forwarded-For", client)
+}
+
+/// An `sk_live_` key for `account` as someone without the pepper can make it: the right shape
+/// and a valid CRC32 checksum, but no valid tag.
+pub fn forged_api_key(account: &str) -> String {
+    const BASE62: &[u8] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
+    let random: String = (0..32)
+        .map(|_| BASE62[rand::random_range(0..62)] as char)
+        .collect();
+    let head = format!("sk_live_{account}_{random}");
+    let mut sum = u64::from(crc32fast::hash(head.as_bytes()));
+    let mut checksum = [b'0'; 6];
+    for slot in checksum.iter_mut().rev() {
+        *slot = BASE62[(sum % 62) as usize];
+        sum /= 62;
+    }
+    head + std::str::from_utf8(&checksum).unwrap()
 }
 
 /// The error code of a JSON error body.

@@ -54,9 +54,31 @@ impl TestRedis {
         panic!("redis-server did not start");
     }
 
+    /// Stops the server's process (`SIGSTOP`): connections stay open, nothing answers.
+    pub fn freeze(&self) {
+        self.signal(libc::SIGSTOP);
+    }
+
+    /// Lets a frozen server go on (`SIGCONT`).
+    pub fn thaw(&self) {
+        self.signal(libc::SIGCONT);
+    }
+
+    fn signal(&self, signal: libc::c_int) {
+        let pid = self.child.as_ref().expect("running").id() as i32;
+        // SAFETY: kill(2) has no memory-safety preconditions.
+        unsafe {
+            libc::kill(pid, signal);
+        }
+    }
+
     /// Kills the server.
     pub fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {
+            // SAFETY: as above; a frozen server must be let go on to die.
+            unsafe {
+                libc::kill(child.id() as i32, libc::SIGCONT);
+            }
             let _ = child.kill();
             let _ = child.wait();
         }
