@@ -6,6 +6,8 @@
 //!   fetch in flight (requests await the same shared future) and at most one per cooldown, so
 //!   junk `kid`s cannot flood the issuer. No lock is held across the fetch.
 //! * A failed refresh keeps the last good key set.
+//! * Verified tokens are remembered in the key set that verified them, so a swap forgets them
+//!   all, including verifications still in flight when the keys changed.
 //! * Verification (`jsonwebtoken`) pins the algorithm to the key's own, requires `exp`, `sub`,
 //!   `iss` and `aud`, checks `iss` exactly and `aud` against the configured list, honours `nbf`
 //!   and `iat`, with 60 s leeway. `alg: none`, HMAC algorithms, unknown `kid`s and a key/alg
@@ -94,9 +96,26 @@ struct VerifyKey {
     alg: Algorithm,
 }
 
+/// One key set as fetched, and the tokens verified with it.
 #[derive(Default)]
 struct KeySet {
     keys: HashMap<String, VerifyKey>,
+    /// Tokens verified with these keys: SHA-256 of the token → its claims. It belongs to this
+    /// set, so replacing the set forgets them all, and a verification that finishes after the
+    /// set was replaced remembers its token here, where no lookup comes any more. An entry is
+    /// never used past the token's `exp` (+ leeway), so a reused verification means exactly
+    /// what a new one would.
+    verified: DashMap<[u8; 32], Arc<IdClaims>>,
+}
+
+impl KeySet {
+    /// Remembers a token verified with this set.
+    fn remember(&self, digest: [u8; 32], claims: &IdClaims) {
+        if self.verified.len() >= MAX_VERIFIED {
+            self.verified.clear();
+        }
+        self.verified.insert(digest, Arc::new(claims.clone()));
+    }
 }
 
 /// Where keys come from.
@@ -136,14 +155,15 @@ pub struct IssuerSettings {
 pub struct IssuerKeys {
     settings: IssuerSettings,
     source: Source,
+    /// The current key set, with the tokens verified with it.
     keys: RwLock<Arc<KeySet>>,
-    /// Tokens verified with the current key set: SHA-256 of the token → its claims. Emptied
-    /// whenever the keys are replaced, and an entry is never used past the token's `exp`
-    /// (+ leeway), so a reused verification means exactly what a new one would.
-    verified: DashMap<[u8; 32], Arc<IdClaims>>,
     last_attempt: Mutex<Option<Instant>>,
     inflight: Mutex<Option<Shared<BoxFuture<'static, ()>>>>,
     counters: OidcCounters,
+    /// Unit tests: pauses the next verification between its signature check and remembering
+    /// it, so that a key swap can be placed exactly there.
+    #[cfg(test)]
+    pause_before_remember: Mutex<Option<Arc<tests::Pause>>>,
 }
 
 /// Checks that an issuer URL is `https://`, or `http://` on a loopback host.
@@ -205,10 +225,11 @@ impl IssuerKeys {
             settings,
             source,
             keys: RwLock::new(Arc::default()),
-            verified: DashMap::new(),
             last_attempt: Mutex::new(None),
             inflight: Mutex::new(None),
             counters,
+            #[cfg(test)]
+            pause_before_remember: Mutex::new(None),
         }
     }
 
@@ -308,8 +329,10 @@ impl IssuerKeys {
                 Some((kid, VerifyKey { key, alg }))
             })
             .collect();
-        *self.keys.write() = Arc::new(KeySet { keys });
-        self.verified.clear();
+        *self.keys.write() = Arc::new(KeySet {
+            keys,
+            verified: DashMap::new(),
+        });
     }
 
     /// Starts a refresh unless one is in flight (then joins it) or, when `respect_cooldown`,
@@ -363,29 +386,47 @@ impl IssuerKeys {
         })
     }
 
-    fn key(&self, kid: &str) -> Option<VerifyKey> {
-        self.keys.read().keys.get(kid).cloned()
+    /// The current key set.
+    fn snapshot(&self) -> Arc<KeySet> {
+        self.keys.read().clone()
     }
 
     /// Verifies an ID token of this issuer. A token already verified with the current keys is
     /// not verified again (signature checks cost ~0.2 ms) until it expires.
     pub async fn verify(self: &Arc<Self>, token: &str) -> Result<IdClaims, AuthRejection> {
         let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
-        if let Some(claims) = self.verified.get(&digest) {
+        if let Some(claims) = self.snapshot().verified.get(&digest) {
             if chrono::Utc::now().timestamp() <= claims.exp + LEEWAY_SECS as i64 {
                 return Ok(IdClaims::clone(&claims));
             }
         }
-        let claims = self.verify_uncached(token).await?;
-        if self.verified.len() >= MAX_VERIFIED {
-            self.verified.clear();
+        let (claims, set) = self.verify_in_snapshot(token).await?;
+        #[cfg(test)]
+        {
+            let pause = self.pause_before_remember.lock().take();
+            if let Some(pause) = pause {
+                pause.reached.notify_one();
+                pause.resume.notified().await;
+            }
         }
-        self.verified.insert(digest, Arc::new(claims.clone()));
+        // Into the cache of the set that verified it: if that set was replaced meanwhile, the
+        // token is remembered where nobody looks any more.
+        set.remember(digest, &claims);
         Ok(claims)
     }
 
     /// A full verification, without the verified-token cache.
     pub async fn verify_uncached(self: &Arc<Self>, token: &str) -> Result<IdClaims, AuthRejection> {
+        self.verify_in_snapshot(token)
+            .await
+            .map(|(claims, _)| claims)
+    }
+
+    /// A full verification; also returns the key set whose key verified the token.
+    async fn verify_in_snapshot(
+        self: &Arc<Self>,
+        token: &str,
+    ) -> Result<(IdClaims, Arc<KeySet>), AuthRejection> {
         let header = jsonwebtoken::decode_header(token)
             .map_err(|_| AuthRejection::new("malformed_token"))?;
         if !matches!(
@@ -398,16 +439,16 @@ impl IssuerKeys {
             .kid
             .as_deref()
             .ok_or(AuthRejection::new("missing_kid"))?;
-        let key = match self.key(kid) {
-            Some(key) => key,
-            None => {
-                if let Some(refresh) = self.refresh(true) {
-                    let _ = tokio::time::timeout(FETCH_TIMEOUT, refresh).await;
-                }
-                self.key(kid).ok_or(AuthRejection::new("unknown_kid"))?
+        let mut set = self.snapshot();
+        if !set.keys.contains_key(kid) {
+            if let Some(refresh) = self.refresh(true) {
+                let _ = tokio::time::timeout(FETCH_TIMEOUT, refresh).await;
             }
-        };
-        self.verify_with(token, header.alg, &key)
+            set = self.snapshot();
+        }
+        let key = set.keys.get(kid).ok_or(AuthRejection::new("unknown_kid"))?;
+        let claims = self.verify_with(token, header.alg, key)?;
+        Ok((claims, set))
     }
 
     fn verify_with(
@@ -490,7 +531,137 @@ pub fn unverified_issuer(token: &str) -> Option<String> {
 
 #[cfg(test)]
 mod tests {
-    use super::check_issuer_url;
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use jsonwebtoken::jwk::{Jwk, JwkSet};
+    use jsonwebtoken::{Algorithm, EncodingKey, Header};
+    use p256::pkcs8::{EncodePrivateKey, LineEnding};
+    use parking_lot::Mutex;
+    use serde_json::{Value, json};
+    use tokio::sync::Notify;
+
+    use super::{IssuerKeys, IssuerSettings, OidcCounters, check_issuer_url};
+
+    /// A verification paused between its signature check and remembering it.
+    #[derive(Default)]
+    pub(super) struct Pause {
+        /// Notified when the verification reaches the pause.
+        pub reached: Notify,
+        /// Notify to let it go on.
+        pub resume: Notify,
+    }
+
+    const ISSUER: &str = "https://issuer.test";
+
+    fn ec_key(kid: &str) -> (EncodingKey, Jwk) {
+        let secret = p256::SecretKey::random(&mut p256::elliptic_curve::rand_core::OsRng);
+        let pem = secret.to_pkcs8_pem(LineEnding::LF).unwrap();
+        let mut jwk: Value = serde_json::from_str(&secret.public_key().to_jwk_string()).unwrap();
+        jwk["kid"] = kid.into();
+        jwk["alg"] = "ES256".into();
+        (
+            EncodingKey::from_ec_pem(pem.as_bytes()).unwrap(),
+            serde_json::from_value(jwk).unwrap(),
+        )
+    }
+
+    fn claims(patch: Value) -> Value {
+        let now = chrono::Utc::now().timestamp();
+        let mut claims = json!({
+            "iss": ISSUER, "aud": ["hub"], "sub": "user-1", "iat": now, "exp": now + 600,
+        });
+        for (k, v) in patch.as_object().unwrap() {
+            claims[k] = v.clone();
+        }
+        claims
+    }
+
+    fn sign(key: &EncodingKey, kid: &str, claims: &Value) -> String {
+        let header = Header {
+            kid: Some(kid.into()),
+            ..Header::new(Algorithm::ES256)
+        };
+        jsonwebtoken::encode(&header, claims, key).unwrap()
+    }
+
+    /// A local issuer publishing whatever `published` holds; no refresh within the test
+    /// except the ones it asks for.
+    fn issuer(published: Arc<Mutex<JwkSet>>) -> Arc<IssuerKeys> {
+        IssuerKeys::local(
+            IssuerSettings {
+                issuer: ISSUER.into(),
+                audiences: vec!["hub".into()],
+                refresh_interval: Duration::from_secs(3600),
+                refresh_cooldown: Duration::from_secs(3600),
+            },
+            OidcCounters::default(),
+            move || {
+                let set = published.lock().clone();
+                Box::pin(async move { Ok(set) })
+            },
+        )
+    }
+
+    #[tokio::test]
+    async fn a_remembered_token_of_a_withdrawn_key_is_refused_after_the_swap() {
+        let (k1, jwk1) = ec_key("k1");
+        let (_, jwk2) = ec_key("k2");
+        let published = Arc::new(Mutex::new(JwkSet { keys: vec![jwk1] }));
+        let issuer = issuer(published.clone());
+        issuer.refresh_now().await;
+        let token = sign(&k1, "k1", &claims(json!({})));
+        assert!(issuer.verify(&token).await.is_ok());
+        assert!(issuer.verify(&token).await.is_ok(), "remembered");
+
+        *published.lock() = JwkSet { keys: vec![jwk2] };
+        issuer.refresh_now().await;
+        assert_eq!(
+            issuer.verify(&token).await.unwrap_err().reason,
+            "unknown_kid"
+        );
+    }
+
+    /// The race of issue 10 (4b): a verification that checked the signature with the old key
+    /// set must not remember the token in the cache of the new one.
+    #[tokio::test]
+    async fn a_verification_in_flight_across_a_key_swap_is_not_remembered() {
+        let (k1, jwk1) = ec_key("k1");
+        let (_, jwk2) = ec_key("k2");
+        let published = Arc::new(Mutex::new(JwkSet { keys: vec![jwk1] }));
+        let issuer = issuer(published.clone());
+        issuer.refresh_now().await;
+        let token = sign(&k1, "k1", &claims(json!({})));
+
+        let pause = Arc::new(Pause::default());
+        *issuer.pause_before_remember.lock() = Some(pause.clone());
+        let in_flight = tokio::spawn({
+            let issuer = issuer.clone();
+            let token = token.clone();
+            async move { issuer.verify(&token).await }
+        });
+        // The signature checked out with k1; before the verification remembers it, the issuer
+        // withdraws k1 and the key set is swapped.
+        pause.reached.notified().await;
+        *published.lock() = JwkSet { keys: vec![jwk2] };
+        issuer.refresh_now().await;
+        pause.resume.notify_one();
+        assert!(
+            in_flight.await.unwrap().is_ok(),
+            "verified against the keys of its time"
+        );
+
+        // The next use of the token meets the new key set, which does not know k1.
+        assert_eq!(
+            issuer
+                .verify(&token)
+                .await
+                .map(|c| c.sub)
+                .unwrap_err()
+                .reason,
+            "unknown_kid"
+        );
+    }
 
     #[test]
     fn http_issuers_only_on_loopback() {
