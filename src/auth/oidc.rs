@@ -249,14 +249,36 @@ impl IssuerKeys {
         }
     }
 
-    /// The discovery result of a remote issuer, discovering it first if needed.
-    pub async fn discovered(&self) -> anyhow::Result<Arc<Discovered>> {
-        let Source::Remote { http, discovered } = &self.source else {
+    /// The discovery result of a remote issuer. Until discovery has succeeded once, it is asked
+    /// for through the key refresh — at most one in flight, at most one per cooldown — so that a
+    /// flood of callers while the issuer is down costs the issuer at most one discovery per
+    /// cooldown; inside the cooldown this fails at once.
+    pub async fn discovered(self: &Arc<Self>) -> anyhow::Result<Arc<Discovered>> {
+        let Source::Remote { discovered, .. } = &self.source else {
             bail!("a local issuer has no discovery document");
         };
         if let Some(d) = discovered.read().clone() {
             return Ok(d);
         }
+        if let Some(refresh) = self.refresh(true) {
+            let _ = tokio::time::timeout(FETCH_TIMEOUT, refresh).await;
+        }
+        let known = discovered.read().clone();
+        known.ok_or_else(|| {
+            anyhow!(
+                "OIDC discovery of {} has not succeeded (tried at most once per {:?})",
+                self.settings.issuer,
+                self.settings.refresh_cooldown
+            )
+        })
+    }
+
+    /// Discovery itself (one request for the document, one for its JWKS); only the key
+    /// refresh calls this.
+    async fn discover(&self) -> anyhow::Result<()> {
+        let Source::Remote { http, discovered } = &self.source else {
+            bail!("a local issuer has no discovery document");
+        };
         let issuer_url = IssuerUrl::new(self.settings.issuer.clone()).context("issuer URL")?;
         // `discover_async` checks that the document's `issuer` equals ours and fetches the JWKS.
         let metadata = CoreProviderMetadata::discover_async(issuer_url, http)
@@ -281,8 +303,8 @@ impl IssuerKeys {
         // Use the key set discovery already fetched.
         let jwks: JwkSet = serde_json::from_value(serde_json::to_value(d.metadata.jwks())?)?;
         self.install(&jwks, eddsa_advertised);
-        *discovered.write() = Some(d.clone());
-        Ok(d)
+        *discovered.write() = Some(d);
+        Ok(())
     }
 
     async fn fetch(&self) -> anyhow::Result<()> {
@@ -296,8 +318,7 @@ impl IssuerKeys {
                 let known = discovered.read().clone();
                 let Some(d) = known else {
                     // First contact: discovery fetches the keys too.
-                    self.discovered().await?;
-                    return Ok(());
+                    return self.discover().await;
                 };
                 self.counters.jwks_fetches.inc();
                 let response = http

@@ -730,3 +730,66 @@ async fn a_remembered_verification_ends_when_the_token_expires() {
         (401, "unauthenticated".into())
     );
 }
+
+/// Issue 10, item 6: while discovery has never succeeded and the issuer is down, a flood of
+/// `GET /api/user/org` costs the issuer at most one discovery per cooldown (the single-flight
+/// and cooldown of the key refresh), and every call still answers 503 with `Retry-After`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_user_org_flood_costs_at_most_one_discovery_per_cooldown_while_the_issuer_is_down() {
+    const COOLDOWN_SECS: u64 = 3;
+    let started = std::time::Instant::now();
+    let builder = TestApp::builder()
+        .await
+        .config(|c| c.jwks_refresh_cooldown_secs = COOLDOWN_SECS);
+    builder.issuer().set_down(true);
+    let app = builder.spawn().await;
+
+    let user_org = |token: String| {
+        let req = app.get("/api/user/org").bearer_auth(token);
+        async move {
+            let resp = req.send().await.unwrap();
+            let retry_after = resp.headers().contains_key("retry-after");
+            let (status, code) = error_code(resp).await;
+            (status, code, retry_after)
+        }
+    };
+    let mut answers: Vec<(u16, String, bool)> = futures::stream::iter(0..60)
+        .map(|i| user_org(format!("access-token-{i}")))
+        .buffer_unordered(30)
+        .collect()
+        .await;
+    for i in 0..20 {
+        answers.push(user_org(format!("sequential-token-{i}")).await);
+    }
+    let elapsed = started.elapsed();
+    for answer in &answers {
+        assert_eq!(answer, &(503, "unavailable".to_owned(), true));
+    }
+    let discoveries = app.issuer.discovery_fetches();
+    println!(
+        "{} calls to /api/user/org in {elapsed:?} (issuer down) caused {discoveries} discovery request(s)",
+        answers.len()
+    );
+    // The start-up refresh, plus one per cooldown the test lasted.
+    let allowed = 1 + (elapsed.as_secs() / COOLDOWN_SECS) as usize;
+    assert!(
+        discoveries <= allowed,
+        "{discoveries} discovery requests (at most {allowed} allowed)"
+    );
+    assert_eq!(app.issuer.userinfo_calls(), 0);
+
+    // Back up: once the cooldown has passed, the next call discovers and is answered.
+    app.issuer.set_down(false);
+    app.issuer
+        .set_userinfo("at-back", json!({ "sub": "u-back", "email": null }));
+    tokio::time::sleep(std::time::Duration::from_millis(COOLDOWN_SECS * 1000 + 200)).await;
+    let resp = app
+        .get("/api/user/org")
+        .bearer_auth("at-back")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["sub"], "u-back");
+}
