@@ -12,6 +12,8 @@
 //!   `iss` and `aud`, checks `iss` exactly and `aud` against the configured list, honours `nbf`
 //!   and `iat`, with 60 s leeway. `alg: none`, HMAC algorithms, unknown `kid`s and a key/alg
 //!   family mismatch are refused.
+//! * Only ID tokens issued to one of our clients: an `azp` must be a configured audience, and
+//!   access tokens (`typ: at+jwt`, or an access token's claims) are refused.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -28,6 +30,7 @@ use openidconnect::{IssuerUrl, reqwest};
 use parking_lot::{Mutex, RwLock};
 use prometheus_client::metrics::counter::Counter;
 use serde::Deserialize;
+use serde::de::IgnoredAny;
 use sha2::{Digest, Sha256};
 use tokio::time::Instant;
 
@@ -59,6 +62,39 @@ pub struct IdClaims {
     /// `{ "<role>": { "<orgId>": "<domain>" } }`.
     #[serde(rename = "urn:zitadel:iam:org:project:roles", default)]
     pub roles: HashMap<String, HashMap<String, serde_json::Value>>,
+    /// The client the token was issued to; when present, one of the configured audiences.
+    #[serde(default)]
+    pub azp: Option<String>,
+    /// Claims of an access token (RFC 9068; Zitadel's JWT access tokens), read only for
+    /// whether they are present: see [`IdClaims::is_access_token`].
+    #[serde(default)]
+    client_id: Option<IgnoredAny>,
+    #[serde(default)]
+    jti: Option<IgnoredAny>,
+    #[serde(default)]
+    scope: Option<IgnoredAny>,
+}
+
+impl IdClaims {
+    /// Whether these are the claims of an access token rather than an ID token: a `scope`
+    /// (an ID token has none), or `client_id` or `jti` without `azp`. An RFC 9068 access token
+    /// must carry `client_id` and `jti`; Zitadel's JWT access tokens carry `jti` and no `azp`,
+    /// while its ID tokens always name their client in `azp` (and carry `client_id` too).
+    fn is_access_token(&self) -> bool {
+        self.scope.is_some()
+            || (self.azp.is_none() && (self.client_id.is_some() || self.jti.is_some()))
+    }
+}
+
+/// Whether a JWT header's `typ` says "access token" (RFC 9068: `at+jwt`, also written with
+/// the `application/` prefix; media types compare without case).
+fn is_access_token_typ(typ: &str) -> bool {
+    let typ = typ.trim();
+    let typ = match typ.get(..12) {
+        Some(prefix) if prefix.eq_ignore_ascii_case("application/") => &typ[12..],
+        _ => typ,
+    };
+    typ.eq_ignore_ascii_case("at+jwt")
 }
 
 /// Which roles the roles claim grants in which organisations.
@@ -456,6 +492,10 @@ impl IssuerKeys {
         ) {
             return Err(AuthRejection::new("disallowed_alg"));
         }
+        // An access token is not an ID token, however valid its signature (RFC 9068 §4).
+        if header.typ.as_deref().is_some_and(is_access_token_typ) {
+            return Err(AuthRejection::new("access_token"));
+        }
         let kid = header
             .kid
             .as_deref()
@@ -507,6 +547,17 @@ impl IssuerKeys {
         let now = chrono::Utc::now().timestamp();
         if claims.iat.is_some_and(|iat| iat > now + LEEWAY_SECS as i64) {
             return Err(AuthRejection::new("not_yet_valid"));
+        }
+        if claims.is_access_token() {
+            return Err(AuthRejection::new("access_token"));
+        }
+        // Issued to a client that is not one of ours (OIDC Core 3.1.3.7).
+        if claims
+            .azp
+            .as_ref()
+            .is_some_and(|azp| !self.settings.audiences.contains(azp))
+        {
+            return Err(AuthRejection::new("azp_mismatch"));
         }
         Ok(claims)
     }
@@ -682,6 +733,29 @@ mod tests {
                 .reason,
             "unknown_kid"
         );
+    }
+
+    #[test]
+    fn access_token_types() {
+        for typ in [
+            "at+jwt",
+            "AT+JWT",
+            "application/at+jwt",
+            "Application/At+Jwt",
+        ] {
+            assert!(super::is_access_token_typ(typ), "{typ}");
+        }
+        for typ in [
+            "JWT",
+            "jwt",
+            "application/jwt",
+            "at+jwt2",
+            "application/",
+            "",
+            "ät+jwt",
+        ] {
+            assert!(!super::is_access_token_typ(typ), "{typ}");
+        }
     }
 
     #[test]

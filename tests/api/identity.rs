@@ -793,3 +793,119 @@ async fn a_user_org_flood_costs_at_most_one_discovery_per_cooldown_while_the_iss
     let body: Value = resp.json().await.unwrap();
     assert_eq!(body["sub"], "u-back");
 }
+
+/// Issue 10, item 10: tokens of the trusted issuer that are not ID tokens for this service.
+/// An `azp` must be one of the configured audiences; an access token (RFC 9068 `typ`, or the
+/// claims of one: `scope`, or `client_id`/`jti` without `azp`) is refused, each with its own
+/// reason, whatever its valid signature, issuer and audience.
+#[tokio::test]
+async fn access_tokens_and_foreign_authorized_parties_are_refused() {
+    let app = TestApp::spawn().await;
+    let acme = app.account_with_admin("confuse", "alice").await;
+    let audience = crate::support::AUDIENCE;
+    let with = |patch: Value| {
+        let mut c = app.issuer.claims("alice");
+        for (k, v) in patch.as_object().unwrap() {
+            c[k] = v.clone();
+        }
+        c
+    };
+    // What Zitadel signs as a JWT access token: `jti`, `nbf`, the project and client in `aud`,
+    // no `azp`; `typ` is "JWT".
+    let zitadel_access_token = with(json!({
+        "aud": [audience, "project-1"], "jti": "at-1", "nbf": now(),
+    }));
+    let refused: Vec<(&str, String, &str)> = vec![
+        (
+            "azp of another client",
+            app.issuer
+                .sign("rsa-1", &with(json!({ "azp": "another-client" }))),
+            "azp_mismatch",
+        ),
+        (
+            "azp of another client, ES256",
+            app.issuer.sign(
+                "ec-1",
+                &with(json!({ "azp": "another-client", "client_id": "another-client" })),
+            ),
+            "azp_mismatch",
+        ),
+        (
+            "typ at+jwt",
+            app.issuer.sign_typed("rsa-1", "at+jwt", &with(json!({}))),
+            "access_token",
+        ),
+        (
+            "typ application/at+jwt",
+            app.issuer
+                .sign_typed("rsa-1", "application/at+jwt", &with(json!({}))),
+            "access_token",
+        ),
+        (
+            "typ AT+JWT",
+            app.issuer
+                .sign_typed("ec-1", "AT+JWT", &with(json!({ "azp": audience }))),
+            "access_token",
+        ),
+        (
+            "scope claim",
+            app.issuer.sign(
+                "rsa-1",
+                &with(json!({ "scope": "openid profile", "azp": audience })),
+            ),
+            "access_token",
+        ),
+        (
+            "Zitadel JWT access token",
+            app.issuer.sign("rsa-1", &zitadel_access_token),
+            "access_token",
+        ),
+        (
+            "RFC 9068 claims without azp",
+            app.issuer.sign(
+                "rsa-1",
+                &with(json!({ "client_id": audience, "jti": "at-2" })),
+            ),
+            "access_token",
+        ),
+    ];
+    for (name, token, reason) in &refused {
+        let metric = format!(r#"kataven_auth_failures_total{{reason="{reason}"}}"#);
+        let before = app.metric(&metric).await;
+        assert_eq!(
+            status_with(&app, &acme.slug, token).await,
+            (401, "unauthenticated".into()),
+            "{name}"
+        );
+        assert_eq!(
+            app.metric(&metric).await,
+            before + 1.0,
+            "{name}: reason {reason}"
+        );
+    }
+
+    // ID tokens: what Zitadel signs (`azp` and `client_id` the client, `auth_time`, `amr`,
+    // `at_hash`, `sid`), an `azp` with a `jti` (other issuers), a plain `typ: JWT`.
+    for (name, claims) in [
+        (
+            "Zitadel ID token",
+            with(json!({
+                "aud": [audience, "project-1"], "azp": audience, "client_id": audience,
+                "auth_time": now() - 5, "amr": ["pwd"], "at_hash": "x", "sid": "s-1",
+            })),
+        ),
+        (
+            "azp with jti",
+            with(json!({ "azp": audience, "jti": "id-1" })),
+        ),
+        ("no azp, no access-token claims", with(json!({}))),
+    ] {
+        assert_eq!(
+            status_with(&app, &acme.slug, &app.issuer.sign("rsa-1", &claims))
+                .await
+                .0,
+            200,
+            "{name}"
+        );
+    }
+}

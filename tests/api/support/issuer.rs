@@ -86,11 +86,14 @@ impl SigningKey {
         jwk
     }
 
-    fn sign(&self, kid: &str, claims: &Value) -> String {
-        let header = Header {
+    fn sign(&self, kid: &str, typ: Option<&str>, claims: &Value) -> String {
+        let mut header = Header {
             kid: Some(kid.to_owned()),
             ..Header::new(self.alg)
         };
+        if let Some(typ) = typ {
+            header.typ = Some(typ.to_owned());
+        }
         jsonwebtoken::encode(&header, claims, &self.encoding).expect("sign token")
     }
 }
@@ -204,6 +207,11 @@ impl TestIssuer {
     /// Signs `claims` with the key `kid` (RS256 for RSA keys, ES256 for EC keys), naming `kid`
     /// in the header. Panics if the issuer never had such a key.
     pub fn sign(&self, kid: &str, claims: &Value) -> String {
+        self.sign_typed(kid, "JWT", claims)
+    }
+
+    /// [`Self::sign`] with the header's `typ` set to `typ` (`at+jwt`: an RFC 9068 access token).
+    pub fn sign_typed(&self, kid: &str, typ: &str, claims: &Value) -> String {
         let key = self
             .shared
             .keys
@@ -212,7 +220,7 @@ impl TestIssuer {
             .get(kid)
             .cloned()
             .unwrap_or_else(|| panic!("the test issuer has no key {kid:?}"));
-        key.sign(kid, claims)
+        key.sign(kid, Some(typ), claims)
     }
 
     /// `sign("rsa-1", &claims(sub))`.
@@ -223,7 +231,7 @@ impl TestIssuer {
     /// Signs RS256 with a fresh key that is NOT in the JWKS, but names `kid` in the header: a
     /// forgery claiming a published kid.
     pub fn sign_with_unpublished_key(&self, kid: &str, claims: &Value) -> String {
-        SigningKey::rsa().0.sign(kid, claims)
+        SigningKey::rsa().0.sign(kid, None, claims)
     }
 
     /// Generates a new key (RSA-2048 when `rsa`, else EC P-256) and publishes it under `kid`,
