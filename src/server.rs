@@ -84,6 +84,12 @@ pub async fn identity(
                     audiences: config.oidc_audiences.clone(),
                     refresh_interval,
                     refresh_cooldown,
+                    project_id: config
+                        .oidc_project_id
+                        .as_deref()
+                        .map(str::trim)
+                        .filter(|p| !p.is_empty())
+                        .map(str::to_owned),
                 },
                 metrics.oidc.clone(),
             )?)
@@ -99,6 +105,8 @@ pub async fn identity(
                 audiences: vec![DEV_AUDIENCE.to_owned()],
                 refresh_interval,
                 refresh_cooldown,
+                // Dev tokens carry no roles.
+                project_id: None,
             },
             metrics.oidc.clone(),
             move || {

@@ -49,7 +49,7 @@ pub enum UserInfoFailure {
     Unavailable(String),
 }
 
-/// Zitadel's organisation claims in a userinfo answer.
+/// Zitadel's organisation and roles claims in a userinfo answer.
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
 struct ZitadelClaims {
     #[serde(rename = "urn:zitadel:iam:user:resourceowner:id", default)]
@@ -58,8 +58,9 @@ struct ZitadelClaims {
     org_name: Option<String>,
     #[serde(rename = "urn:zitadel:iam:user:resourceowner:primary_domain", default)]
     org_primary_domain: Option<String>,
-    #[serde(rename = "urn:zitadel:iam:org:project:roles", default)]
-    roles: std::collections::HashMap<String, std::collections::HashMap<String, serde_json::Value>>,
+    /// Every other claim; the roles claims are among them (see [`OrgRoles::from_claims`]).
+    #[serde(flatten)]
+    other: std::collections::HashMap<String, serde_json::Value>,
 }
 
 impl AdditionalClaims for ZitadelClaims {}
@@ -156,13 +157,16 @@ impl Identity {
                 other => UserInfoFailure::Unavailable(other.to_string()),
             })?;
         let extra = claims.additional_claims();
+        let roles = OrgRoles::from_claims(&extra.other, remote.project_id()).map_err(|e| {
+            UserInfoFailure::Unavailable(format!("userinfo: unreadable roles claim: {e}"))
+        })?;
         Ok(UserInfo {
             sub: claims.subject().to_string(),
             email: claims.email().map(|e| e.to_string()),
             org_id: extra.org_id.clone(),
             org_name: extra.org_name.clone(),
             org_primary_domain: extra.org_primary_domain.clone(),
-            roles: OrgRoles::from_claim(&extra.roles),
+            roles,
         })
     }
 }
@@ -176,7 +180,7 @@ impl Identity {
             }
             let claims = self.verify_id_token(bearer).await?;
             Ok(Principal::User {
-                roles: OrgRoles::from_claim(&claims.roles),
+                roles: claims.roles,
                 subject: claims.sub,
                 email: claims.email,
                 org_id: claims.org_id,

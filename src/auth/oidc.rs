@@ -43,39 +43,52 @@ const MAX_VERIFIED: usize = 50_000;
 pub const LEEWAY_SECS: u64 = 60;
 const FETCH_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// The claims we read from an ID token (Zitadel's names for organisation and roles).
-#[derive(Debug, Clone, Deserialize)]
+/// What we take from a verified ID token (Zitadel's names for organisation and roles).
+#[derive(Debug, Clone)]
 pub struct IdClaims {
-    /// Required; a missing `sub` is caught by the required-claims check, an empty one after.
-    #[serde(default)]
     pub sub: String,
-    #[serde(default)]
     pub email: Option<String>,
-    #[serde(default)]
     pub iat: Option<i64>,
-    /// Required (checked by the validation); here to bound how long a verification is reused.
-    #[serde(default)]
+    /// Bounds how long a verification is reused.
     pub exp: i64,
     /// The user's organisation.
-    #[serde(rename = "urn:zitadel:iam:user:resourceowner:id", default)]
     pub org_id: Option<String>,
-    /// `{ "<role>": { "<orgId>": "<domain>" } }`.
-    #[serde(rename = "urn:zitadel:iam:org:project:roles", default)]
-    pub roles: HashMap<String, HashMap<String, serde_json::Value>>,
+    /// What the roles claim that counts for this issuer grants (see [`roles_claim`]).
+    pub roles: OrgRoles,
+}
+
+/// A token's claims as decoded, before the checks that make them [`IdClaims`].
+#[derive(Deserialize)]
+struct TokenClaims {
+    /// Required; a missing `sub` is caught by the required-claims check, an empty one after.
+    #[serde(default)]
+    sub: String,
+    #[serde(default)]
+    email: Option<String>,
+    #[serde(default)]
+    iat: Option<i64>,
+    /// Required (checked by the validation).
+    #[serde(default)]
+    exp: i64,
+    #[serde(rename = "urn:zitadel:iam:user:resourceowner:id", default)]
+    org_id: Option<String>,
     /// The client the token was issued to; when present, one of the configured audiences.
     #[serde(default)]
-    pub azp: Option<String>,
+    azp: Option<String>,
     /// Claims of an access token (RFC 9068; Zitadel's JWT access tokens), read only for
-    /// whether they are present: see [`IdClaims::is_access_token`].
+    /// whether they are present: see [`TokenClaims::is_access_token`].
     #[serde(default)]
     client_id: Option<IgnoredAny>,
     #[serde(default)]
     jti: Option<IgnoredAny>,
     #[serde(default)]
     scope: Option<IgnoredAny>,
+    /// Every other claim; the roles claims are among them.
+    #[serde(flatten)]
+    other: HashMap<String, serde_json::Value>,
 }
 
-impl IdClaims {
+impl TokenClaims {
     /// Whether these are the claims of an access token rather than an ID token: a `scope`
     /// (an ID token has none), or `client_id` or `jti` without `azp`. An RFC 9068 access token
     /// must carry `client_id` and `jti`; Zitadel's JWT access tokens carry `jti` and no `azp`,
@@ -97,18 +110,41 @@ fn is_access_token_typ(typ: &str) -> bool {
     typ.eq_ignore_ascii_case("at+jwt")
 }
 
+/// The name of the roles claim that counts. With a configured Zitadel project
+/// (`KATAVEN_OIDC_PROJECT_ID`), only that project's own claim
+/// `urn:zitadel:iam:org:project:<id>:roles`: the project-less
+/// `urn:zitadel:iam:org:project:roles` does not say which project its roles are of. Without
+/// one, the project-less claim.
+pub fn roles_claim(project: Option<&str>) -> String {
+    match project {
+        Some(project) => format!("urn:zitadel:iam:org:project:{project}:roles"),
+        None => "urn:zitadel:iam:org:project:roles".to_owned(),
+    }
+}
+
 /// Which roles the roles claim grants in which organisations.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct OrgRoles(pub HashMap<String, HashSet<String>>);
 
 impl OrgRoles {
-    pub fn from_claim(claim: &HashMap<String, HashMap<String, serde_json::Value>>) -> Self {
-        Self(
+    /// What the roles claim that counts ([`roles_claim`]) among `claims` grants; any other
+    /// roles claim grants nothing. Its shape is `{ "<role>": { "<orgId>": "<domain>" } }`;
+    /// `Err` when it has another.
+    pub fn from_claims(
+        claims: &HashMap<String, serde_json::Value>,
+        project: Option<&str>,
+    ) -> Result<Self, serde_json::Error> {
+        let claim = match claims.get(&roles_claim(project)) {
+            None | Some(serde_json::Value::Null) => return Ok(Self::default()),
+            Some(claim) => claim,
+        };
+        let claim = HashMap::<String, HashMap<String, serde_json::Value>>::deserialize(claim)?;
+        Ok(Self(
             claim
-                .iter()
-                .map(|(role, orgs)| (role.clone(), orgs.keys().cloned().collect()))
+                .into_iter()
+                .map(|(role, orgs)| (role, orgs.into_keys().collect()))
                 .collect(),
-        )
+        ))
     }
 
     /// Whether any role is granted from `org`.
@@ -185,6 +221,8 @@ pub struct IssuerSettings {
     pub audiences: Vec<String>,
     pub refresh_interval: Duration,
     pub refresh_cooldown: Duration,
+    /// The Zitadel project whose roles claim counts (see [`roles_claim`]).
+    pub project_id: Option<String>,
 }
 
 /// One trusted issuer and its cached keys.
@@ -275,6 +313,11 @@ impl IssuerKeys {
 
     pub fn audiences(&self) -> &[String] {
         &self.settings.audiences
+    }
+
+    /// The Zitadel project whose roles claim counts, if one is configured.
+    pub fn project_id(&self) -> Option<&str> {
+        self.settings.project_id.as_deref()
     }
 
     /// The HTTP client of a remote issuer.
@@ -528,18 +571,19 @@ impl IssuerKeys {
         validation.set_issuer(&[&self.settings.issuer]);
         validation.set_audience(&self.settings.audiences);
         validation.set_required_spec_claims(&["exp", "sub", "iss", "aud"]);
-        let data = jsonwebtoken::decode::<IdClaims>(token, &key.key, &validation).map_err(|e| {
-            AuthRejection::new(match e.kind() {
-                ErrorKind::ExpiredSignature => "expired",
-                ErrorKind::ImmatureSignature => "not_yet_valid",
-                ErrorKind::InvalidIssuer => "wrong_issuer",
-                ErrorKind::InvalidAudience => "wrong_audience",
-                ErrorKind::InvalidSignature => "bad_signature",
-                ErrorKind::MissingRequiredClaim(_) => "missing_claim",
-                ErrorKind::InvalidAlgorithm => "alg_mismatch",
-                _ => "invalid_token",
-            })
-        })?;
+        let data =
+            jsonwebtoken::decode::<TokenClaims>(token, &key.key, &validation).map_err(|e| {
+                AuthRejection::new(match e.kind() {
+                    ErrorKind::ExpiredSignature => "expired",
+                    ErrorKind::ImmatureSignature => "not_yet_valid",
+                    ErrorKind::InvalidIssuer => "wrong_issuer",
+                    ErrorKind::InvalidAudience => "wrong_audience",
+                    ErrorKind::InvalidSignature => "bad_signature",
+                    ErrorKind::MissingRequiredClaim(_) => "missing_claim",
+                    ErrorKind::InvalidAlgorithm => "alg_mismatch",
+                    _ => "invalid_token",
+                })
+            })?;
         let claims = data.claims;
         if claims.sub.trim().is_empty() {
             return Err(AuthRejection::new("empty_sub"));
@@ -559,7 +603,16 @@ impl IssuerKeys {
         {
             return Err(AuthRejection::new("azp_mismatch"));
         }
-        Ok(claims)
+        let roles = OrgRoles::from_claims(&claims.other, self.project_id())
+            .map_err(|_| AuthRejection::new("invalid_token"))?;
+        Ok(IdClaims {
+            sub: claims.sub,
+            email: claims.email,
+            iat: claims.iat,
+            exp: claims.exp,
+            org_id: claims.org_id,
+            roles,
+        })
     }
 }
 
@@ -666,6 +719,7 @@ mod tests {
                 audiences: vec!["hub".into()],
                 refresh_interval: Duration::from_secs(3600),
                 refresh_cooldown: Duration::from_secs(3600),
+                project_id: None,
             },
             OidcCounters::default(),
             move || {
@@ -733,6 +787,31 @@ mod tests {
                 .reason,
             "unknown_kid"
         );
+    }
+
+    #[test]
+    fn only_the_roles_claim_of_the_configured_project_counts() {
+        use std::collections::HashMap;
+
+        use super::OrgRoles;
+
+        let claims: HashMap<String, Value> = serde_json::from_value(json!({
+            "urn:zitadel:iam:org:project:roles": { "admin": { "org-1": "a" } },
+            "urn:zitadel:iam:org:project:p-1:roles": { "viewer": { "org-1": "a" } },
+            "urn:zitadel:iam:org:project:p-2:roles": { "admin": { "org-2": "b" } },
+            "urn:zitadel:iam:org:project:p-3:roles": "not an object",
+        }))
+        .unwrap();
+        let roles = OrgRoles::from_claims(&claims, None).unwrap();
+        assert!(roles.has("admin", "org-1") && !roles.has("viewer", "org-1"));
+        let roles = OrgRoles::from_claims(&claims, Some("p-1")).unwrap();
+        assert!(roles.has("viewer", "org-1") && !roles.has("admin", "org-1"));
+        assert_eq!(roles.orgs().into_iter().collect::<Vec<_>>(), ["org-1"]);
+        assert_eq!(
+            OrgRoles::from_claims(&claims, Some("p-9")).unwrap(),
+            OrgRoles::default()
+        );
+        assert!(OrgRoles::from_claims(&claims, Some("p-3")).is_err());
     }
 
     #[test]

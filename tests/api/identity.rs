@@ -375,6 +375,92 @@ async fn organisation_and_roles_claims_grant_access_to_bound_accounts() {
     ))
     .await;
     assert_eq!(resp.status(), 403);
+    // Without a configured project, a project's own roles claim grants nothing.
+    let resp = get(token(
+        json!({ "urn:zitadel:iam:org:project:p-1:roles": { "admin": { "org-1": "org.example" } } }),
+    ))
+    .await;
+    assert_eq!(resp.status(), 403);
+}
+
+/// Issue 10, item 10: with `KATAVEN_OIDC_PROJECT_ID`, only that project's roles claim
+/// (`urn:zitadel:iam:org:project:<id>:roles`) grants anything — in ID tokens and in the
+/// userinfo answers of `/api/user/org`; the project-less claim and other projects' claims
+/// grant nothing.
+#[tokio::test]
+async fn with_a_project_id_only_that_projects_roles_count() {
+    let app = TestApp::builder()
+        .await
+        .config(|c| c.oidc_project_id = Some("project-1".into()))
+        .spawn()
+        .await;
+    let slug = crate::support::unique_slug("proj");
+    app.provisioner()
+        .create_account(&slug, "Proj Co", Some("org-1"), None)
+        .await
+        .unwrap();
+    const GENERIC: &str = "urn:zitadel:iam:org:project:roles";
+    const OURS: &str = "urn:zitadel:iam:org:project:project-1:roles";
+    const OTHER: &str = "urn:zitadel:iam:org:project:project-2:roles";
+    let admin = json!({ "admin": { "org-1": "org.example" } });
+    let viewer = json!({ "viewer": { "org-1": "org.example" } });
+    let role_with = |claims: Vec<(&str, &Value)>| {
+        let mut c = app.issuer.claims("zed");
+        for (k, v) in claims {
+            c[k] = v.clone();
+        }
+        let req = app
+            .get("/test/tenant")
+            .header("X-Account-ID", slug.as_str())
+            .bearer_auth(app.issuer.sign("rsa-1", &c));
+        async move {
+            let resp = req.send().await.unwrap();
+            match resp.status().as_u16() {
+                200 => resp.json::<Value>().await.unwrap()["role"]
+                    .as_str()
+                    .unwrap()
+                    .to_owned(),
+                _ => error_code(resp).await.1,
+            }
+        }
+    };
+    for (name, claims, want) in [
+        ("project-less claim", vec![(GENERIC, &admin)], "forbidden"),
+        (
+            "another project's claim",
+            vec![(OTHER, &admin)],
+            "forbidden",
+        ),
+        ("our project's admin", vec![(OURS, &admin)], "Admin"),
+        ("our project's viewer", vec![(OURS, &viewer)], "Member"),
+        (
+            "project-less admin beside our viewer",
+            vec![(GENERIC, &admin), (OURS, &viewer)],
+            "Member",
+        ),
+    ] {
+        assert_eq!(role_with(claims).await, want, "{name}");
+    }
+
+    // `/api/user/org` reads the same claims from userinfo.
+    let accounts_of = |token: &'static str, claim: &str, roles: &Value| {
+        app.issuer.set_userinfo(
+            token,
+            json!({ "sub": format!("sub-{token}"), claim: roles }),
+        );
+        let req = app.get("/api/user/org").bearer_auth(token);
+        async move {
+            let resp = req.send().await.unwrap();
+            assert_eq!(resp.status(), 200);
+            resp.json::<Value>().await.unwrap()["accounts"].clone()
+        }
+    };
+    assert_eq!(accounts_of("at-generic", GENERIC, &admin).await, json!([]));
+    assert_eq!(accounts_of("at-other", OTHER, &admin).await, json!([]));
+    assert_eq!(
+        accounts_of("at-ours", OURS, &admin).await,
+        json!([{ "account": slug.as_str(), "name": "Proj Co", "role": "admin" }])
+    );
 }
 
 #[tokio::test]
