@@ -126,7 +126,7 @@ pub async fn identity(
             "no identity provider configured (KATAVEN_OIDC_ISSUER): every protected request answers 401"
         );
     }
-    Ok(Arc::new(Identity::new(remote, dev)))
+    Ok(Arc::new(Identity::new(remote, dev, public_url.to_owned())))
 }
 
 /// Builds the application state for a bound listener (the public URL defaults to its address).

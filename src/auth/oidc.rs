@@ -642,16 +642,22 @@ fn key_algorithm(jwk: &Jwk, eddsa_allowed: bool) -> Option<Algorithm> {
 /// The `iss` claim of a token, read without verification, to pick the issuer whose keys must
 /// then verify it.
 pub fn unverified_issuer(token: &str) -> Option<String> {
-    use base64::Engine;
     #[derive(Deserialize)]
     struct Iss {
         iss: String,
     }
+    unverified_claims::<Iss>(token).map(|i| i.iss)
+}
+
+/// Claims of a JWT's payload, read without any verification (to route or refuse a token,
+/// never to trust it).
+pub fn unverified_claims<T: serde::de::DeserializeOwned>(token: &str) -> Option<T> {
+    use base64::Engine;
     let payload = token.split('.').nth(1)?;
     let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
         .decode(payload)
         .ok()?;
-    serde_json::from_slice::<Iss>(&bytes).ok().map(|i| i.iss)
+    serde_json::from_slice(&bytes).ok()
 }
 
 #[cfg(test)]

@@ -995,3 +995,73 @@ async fn access_tokens_and_foreign_authorized_parties_are_refused() {
         );
     }
 }
+
+/// Issue 10, item 10: `/api/user/org` never hands this service's own credentials to the
+/// issuer's userinfo endpoint — `sk_live_` API keys, `pk_live_` widget keys, widget user tokens
+/// (`ut_`) and widget session tokens (this service's `iss`, audience `kataven-widget`): they
+/// are refused here, 401, before any outbound request.
+#[tokio::test]
+async fn user_org_never_forwards_this_services_credentials_to_the_issuer() {
+    use kataven_hub::auth::keys::{new_api_key, new_widget_key, random_secret};
+    use kataven_hub::auth::widget_session::SessionKind;
+
+    let app = TestApp::spawn().await;
+    // Discovery done and userinfo reachable: any later request at the issuer would be ours.
+    app.issuer.set_userinfo("at-ok", json!({ "sub": "u-ok" }));
+    let resp = app
+        .get("/api/user/org")
+        .bearer_auth("at-ok")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let before = app.issuer.requests();
+
+    let api_key = new_api_key("acme");
+    let session = app
+        .state
+        .widget
+        .sessions
+        .mint(
+            "acme",
+            uuid::Uuid::now_v7(),
+            SessionKind::Guest,
+            "guest:g-1".into(),
+            uuid::Uuid::now_v7(),
+        )
+        .unwrap()
+        .0;
+    let credentials = [
+        ("API key", api_key.clone()),
+        (
+            "API key, upper-case prefix",
+            api_key.replacen("sk_live_", "SK_LIVE_", 1),
+        ),
+        ("malformed API key", "sk_live_x".to_owned()),
+        ("widget key", new_widget_key("acme")),
+        ("widget user token", random_secret("ut_", 40)),
+        ("widget session token", session),
+    ];
+    let metric = r#"kataven_auth_failures_total{reason="local_credential"}"#;
+    for (name, token) in &credentials {
+        let counted = app.metric(metric).await;
+        let resp = app
+            .get("/api/user/org")
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.headers()["www-authenticate"], "Bearer", "{name}");
+        assert_eq!(
+            error_code(resp).await,
+            (401, "unauthenticated".to_owned()),
+            "{name}"
+        );
+        assert_eq!(app.metric(metric).await, counted + 1.0, "{name}");
+    }
+    assert_eq!(
+        app.issuer.requests(),
+        before,
+        "the issuer received a request"
+    );
+}

@@ -135,6 +135,7 @@ struct Shared {
     jwks_fetches: AtomicUsize,
     discovery_fetches: AtomicUsize,
     userinfo_calls: AtomicUsize,
+    requests: AtomicUsize,
 }
 
 pub struct TestIssuer {
@@ -165,6 +166,7 @@ impl TestIssuer {
             jwks_fetches: AtomicUsize::new(0),
             discovery_fetches: AtomicUsize::new(0),
             userinfo_calls: AtomicUsize::new(0),
+            requests: AtomicUsize::new(0),
         });
         let router = Router::new()
             .route(DISCOVERY_PATH, get(discovery))
@@ -271,6 +273,11 @@ impl TestIssuer {
         self.shared.userinfo_calls.load(Ordering::SeqCst)
     }
 
+    /// Every request the issuer received, whatever its path.
+    pub fn requests(&self) -> usize {
+        self.shared.requests.load(Ordering::SeqCst)
+    }
+
     /// What userinfo answers (200, JSON) for `Authorization: Bearer <access_token>`; any other
     /// bearer gets 401 with `WWW-Authenticate: Bearer error="invalid_token"`.
     pub fn set_userinfo(&self, access_token: &str, claims: Value) {
@@ -294,8 +301,9 @@ impl Drop for TestIssuer {
     }
 }
 
-/// Counts requests to the observed endpoints (even while down), then answers 503 if down.
+/// Counts requests (even while down), then answers 503 if down.
 async fn count_and_gate(State(shared): State<Arc<Shared>>, req: Request, next: Next) -> Response {
+    shared.requests.fetch_add(1, Ordering::SeqCst);
     let counter = match req.uri().path() {
         DISCOVERY_PATH => Some(&shared.discovery_fetches),
         KEYS_PATH => Some(&shared.jwks_fetches),
