@@ -697,15 +697,9 @@ mod tests {
         )
     }
 
-    fn claims(patch: Value) -> Value {
+    fn claims() -> Value {
         let now = chrono::Utc::now().timestamp();
-        let mut claims = json!({
-            "iss": ISSUER, "aud": ["hub"], "sub": "user-1", "iat": now, "exp": now + 600,
-        });
-        for (k, v) in patch.as_object().unwrap() {
-            claims[k] = v.clone();
-        }
-        claims
+        json!({ "iss": ISSUER, "aud": ["hub"], "sub": "user-1", "iat": now, "exp": now + 600 })
     }
 
     fn sign(key: &EncodingKey, kid: &str, claims: &Value) -> String {
@@ -742,7 +736,7 @@ mod tests {
         let published = Arc::new(Mutex::new(JwkSet { keys: vec![jwk1] }));
         let issuer = issuer(published.clone());
         issuer.refresh_now().await;
-        let token = sign(&k1, "k1", &claims(json!({})));
+        let token = sign(&k1, "k1", &claims());
         assert!(issuer.verify(&token).await.is_ok());
         assert!(issuer.verify(&token).await.is_ok(), "remembered");
 
@@ -763,7 +757,7 @@ mod tests {
         let published = Arc::new(Mutex::new(JwkSet { keys: vec![jwk1] }));
         let issuer = issuer(published.clone());
         issuer.refresh_now().await;
-        let token = sign(&k1, "k1", &claims(json!({})));
+        let token = sign(&k1, "k1", &claims());
 
         let pause = Arc::new(Pause::default());
         *issuer.pause_before_remember.lock() = Some(pause.clone());
