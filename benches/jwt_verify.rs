@@ -66,6 +66,7 @@ fn bench(c: &mut Criterion) {
             audiences: vec!["hub".into()],
             refresh_interval: Duration::from_secs(300),
             refresh_cooldown: Duration::from_secs(10),
+            project_id: None,
         },
         OidcCounters::default(),
         move || {

@@ -57,6 +57,12 @@ pub struct Config {
     )]
     pub oidc_audiences: Vec<String>,
 
+    /// Zitadel project id: when set, only that project's roles claim
+    /// (`urn:zitadel:iam:org:project:<id>:roles`) grants roles; the project-less
+    /// `urn:zitadel:iam:org:project:roles` is ignored. Unset: only the project-less claim counts.
+    #[arg(long, env = "KATAVEN_OIDC_PROJECT_ID", global = true)]
+    pub oidc_project_id: Option<String>,
+
     /// How often the OIDC issuer's keys are refreshed (seconds).
     #[arg(
         long,

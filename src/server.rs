@@ -85,6 +85,12 @@ pub async fn identity(
                     audiences: config.oidc_audiences.clone(),
                     refresh_interval,
                     refresh_cooldown,
+                    project_id: config
+                        .oidc_project_id
+                        .as_deref()
+                        .map(str::trim)
+                        .filter(|p| !p.is_empty())
+                        .map(str::to_owned),
                 },
                 metrics.oidc.clone(),
             )?)
@@ -100,6 +106,8 @@ pub async fn identity(
                 audiences: vec![DEV_AUDIENCE.to_owned()],
                 refresh_interval,
                 refresh_cooldown,
+                // Dev tokens carry no roles.
+                project_id: None,
             },
             metrics.oidc.clone(),
             move || {
@@ -119,7 +127,7 @@ pub async fn identity(
             "no identity provider configured (KATAVEN_OIDC_ISSUER): every protected request answers 401"
         );
     }
-    Ok(Arc::new(Identity::new(remote, dev)))
+    Ok(Arc::new(Identity::new(remote, dev, public_url.to_owned())))
 }
 
 /// Builds the application state for a bound listener (the public URL defaults to its address).

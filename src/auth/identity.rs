@@ -12,8 +12,10 @@ use sha2::{Digest, Sha256};
 use tokio::time::Instant;
 
 use super::dev_issuer::DevIssuer;
-use super::oidc::{IdClaims, IssuerKeys, OrgRoles, unverified_issuer};
+use super::keys::{API_KEY_PREFIX, USER_TOKEN_PREFIX, WIDGET_KEY_PREFIX};
+use super::oidc::{IdClaims, IssuerKeys, OrgRoles, unverified_claims, unverified_issuer};
 use super::principal::{AuthRejection, Principal};
+use super::widget_session;
 
 /// How long a userinfo answer is reused for the same token.
 pub const USERINFO_TTL: Duration = Duration::from_secs(60);
@@ -25,6 +27,8 @@ pub struct Identity {
     remote: Option<Arc<IssuerKeys>>,
     /// The dev issuer, when dev login is on.
     pub dev: Option<(Arc<DevIssuer>, Arc<IssuerKeys>)>,
+    /// This service's own issuer (its public URL): the `iss` of widget session tokens.
+    service_issuer: String,
     userinfo_cache: DashMap<[u8; 32], (Instant, UserInfo)>,
 }
 
@@ -43,13 +47,16 @@ pub struct UserInfo {
 pub enum UserInfoFailure {
     #[error("the token was refused")]
     Refused,
+    /// A credential of this service, never handed to the identity provider.
+    #[error("a credential of this service is not an identity provider's token")]
+    LocalCredential,
     #[error("no identity provider is configured")]
     NotConfigured,
     #[error("the identity provider is unavailable: {0}")]
     Unavailable(String),
 }
 
-/// Zitadel's organisation claims in a userinfo answer.
+/// Zitadel's organisation and roles claims in a userinfo answer.
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
 struct ZitadelClaims {
     #[serde(rename = "urn:zitadel:iam:user:resourceowner:id", default)]
@@ -58,16 +65,20 @@ struct ZitadelClaims {
     org_name: Option<String>,
     #[serde(rename = "urn:zitadel:iam:user:resourceowner:primary_domain", default)]
     org_primary_domain: Option<String>,
-    #[serde(rename = "urn:zitadel:iam:org:project:roles", default)]
-    roles: std::collections::HashMap<String, std::collections::HashMap<String, serde_json::Value>>,
+    /// Every other claim; the roles claims are among them (see [`OrgRoles::from_claims`]).
+    #[serde(flatten)]
+    other: std::collections::HashMap<String, serde_json::Value>,
 }
 
 impl AdditionalClaims for ZitadelClaims {}
 
 impl Identity {
+    /// `service_issuer` is this service's public URL, the `iss` of the widget session tokens
+    /// it signs.
     pub fn new(
         remote: Option<Arc<IssuerKeys>>,
         dev: Option<(Arc<DevIssuer>, Arc<IssuerKeys>)>,
+        service_issuer: String,
     ) -> Self {
         let mut issuers: Vec<Arc<IssuerKeys>> = remote.iter().cloned().collect();
         issuers.extend(dev.as_ref().map(|(_, keys)| keys.clone()));
@@ -75,6 +86,7 @@ impl Identity {
             issuers,
             remote,
             dev,
+            service_issuer,
             userinfo_cache: DashMap::new(),
         }
     }
@@ -93,8 +105,50 @@ impl Identity {
         issuer.verify(token).await
     }
 
+    /// Whether a bearer is a credential of this service rather than an identity provider's
+    /// token: an API key (`sk_live_`), a widget key (`pk_live_`), a widget user token (`ut_`),
+    /// prefixes in any case, or a widget session token (a JWT whose unverified `iss` is this
+    /// service or whose audience is the widget's). Nothing is verified: this only keeps such
+    /// bearers away from the identity provider.
+    fn is_local_credential(&self, token: &str) -> bool {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Audience {
+            One(String),
+            Many(Vec<String>),
+        }
+        #[derive(Deserialize)]
+        struct IssAud {
+            iss: Option<String>,
+            aud: Option<Audience>,
+        }
+        let prefixed = [API_KEY_PREFIX, WIDGET_KEY_PREFIX, USER_TOKEN_PREFIX]
+            .iter()
+            .any(|prefix| {
+                token
+                    .get(..prefix.len())
+                    .is_some_and(|head| head.eq_ignore_ascii_case(prefix))
+            });
+        prefixed
+            || unverified_claims::<IssAud>(token).is_some_and(|claims| {
+                claims.iss.as_deref() == Some(self.service_issuer.as_str())
+                    || match claims.aud {
+                        Some(Audience::One(aud)) => aud == widget_session::AUDIENCE,
+                        Some(Audience::Many(auds)) => {
+                            auds.iter().any(|aud| aud == widget_session::AUDIENCE)
+                        }
+                        None => false,
+                    }
+            })
+    }
+
     /// Userinfo for a bearer, through the issuer that can answer for it, cached per token hash.
+    /// A credential of this service is refused before anything else: it never reaches the
+    /// identity provider.
     pub async fn userinfo(&self, token: &str) -> Result<UserInfo, UserInfoFailure> {
+        if self.is_local_credential(token) {
+            return Err(UserInfoFailure::LocalCredential);
+        }
         let key: [u8; 32] = Sha256::digest(token.as_bytes()).into();
         if let Some(hit) = self.userinfo_cache.get(&key) {
             if hit.0.elapsed() < USERINFO_TTL {
@@ -156,13 +210,16 @@ impl Identity {
                 other => UserInfoFailure::Unavailable(other.to_string()),
             })?;
         let extra = claims.additional_claims();
+        let roles = OrgRoles::from_claims(&extra.other, remote.project_id()).map_err(|e| {
+            UserInfoFailure::Unavailable(format!("userinfo: unreadable roles claim: {e}"))
+        })?;
         Ok(UserInfo {
             sub: claims.subject().to_string(),
             email: claims.email().map(|e| e.to_string()),
             org_id: extra.org_id.clone(),
             org_name: extra.org_name.clone(),
             org_primary_domain: extra.org_primary_domain.clone(),
-            roles: OrgRoles::from_claim(&extra.roles),
+            roles,
         })
     }
 }
@@ -176,7 +233,7 @@ impl Identity {
             }
             let claims = self.verify_id_token(bearer).await?;
             Ok(Principal::User {
-                roles: OrgRoles::from_claim(&claims.roles),
+                roles: claims.roles,
                 subject: claims.sub,
                 email: claims.email,
                 org_id: claims.org_id,

@@ -19,6 +19,8 @@ use sha2::Sha256;
 
 pub const API_KEY_PREFIX: &str = "sk_live_";
 pub const WIDGET_KEY_PREFIX: &str = "pk_live_";
+/// Single-use widget user tokens (`POST /api/v1/widget/auth/user-token`).
+pub const USER_TOKEN_PREFIX: &str = "ut_";
 const RANDOM_LEN: usize = 32;
 /// The server-keyed tag at the end of an API key's random part.
 const TAG_LEN: usize = 8;

@@ -1,6 +1,7 @@
 //! `GET /api/user/org`: who the bearer is (asked of the issuer's userinfo endpoint) and which
 //! accounts it may act in. Public: no `X-Account-ID`, and the bearer is whatever the userinfo
-//! endpoint accepts (with Zitadel, the opaque access token of the login flow).
+//! endpoint accepts (with Zitadel, the opaque access token of the login flow) — except this
+//! service's own credentials, which are refused without being sent there.
 
 use std::collections::BTreeMap;
 
@@ -42,7 +43,7 @@ pub struct AccountRole {
 /// may act in. The bearer is whatever that endpoint accepts (with Zitadel: the access token).
 #[utoipa::path(get, path = "/api/user/org", tag = "public", security(("bearer" = [])),
     responses((status = 200, description = "The user and its accounts", body = UserOrg),
-              (status = 401, description = "The identity provider refused the bearer", body = crate::error::ErrorBody),
+              (status = 401, description = "The identity provider refused the bearer, or the bearer is a credential of this service (an API key, a widget key or token), which is never sent to it", body = crate::error::ErrorBody),
               (status = 503, description = "The identity provider is unavailable", body = crate::error::ErrorBody)))]
 pub async fn user_org(
     State(state): State<AppState>,
@@ -56,6 +57,11 @@ pub async fn user_org(
     let info = state.identity.userinfo(token).await.map_err(|e| match e {
         UserInfoFailure::Refused | UserInfoFailure::NotConfigured => {
             state.metrics.auth_failure("userinfo_refused");
+            unauthenticated()
+        }
+        // Never sent to the issuer (API keys, widget keys and tokens).
+        UserInfoFailure::LocalCredential => {
+            state.metrics.auth_failure("local_credential");
             unauthenticated()
         }
         UserInfoFailure::Unavailable(cause) => {

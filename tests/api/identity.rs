@@ -375,6 +375,92 @@ async fn organisation_and_roles_claims_grant_access_to_bound_accounts() {
     ))
     .await;
     assert_eq!(resp.status(), 403);
+    // Without a configured project, a project's own roles claim grants nothing.
+    let resp = get(token(
+        json!({ "urn:zitadel:iam:org:project:p-1:roles": { "admin": { "org-1": "org.example" } } }),
+    ))
+    .await;
+    assert_eq!(resp.status(), 403);
+}
+
+/// Issue 10, item 10: with `KATAVEN_OIDC_PROJECT_ID`, only that project's roles claim
+/// (`urn:zitadel:iam:org:project:<id>:roles`) grants anything — in ID tokens and in the
+/// userinfo answers of `/api/user/org`; the project-less claim and other projects' claims
+/// grant nothing.
+#[tokio::test]
+async fn with_a_project_id_only_that_projects_roles_count() {
+    let app = TestApp::builder()
+        .await
+        .config(|c| c.oidc_project_id = Some("project-1".into()))
+        .spawn()
+        .await;
+    let slug = crate::support::unique_slug("proj");
+    app.provisioner()
+        .create_account(&slug, "Proj Co", Some("org-1"), None)
+        .await
+        .unwrap();
+    const GENERIC: &str = "urn:zitadel:iam:org:project:roles";
+    const OURS: &str = "urn:zitadel:iam:org:project:project-1:roles";
+    const OTHER: &str = "urn:zitadel:iam:org:project:project-2:roles";
+    let admin = json!({ "admin": { "org-1": "org.example" } });
+    let viewer = json!({ "viewer": { "org-1": "org.example" } });
+    let role_with = |claims: Vec<(&str, &Value)>| {
+        let mut c = app.issuer.claims("zed");
+        for (k, v) in claims {
+            c[k] = v.clone();
+        }
+        let req = app
+            .get("/test/tenant")
+            .header("X-Account-ID", slug.as_str())
+            .bearer_auth(app.issuer.sign("rsa-1", &c));
+        async move {
+            let resp = req.send().await.unwrap();
+            match resp.status().as_u16() {
+                200 => resp.json::<Value>().await.unwrap()["role"]
+                    .as_str()
+                    .unwrap()
+                    .to_owned(),
+                _ => error_code(resp).await.1,
+            }
+        }
+    };
+    for (name, claims, want) in [
+        ("project-less claim", vec![(GENERIC, &admin)], "forbidden"),
+        (
+            "another project's claim",
+            vec![(OTHER, &admin)],
+            "forbidden",
+        ),
+        ("our project's admin", vec![(OURS, &admin)], "Admin"),
+        ("our project's viewer", vec![(OURS, &viewer)], "Member"),
+        (
+            "project-less admin beside our viewer",
+            vec![(GENERIC, &admin), (OURS, &viewer)],
+            "Member",
+        ),
+    ] {
+        assert_eq!(role_with(claims).await, want, "{name}");
+    }
+
+    // `/api/user/org` reads the same claims from userinfo.
+    let accounts_of = |token: &'static str, claim: &str, roles: &Value| {
+        app.issuer.set_userinfo(
+            token,
+            json!({ "sub": format!("sub-{token}"), claim: roles }),
+        );
+        let req = app.get("/api/user/org").bearer_auth(token);
+        async move {
+            let resp = req.send().await.unwrap();
+            assert_eq!(resp.status(), 200);
+            resp.json::<Value>().await.unwrap()["accounts"].clone()
+        }
+    };
+    assert_eq!(accounts_of("at-generic", GENERIC, &admin).await, json!([]));
+    assert_eq!(accounts_of("at-other", OTHER, &admin).await, json!([]));
+    assert_eq!(
+        accounts_of("at-ours", OURS, &admin).await,
+        json!([{ "account": slug.as_str(), "name": "Proj Co", "role": "admin" }])
+    );
 }
 
 #[tokio::test]
@@ -728,5 +814,254 @@ async fn a_remembered_verification_ends_when_the_token_expires() {
     assert_eq!(
         status_with(&app, &acme.slug, &token).await,
         (401, "unauthenticated".into())
+    );
+}
+
+/// Issue 10, item 6: while discovery has never succeeded and the issuer is down, a flood of
+/// `GET /api/user/org` costs the issuer at most one discovery per cooldown (the single-flight
+/// and cooldown of the key refresh), and every call still answers 503 with `Retry-After`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_user_org_flood_costs_at_most_one_discovery_per_cooldown_while_the_issuer_is_down() {
+    const COOLDOWN_SECS: u64 = 3;
+    let started = std::time::Instant::now();
+    let builder = TestApp::builder()
+        .await
+        .config(|c| c.jwks_refresh_cooldown_secs = COOLDOWN_SECS);
+    builder.issuer().set_down(true);
+    let app = builder.spawn().await;
+
+    let user_org = |token: String| {
+        let req = app.get("/api/user/org").bearer_auth(token);
+        async move {
+            let resp = req.send().await.unwrap();
+            let retry_after = resp.headers().contains_key("retry-after");
+            let (status, code) = error_code(resp).await;
+            (status, code, retry_after)
+        }
+    };
+    let mut answers: Vec<(u16, String, bool)> = futures::stream::iter(0..60)
+        .map(|i| user_org(format!("access-token-{i}")))
+        .buffer_unordered(30)
+        .collect()
+        .await;
+    for i in 0..20 {
+        answers.push(user_org(format!("sequential-token-{i}")).await);
+    }
+    let elapsed = started.elapsed();
+    for answer in &answers {
+        assert_eq!(answer, &(503, "unavailable".to_owned(), true));
+    }
+    let discoveries = app.issuer.discovery_fetches();
+    println!(
+        "{} calls to /api/user/org in {elapsed:?} (issuer down) caused {discoveries} discovery request(s)",
+        answers.len()
+    );
+    // The start-up refresh, plus one per cooldown the test lasted.
+    let allowed = 1 + (elapsed.as_secs() / COOLDOWN_SECS) as usize;
+    assert!(
+        discoveries <= allowed,
+        "{discoveries} discovery requests (at most {allowed} allowed)"
+    );
+    assert_eq!(app.issuer.userinfo_calls(), 0);
+
+    // Back up: once the cooldown has passed, the next call discovers and is answered.
+    app.issuer.set_down(false);
+    app.issuer
+        .set_userinfo("at-back", json!({ "sub": "u-back", "email": null }));
+    tokio::time::sleep(std::time::Duration::from_millis(COOLDOWN_SECS * 1000 + 200)).await;
+    let resp = app
+        .get("/api/user/org")
+        .bearer_auth("at-back")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["sub"], "u-back");
+}
+
+/// Issue 10, item 10: tokens of the trusted issuer that are not ID tokens for this service.
+/// An `azp` must be one of the configured audiences; an access token (RFC 9068 `typ`, or the
+/// claims of one: `scope`, or `client_id`/`jti` without `azp`) is refused, each with its own
+/// reason, whatever its valid signature, issuer and audience.
+#[tokio::test]
+async fn access_tokens_and_foreign_authorized_parties_are_refused() {
+    let app = TestApp::spawn().await;
+    let acme = app.account_with_admin("confuse", "alice").await;
+    let audience = crate::support::AUDIENCE;
+    let with = |patch: Value| {
+        let mut c = app.issuer.claims("alice");
+        for (k, v) in patch.as_object().unwrap() {
+            c[k] = v.clone();
+        }
+        c
+    };
+    // What Zitadel signs as a JWT access token: `jti`, `nbf`, the project and client in `aud`,
+    // no `azp`; `typ` is "JWT".
+    let zitadel_access_token = with(json!({
+        "aud": [audience, "project-1"], "jti": "at-1", "nbf": now(),
+    }));
+    let refused: Vec<(&str, String, &str)> = vec![
+        (
+            "azp of another client",
+            app.issuer
+                .sign("rsa-1", &with(json!({ "azp": "another-client" }))),
+            "azp_mismatch",
+        ),
+        (
+            "azp of another client, ES256",
+            app.issuer.sign(
+                "ec-1",
+                &with(json!({ "azp": "another-client", "client_id": "another-client" })),
+            ),
+            "azp_mismatch",
+        ),
+        (
+            "typ at+jwt",
+            app.issuer.sign_typed("rsa-1", "at+jwt", &with(json!({}))),
+            "access_token",
+        ),
+        (
+            "typ application/at+jwt",
+            app.issuer
+                .sign_typed("rsa-1", "application/at+jwt", &with(json!({}))),
+            "access_token",
+        ),
+        (
+            "typ AT+JWT",
+            app.issuer
+                .sign_typed("ec-1", "AT+JWT", &with(json!({ "azp": audience }))),
+            "access_token",
+        ),
+        (
+            "scope claim",
+            app.issuer.sign(
+                "rsa-1",
+                &with(json!({ "scope": "openid profile", "azp": audience })),
+            ),
+            "access_token",
+        ),
+        (
+            "Zitadel JWT access token",
+            app.issuer.sign("rsa-1", &zitadel_access_token),
+            "access_token",
+        ),
+        (
+            "RFC 9068 claims without azp",
+            app.issuer.sign(
+                "rsa-1",
+                &with(json!({ "client_id": audience, "jti": "at-2" })),
+            ),
+            "access_token",
+        ),
+    ];
+    for (name, token, reason) in &refused {
+        let metric = format!(r#"kataven_auth_failures_total{{reason="{reason}"}}"#);
+        let before = app.metric(&metric).await;
+        assert_eq!(
+            status_with(&app, &acme.slug, token).await,
+            (401, "unauthenticated".into()),
+            "{name}"
+        );
+        assert_eq!(
+            app.metric(&metric).await,
+            before + 1.0,
+            "{name}: reason {reason}"
+        );
+    }
+
+    // ID tokens: what Zitadel signs (`azp` and `client_id` the client, `auth_time`, `amr`,
+    // `at_hash`, `sid`), an `azp` with a `jti` (other issuers), a plain `typ: JWT`.
+    for (name, claims) in [
+        (
+            "Zitadel ID token",
+            with(json!({
+                "aud": [audience, "project-1"], "azp": audience, "client_id": audience,
+                "auth_time": now() - 5, "amr": ["pwd"], "at_hash": "x", "sid": "s-1",
+            })),
+        ),
+        (
+            "azp with jti",
+            with(json!({ "azp": audience, "jti": "id-1" })),
+        ),
+        ("no azp, no access-token claims", with(json!({}))),
+    ] {
+        assert_eq!(
+            status_with(&app, &acme.slug, &app.issuer.sign("rsa-1", &claims))
+                .await
+                .0,
+            200,
+            "{name}"
+        );
+    }
+}
+
+/// Issue 10, item 10: `/api/user/org` never hands this service's own credentials to the
+/// issuer's userinfo endpoint — `sk_live_` API keys, `pk_live_` widget keys, widget user tokens
+/// (`ut_`) and widget session tokens (this service's `iss`, audience `kataven-widget`): they
+/// are refused here, 401, before any outbound request.
+#[tokio::test]
+async fn user_org_never_forwards_this_services_credentials_to_the_issuer() {
+    use kataven_hub::auth::keys::{new_api_key, new_widget_key, random_secret};
+    use kataven_hub::auth::widget_session::SessionKind;
+
+    let app = TestApp::spawn().await;
+    // Discovery done and userinfo reachable: any later request at the issuer would be ours.
+    app.issuer.set_userinfo("at-ok", json!({ "sub": "u-ok" }));
+    let resp = app
+        .get("/api/user/org")
+        .bearer_auth("at-ok")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let before = app.issuer.requests();
+
+    let api_key = new_api_key("acme");
+    let session = app
+        .state
+        .widget
+        .sessions
+        .mint(
+            "acme",
+            uuid::Uuid::now_v7(),
+            SessionKind::Guest,
+            "guest:g-1".into(),
+            uuid::Uuid::now_v7(),
+        )
+        .unwrap()
+        .0;
+    let credentials = [
+        ("API key", api_key.clone()),
+        (
+            "API key, upper-case prefix",
+            api_key.replacen("sk_live_", "SK_LIVE_", 1),
+        ),
+        ("malformed API key", "sk_live_x".to_owned()),
+        ("widget key", new_widget_key("acme")),
+        ("widget user token", random_secret("ut_", 40)),
+        ("widget session token", session),
+    ];
+    let metric = r#"kataven_auth_failures_total{reason="local_credential"}"#;
+    for (name, token) in &credentials {
+        let counted = app.metric(metric).await;
+        let resp = app
+            .get("/api/user/org")
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.headers()["www-authenticate"], "Bearer", "{name}");
+        assert_eq!(
+            error_code(resp).await,
+            (401, "unauthenticated".to_owned()),
+            "{name}"
+        );
+        assert_eq!(app.metric(metric).await, counted + 1.0, "{name}");
+    }
+    assert_eq!(
+        app.issuer.requests(),
+        before,
+        "the issuer received a request"
     );
 }

@@ -86,11 +86,14 @@ impl SigningKey {
         jwk
     }
 
-    fn sign(&self, kid: &str, claims: &Value) -> String {
-        let header = Header {
+    fn sign(&self, kid: &str, typ: Option<&str>, claims: &Value) -> String {
+        let mut header = Header {
             kid: Some(kid.to_owned()),
             ..Header::new(self.alg)
         };
+        if let Some(typ) = typ {
+            header.typ = Some(typ.to_owned());
+        }
         jsonwebtoken::encode(&header, claims, &self.encoding).expect("sign token")
     }
 }
@@ -132,6 +135,7 @@ struct Shared {
     jwks_fetches: AtomicUsize,
     discovery_fetches: AtomicUsize,
     userinfo_calls: AtomicUsize,
+    requests: AtomicUsize,
 }
 
 pub struct TestIssuer {
@@ -162,6 +166,7 @@ impl TestIssuer {
             jwks_fetches: AtomicUsize::new(0),
             discovery_fetches: AtomicUsize::new(0),
             userinfo_calls: AtomicUsize::new(0),
+            requests: AtomicUsize::new(0),
         });
         let router = Router::new()
             .route(DISCOVERY_PATH, get(discovery))
@@ -204,6 +209,11 @@ impl TestIssuer {
     /// Signs `claims` with the key `kid` (RS256 for RSA keys, ES256 for EC keys), naming `kid`
     /// in the header. Panics if the issuer never had such a key.
     pub fn sign(&self, kid: &str, claims: &Value) -> String {
+        self.sign_typed(kid, "JWT", claims)
+    }
+
+    /// [`Self::sign`] with the header's `typ` set to `typ` (`at+jwt`: an RFC 9068 access token).
+    pub fn sign_typed(&self, kid: &str, typ: &str, claims: &Value) -> String {
         let key = self
             .shared
             .keys
@@ -212,7 +222,7 @@ impl TestIssuer {
             .get(kid)
             .cloned()
             .unwrap_or_else(|| panic!("the test issuer has no key {kid:?}"));
-        key.sign(kid, claims)
+        key.sign(kid, Some(typ), claims)
     }
 
     /// `sign("rsa-1", &claims(sub))`.
@@ -223,7 +233,7 @@ impl TestIssuer {
     /// Signs RS256 with a fresh key that is NOT in the JWKS, but names `kid` in the header: a
     /// forgery claiming a published kid.
     pub fn sign_with_unpublished_key(&self, kid: &str, claims: &Value) -> String {
-        SigningKey::rsa().0.sign(kid, claims)
+        SigningKey::rsa().0.sign(kid, None, claims)
     }
 
     /// Generates a new key (RSA-2048 when `rsa`, else EC P-256) and publishes it under `kid`,
@@ -263,6 +273,11 @@ impl TestIssuer {
         self.shared.userinfo_calls.load(Ordering::SeqCst)
     }
 
+    /// Every request the issuer received, whatever its path.
+    pub fn requests(&self) -> usize {
+        self.shared.requests.load(Ordering::SeqCst)
+    }
+
     /// What userinfo answers (200, JSON) for `Authorization: Bearer <access_token>`; any other
     /// bearer gets 401 with `WWW-Authenticate: Bearer error="invalid_token"`.
     pub fn set_userinfo(&self, access_token: &str, claims: Value) {
@@ -286,8 +301,9 @@ impl Drop for TestIssuer {
     }
 }
 
-/// Counts requests to the observed endpoints (even while down), then answers 503 if down.
+/// Counts requests (even while down), then answers 503 if down.
 async fn count_and_gate(State(shared): State<Arc<Shared>>, req: Request, next: Next) -> Response {
+    shared.requests.fetch_add(1, Ordering::SeqCst);
     let counter = match req.uri().path() {
         DISCOVERY_PATH => Some(&shared.discovery_fetches),
         KEYS_PATH => Some(&shared.jwks_fetches),

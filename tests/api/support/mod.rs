@@ -127,6 +127,11 @@ impl Builder {
         self
     }
 
+    /// The stand-in issuer the app will trust (to take it down before the app starts).
+    pub fn issuer(&self) -> &TestIssuer {
+        self.issuer.as_ref().expect("issuer")
+    }
+
     /// Trust no OIDC issuer at all.
     pub fn without_issuer(mut self) -> Self {
         self.config.oidc_issuer = None;
