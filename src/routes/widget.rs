@@ -392,7 +392,7 @@ pub async fn user_token(
     check_text("email", body.email.as_deref().unwrap_or(""), 254)?;
     // Like any request of the account: its limits apply, and `0` stops the minting.
     let _admitted = crate::extract::admit(&state, &account).await?;
-    let token = random_secret("ut_", 40);
+    let token = random_secret(crate::auth::keys::USER_TOKEN_PREFIX, 40);
     let minted = sqlx::query(
         "INSERT INTO widget_user_tokens (token_hash, account, external_user_id, display_name, email, agent_id, expires_at)
          SELECT $1, $2, $3, $4, $5, $6, $7

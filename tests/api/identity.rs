@@ -1002,7 +1002,7 @@ async fn access_tokens_and_foreign_authorized_parties_are_refused() {
 /// are refused here, 401, before any outbound request.
 #[tokio::test]
 async fn user_org_never_forwards_this_services_credentials_to_the_issuer() {
-    use kataven_hub::auth::keys::{new_api_key, new_widget_key, random_secret};
+    use kataven_hub::auth::keys::{new_widget_key, random_secret};
     use kataven_hub::auth::widget_session::SessionKind;
 
     let app = TestApp::spawn().await;
@@ -1017,7 +1017,7 @@ async fn user_org_never_forwards_this_services_credentials_to_the_issuer() {
     assert_eq!(resp.status(), 200);
     let before = app.issuer.requests();
 
-    let api_key = new_api_key("acme");
+    let api_key = app.state.api_keys.hasher().new_api_key("acme");
     let session = app
         .state
         .widget
