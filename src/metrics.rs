@@ -52,6 +52,7 @@ pub struct Metrics {
     pub limiter_store_errors: Counter,
     pub listener_resets: Counter,
     pub cache_lookups: Family<crate::cache::LookupLabels, Counter>,
+    pub readiness_probes: Counter,
     pools_open: Gauge,
     connections_open: Gauge,
     connections_in_use: Gauge,
@@ -144,6 +145,12 @@ impl Metrics {
             "Lookups in the catalog caches (accounts, members, limits, API and widget keys); a miss is a catalog query",
             cache_lookups.clone(),
         );
+        let readiness_probes = Counter::default();
+        registry.register(
+            "readiness_probes",
+            "Probes of the dependencies /readyz reports (at most about one a second)",
+            readiness_probes.clone(),
+        );
         let pools_open = Gauge::default();
         registry.register(
             "tenant_pools_open",
@@ -179,6 +186,7 @@ impl Metrics {
             limiter_store_errors,
             listener_resets,
             cache_lookups,
+            readiness_probes,
             pools_open,
             connections_open,
             connections_in_use,

@@ -73,13 +73,20 @@ struct Inner {
     /// Logs the system database's outages (one line when one begins, one when it ends).
     outages: Gate,
     limiter: Arc<Limiter>,
+    /// `kataven_readiness_probes_total`.
+    probes: prometheus_client::metrics::counter::Counter,
     last: RwLock<Option<(Checks, Instant)>>,
     /// One probe at a time.
     probing: tokio::sync::Mutex<()>,
 }
 
 impl Readiness {
-    pub fn new(pool: PgPool, system: PgConnectOptions, limiter: Arc<Limiter>) -> Self {
+    pub fn new(
+        pool: PgPool,
+        system: PgConnectOptions,
+        limiter: Arc<Limiter>,
+        probes: prometheus_client::metrics::counter::Counter,
+    ) -> Self {
         let label = format!(
             "system database {}:{}",
             system.get_host(),
@@ -91,6 +98,7 @@ impl Readiness {
                 system,
                 outages: Gate::new(Scope::Server, label),
                 limiter,
+                probes,
                 last: RwLock::new(None),
                 probing: tokio::sync::Mutex::new(()),
             }),
@@ -117,6 +125,7 @@ impl Readiness {
     }
 
     async fn probe(&self) -> Checks {
+        self.inner.probes.inc();
         let database = async {
             let query = sqlx::query_scalar::<_, i32>("SELECT 1").fetch_one(&self.inner.pool);
             match timeout(PROBE_TIMEOUT, query).await {

@@ -112,6 +112,7 @@ impl AppState {
             provisioner.catalog().pool().clone(),
             provisioner.system_options().clone(),
             limiter.clone(),
+            metrics.readiness_probes.clone(),
         );
         Self(Arc::new(AppInner {
             readiness,
@@ -136,7 +137,6 @@ impl AppState {
         let mut tasks = vec![self.pools.spawn_reaper(), self.cache.spawn_listener()];
         tasks.extend(self.identity.issuers().iter().map(|i| i.spawn_refresher()));
         tasks.push(self.ip_limiter.spawn_janitor());
-        tasks.push(self.auth_failures.spawn_janitor());
         tasks.push(self.readiness.spawn_prober());
         tasks.push(self.api_keys.spawn_flusher());
         if let Store::Memory(memory) = self.limiter.store() {

@@ -21,67 +21,79 @@ use axum::response::{IntoResponse, Response};
 use tokio::time::Instant;
 
 use super::ClientLimit;
-use super::client_ip::{IpLimiter, PerKeyLimiter};
+use super::client_ip::IpLimiter;
 use crate::error::ApiError;
 
-/// Clients remembered as blocked, at most (each entry is a few dozen bytes).
-const MAX_BLOCKED: u64 = 100_000;
+/// Clients remembered, at most (each entry is a few dozen bytes); the least used go first.
+const MAX_CLIENTS: u64 = 100_000;
 
 /// The marker [`ApiError`] puts on an answer that refused a credential or named an unknown
 /// account.
 #[derive(Debug, Clone, Copy)]
 pub struct AuthFailure;
 
+/// A client's budget: a token bucket that refills evenly. Failures may take it below zero (the
+/// requests a client had in flight when its budget ran out), and then the client waits longer:
+/// whatever it sends at once, its failures over any time `t` stay within the budget, plus what
+/// refilled in `t`, plus what it had in flight once.
+struct Bucket {
+    tokens: f64,
+    at: Instant,
+}
+
 pub struct AuthFailures {
-    budget: PerKeyLimiter<IpAddr>,
+    per_minute: f64,
+    clients: moka::sync::Cache<IpAddr, Arc<parking_lot::Mutex<Bucket>>>,
     /// `kataven_rate_limited_total{limit="auth"}`.
     refused: prometheus_client::metrics::counter::Counter,
-    /// Clients whose budget is spent, with when it has refilled enough for one more try.
-    blocked: moka::sync::Cache<IpAddr, Instant>,
 }
 
 impl AuthFailures {
     pub fn per_minute(n: u32, refused: prometheus_client::metrics::counter::Counter) -> Arc<Self> {
+        let per_minute = f64::from(n.max(1));
         Arc::new(Self {
-            budget: PerKeyLimiter::per_minute(n),
-            refused,
-            blocked: moka::sync::Cache::builder()
-                .max_capacity(MAX_BLOCKED)
-                .time_to_live(Duration::from_secs(60))
+            per_minute,
+            clients: moka::sync::Cache::builder()
+                .max_capacity(MAX_CLIENTS)
+                // A full bucket is the same as none: forget clients idle that long.
+                .time_to_idle(Duration::from_secs(60))
                 .build(),
+            refused,
         })
+    }
+
+    fn refill(&self, bucket: &mut Bucket) {
+        let now = Instant::now();
+        let earned = (now - bucket.at).as_secs_f64() * self.per_minute / 60.0;
+        bucket.tokens = (bucket.tokens + earned).min(self.per_minute);
+        bucket.at = now;
     }
 
     /// `Err(seconds to wait)` while `client` has no failure left to spend.
     pub fn check(&self, client: IpAddr) -> Result<(), u64> {
-        match self.blocked.get(&client) {
-            Some(until) if until > Instant::now() => {
-                let wait = until - Instant::now();
-                Err(wait.as_secs() + u64::from(wait.subsec_nanos() > 0))
-            }
-            _ => Ok(()),
+        let Some(bucket) = self.clients.get(&client) else {
+            return Ok(());
+        };
+        let mut bucket = bucket.lock();
+        self.refill(&mut bucket);
+        if bucket.tokens >= 1.0 {
+            return Ok(());
         }
+        let wait = (1.0 - bucket.tokens) * 60.0 / self.per_minute;
+        Err(wait.ceil().max(1.0) as u64)
     }
 
     /// Charges one failure to `client`.
     pub fn failed(&self, client: IpAddr) {
-        if let Err(wait_secs) = self.budget.check(&client) {
-            self.blocked.insert(
-                client,
-                Instant::now() + Duration::from_secs(wait_secs.max(1)),
-            );
-        }
-    }
-
-    /// Forgets clients that have not failed lately, every minute until aborted.
-    pub fn spawn_janitor(self: &Arc<Self>) -> tokio::task::JoinHandle<()> {
-        let this = self.clone();
-        tokio::spawn(async move {
-            loop {
-                tokio::time::sleep(Duration::from_secs(60)).await;
-                this.budget.forget_idle();
-            }
-        })
+        let bucket = self.clients.get_with(client, || {
+            Arc::new(parking_lot::Mutex::new(Bucket {
+                tokens: self.per_minute,
+                at: Instant::now(),
+            }))
+        });
+        let mut bucket = bucket.lock();
+        self.refill(&mut bucket);
+        bucket.tokens -= 1.0;
     }
 }
 
@@ -116,8 +128,8 @@ pub async fn budget(req: Request, next: Next) -> Response {
 mod tests {
     use super::*;
 
-    #[test]
-    fn a_spent_budget_blocks_until_it_refills() {
+    #[tokio::test(start_paused = true)]
+    async fn a_spent_budget_blocks_until_it_refills() {
         let failures = AuthFailures::per_minute(3, Default::default());
         let client: IpAddr = "203.0.113.7".parse().unwrap();
         let other: IpAddr = "203.0.113.8".parse().unwrap();
@@ -125,10 +137,27 @@ mod tests {
             assert_eq!(failures.check(client), Ok(()));
             failures.failed(client);
         }
-        // The fourth failure finds the budget spent: blocked for the refill of one unit.
-        failures.failed(client);
-        let wait = failures.check(client).unwrap_err();
-        assert!((1..=20).contains(&wait), "{wait}");
+        // Spent: blocked until one unit has refilled (20 s at 3 a minute).
+        assert_eq!(failures.check(client), Err(20));
         assert_eq!(failures.check(other), Ok(()));
+        tokio::time::advance(Duration::from_secs(20)).await;
+        assert_eq!(failures.check(client), Ok(()));
+    }
+
+    /// Requests in flight when the budget ran out put it in debt: the client then waits for
+    /// the debt too, so a burst does not earn it more failures over time.
+    #[tokio::test(start_paused = true)]
+    async fn failures_in_flight_put_the_budget_in_debt() {
+        let failures = AuthFailures::per_minute(6, Default::default());
+        let client: IpAddr = "2001:db8::1".parse().unwrap();
+        for _ in 0..6 + 10 {
+            failures.failed(client);
+        }
+        // 10 in debt plus one to spend: 11 units at 6 a minute.
+        assert_eq!(failures.check(client), Err(110));
+        tokio::time::advance(Duration::from_secs(100)).await;
+        assert!(failures.check(client).is_err());
+        tokio::time::advance(Duration::from_secs(10)).await;
+        assert_eq!(failures.check(client), Ok(()));
     }
 }

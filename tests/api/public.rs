@@ -143,12 +143,39 @@ async fn health_and_readiness() {
     }
 }
 
+/// A flood of `/readyz` costs the database nothing: it answers from a probe made about once a
+/// second.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readiness_answers_a_flood_from_a_cached_probe() {
+    let app = TestApp::spawn().await;
+    let probes = || app.metric("kataven_readiness_probes_total");
+    let before = probes().await;
+    let started = std::time::Instant::now();
+    let statuses: Vec<u16> = futures::future::join_all(
+        (0..2_000).map(|_| async { app.get("/readyz").send().await.unwrap().status().as_u16() }),
+    )
+    .await;
+    let made = probes().await - before;
+    let secs = started.elapsed().as_secs_f64();
+    println!("2000 calls of /readyz in {secs:.1} s: {made} probes");
+    assert!(statuses.iter().all(|s| *s == 200));
+    assert!(made <= secs.ceil() + 2.0, "{made} probes in {secs:.1} s");
+}
+
 #[tokio::test]
 async fn readiness_fails_with_retry_after_when_the_system_database_is_gone() {
     let mut app = TestApp::spawn().await;
     // Close the system pool: every query now fails as it would with the database down.
     app.state.catalog.pool().close().await;
-    let resp = app.get("/readyz").send().await.unwrap();
+    // `/readyz` answers from a probe at most a second old.
+    let started = std::time::Instant::now();
+    let resp = loop {
+        let resp = app.get("/readyz").send().await.unwrap();
+        if resp.status() != 200 || started.elapsed() > std::time::Duration::from_secs(3) {
+            break resp;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
     assert_eq!(resp.status(), 503);
     assert_eq!(resp.headers()["retry-after"], "1");
     let (status, code) = error_code(resp).await;
