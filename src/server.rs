@@ -148,7 +148,12 @@ pub async fn build_state(
     let limiter = Limiter::new(store, metrics.limiter_store_errors.clone());
     let proxies = TrustedProxies::parse(&config.trusted_proxies)?;
     let refused = metrics.rate_limited_counter(crate::metrics::LimitLabel::Ip);
-    let ip_limiter = IpLimiter::new(config.public_limit_per_minute, proxies, refused);
+    let ip_limiter = IpLimiter::new(
+        config.public_limit_per_minute,
+        proxies,
+        config.ipv6_prefix_len,
+        refused,
+    );
     let pepper = config
         .key_pepper
         .clone()
