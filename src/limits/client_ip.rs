@@ -420,4 +420,161 @@ mod tests {
         assert!(limiter.check(&0).is_err());
         assert_eq!(limiter.len(), 500);
     }
+
+    mod properties {
+        use std::net::Ipv4Addr;
+
+        use axum::http::HeaderValue;
+        use proptest::prelude::*;
+
+        use super::*;
+
+        const TRUSTED_POOL: &[&str] = &[
+            "10.0.0.0/8",
+            "192.168.1.1",
+            "172.16.0.0/12",
+            "2001:db8::/32",
+            "::1",
+            "100.64.0.0/10",
+        ];
+
+        fn proxies() -> impl Strategy<Value = Vec<String>> {
+            proptest::sample::subsequence(TRUSTED_POOL, 0..=TRUSTED_POOL.len())
+                .prop_map(|nets| nets.into_iter().map(str::to_owned).collect())
+        }
+
+        /// Addresses inside and outside the trusted pool, some IPv4-mapped.
+        fn address() -> impl Strategy<Value = IpAddr> {
+            let plain = prop_oneof![
+                any::<u32>().prop_map(|n| IpAddr::V4(Ipv4Addr::from(n))),
+                any::<u128>().prop_map(|n| IpAddr::V6(Ipv6Addr::from(n))),
+                any::<u32>().prop_map(|n| IpAddr::V4(Ipv4Addr::from(0x0a00_0000 | (n >> 8)))),
+                any::<u32>().prop_map(|n| IpAddr::V4(Ipv4Addr::from(0xac10_0000 | (n >> 12)))),
+                any::<u16>()
+                    .prop_map(|n| IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, n))),
+                Just(IpAddr::V4(Ipv4Addr::new(192, 168, 1, 1))),
+                Just(IpAddr::V6(Ipv6Addr::LOCALHOST)),
+            ];
+            (plain, any::<bool>()).prop_map(|(ip, mapped)| match ip {
+                IpAddr::V4(v4) if mapped => IpAddr::V6(v4.to_ipv6_mapped()),
+                ip => ip,
+            })
+        }
+
+        /// One `X-Forwarded-For` entry: mostly addresses, some with ports, some garbage.
+        fn entry() -> impl Strategy<Value = String> {
+            prop_oneof![
+                6 => (address(), " {0,2}", " {0,2}").prop_map(|(ip, a, b)| format!("{a}{ip}{b}")),
+                1 => (address(), any::<u16>()).prop_map(|(ip, port)| match ip {
+                    IpAddr::V4(v4) => format!("{v4}:{port}"),
+                    IpAddr::V6(v6) => format!("[{v6}]:{port}"),
+                }),
+                1 => Just("unknown".to_owned()),
+                1 => "[ -+--~]{0,20}",
+            ]
+        }
+
+        fn header_line() -> impl Strategy<Value = Vec<String>> {
+            proptest::collection::vec(entry(), 0..5)
+        }
+
+        fn headers_of(lines: &[Vec<String>]) -> HeaderMap {
+            let mut headers = HeaderMap::new();
+            for line in lines {
+                headers.append(
+                    "x-forwarded-for",
+                    HeaderValue::from_str(&line.join(",")).unwrap(),
+                );
+            }
+            headers
+        }
+
+        /// The addresses a header holds, canonical.
+        fn addresses_in(lines: &[Vec<String>]) -> Vec<IpAddr> {
+            lines
+                .iter()
+                .flatten()
+                .filter_map(|e| e.trim().parse::<IpAddr>().ok())
+                .map(|ip| ip.to_canonical())
+                .collect()
+        }
+
+        proptest! {
+            #![proptest_config(crate::proptest_config::config(4096))]
+
+            /// The client is the peer, or an untrusted address from the header; never a
+            /// trusted proxy from the header, never anything the header does not hold.
+            #[test]
+            fn the_client_is_the_peer_or_an_untrusted_forwarded_address(
+                nets in proxies(),
+                peer in address(),
+                lines in proptest::collection::vec(header_line(), 0..3),
+            ) {
+                let proxies = TrustedProxies::parse(&nets).unwrap();
+                let client = proxies.client_ip(peer, &headers_of(&lines));
+                prop_assert!(!matches!(client, IpAddr::V6(v6) if v6.to_ipv4_mapped().is_some()));
+                if client != peer.to_canonical() {
+                    prop_assert!(proxies.trusts(peer.to_canonical()));
+                    prop_assert!(!proxies.trusts(client));
+                    prop_assert!(addresses_in(&lines).contains(&client));
+                }
+            }
+
+            /// From an untrusted peer, whatever the client sends, the client is the peer.
+            #[test]
+            fn an_untrusted_peer_cannot_forward(
+                (proxies, peer) in (proxies(), address())
+                    .prop_map(|(nets, peer)| (TrustedProxies::parse(&nets).unwrap(), peer))
+                    .prop_filter("an untrusted peer", |(proxies, peer)| {
+                        !proxies.trusts(peer.to_canonical())
+                    }),
+                lines in proptest::collection::vec(header_line(), 0..3),
+            ) {
+                prop_assert_eq!(proxies.client_ip(peer, &headers_of(&lines)), peer.to_canonical());
+            }
+
+            /// Through trusted proxies, entries a client prepends (on the left, or in an earlier
+            /// header line) never change the answer once a proxy appended an untrusted address.
+            #[test]
+            fn a_client_sent_prefix_changes_nothing(
+                nets in proxies().prop_map(|mut nets| {
+                    nets.push("10.0.0.0/8".to_owned());
+                    nets
+                }),
+                peer in (any::<u32>(), any::<bool>()).prop_map(|(n, mapped)| {
+                    let v4 = Ipv4Addr::from(0x0a00_0000 | (n >> 8));
+                    if mapped { IpAddr::V6(v4.to_ipv6_mapped()) } else { IpAddr::V4(v4) }
+                }),
+                client in (any::<u32>(), any::<u128>(), 0..3u8)
+                    .prop_map(|(v4, v6, kind)| match kind {
+                        0 => IpAddr::V4(Ipv4Addr::from(v4)),
+                        1 => IpAddr::V6(Ipv4Addr::from(v4).to_ipv6_mapped()),
+                        _ => IpAddr::V6(Ipv6Addr::from(v6)),
+                    })
+                    .prop_filter("outside every net of the pool", |ip| {
+                    let pool: Vec<String> = TRUSTED_POOL.iter().map(|n| n.to_string()).collect();
+                    !TrustedProxies::parse(&pool).unwrap().trusts(ip.to_canonical())
+                }),
+                hops in proptest::collection::vec(address(), 0..3),
+                forged in header_line(),
+                forged_line in header_line(),
+            ) {
+                let proxies = TrustedProxies::parse(&nets).unwrap();
+                prop_assert!(proxies.trusts(peer.to_canonical()));
+                // What the proxies appended: the client, then each trusted hop.
+                let appended: Vec<String> = std::iter::once(client)
+                    .chain(hops.into_iter().filter(|hop| proxies.trusts(hop.to_canonical())))
+                    .map(|ip| ip.to_string())
+                    .collect();
+                let honest = proxies.client_ip(peer, &headers_of(std::slice::from_ref(&appended)));
+                prop_assert_eq!(honest, client.to_canonical());
+                let prefixed: Vec<String> = forged.into_iter().chain(appended.clone()).collect();
+                prop_assert_eq!(proxies.client_ip(peer, &headers_of(&[prefixed])), honest);
+                prop_assert_eq!(
+                    proxies.client_ip(peer, &headers_of(&[forged_line, appended])),
+                    honest
+                );
+            }
+        }
+    }
 }
