@@ -142,6 +142,17 @@ pub struct Config {
     )]
     pub auth_failure_limit_per_minute: u32,
 
+    /// IPv6 clients of the per-IP limits are counted per network of this prefix length
+    /// (IPv4 clients per address).
+    #[arg(
+        long,
+        env = "KATAVEN_IPV6_PREFIX_LEN",
+        default_value_t = 64,
+        value_parser = clap::value_parser!(u8).range(32..=128),
+        global = true
+    )]
+    pub ipv6_prefix_len: u8,
+
     /// Requests per minute per widget key on the public widget endpoints.
     #[arg(
         long,
@@ -342,5 +353,39 @@ impl Config {
             config: Config,
         }
         <Only as clap::Parser>::parse_from(["kataven-hub"]).config
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Config, clap::Error> {
+        #[derive(clap::Parser)]
+        struct Only {
+            #[command(flatten)]
+            config: Config,
+        }
+        <Only as clap::Parser>::try_parse_from(
+            std::iter::once("kataven-hub").chain(args.iter().copied()),
+        )
+        .map(|only| only.config)
+    }
+
+    #[test]
+    fn the_ipv6_prefix_length_is_32_to_128() {
+        assert_eq!(Config::defaults().ipv6_prefix_len, 64);
+        for ok in ["32", "48", "56", "128"] {
+            assert_eq!(
+                parse(&["--ipv6-prefix-len", ok])
+                    .unwrap()
+                    .ipv6_prefix_len
+                    .to_string(),
+                ok
+            );
+        }
+        for bad in ["0", "31", "129", "-1", "64x"] {
+            assert!(parse(&["--ipv6-prefix-len", bad]).is_err(), "{bad}");
+        }
     }
 }

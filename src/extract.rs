@@ -72,8 +72,9 @@ pub async fn admit(state: &AppState, slug: &AccountSlug) -> Result<Admission, Ap
         })
 }
 
-/// The client's address: the socket's peer, or what trusted proxies report
-/// (`KATAVEN_TRUSTED_PROXIES`). `None` for requests without connection information.
+/// The client as the per-client limits count it: the socket's peer, or what trusted proxies
+/// report (`KATAVEN_TRUSTED_PROXIES`); an IPv6 client by its network
+/// (`KATAVEN_IPV6_PREFIX_LEN`). `None` for requests without connection information.
 #[derive(Debug, Clone, Copy)]
 pub struct ClientIp(pub Option<std::net::IpAddr>);
 
@@ -358,5 +359,100 @@ impl FromRequestParts<AppState> for KeyManager {
             return Err(ApiError::AdminRequired);
         }
         Ok(KeyManager(authorized.admit(parts, state).await?))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use axum::http::HeaderValue;
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn with_authorization(value: HeaderValue) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        headers.insert(AUTHORIZATION, value);
+        headers
+    }
+
+    /// `bearer` in any case.
+    fn scheme() -> impl Strategy<Value = String> {
+        "[bB][eE][aA][rR][eE][rR]"
+    }
+
+    /// A token of the `token68` alphabet (JWTs, `sk_live_` keys).
+    fn token() -> impl Strategy<Value = String> {
+        "[A-Za-z0-9._~+/-]{1,200}=*"
+    }
+
+    /// Any bytes a header value can hold (no control characters but tab), and mostly ASCII.
+    fn header_value() -> impl Strategy<Value = HeaderValue> {
+        prop_oneof![
+            "[ -~\t]{0,80}".prop_map(|s| s.into_bytes()),
+            proptest::collection::vec(any::<u8>(), 0..80),
+            (scheme(), "[ \t]{0,3}", "[ -~\t]{0,40}")
+                .prop_map(|(s, sep, rest)| { format!("{s}{sep}{rest}").into_bytes() }),
+        ]
+        .prop_filter_map("a valid header value", |bytes| {
+            HeaderValue::from_bytes(&bytes).ok()
+        })
+    }
+
+    #[test]
+    fn no_header_is_no_bearer() {
+        assert_eq!(bearer(&HeaderMap::new()), Ok(None));
+    }
+
+    proptest! {
+        #![proptest_config(crate::proptest_config::config(4096))]
+
+        /// `Bearer <token>` in any case of the scheme, with spaces around the token, gives the
+        /// token.
+        #[test]
+        fn a_bearer_gives_its_token(
+            scheme in scheme(),
+            token in token(),
+            before in " {0,3}",
+            after in "[ \t]{0,3}",
+        ) {
+            let value = HeaderValue::from_str(&format!("{scheme} {before}{token}{after}")).unwrap();
+            let headers = with_authorization(value);
+            prop_assert_eq!(bearer(&headers), Ok(Some(token.as_str())));
+        }
+
+        /// Any header value: never a panic; a token only from `Bearer <token>`, and then
+        /// exactly the trimmed rest; any other present value is refused, never taken as absent.
+        #[test]
+        fn any_value_is_a_bearer_or_refused(value in header_value()) {
+            let headers = with_authorization(value.clone());
+            match bearer(&headers) {
+                Ok(Some(token)) => {
+                    let text = value.to_str().unwrap();
+                    prop_assert!(text[..6].eq_ignore_ascii_case("bearer"));
+                    prop_assert_eq!(&text[6..7], " ");
+                    prop_assert_eq!(text[7..].trim(), token);
+                    prop_assert!(!token.is_empty());
+                    prop_assert!(!token.starts_with([' ', '\t']) && !token.ends_with([' ', '\t']));
+                }
+                Ok(None) => prop_assert!(false, "a present header is never absent"),
+                Err(()) => {
+                    let usable = value.to_str().ok().and_then(|t| t.split_once(' ')).is_some_and(
+                        |(s, rest)| s.eq_ignore_ascii_case("bearer") && !rest.trim().is_empty(),
+                    );
+                    prop_assert!(!usable, "{:?} refused", value);
+                }
+            }
+        }
+
+        /// Another scheme is refused whatever follows.
+        #[test]
+        fn another_scheme_is_refused(
+            scheme in "[A-Za-z]{1,12}".prop_filter("not bearer", |s| !s.eq_ignore_ascii_case("bearer")),
+            token in token(),
+        ) {
+            let value = HeaderValue::from_str(&format!("{scheme} {token}")).unwrap();
+            let headers = with_authorization(value);
+            prop_assert_eq!(bearer(&headers), Err(()));
+        }
     }
 }

@@ -168,3 +168,187 @@ impl<T: Serialize> IntoResponse for Json<T> {
         axum::Json(self.0).into_response()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use axum::Router;
+    use axum::body::Body;
+    use axum::extract::DefaultBodyLimit;
+    use axum::routing::post;
+    use proptest::prelude::*;
+    use serde_json::Value;
+    use tower::ServiceExt;
+
+    use super::*;
+    use crate::model::agents::{AgentCreate, AgentPatch, AgentToolUpsert};
+    use crate::model::knowledge::PlaybookCreate;
+
+    const BODY_LIMIT: usize = 4096;
+
+    /// Handlers that only extract a body, behind a small body limit, as the real routes are.
+    fn app() -> Router {
+        async fn take<T>(Json(_): Json<T>) -> &'static str {
+            "parsed"
+        }
+        Router::new()
+            .route("/agent", post(take::<AgentCreate>))
+            .route("/agent-patch", post(take::<AgentPatch>))
+            .route("/tool", post(take::<AgentToolUpsert>))
+            .route("/playbook", post(take::<PlaybookCreate>))
+            .route("/value", post(take::<Value>))
+            .layer(DefaultBodyLimit::max(BODY_LIMIT))
+    }
+
+    /// The status and error code of one request (`parsed` when the body was taken).
+    fn send(path: &str, content_type: Option<&[u8]>, body: Vec<u8>) -> (u16, String) {
+        let mut request = Request::post(path);
+        if let Some(content_type) = content_type {
+            request = request.header(CONTENT_TYPE, content_type);
+        }
+        let request = request.body(Body::from(body)).unwrap();
+        futures::executor::block_on(async {
+            let response = app().oneshot(request).await.unwrap();
+            let status = response.status().as_u16();
+            let bytes = axum::body::to_bytes(response.into_body(), usize::MAX)
+                .await
+                .unwrap();
+            let code = match serde_json::from_slice::<Value>(&bytes) {
+                Ok(body) => body["error"]["code"]
+                    .as_str()
+                    .unwrap_or("<none>")
+                    .to_owned(),
+                Err(_) => String::from_utf8_lossy(&bytes).into_owned(),
+            };
+            (status, code)
+        })
+    }
+
+    const FIELDS: &[&str] = &[
+        "name",
+        "description",
+        "category",
+        "status",
+        "system_prompt",
+        "greeting_mode",
+        "llm_model",
+        "voice_id",
+        "background_audio_volume",
+        "ringing_enabled",
+        "template_id",
+        "tool_name",
+        "config",
+        "enabled",
+        "display_name",
+        "tags",
+        "tool_names",
+    ];
+
+    fn json_value() -> impl Strategy<Value = Value> {
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::from),
+            any::<i64>().prop_map(Value::from),
+            any::<f64>().prop_map(Value::from),
+            any::<String>().prop_map(Value::from),
+            "[a-z_\0-]{0,12}".prop_map(Value::from),
+            Just(Value::from("00000000-0000-0000-0000-000000000000")),
+        ];
+        leaf.prop_recursive(4, 48, 6, |inner| {
+            prop_oneof![
+                proptest::collection::vec(inner.clone(), 0..6).prop_map(Value::Array),
+                proptest::collection::btree_map(
+                    prop_oneof![
+                        proptest::sample::select(FIELDS).prop_map(str::to_owned),
+                        ".{0,8}"
+                    ],
+                    inner,
+                    0..6
+                )
+                .prop_map(|map| Value::Object(map.into_iter().collect())),
+            ]
+        })
+    }
+
+    /// Bodies: mostly JSON objects with the API's field names (some cut short, some with a
+    /// byte changed, some with numbers no `f64` holds), and arbitrary bytes.
+    fn body() -> impl Strategy<Value = Vec<u8>> {
+        let object = proptest::collection::btree_map(
+            proptest::sample::select(FIELDS).prop_map(str::to_owned),
+            json_value(),
+            0..8,
+        )
+        .prop_map(|map| serde_json::to_vec(&Value::Object(map.into_iter().collect())).unwrap())
+        .boxed();
+        prop_oneof![
+            4 => object.clone(),
+            2 => (object.clone(), any::<prop::sample::Index>(), any::<u8>(), 0..4u8).prop_map(
+                |(mut bytes, at, byte, edit)| {
+                    let i = at.index(bytes.len());
+                    match edit {
+                        0 => bytes.truncate(i),
+                        1 => bytes[i] = byte,
+                        2 => bytes.insert(i, byte),
+                        _ => {
+                            let tail = bytes.split_off(i);
+                            bytes.extend_from_slice(br#""x":1e400,"y":-1e999,"z":"\u0000","#);
+                            bytes.extend(tail);
+                        }
+                    }
+                    bytes
+                }
+            ),
+            1 => (object, 1..8usize).prop_map(|(bytes, n)| bytes.repeat(n * 200)),
+            1 => proptest::collection::vec(any::<u8>(), 0..200),
+            1 => proptest::collection::vec(any::<u8>(), 0..200).prop_map(|mut b| {
+                b.insert(0, b'{');
+                b
+            }),
+            1 => (1..200usize).prop_map(|depth| {
+                let mut b = "{\"config\":".to_owned() + &"[".repeat(depth);
+                b.push_str(&"]".repeat(depth));
+                b.push('}');
+                b.into_bytes()
+            }),
+        ]
+    }
+
+    fn content_type() -> impl Strategy<Value = Option<Vec<u8>>> {
+        prop_oneof![
+            6 => Just(Some(b"application/json".to_vec())),
+            1 => Just(Some(b"Application/JSON; charset=utf-8".to_vec())),
+            1 => Just(Some(b"application/merge-patch+json".to_vec())),
+            1 => Just(Some(b"text/plain".to_vec())),
+            1 => Just(None),
+            1 => proptest::collection::vec(any::<u8>(), 0..40).prop_map(Some),
+        ]
+        .prop_filter("a valid header value", |ct| {
+            ct.as_ref()
+                .is_none_or(|ct| axum::http::HeaderValue::from_bytes(ct).is_ok())
+        })
+    }
+
+    proptest! {
+        #![proptest_config(crate::proptest_config::config(2048))]
+
+        /// Whatever the body and content type, the answer is the body taken, 400
+        /// `invalid_body` or 413 `payload_too_large`: never a 500, never another code.
+        #[test]
+        fn any_body_is_taken_or_refused_with_a_documented_code(
+            path in proptest::sample::select(vec!["/agent", "/agent-patch", "/tool", "/playbook", "/value"]),
+            content_type in content_type(),
+            body in body(),
+        ) {
+            let too_large = body.len() > BODY_LIMIT;
+            let (status, code) = send(path, content_type.as_deref(), body);
+            match status {
+                200 => prop_assert_eq!(code.as_str(), "parsed"),
+                400 => prop_assert_eq!(code.as_str(), "invalid_body"),
+                413 => {
+                    prop_assert_eq!(code.as_str(), "payload_too_large");
+                    prop_assert!(too_large);
+                }
+                other => prop_assert!(false, "status {} ({})", other, code),
+            }
+        }
+    }
+}

@@ -14,6 +14,8 @@ pub mod limits;
 pub mod log_throttle;
 pub mod metrics;
 pub mod model;
+#[cfg(test)]
+mod proptest_config;
 pub mod query;
 pub mod readiness;
 pub mod request_id;

@@ -2,13 +2,19 @@
 //! instances in one process — the tests — keep their own numbers).
 //!
 //! Labels never carry the account: with thousands of tenants the series count would explode.
+//! Nor do they carry anything a client chose: every label value comes from a fixed set (the
+//! label types below can hold nothing else), so that a stranger sending random methods, paths
+//! or headers cannot grow the registry.
 
+use std::fmt;
+use std::sync::Arc;
 use std::time::Instant;
 
 use axum::extract::{MatchedPath, Request, State};
+use axum::http::{Extensions, Method};
 use axum::middleware::Next;
 use axum::response::Response;
-use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
@@ -18,27 +24,173 @@ use prometheus_client::registry::Registry;
 use crate::auth::oidc::OidcCounters;
 use crate::tenancy::pools::{PoolCounters, PoolStats};
 
+/// A label type whose values are a fixed set of names plus `other`, for anything else.
+macro_rules! label_values {
+    ($(#[$meta:meta])* $name:ident { $($variant:ident => $value:literal,)* }) => {
+        $(#[$meta])*
+        #[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
+        pub enum $name {
+            $($variant,)*
+            Other,
+        }
+
+        impl $name {
+            /// Every value, `Other` last.
+            pub const ALL: &[Self] = &[$(Self::$variant,)* Self::Other];
+
+            /// The label value.
+            pub fn name(self) -> &'static str {
+                match self {
+                    $(Self::$variant => $value,)*
+                    Self::Other => "other",
+                }
+            }
+
+            /// The value called `name`; `Other` for a name outside the set.
+            pub fn from_name(name: &str) -> Self {
+                match name {
+                    $($value => Self::$variant,)*
+                    _ => Self::Other,
+                }
+            }
+        }
+
+        impl EncodeLabelValue for $name {
+            fn encode(&self, encoder: &mut LabelValueEncoder) -> Result<(), fmt::Error> {
+                fmt::Write::write_str(encoder, self.name())
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(self.name())
+            }
+        }
+    };
+}
+
+label_values! {
+    /// The `method` label (and log field): the standard methods, `other` for any other token
+    /// (methods are case-sensitive: `get` is `other`).
+    MethodLabel {
+        Get => "GET",
+        Head => "HEAD",
+        Post => "POST",
+        Put => "PUT",
+        Patch => "PATCH",
+        Delete => "DELETE",
+        Options => "OPTIONS",
+        Trace => "TRACE",
+        Connect => "CONNECT",
+    }
+}
+
+impl MethodLabel {
+    pub fn of(method: &Method) -> Self {
+        Self::from_name(method.as_str())
+    }
+}
+
+label_values! {
+    /// The `limit` label of `kataven_rate_limited_total`: the tripped limit.
+    LimitLabel {
+        Minute => "minute",
+        Hour => "hour",
+        Day => "day",
+        Concurrent => "concurrent",
+        Ip => "ip",
+        ClientKey => "client_key",
+        Auth => "auth",
+        UserTokens => "user_tokens",
+    }
+}
+
+label_values! {
+    /// The `reason` label of `kataven_auth_failures_total` (every reason is listed in
+    /// `docs/auth.md`).
+    AuthFailureReason {
+        MissingBearer => "missing_bearer",
+        MalformedAuthorization => "malformed_authorization",
+        MalformedApiKey => "malformed_api_key",
+        BadChecksum => "bad_checksum",
+        UnknownApiKey => "unknown_api_key",
+        DisabledApiKey => "disabled_api_key",
+        ExpiredApiKey => "expired_api_key",
+        NoIdentityProvider => "no_identity_provider",
+        MalformedToken => "malformed_token",
+        WrongIssuer => "wrong_issuer",
+        DisallowedAlg => "disallowed_alg",
+        MissingKid => "missing_kid",
+        UnknownKid => "unknown_kid",
+        AlgMismatch => "alg_mismatch",
+        Expired => "expired",
+        NotYetValid => "not_yet_valid",
+        WrongAudience => "wrong_audience",
+        BadSignature => "bad_signature",
+        MissingClaim => "missing_claim",
+        InvalidToken => "invalid_token",
+        EmptySub => "empty_sub",
+        ForgedApiKey => "forged_api_key",
+        AccessToken => "access_token",
+        AzpMismatch => "azp_mismatch",
+        LocalCredential => "local_credential",
+        UserinfoRefused => "userinfo_refused",
+    }
+}
+
+/// The `route` label (and log field): the matched route template
+/// (`/api/v1/agents/{id}`), or `unmatched`. Only a [`MatchedPath`] makes one, so its values
+/// are the router's templates, never a raw path.
+#[derive(Clone, Debug, Hash, PartialEq, Eq)]
+pub struct RouteLabel(Option<Arc<str>>);
+
+impl RouteLabel {
+    pub fn of(extensions: &Extensions) -> Self {
+        Self(
+            extensions
+                .get::<MatchedPath>()
+                .map(|p| Arc::from(p.as_str())),
+        )
+    }
+
+    pub fn as_str(&self) -> &str {
+        self.0.as_deref().unwrap_or("unmatched")
+    }
+}
+
+impl EncodeLabelValue for RouteLabel {
+    fn encode(&self, encoder: &mut LabelValueEncoder) -> Result<(), fmt::Error> {
+        fmt::Write::write_str(encoder, self.as_str())
+    }
+}
+
+impl fmt::Display for RouteLabel {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RequestLabels {
-    pub method: String,
-    pub route: String,
+    pub method: MethodLabel,
+    pub route: RouteLabel,
     pub status: u16,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RouteLabels {
-    pub method: String,
-    pub route: String,
+    pub method: MethodLabel,
+    pub route: RouteLabel,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct LimitLabels {
-    pub limit: String,
+    pub limit: LimitLabel,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReasonLabels {
-    pub reason: String,
+    pub reason: AuthFailureReason,
 }
 
 pub struct Metrics {
@@ -206,18 +358,26 @@ impl Metrics {
         out
     }
 
+    /// Counts a 429 by the tripped limit's name (`minute`, …, `ip`, `client_key`; any other
+    /// name counts as `other`).
     pub fn rate_limited(&self, limit: &str) {
-        self.rate_limited
-            .get_or_create(&LimitLabels {
-                limit: limit.to_owned(),
-            })
+        self.rate_limited_counter(LimitLabel::from_name(limit))
             .inc();
     }
 
+    /// The counter of 429s for one limit.
+    pub fn rate_limited_counter(&self, limit: LimitLabel) -> Counter {
+        self.rate_limited
+            .get_or_create(&LimitLabels { limit })
+            .clone()
+    }
+
+    /// Counts a refused bearer by reason (a name outside [`AuthFailureReason`] counts as
+    /// `other`).
     pub fn auth_failure(&self, reason: &str) {
         self.auth_failures
             .get_or_create(&ReasonLabels {
-                reason: reason.to_owned(),
+                reason: AuthFailureReason::from_name(reason),
             })
             .inc();
     }
@@ -229,24 +389,21 @@ impl Default for Metrics {
     }
 }
 
-/// Counts every request by matched route (never the raw path: ids would explode the series).
+/// Counts every request by method label and matched route (never the raw method or path: a
+/// client could explode the series).
 pub async fn middleware(
     State(metrics): State<std::sync::Arc<Metrics>>,
     req: Request,
     next: Next,
 ) -> Response {
     let start = Instant::now();
-    let method = req.method().as_str().to_owned();
-    let route = req
-        .extensions()
-        .get::<MatchedPath>()
-        .map(|p| p.as_str().to_owned())
-        .unwrap_or_else(|| "unmatched".to_owned());
+    let method = MethodLabel::of(req.method());
+    let route = RouteLabel::of(req.extensions());
     let response = next.run(req).await;
     metrics
         .latency
         .get_or_create(&RouteLabels {
-            method: method.clone(),
+            method,
             route: route.clone(),
         })
         .observe(start.elapsed().as_secs_f64());
@@ -259,4 +416,101 @@ pub async fn middleware(
         })
         .inc();
     response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn methods_outside_the_standard_ones_are_other() {
+        for (method, label) in [
+            ("GET", "GET"),
+            ("HEAD", "HEAD"),
+            ("POST", "POST"),
+            ("PUT", "PUT"),
+            ("PATCH", "PATCH"),
+            ("DELETE", "DELETE"),
+            ("OPTIONS", "OPTIONS"),
+            ("TRACE", "TRACE"),
+            ("CONNECT", "CONNECT"),
+            ("get", "other"),
+            ("QUERY", "other"),
+            ("PROPFIND", "other"),
+            ("other", "other"),
+        ] {
+            let method = Method::from_bytes(method.as_bytes()).unwrap();
+            assert_eq!(MethodLabel::of(&method).name(), label, "{method}");
+        }
+        let long = Method::from_bytes("X".repeat(8192).as_bytes()).unwrap();
+        assert_eq!(MethodLabel::of(&long), MethodLabel::Other);
+    }
+
+    #[test]
+    fn every_limit_name_has_its_label() {
+        use crate::limits::Dimension;
+        for dimension in [
+            Dimension::Minute,
+            Dimension::Hour,
+            Dimension::Day,
+            Dimension::Concurrent,
+        ] {
+            let label = LimitLabel::from_name(dimension.name());
+            assert_ne!(label, LimitLabel::Other, "{dimension:?}");
+            assert_eq!(label.name(), dimension.name());
+        }
+        assert_eq!(LimitLabel::from_name("ip"), LimitLabel::Ip);
+        assert_eq!(LimitLabel::from_name("client_key"), LimitLabel::ClientKey);
+        assert_eq!(LimitLabel::from_name("anything"), LimitLabel::Other);
+    }
+
+    /// The reasons are the ones `docs/auth.md` lists, no more, no fewer.
+    #[test]
+    fn auth_failure_reasons_are_the_documented_ones() {
+        let doc = include_str!("../docs/auth.md");
+        let table = doc
+            .split("## Auth failure reasons")
+            .nth(1)
+            .expect("the reasons section")
+            .split("\n## ")
+            .next()
+            .unwrap();
+        let documented: std::collections::BTreeSet<&str> = table
+            .lines()
+            .filter_map(|line| line.strip_prefix("| `")?.split('`').next())
+            .collect();
+        let labels: std::collections::BTreeSet<&str> = AuthFailureReason::ALL
+            .iter()
+            .filter(|r| **r != AuthFailureReason::Other)
+            .map(|r| r.name())
+            .collect();
+        assert_eq!(documented, labels);
+        for reason in AuthFailureReason::ALL {
+            assert_eq!(AuthFailureReason::from_name(reason.name()), *reason);
+        }
+        assert_eq!(
+            AuthFailureReason::from_name("made_up"),
+            AuthFailureReason::Other
+        );
+    }
+
+    #[test]
+    fn label_values_render_as_their_names() {
+        let metrics = Metrics::new();
+        metrics.rate_limited("client_key");
+        metrics.rate_limited(&"x".repeat(1000));
+        metrics.auth_failure("bad_checksum");
+        metrics.auth_failure(&"y".repeat(1000));
+        let text = metrics.render(PoolStats {
+            pools: 0,
+            connections_open: 0,
+            connections_in_use: 0,
+            budget_available: 0,
+        });
+        assert!(text.contains(r#"kataven_rate_limited_total{limit="client_key"} 1"#));
+        assert!(text.contains(r#"kataven_rate_limited_total{limit="other"} 1"#));
+        assert!(text.contains(r#"kataven_auth_failures_total{reason="bad_checksum"} 1"#));
+        assert!(text.contains(r#"kataven_auth_failures_total{reason="other"} 1"#));
+        assert!(!text.contains("xxxx") && !text.contains("yyyy"));
+    }
 }

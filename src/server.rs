@@ -156,19 +156,16 @@ pub async fn build_state(
     };
     let limiter = Limiter::new(store, metrics.limiter_store_errors.clone());
     let proxies = TrustedProxies::parse(&config.trusted_proxies)?;
-    let refused = metrics
-        .rate_limited
-        .get_or_create(&crate::metrics::LimitLabels { limit: "ip".into() })
-        .clone();
-    let ip_limiter = IpLimiter::new(config.public_limit_per_minute, proxies, refused);
+    let refused = metrics.rate_limited_counter(crate::metrics::LimitLabel::Ip);
+    let ip_limiter = IpLimiter::new(
+        config.public_limit_per_minute,
+        proxies,
+        config.ipv6_prefix_len,
+        refused,
+    );
     let auth_failures = AuthFailures::per_minute(
         config.auth_failure_limit_per_minute,
-        metrics
-            .rate_limited
-            .get_or_create(&crate::metrics::LimitLabels {
-                limit: "auth".into(),
-            })
-            .clone(),
+        metrics.rate_limited_counter(crate::metrics::LimitLabel::Auth),
     );
     let pepper = config
         .key_pepper

@@ -96,7 +96,9 @@ pub fn widget_key_account(key: &str) -> Result<&str, KeyFormatError> {
 
 /// The last 8 characters, shown in lists to recognise a key.
 pub fn last8(key: &str) -> String {
-    key[key.len().saturating_sub(8)..].to_owned()
+    // Characters, not bytes: a byte offset could fall inside a multi-byte character.
+    let start = key.char_indices().rev().nth(7).map_or(0, |(at, _)| at);
+    key[start..].to_owned()
 }
 
 /// HMAC-SHA256 with the configured pepper: what the catalog stores instead of keys and tokens.
@@ -330,5 +332,84 @@ mod tests {
         assert_eq!(a.hash("k"), a.hash("k"));
         assert_ne!(a.hash("k"), b.hash("k"));
         assert_eq!(format!("{a:?}"), "KeyHasher([REDACTED])");
+    }
+
+    #[test]
+    fn last8_takes_characters_not_bytes() {
+        assert_eq!(last8("sk_live_acme_0123456789"), "23456789");
+        assert_eq!(last8("short"), "short");
+        // Multi-byte characters: eight characters, never a cut through one.
+        assert_eq!(last8("€€€€€€€€€"), "€€€€€€€€");
+        assert_eq!(last8("a€€€"), "a€€€");
+    }
+
+    use proptest::prelude::*;
+
+    /// A valid account slug (the key formats take any; the pipeline parses the slug later).
+    fn account() -> impl Strategy<Value = String> {
+        "[a-z0-9][a-z0-9_-]{0,62}"
+    }
+
+    /// Mostly characters a key may hold, so that a change keeps its shape, and any other.
+    fn replacement() -> impl Strategy<Value = char> {
+        prop_oneof![
+            3 => proptest::char::ranges(vec!['0'..='9', 'A'..='Z', 'a'..='z'].into()),
+            1 => Just('_'),
+            1 => Just('-'),
+            1 => any::<char>(),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(crate::proptest_config::config(2048))]
+
+        /// Every key made for an account parses back to that account, as its own kind only.
+        #[test]
+        fn new_keys_parse_back_to_their_account(account in account()) {
+            let key = new_api_key(&account);
+            prop_assert_eq!(api_key_account(&key), Ok(account.as_str()));
+            prop_assert!(widget_key_account(&key).is_err());
+            let widget = new_widget_key(&account);
+            prop_assert_eq!(widget_key_account(&widget), Ok(account.as_str()));
+            prop_assert!(api_key_account(&widget).is_err());
+            prop_assert_eq!(last8(&key).len(), 8);
+        }
+
+        /// Any change of one character of a valid API key (prefix, account, separator, random
+        /// part or checksum) is refused.
+        #[test]
+        fn any_single_character_change_is_refused(
+            account in account(),
+            at in any::<prop::sample::Index>(),
+            c in replacement(),
+        ) {
+            let key = new_api_key(&account);
+            let mut chars: Vec<char> = key.chars().collect();
+            let i = at.index(chars.len());
+            prop_assume!(chars[i] != c);
+            chars[i] = c;
+            let changed: String = chars.into_iter().collect();
+            prop_assert!(api_key_account(&changed).is_err(), "{} accepted", changed);
+        }
+
+        /// Arbitrary strings, with or without a key prefix, never panic.
+        #[test]
+        fn arbitrary_strings_never_panic(text in any::<String>(), tail in "[a-zA-Z0-9_]{0,80}") {
+            for candidate in [
+                text.clone(),
+                format!("{API_KEY_PREFIX}{text}"),
+                format!("{WIDGET_KEY_PREFIX}{text}"),
+                format!("{API_KEY_PREFIX}{tail}"),
+                format!("{WIDGET_KEY_PREFIX}{tail}"),
+            ] {
+                if let Ok(account) = api_key_account(&candidate) {
+                    prop_assert!(candidate.starts_with(API_KEY_PREFIX) && !account.is_empty());
+                }
+                if let Ok(account) = widget_key_account(&candidate) {
+                    prop_assert!(candidate.starts_with(WIDGET_KEY_PREFIX) && !account.is_empty());
+                }
+                prop_assert!(last8(&candidate).chars().count() <= 8);
+            }
+        }
     }
 }

@@ -1247,4 +1247,398 @@ mod tests {
         );
         assert_eq!(origin("http://[::1]:8080").to_string(), "http://[::1]:8080");
     }
+
+    /// Property tests: entries and origins built from parts, checked against the documented
+    /// rule written out independently (a model), and arbitrary text thrown at the parsers.
+    mod properties {
+        use std::net::{Ipv4Addr, Ipv6Addr};
+
+        use proptest::prelude::*;
+
+        use super::*;
+
+        /// A host as the rule sees it: lower-case labels, or an address.
+        #[derive(Debug, Clone, PartialEq)]
+        enum Host {
+            Domain(Vec<String>),
+            V4(Ipv4Addr),
+            V6(Ipv6Addr),
+        }
+
+        /// A host and one way of writing it.
+        #[derive(Debug, Clone)]
+        struct Spelled {
+            host: Host,
+            text: String,
+        }
+
+        const LABELS: &[&str] = &[
+            "acme",
+            "com",
+            "www",
+            "shop",
+            "a",
+            "b",
+            "evilacme",
+            "net",
+            "localhost",
+            "x-y",
+            "co",
+        ];
+
+        /// Upper-cases the ASCII letters picked by the bits of `mask`.
+        fn mangle_case(text: &str, mask: u64) -> String {
+            text.chars()
+                .enumerate()
+                .map(|(i, c)| {
+                    if mask >> (i % 64) & 1 == 1 {
+                        c.to_ascii_uppercase()
+                    } else {
+                        c
+                    }
+                })
+                .collect()
+        }
+
+        fn host() -> impl Strategy<Value = Spelled> {
+            let domain = (
+                proptest::collection::vec(proptest::sample::select(LABELS), 1..4),
+                any::<u64>(),
+                any::<bool>(),
+            )
+                .prop_map(|(labels, mask, trailing_dot)| {
+                    let name = labels.join(".");
+                    let mut text = mangle_case(&name, mask);
+                    if trailing_dot {
+                        text.push('.');
+                    }
+                    Spelled {
+                        host: Host::Domain(labels.iter().map(|l| l.to_string()).collect()),
+                        text,
+                    }
+                });
+            let v4 = proptest::sample::select(vec![
+                Ipv4Addr::new(127, 0, 0, 1),
+                Ipv4Addr::new(10, 0, 0, 1),
+                Ipv4Addr::new(192, 0, 2, 1),
+            ])
+            .prop_map(|ip| Spelled {
+                host: Host::V4(ip),
+                text: ip.to_string(),
+            });
+            let v6 = (
+                proptest::sample::select(vec![
+                    Ipv6Addr::LOCALHOST,
+                    Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 0xab),
+                ]),
+                any::<bool>(),
+                any::<u64>(),
+            )
+                .prop_map(|(ip, expanded, mask)| {
+                    let text = if expanded {
+                        let s = ip.segments();
+                        format!(
+                            "{:x}:{:x}:{:x}:{:x}:{:x}:{:x}:{:x}:{:x}",
+                            s[0], s[1], s[2], s[3], s[4], s[5], s[6], s[7]
+                        )
+                    } else {
+                        ip.to_string()
+                    };
+                    Spelled {
+                        host: Host::V6(ip),
+                        text: format!("[{}]", mangle_case(&text, mask)),
+                    }
+                });
+            prop_oneof![6 => domain, 1 => v4, 1 => v6]
+        }
+
+        fn scheme() -> impl Strategy<Value = (Scheme, String)> {
+            (
+                proptest::sample::select(vec![Scheme::Http, Scheme::Https]),
+                any::<u64>(),
+            )
+                .prop_map(|(scheme, mask)| (scheme, mangle_case(scheme.as_str(), mask)))
+        }
+
+        #[derive(Debug, Clone, Copy)]
+        enum Port {
+            None,
+            Star,
+            Number(u16),
+        }
+
+        fn port() -> impl Strategy<Value = Port> {
+            prop_oneof![
+                3 => Just(Port::None),
+                1 => Just(Port::Star),
+                2 => proptest::sample::select(vec![80u16, 443, 3000, 8443]).prop_map(Port::Number),
+                1 => any::<u16>().prop_map(Port::Number),
+            ]
+        }
+
+        /// An entry built from parts, and how it is written.
+        #[derive(Debug, Clone)]
+        struct ModelEntry {
+            scheme: Option<Scheme>,
+            wildcard: bool,
+            host: Host,
+            port: Port,
+            raw: String,
+        }
+
+        fn entry() -> impl Strategy<Value = ModelEntry> {
+            (
+                proptest::option::of(scheme()),
+                proptest::bool::weighted(0.3),
+                host(),
+                port(),
+                any::<bool>(),
+            )
+                .prop_map(|(scheme, wildcard, host, port, slash)| {
+                    let mut raw = String::new();
+                    if let Some((_, spelled)) = &scheme {
+                        raw.push_str(spelled);
+                        raw.push_str("://");
+                    }
+                    if wildcard {
+                        raw.push_str("*.");
+                    }
+                    raw.push_str(&host.text);
+                    match port {
+                        Port::None => {}
+                        Port::Star => raw.push_str(":*"),
+                        Port::Number(n) => raw.push_str(&format!(":{n}")),
+                    }
+                    if slash {
+                        raw.push('/');
+                    }
+                    ModelEntry {
+                        scheme: scheme.map(|(s, _)| s),
+                        wildcard,
+                        host: host.host,
+                        port,
+                        raw,
+                    }
+                })
+        }
+
+        impl ModelEntry {
+            /// Whether the documented grammar accepts the entry.
+            fn is_valid(&self) -> bool {
+                let wildcard_ok = !self.wildcard
+                    || matches!(&self.host, Host::Domain(labels) if labels.len() >= 2);
+                let port_ok = match self.port {
+                    Port::Number(0) => false,
+                    Port::Star => self.scheme.is_none(),
+                    _ => true,
+                };
+                wildcard_ok && port_ok
+            }
+
+            /// Whether the documented rule lets `origin` through this (valid) entry.
+            fn allows(&self, origin: &ModelOrigin) -> bool {
+                let host = match (&self.host, &origin.host) {
+                    (Host::Domain(name), Host::Domain(theirs)) if self.wildcard => {
+                        theirs.len() > name.len() && theirs.ends_with(name)
+                    }
+                    (ours, theirs) => !self.wildcard && ours == theirs,
+                };
+                let origin_port = origin.port.unwrap_or(origin.scheme.default_port());
+                match self.scheme {
+                    None => {
+                        host && match self.port {
+                            Port::Number(n) => n == origin_port,
+                            _ => true,
+                        }
+                    }
+                    Some(scheme) => {
+                        let port = match self.port {
+                            Port::Number(n) => n,
+                            _ => scheme.default_port(),
+                        };
+                        host && scheme == origin.scheme && port == origin_port
+                    }
+                }
+            }
+        }
+
+        /// An origin built from parts, and its `Origin` header.
+        #[derive(Debug, Clone)]
+        struct ModelOrigin {
+            scheme: Scheme,
+            host: Host,
+            port: Option<u16>,
+            header: String,
+        }
+
+        fn origin() -> impl Strategy<Value = ModelOrigin> {
+            (
+                scheme(),
+                host(),
+                prop_oneof![
+                    2 => Just(None),
+                    2 => proptest::sample::select(vec![80u16, 443, 3000, 8443]).prop_map(Some),
+                    1 => (1u16..).prop_map(Some),
+                ],
+            )
+                .prop_map(|((scheme, spelled_scheme), host, port)| {
+                    let mut header = format!("{spelled_scheme}://{}", host.text);
+                    if let Some(port) = port {
+                        header.push_str(&format!(":{port}"));
+                    }
+                    ModelOrigin {
+                        scheme,
+                        host: host.host,
+                        port,
+                        header,
+                    }
+                })
+        }
+
+        /// `host` written with the ASCII letters picked by `mask` in upper case.
+        fn spell(host: &Host, mask: u64) -> String {
+            match host {
+                Host::Domain(labels) => mangle_case(&labels.join("."), mask),
+                Host::V4(ip) => ip.to_string(),
+                Host::V6(ip) => format!("[{ip}]"),
+            }
+        }
+
+        /// A valid entry and an origin, the origin often on the entry's host or below it (so
+        /// that both answers occur often).
+        fn entry_and_origin() -> impl Strategy<Value = (ModelEntry, ModelOrigin)> {
+            (
+                entry().prop_filter("a valid entry", ModelEntry::is_valid),
+                origin(),
+                0..3u8,
+                proptest::sample::select(LABELS),
+                any::<u64>(),
+                any::<bool>(),
+            )
+                .prop_map(|(entry, mut origin, relation, label, mask, entry_port)| {
+                    let host = match (relation, &entry.host) {
+                        (1, host) => Some(host.clone()),
+                        (2, Host::Domain(labels)) => Some(Host::Domain(
+                            std::iter::once(label.to_owned())
+                                .chain(labels.iter().cloned())
+                                .collect(),
+                        )),
+                        _ => None,
+                    };
+                    if let Some(host) = host {
+                        if let (true, Port::Number(n @ 1..)) = (entry_port, entry.port) {
+                            origin.port = Some(n);
+                        }
+                        origin.header = format!(
+                            "{}://{}{}",
+                            origin.scheme.as_str(),
+                            spell(&host, mask),
+                            origin.port.map(|p| format!(":{p}")).unwrap_or_default()
+                        );
+                        origin.host = host;
+                    }
+                    (entry, origin)
+                })
+        }
+
+        /// An `Origin` header built from parts with one character inserted, replaced or removed.
+        fn near_origin() -> impl Strategy<Value = String> {
+            (
+                origin(),
+                any::<prop::sample::Index>(),
+                any::<char>(),
+                0..3u8,
+            )
+                .prop_map(|(origin, at, c, edit)| {
+                    let mut chars: Vec<char> = origin.header.chars().collect();
+                    let i = at.index(chars.len());
+                    match edit {
+                        0 => chars.insert(i, c),
+                        1 => chars[i] = c,
+                        _ => {
+                            chars.remove(i);
+                        }
+                    }
+                    chars.into_iter().collect()
+                })
+        }
+
+        proptest! {
+            #![proptest_config(crate::proptest_config::config(4096))]
+
+            /// An entry parses exactly when the grammar accepts it, and its `Display` parses
+            /// back to the same entry.
+            #[test]
+            fn built_entries_parse_by_the_grammar_and_round_trip(entry in entry()) {
+                match Entry::parse(&entry.raw) {
+                    Ok(parsed) => {
+                        prop_assert!(entry.is_valid(), "{:?} accepted", entry.raw);
+                        let shown = parsed.to_string();
+                        prop_assert_eq!(Entry::parse(&shown), Ok(parsed), "{}", shown);
+                    }
+                    Err(e) => prop_assert!(!entry.is_valid(), "{:?} refused: {}", entry.raw, e),
+                }
+            }
+
+            /// A generated origin is allowed by an entry exactly when the documented rule says
+            /// so, whether matched through the raw allowlist or the parsed entry.
+            #[test]
+            fn origins_match_entries_by_the_documented_rule(
+                (entry, origin) in entry_and_origin(),
+            ) {
+                let parsed = Entry::parse(&entry.raw).unwrap();
+                let request = request_origin(Some(&origin.header), None);
+                prop_assert!(request.is_some(), "{:?} unusable", origin.header);
+                let request = request.unwrap();
+                let expected = entry.allows(&origin);
+                prop_assert_eq!(
+                    is_allowed(std::slice::from_ref(&entry.raw), &request),
+                    expected,
+                    "{} vs {}", entry.raw, origin.header
+                );
+                prop_assert_eq!(parsed.matches(&request), expected);
+                // The canonical entry allows the same origins.
+                prop_assert_eq!(is_allowed(&[parsed.to_string()], &request), expected);
+                // And a hand-built origin with the raw parts is normalised to the same answer.
+                let hand_built = RequestOrigin {
+                    scheme: origin.header.split("://").next().unwrap().to_owned(),
+                    host: origin.header.split("://").nth(1).unwrap().rsplit_once(':')
+                        .filter(|(_, port)| origin.port.is_some() && !port.contains(']'))
+                        .map_or(origin.header.split("://").nth(1).unwrap(), |(host, _)| host)
+                        .to_owned(),
+                    port: origin.port,
+                };
+                prop_assert_eq!(parsed.matches(&hand_built), expected, "{:?}", hand_built);
+            }
+
+            /// Arbitrary text never panics any parser; what parses, round-trips.
+            #[test]
+            fn arbitrary_text_never_panics(
+                text in prop_oneof![
+                    any::<String>(),
+                    r"[a-zA-Z0-9.:/*@?#\\\[\]%_-]{0,40}",
+                    r"(https?|HTTP|ftp)://[a-zA-Z0-9.:/*@\[\]%-]{0,30}",
+                    near_origin(),
+                    entry().prop_map(|e| e.raw),
+                ],
+            ) {
+                if let Ok(entry) = Entry::parse(&text) {
+                    prop_assert_eq!(Entry::parse(&entry.to_string()), Ok(entry));
+                }
+                for (origin, referer) in [(Some(text.as_str()), None), (None, Some(text.as_str()))] {
+                    if let Some(found) = request_origin(origin, referer) {
+                        prop_assert!(found.scheme == "http" || found.scheme == "https");
+                        prop_assert!(found.port.is_some_and(|p| p != 0));
+                        // What was found serialises to an Origin header that gives it back.
+                        prop_assert_eq!(
+                            request_origin(Some(&found.to_string()), None),
+                            Some(found.clone())
+                        );
+                        prop_assert!(!is_allowed(&[], &found));
+                        let _ = is_allowed(std::slice::from_ref(&text), &found);
+                    }
+                }
+            }
+        }
+    }
 }

@@ -29,6 +29,7 @@ use crate::error::ApiError;
 use crate::extract::rate_limit_headers;
 use crate::limits::auth_failures;
 use crate::limits::client_ip::limit_public;
+use crate::metrics::{MethodLabel, RouteLabel};
 use crate::request_id::RequestId;
 use crate::state::AppState;
 
@@ -230,24 +231,21 @@ async fn request_timeout(State(limit): State<Duration>, req: Request, next: Next
 }
 
 /// One span per request (request id, method, route; account and principal are recorded by the
-/// extractors) and one log line when it finishes. Only the matched route is logged, never the
-/// query string or headers, so credentials cannot leak through here.
+/// extractors) and one log line when it finishes. Only bounded values are logged: the request
+/// id (validated), the method and the matched route as their metric labels (a method outside
+/// the standard ones is `other`, an unmatched path `unmatched`), never the raw path, the query
+/// string or headers, so neither credentials nor a client's arbitrary strings reach the logs.
 async fn trace(req: Request, next: Next) -> Response {
     let request_id = req
         .extensions()
         .get::<RequestId>()
         .map(|r| r.0.clone())
         .unwrap_or_default();
-    let route = req
-        .extensions()
-        .get::<axum::extract::MatchedPath>()
-        .map(|p| p.as_str().to_owned())
-        .unwrap_or_else(|| "unmatched".to_owned());
     let span = tracing::info_span!(
         "request",
         request_id = %request_id,
-        method = %req.method(),
-        route = %route,
+        method = %MethodLabel::of(req.method()),
+        route = %RouteLabel::of(req.extensions()),
         account = tracing::field::Empty,
         principal_kind = tracing::field::Empty,
         principal_id = tracing::field::Empty,
@@ -266,4 +264,83 @@ async fn trace(req: Request, next: Next) -> Response {
     }
     .instrument(span)
     .await
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+
+    use axum::body::Body;
+    use axum::http::Method;
+    use axum::routing::get;
+    use tower::ServiceExt;
+
+    use super::*;
+
+    #[derive(Clone, Default)]
+    struct Captured(Arc<Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Captured {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(bytes);
+            Ok(bytes.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// The request log line of a request, in both log formats.
+    async fn log_of(method: &str, uri: &str, json: bool) -> String {
+        let captured = Captured::default();
+        let writer = captured.clone();
+        let builder = tracing_subscriber::fmt()
+            .with_ansi(false)
+            .with_max_level(tracing::Level::INFO)
+            .with_writer(move || writer.clone());
+        let subscriber: Box<dyn tracing::Subscriber + Send + Sync> = if json {
+            Box::new(builder.json().finish())
+        } else {
+            Box::new(builder.finish())
+        };
+        let _guard = tracing::subscriber::set_default(subscriber);
+        let app = Router::new()
+            .route("/api/v1/agents/{id}", get(|| async { "ok" }))
+            .fallback(fallback)
+            .layer(middleware::from_fn(trace));
+        let request = Request::builder()
+            .method(Method::from_bytes(method.as_bytes()).unwrap())
+            .uri(uri)
+            .body(Body::empty())
+            .unwrap();
+        app.oneshot(request).await.unwrap();
+        String::from_utf8(captured.0.lock().unwrap().clone()).unwrap()
+    }
+
+    #[tokio::test]
+    async fn the_request_log_holds_no_client_string() {
+        let method = format!("XMETHOD{}", "a".repeat(8000));
+        for json in [false, true] {
+            for uri in [
+                "/api/v1/agents/secret-id?token=secret-query",
+                "/secret-path?token=secret-query",
+            ] {
+                let log = log_of(&method, uri, json).await;
+                assert!(log.contains("request finished"), "{log}");
+                assert!(!log.contains("XMETHOD"), "the method was logged: {log}");
+                assert!(!log.contains("secret"), "the path was logged: {log}");
+                assert!(log.len() < 1024, "{} bytes: {log}", log.len());
+                let other = if json {
+                    r#""method":"other""#
+                } else {
+                    "method=other"
+                };
+                assert!(log.contains(other), "{log}");
+            }
+            let log = log_of("GET", "/api/v1/agents/secret-id", json).await;
+            assert!(log.contains("/api/v1/agents/{id}"), "{log}");
+            let log = log_of("GET", "/secret-path", json).await;
+            assert!(log.contains("unmatched"), "{log}");
+        }
+    }
 }

@@ -123,4 +123,64 @@ mod tests {
             );
         }
     }
+
+    use proptest::prelude::*;
+
+    /// The documented rule, written out independently: `^[a-z0-9][a-z0-9_-]{0,62}$`.
+    fn follows_the_rule(s: &str) -> bool {
+        let allowed =
+            |c: char| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-';
+        s.chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
+            && s.chars().count() <= 63
+            && s.chars().all(allowed)
+    }
+
+    /// Mostly near-slugs (the interesting border), some arbitrary Unicode.
+    fn candidates() -> impl Strategy<Value = String> {
+        prop_oneof![
+            "[a-z0-9_-]{0,70}",
+            "[a-zA-Z0-9_. /-]{0,66}",
+            "[a-z0-9][a-z0-9_-]{60,64}",
+            Just("kataven-admin".to_owned()),
+            any::<String>(),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(crate::proptest_config::config(4096))]
+
+        /// Any string parses exactly when it follows the rule and is not the system database,
+        /// and a parsed slug is the input, unchanged.
+        #[test]
+        fn any_string_is_a_slug_exactly_by_the_rule(input in candidates()) {
+            match AccountSlug::parse(&input) {
+                Ok(slug) => {
+                    prop_assert!(follows_the_rule(&input) && input != SYSTEM_DATABASE);
+                    prop_assert_eq!(slug.as_str(), input.as_str());
+                    prop_assert_eq!(slug.to_string(), input.clone());
+                    prop_assert_eq!(input.parse::<AccountSlug>(), Ok(slug));
+                }
+                Err(SlugError::Reserved) => prop_assert_eq!(input.as_str(), SYSTEM_DATABASE),
+                Err(SlugError::Invalid) => prop_assert!(!follows_the_rule(&input)),
+            }
+        }
+
+        /// Replacing one character of a valid slug with one outside the rule's set refuses it.
+        #[test]
+        fn one_foreign_character_spoils_a_slug(
+            slug in "[a-z0-9][a-z0-9_-]{0,62}",
+            at in any::<prop::sample::Index>(),
+            c in any::<char>().prop_filter("outside the set", |c| {
+                !(c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '_' || *c == '-')
+            }),
+        ) {
+            let mut chars: Vec<char> = slug.chars().collect();
+            let i = at.index(chars.len());
+            chars[i] = c;
+            let spoiled: String = chars.into_iter().collect();
+            prop_assert_eq!(AccountSlug::parse(&spoiled), Err(SlugError::Invalid));
+        }
+    }
 }

@@ -4,6 +4,7 @@ mod api_keys;
 mod browser;
 mod cli;
 mod faults;
+mod hostile;
 mod identity;
 mod limits;
 mod login;
