@@ -181,7 +181,7 @@ pub struct Config {
     )]
     pub limit_daily_minutes: u32,
 
-    /// Maximum connections per tenant pool.
+    /// A tenant pool's share: connections it may always open (more while the budget has headroom).
     #[arg(
         long,
         env = "KATAVEN_TENANT_POOL_MAX",

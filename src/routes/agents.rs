@@ -16,7 +16,7 @@ use crate::model::agents::{
 };
 
 /// One query for any number of agents: attached playbooks and FAQs are aggregated per row.
-const SELECT_AGENTS: &str = "
+pub const SELECT_AGENTS: &str = "
     SELECT a.id, a.name, a.description, a.category, a.status, a.system_prompt,
            a.greeting_message, a.greeting_mode, a.llm_model, a.voice_provider, a.voice_id,
            a.auth_mode, a.ringing_enabled, a.background_audio_enabled, a.background_audio_volume,

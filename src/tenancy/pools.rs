@@ -157,7 +157,11 @@ struct TenantPool {
     shared: Arc<Shared>,
     server_gate: Arc<Gate>,
     database_gate: Gate,
-    slots: Arc<Semaphore>,
+    /// Connections this pool may always have (`KATAVEN_TENANT_POOL_MAX`); beyond it only
+    /// while the budget has headroom.
+    share: usize,
+    /// Signalled when one of this pool's connections turns idle.
+    returned: Notify,
     /// Idle connections, oldest first; the newest is reused first (it is the warmest).
     idle: Mutex<Vec<IdleConn>>,
     open: AtomicUsize,
@@ -268,7 +272,8 @@ impl TenantPools {
             shared: inner.shared.clone(),
             database_gate: Gate::new(Scope::Database, account.slug.clone()),
             server_gate,
-            slots: Arc::new(Semaphore::new(inner.settings.pool_max)),
+            share: inner.settings.pool_max,
+            returned: Notify::new(),
             idle: Mutex::new(Vec::new()),
             open: AtomicUsize::new(0),
             in_use: AtomicUsize::new(0),
@@ -401,8 +406,8 @@ impl TenantPools {
         futures::future::join_all(closing).await;
     }
 
-    /// Starts closing the least recently used idle connection of any pool but `except`.
-    /// Returns whether one was found.
+    /// Starts closing an idle connection of any pool but `except`: of a pool beyond its share
+    /// if there is one, else of the pool used least recently. Returns whether one was found.
     fn evict_one_idle(&self, except: &TenantPool) -> bool {
         let victim = self
             .inner
@@ -410,7 +415,12 @@ impl TenantPools {
             .iter()
             .filter_map(|e| e.value().get().cloned())
             .filter(|p| !std::ptr::eq(Arc::as_ptr(p), except) && !p.idle.lock().is_empty())
-            .min_by_key(|p| *p.last_used.lock());
+            .min_by_key(|p| {
+                (
+                    p.open.load(Ordering::Acquire) <= p.share,
+                    *p.last_used.lock(),
+                )
+            });
         let Some(pool) = victim else { return false };
         let conn = {
             let mut idle = pool.idle.lock();
@@ -483,23 +493,88 @@ impl TenantPool {
         inner: &Arc<Inner>,
         deadline: Instant,
     ) -> Result<TenantConn, AcquireError> {
-        let slot = match timeout_at(deadline, self.slots.clone().acquire_owned()).await {
-            Ok(Ok(slot)) => slot,
-            _ => {
-                return Err(ApiError::unavailable(
-                    "all of this account's database connections are busy; retry shortly",
-                )
-                .into());
-            }
-        };
         if self.retired.load(Ordering::Acquire) {
             return Err(AcquireError::Retired);
         }
         *self.last_used.lock() = Instant::now();
+        let share = inner.settings.pool_max;
+        loop {
+            // Registered before looking, so that a connection returned meanwhile wakes us.
+            let returned = self.returned.notified();
+            tokio::pin!(returned);
+            returned.as_mut().enable();
 
+            if let Some(conn) = self.take_idle(deadline).await? {
+                return Ok(self.checked_out(conn));
+            }
+            // Within the pool's share: a new connection, waiting for the budget if need be.
+            if self.reserve(|open| open < share) {
+                return match self.connect(inner, deadline).await {
+                    Ok(conn) => Ok(self.checked_out(conn)),
+                    Err(e) => {
+                        self.open.fetch_sub(1, Ordering::AcqRel);
+                        Err(e.into())
+                    }
+                };
+            }
+            // Beyond it: only while the budget has headroom nobody else is waiting for.
+            if self.shared.waiters.load(Ordering::Acquire) == 0 {
+                if let Ok(permit) = inner.budget.clone().try_acquire_owned() {
+                    self.open.fetch_add(1, Ordering::AcqRel);
+                    return match self.connect_with(permit, deadline).await {
+                        Ok(conn) => Ok(self.checked_out(conn)),
+                        Err(e) => {
+                            self.open.fetch_sub(1, Ordering::AcqRel);
+                            Err(e.into())
+                        }
+                    };
+                }
+            }
+            // Otherwise wait for one of this pool's connections to come back.
+            tokio::select! {
+                _ = &mut returned => {}
+                _ = sleep_until(deadline) => {
+                    return Err(ApiError::unavailable(
+                        "all of this account's database connections are busy; retry shortly",
+                    )
+                    .into());
+                }
+            }
+        }
+    }
+
+    /// Counts a connection about to be opened if `allowed(open)`.
+    fn reserve(&self, allowed: impl Fn(usize) -> bool) -> bool {
+        self.open
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |open| {
+                allowed(open).then_some(open + 1)
+            })
+            .is_ok()
+    }
+
+    fn checked_out(
+        self: &Arc<Self>,
+        (conn, permit): (PgConnection, OwnedSemaphorePermit),
+    ) -> TenantConn {
+        self.in_use.fetch_add(1, Ordering::AcqRel);
+        TenantConn {
+            conn: Some(conn),
+            permit: Some(permit),
+            pool: self.clone(),
+        }
+    }
+
+    /// The newest idle connection, checked first if it may have gone stale; `None` when there
+    /// is no idle connection left.
+    async fn take_idle(
+        &self,
+        deadline: Instant,
+    ) -> Result<Option<(PgConnection, OwnedSemaphorePermit)>, ApiError> {
         loop {
             let candidate = self.idle.lock().pop();
-            let Some(mut idle) = candidate else { break };
+            let Some(mut idle) = candidate else {
+                return Ok(None);
+            };
             let suspect = idle.since.elapsed() >= PING_IDLE_AFTER
                 || idle.checked_at != self.shared.suspicion();
             if suspect {
@@ -516,43 +591,36 @@ impl TenantPool {
                         self.discard(idle.conn, idle.permit);
                         return Err(ApiError::unavailable(
                             "the account's database did not answer in time",
-                        )
-                        .into());
+                        ));
                     }
                 }
             }
-            self.in_use.fetch_add(1, Ordering::AcqRel);
-            return Ok(TenantConn {
-                conn: Some(idle.conn),
-                permit: Some(idle.permit),
-                slot: Some(slot),
-                pool: self.clone(),
-            });
+            return Ok(Some((idle.conn, idle.permit)));
         }
-
-        let conn = self.connect(inner, deadline).await?;
-        self.in_use.fetch_add(1, Ordering::AcqRel);
-        Ok(TenantConn {
-            conn: Some(conn.0),
-            permit: Some(conn.1),
-            slot: Some(slot),
-            pool: self.clone(),
-        })
     }
 
-    /// A new connection, with its budget permit: through the server's and the database's
-    /// gates, within the budget, before `deadline`.
+    /// A new connection, with its budget permit (waiting for one, or making room, if need be).
     async fn connect(
         self: &Arc<Self>,
         inner: &Arc<Inner>,
         deadline: Instant,
     ) -> Result<(PgConnection, OwnedSemaphorePermit), ApiError> {
-        let server = self.server_gate.pass(deadline).await?;
-        let database = self.database_gate.pass(deadline).await?;
         let pools = TenantPools {
             inner: inner.clone(),
         };
         let permit = inner.budget_permit(&pools, self, deadline).await?;
+        self.connect_with(permit, deadline).await
+    }
+
+    /// A new connection under `permit`: through the server's and the database's gates, before
+    /// `deadline`.
+    async fn connect_with(
+        &self,
+        permit: OwnedSemaphorePermit,
+        deadline: Instant,
+    ) -> Result<(PgConnection, OwnedSemaphorePermit), ApiError> {
+        let server = self.server_gate.pass(deadline).await?;
+        let database = self.database_gate.pass(deadline).await?;
         let started = Instant::now();
         let result = timeout_at(deadline, self.options.connect()).await;
         let outcome = match &result {
@@ -582,10 +650,7 @@ impl TenantPool {
             }
         }
         match result {
-            Ok(Ok(conn)) => {
-                self.open.fetch_add(1, Ordering::AcqRel);
-                Ok((conn, permit))
-            }
+            Ok(Ok(conn)) => Ok((conn, permit)),
             Ok(Err(e)) => {
                 tracing::debug!(account = %self.slug, error = %e, "cannot connect to tenant database");
                 Err(match outcome.scope() {
@@ -646,14 +711,9 @@ impl TenantPool {
     }
 
     /// Takes back a connection after use: it is checked (and a transaction a cancelled request
-    /// left behind is rolled back) in the background, and turns idle only if healthy. The
-    /// pool slot stays taken until then, so the pool never has more than its size open.
-    fn release(
-        self: &Arc<Self>,
-        conn: PgConnection,
-        permit: OwnedSemaphorePermit,
-        slot: OwnedSemaphorePermit,
-    ) {
+    /// left behind is rolled back) in the background, and turns idle only if healthy. A
+    /// connection beyond the pool's share is closed instead while others wait for the budget.
+    fn release(self: &Arc<Self>, conn: PgConnection, permit: OwnedSemaphorePermit) {
         self.in_use.fetch_sub(1, Ordering::AcqRel);
         if self.retired.load(Ordering::Acquire) {
             self.close_in_background(conn, permit, true);
@@ -670,10 +730,14 @@ impl TenantPool {
             // ROLLBACK of a dropped transaction) and waits for the server to be ready.
             let checked = timeout(pool.shared.check_timeout, conn.ping()).await;
             let healthy = matches!(checked, Ok(Ok(()))) && !conn.is_in_transaction();
+            let contended = pool.shared.waiters.load(Ordering::Acquire) > 0;
             if !healthy {
                 tracing::debug!(account = %pool.slug, "returned tenant connection broken; dropped");
                 pool.discard(conn, permit);
-            } else if pool.retired.load(Ordering::Acquire) {
+            } else if pool.retired.load(Ordering::Acquire)
+                || (contended && pool.open.load(Ordering::Acquire) > pool.share)
+            {
+                // Beyond its share while others wait: the permit goes to them.
                 pool.close_in_background(conn, permit, true);
             } else {
                 pool.idle.lock().push(IdleConn {
@@ -682,11 +746,11 @@ impl TenantPool {
                     since: Instant::now(),
                     checked_at: pool.shared.suspicion(),
                 });
-                if pool.shared.waiters.load(Ordering::Acquire) > 0 {
+                pool.returned.notify_one();
+                if contended {
                     pool.shared.idle_returned.notify_waiters();
                 }
             }
-            drop(slot);
         });
     }
 }
@@ -695,7 +759,6 @@ impl TenantPool {
 pub struct TenantConn {
     conn: Option<PgConnection>,
     permit: Option<OwnedSemaphorePermit>,
-    slot: Option<OwnedSemaphorePermit>,
     pool: Arc<TenantPool>,
 }
 
@@ -714,10 +777,8 @@ impl DerefMut for TenantConn {
 
 impl Drop for TenantConn {
     fn drop(&mut self) {
-        if let (Some(conn), Some(permit), Some(slot)) =
-            (self.conn.take(), self.permit.take(), self.slot.take())
-        {
-            self.pool.release(conn, permit, slot);
+        if let (Some(conn), Some(permit)) = (self.conn.take(), self.permit.take()) {
+            self.pool.release(conn, permit);
         }
     }
 }

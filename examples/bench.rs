@@ -1,0 +1,825 @@
+//! `bench/run.sh`: the hub against a bare handler, `pgbench` and PostgreSQL's own
+//! new-connection ceiling, all in one run on one machine, so that the ratios mean something.
+//!
+//! It starts a PostgreSQL cluster of its own, provisions the accounts, starts `kataven-hub
+//! serve` (the default configuration, and a second instance with a small connection budget for
+//! the many-tenant storm) and the bare baseline (`examples/bench_bare.rs`), drives them with
+//! `wrk`, runs `pgbench` on the same query, and prints one Markdown table. Nothing here asserts
+//! a time: the numbers are for people (README, `docs/performance.md`).
+//!
+//! Settings (environment): `BENCH_SECS` (per case, default 8), `BENCH_CONNECTIONS` (wrk
+//! connections, default 64), `BENCH_THREADS` (wrk threads, default 2), `BENCH_STORM_ACCOUNTS`
+//! (117), `BENCH_STORM_BUDGET` (24), `BENCH_STORM_CLIENTS` (16), `BENCH_COLD_ACCOUNTS` (100),
+//! `BENCH_MEMORY=1` to also measure memory (2,000 idle pools; 100,000 cached credentials),
+//! `BENCH_HUB_ENV` (extra `KEY=VALUE,…` for the hub under test), `BENCH_PERF=<case>` to record
+//! `perf` profiles of the hub during that case (`jwt`, `api_key`, `list`, `storm`).
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use kataven_hub::auth::keys::KeyHasher;
+use kataven_hub::tenancy::catalog::{Catalog, Role};
+use kataven_hub::tenancy::embedded_pg::{self, EmbeddedPostgres};
+use kataven_hub::tenancy::provision::{self, Provisioner};
+use kataven_hub::tenancy::slug::AccountSlug;
+use secrecy::SecretString;
+use serde_json::{Value, json};
+use sqlx::postgres::PgConnectOptions;
+
+fn setting<T: FromStr>(name: &str, default: T) -> T {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// A child process killed when dropped.
+struct Proc {
+    name: &'static str,
+    child: Child,
+}
+
+impl Proc {
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        eprintln!("stopped {}", self.name);
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// One measured case.
+#[derive(Default, Clone)]
+struct Row {
+    case: String,
+    rate: Option<f64>,
+    unit: &'static str,
+    p50_ms: Option<f64>,
+    p99_ms: Option<f64>,
+    ratio: Option<(f64, &'static str)>,
+    note: String,
+}
+
+fn parse_duration_ms(s: &str) -> Option<f64> {
+    let s = s.trim();
+    let (num, unit) = s.split_at(s.find(|c: char| c.is_ascii_alphabetic())?);
+    let n: f64 = num.parse().ok()?;
+    Some(match unit {
+        "us" => n / 1000.0,
+        "ms" => n,
+        "s" => n * 1000.0,
+        "m" => n * 60_000.0,
+        _ => return None,
+    })
+}
+
+struct Wrk {
+    rate: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+    errors: u64,
+}
+
+fn parse_wrk(out: &str) -> anyhow::Result<Wrk> {
+    let mut wrk = Wrk {
+        rate: 0.0,
+        p50_ms: 0.0,
+        p99_ms: 0.0,
+        errors: 0,
+    };
+    for line in out.lines() {
+        let line = line.trim();
+        if let Some(rest) = line.strip_prefix("Requests/sec:") {
+            wrk.rate = rest.trim().parse()?;
+        } else if let Some(rest) = line.strip_prefix("50%") {
+            wrk.p50_ms = parse_duration_ms(rest).context("p50")?;
+        } else if let Some(rest) = line.strip_prefix("99%") {
+            wrk.p99_ms = parse_duration_ms(rest).context("p99")?;
+        } else if let Some(rest) = line.strip_prefix("Non-2xx or 3xx responses:") {
+            wrk.errors += rest.trim().parse::<u64>()?;
+        } else if line.starts_with("Socket errors:") {
+            wrk.errors += line
+                .split(|c: char| !c.is_ascii_digit())
+                .filter_map(|n| n.parse::<u64>().ok())
+                .sum::<u64>();
+        }
+    }
+    if wrk.rate == 0.0 {
+        bail!("could not read wrk's output:\n{out}");
+    }
+    Ok(wrk)
+}
+
+struct Bench {
+    work: PathBuf,
+    secs: u64,
+    connections: u32,
+    threads: u32,
+    perf_case: Option<String>,
+}
+
+impl Bench {
+    /// `wrk` against `url` with `headers`, or a Lua `script`.
+    fn wrk(
+        &self,
+        case: &str,
+        url: &str,
+        headers: &[(&str, &str)],
+        script: Option<&Path>,
+        connections: u32,
+        hub_pid: Option<u32>,
+    ) -> anyhow::Result<Wrk> {
+        let mut cmd = Command::new("wrk");
+        cmd.arg(format!("-t{}", self.threads.min(connections)))
+            .arg(format!("-c{connections}"))
+            .arg(format!("-d{}s", self.secs))
+            .arg("--latency");
+        for (name, value) in headers {
+            cmd.arg("-H").arg(format!("{name}: {value}"));
+        }
+        if let Some(script) = script {
+            cmd.arg("-s").arg(script);
+        }
+        cmd.arg(url);
+        let perf = match (hub_pid, &self.perf_case) {
+            (Some(pid), Some(wanted)) if wanted == case => Some(self.perf_record(case, pid)?),
+            _ => None,
+        };
+        let out = cmd
+            .output()
+            .context("running wrk (Debian: apt-get install wrk)")?;
+        if let Some(mut perf) = perf {
+            // SIGINT makes perf write its data and exit.
+            unsafe {
+                libc::kill(perf.id() as i32, libc::SIGINT);
+            }
+            let _ = perf.wait();
+            eprintln!(
+                "perf data: {}",
+                self.work.join(format!("perf-{case}.data")).display()
+            );
+        }
+        if !out.status.success() {
+            bail!("wrk failed: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        parse_wrk(&String::from_utf8_lossy(&out.stdout))
+    }
+
+    fn perf_record(&self, case: &str, pid: u32) -> anyhow::Result<Child> {
+        Command::new("perf")
+            .args(["record", "-e", "cpu-clock", "-F", "999", "-g", "-o"])
+            .arg(self.work.join(format!("perf-{case}.data")))
+            .arg("-p")
+            .arg(pid.to_string())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("running perf (Debian: apt-get install linux-perf)")
+    }
+
+    /// `pgbench` on `script` with `clients`; `new_connections`: one connection per transaction.
+    fn pgbench(
+        &self,
+        pg: &EmbeddedPostgres,
+        bin: &Path,
+        database: &str,
+        script: &Path,
+        clients: u32,
+        new_connections: bool,
+    ) -> anyhow::Result<f64> {
+        let url = url::Url::parse(&pg.url(database))?;
+        let mut cmd = Command::new(bin.join("pgbench"));
+        cmd.env("PGPASSWORD", url.password().unwrap_or_default())
+            .args(["-n", "-h", "127.0.0.1", "-U", url.username()])
+            .arg("-p")
+            .arg(pg.port().to_string())
+            .arg(format!("-c{clients}"))
+            .arg(format!("-j{}", self.threads.min(clients)))
+            .arg(format!("-T{}", self.secs))
+            .arg("-f")
+            .arg(script);
+        if new_connections {
+            cmd.arg("-C");
+        } else {
+            cmd.args(["-M", "prepared"]);
+        }
+        cmd.arg(database);
+        let out = cmd.output().context("running pgbench")?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        text.lines()
+            .find_map(|l| {
+                let rest = l.trim().strip_prefix("tps = ")?;
+                rest.split_whitespace().next()?.parse().ok()
+            })
+            .with_context(|| {
+                format!(
+                    "pgbench output:\n{text}\n{}",
+                    String::from_utf8_lossy(&out.stderr)
+                )
+            })
+    }
+}
+
+fn rss_kb(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+async fn wait_ready(client: &reqwest::Client, base: &str) -> anyhow::Result<()> {
+    let started = Instant::now();
+    loop {
+        if let Ok(resp) = client.get(format!("{base}/readyz")).send().await {
+            if resp.status().is_success() {
+                return Ok(());
+            }
+        }
+        if started.elapsed() > Duration::from_secs(60) {
+            bail!("{base} did not become ready");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// `kataven-hub serve` on `port` with the benchmark's settings plus `extra`.
+fn start_hub(
+    bin: &Path,
+    work: &Path,
+    name: &'static str,
+    system_url: &str,
+    pepper: &str,
+    port: u16,
+    extra: &[(String, String)],
+) -> anyhow::Result<Proc> {
+    let log = std::fs::File::create(work.join(format!("{name}.log")))?;
+    let child = Command::new(bin.join("kataven-hub"))
+        .arg("serve")
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .env("KATAVEN_DATABASE_URL", system_url)
+        .env("KATAVEN_LISTEN", format!("127.0.0.1:{port}"))
+        .env("KATAVEN_KEY_PEPPER", pepper)
+        .env("KATAVEN_DEV_LOGIN", "true")
+        .env("KATAVEN_LOG_FORMAT", "json")
+        // Limits far above what the load can reach: only the cost of checking them counts.
+        .env("KATAVEN_LIMIT_PER_MINUTE", "4000000000")
+        .env("KATAVEN_LIMIT_PER_HOUR", "4000000000")
+        .env("KATAVEN_LIMIT_PER_DAY", "4000000000")
+        .env("KATAVEN_LIMIT_CONCURRENT", "1000000")
+        .env("KATAVEN_PUBLIC_LIMIT_PER_MINUTE", "4000000000")
+        .envs(extra.iter().map(|(k, v)| (k, v)))
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .context("starting kataven-hub")?;
+    Ok(Proc { name, child })
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() -> anyhow::Result<()> {
+    let secs: u64 = setting("BENCH_SECS", 8);
+    let connections: u32 = setting("BENCH_CONNECTIONS", 64);
+    let threads: u32 = setting("BENCH_THREADS", 2);
+    let storm_accounts: usize = setting("BENCH_STORM_ACCOUNTS", 117);
+    let storm_budget: u32 = setting("BENCH_STORM_BUDGET", 24);
+    let storm_clients: u32 = setting("BENCH_STORM_CLIENTS", 16);
+    let cold_accounts: usize = setting("BENCH_COLD_ACCOUNTS", 100);
+    let memory = std::env::var("BENCH_MEMORY").is_ok_and(|v| v == "1");
+    let hub_extra: Vec<(String, String)> = std::env::var("BENCH_HUB_ENV")
+        .unwrap_or_default()
+        .split(',')
+        .filter_map(|kv| kv.split_once('='))
+        .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
+        .collect();
+    let bin_dir = PathBuf::from(std::env::var("BENCH_BIN_DIR").unwrap_or("target/release".into()));
+
+    let work = tempfile::Builder::new()
+        .prefix("kataven-bench-")
+        .tempdir()?
+        .keep();
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&work, std::fs::Permissions::from_mode(0o755))?;
+    }
+    eprintln!("working in {}", work.display());
+    let pg_bin = embedded_pg::find_bin_dir(None)?;
+    let pg = {
+        let (root, bin) = (work.join("pg"), pg_bin.clone());
+        tokio::task::spawn_blocking(move || {
+            EmbeddedPostgres::start(
+                &root,
+                bin,
+                &[
+                    ("max_connections", "400"),
+                    ("shared_buffers", "'128MB'"),
+                    ("fsync", "off"),
+                    ("synchronous_commit", "off"),
+                ],
+            )
+        })
+        .await??
+    };
+    let pg = Arc::new(pg);
+    let result = run(
+        &pg,
+        &pg_bin,
+        &bin_dir,
+        Bench {
+            work: work.clone(),
+            secs,
+            connections,
+            threads,
+            perf_case: std::env::var("BENCH_PERF").ok(),
+        },
+        storm_accounts,
+        storm_budget,
+        storm_clients,
+        cold_accounts,
+        memory,
+        &hub_extra,
+    )
+    .await;
+    let _ = pg.stop();
+    result
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn run(
+    pg: &EmbeddedPostgres,
+    pg_bin: &Path,
+    bin_dir: &Path,
+    bench: Bench,
+    storm_accounts: usize,
+    storm_budget: u32,
+    storm_clients: u32,
+    cold_accounts: usize,
+    memory: bool,
+    hub_extra: &[(String, String)],
+) -> anyhow::Result<()> {
+    let work = &bench.work;
+    let system_url = pg.url("kataven-admin");
+    let system = PgConnectOptions::from_str(&system_url)?;
+    let pool = provision::prepare_system_database(&system).await?;
+    let provisioner = Provisioner::new(
+        Catalog::new(pool.clone()),
+        system.clone(),
+        Arc::new(provision::tenant_migrator()),
+    );
+    provisioner.prepare_template(&system).await?;
+    let pepper = "bench-pepper-0123456789-0123456789-0123456789";
+    let hasher = KeyHasher::new(SecretString::from(pepper.to_owned()));
+
+    let account = AccountSlug::parse("bench")?;
+    provisioner
+        .create_account(&account, "Bench", None, None)
+        .await?;
+    let subject = kataven_hub::auth::dev_issuer::upsert_dev_user(
+        &pool,
+        &account,
+        "bench@bench.test",
+        "bench-password",
+        Role::Admin,
+    )
+    .await?;
+    let api_key = kataven_hub::routes::api_keys::create_key(
+        &pool,
+        &hasher,
+        account.as_str(),
+        "bench",
+        kataven_hub::routes::api_keys::Expiry::Never,
+        "bench",
+    )
+    .await?
+    .key;
+    let mut storm = Vec::new();
+    for i in 0..storm_accounts {
+        let slug = AccountSlug::parse(&format!("storm-{i:04}"))?;
+        provisioner
+            .create_account(&slug, "Storm", None, None)
+            .await?;
+        provisioner
+            .catalog()
+            .upsert_member(&slug, &subject, Role::Member)
+            .await?;
+        storm.push(slug);
+    }
+    eprintln!("provisioned 1 + {storm_accounts} accounts");
+
+    let (hub_port, storm_port, bare_port) = (free_port(), free_port(), free_port());
+    let hub = start_hub(
+        bin_dir,
+        work,
+        "hub",
+        &system_url,
+        pepper,
+        hub_port,
+        hub_extra,
+    )?;
+    let mut storm_env = hub_extra.to_vec();
+    storm_env.push((
+        "KATAVEN_DB_CONNECTION_BUDGET".into(),
+        storm_budget.to_string(),
+    ));
+    let storm_hub = start_hub(
+        bin_dir,
+        work,
+        "hub-storm",
+        &system_url,
+        pepper,
+        storm_port,
+        &storm_env,
+    )?;
+    let bare = Proc {
+        name: "bare",
+        child: Command::new(bin_dir.join("examples/bench_bare"))
+            .env("BARE_DATABASE_URL", pg.url("bench"))
+            .env("BARE_LISTEN", format!("127.0.0.1:{bare_port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("starting bench_bare")?,
+    };
+    let client = reqwest::Client::new();
+    let hub_url = format!("http://127.0.0.1:{hub_port}");
+    let storm_url = format!("http://127.0.0.1:{storm_port}");
+    wait_ready(&client, &hub_url).await?;
+    wait_ready(&client, &storm_url).await?;
+
+    let login: Value = client
+        .post(format!("{hub_url}/api/login"))
+        .json(
+            &json!({"account": "bench", "email": "bench@bench.test", "password": "bench-password"}),
+        )
+        .send()
+        .await?
+        .error_for_status()?
+        .json()
+        .await?;
+    let token = login["token"].as_str().context("login token")?.to_owned();
+    let bearer = format!("Bearer {token}");
+    let mut agent_id = String::new();
+    for i in 0..20 {
+        let created: Value = client
+            .post(format!("{hub_url}/api/v1/agents"))
+            .header("Authorization", &bearer)
+            .header("X-Account-ID", "bench")
+            .json(&json!({"name": format!("Agent {i}"), "description": "A benchmark agent", "system_prompt": "You help."}))
+            .send()
+            .await?
+            .error_for_status()?
+            .json()
+            .await?;
+        agent_id = created["id"].as_str().context("agent id")?.to_owned();
+    }
+    // The bare baseline is up by now.
+    let bare_url = format!("http://127.0.0.1:{bare_port}");
+    client
+        .get(format!("{bare_url}/agents/{agent_id}"))
+        .send()
+        .await?
+        .error_for_status()?;
+
+    let mut rows: Vec<Row> = Vec::new();
+    let c = bench.connections;
+    let one = format!("{hub_url}/api/v1/agents/{agent_id}");
+    let jwt = bench.wrk(
+        "jwt",
+        &one,
+        &[("Authorization", &bearer), ("X-Account-ID", "bench")],
+        None,
+        c,
+        Some(hub.pid()),
+    )?;
+    let key_bearer = format!("Bearer {api_key}");
+    let key = bench.wrk(
+        "api_key",
+        &one,
+        &[("Authorization", &key_bearer)],
+        None,
+        c,
+        Some(hub.pid()),
+    )?;
+    let list = bench.wrk(
+        "list",
+        &format!("{hub_url}/api/v1/agents"),
+        &[("Authorization", &bearer), ("X-Account-ID", "bench")],
+        None,
+        c,
+        Some(hub.pid()),
+    )?;
+    let bare_run = bench.wrk(
+        "bare",
+        &format!("{bare_url}/agents/{agent_id}"),
+        &[],
+        None,
+        c,
+        None,
+    )?;
+    let errors = jwt.errors + key.errors + list.errors + bare_run.errors;
+
+    // pgbench on the hub's own query for one agent.
+    let select = format!(
+        "{} WHERE a.id = '{agent_id}';\n",
+        kataven_hub::routes::agents::SELECT_AGENTS.trim()
+    );
+    let select_script = work.join("select.sql");
+    std::fs::write(&select_script, select.replace('\n', " ") + "\n")?;
+    let pgbench_tps = bench.pgbench(pg, pg_bin, "bench", &select_script, 16, false)?;
+    let trivial_script = work.join("trivial.sql");
+    std::fs::write(&trivial_script, "SELECT 1;\n")?;
+    let pgbench_c = bench.pgbench(pg, pg_bin, "bench", &trivial_script, storm_clients, true)?;
+
+    // The storm: every request to another account, over a budget far below the accounts.
+    let lua = work.join("storm.lua");
+    let accounts_lua: Vec<String> = storm.iter().map(|s| format!("\"{s}\"")).collect();
+    std::fs::write(
+        &lua,
+        format!(
+            "local accounts = {{{}}}\nlocal i = math.random(#accounts)\nrequest = function()\n  i = i % #accounts + 1\n  return wrk.format(\"GET\", \"/api/v1/agents\", {{[\"X-Account-ID\"] = accounts[i], [\"Authorization\"] = \"{bearer}\"}})\nend\n",
+            accounts_lua.join(", ")
+        ),
+    )?;
+    let storm_run = bench.wrk(
+        "storm",
+        &format!("{storm_url}/api/v1/agents"),
+        &[],
+        Some(&lua),
+        storm_clients,
+        Some(storm_hub.pid()),
+    )?;
+
+    // The first request to each of many freshly provisioned accounts (a cold pool each).
+    let mut cold = Vec::new();
+    let mut slugs = Vec::new();
+    for i in 0..cold_accounts {
+        let slug = AccountSlug::parse(&format!("cold-{i:04}"))?;
+        provisioner
+            .create_account(&slug, "Cold", None, None)
+            .await?;
+        provisioner
+            .catalog()
+            .upsert_member(&slug, &subject, Role::Member)
+            .await?;
+        slugs.push(slug);
+    }
+    for slug in &slugs {
+        let started = Instant::now();
+        client
+            .get(format!("{hub_url}/api/v1/agents"))
+            .header("Authorization", &bearer)
+            .header("X-Account-ID", slug.as_str())
+            .send()
+            .await?
+            .error_for_status()?;
+        cold.push(started.elapsed().as_secs_f64() * 1000.0);
+    }
+    cold.sort_by(f64::total_cmp);
+
+    let ratio = |a: f64, b: f64| a / b;
+    rows.push(Row {
+        case: "hub `GET /api/v1/agents/{id}`, JWT".into(),
+        rate: Some(jwt.rate),
+        unit: "req/s",
+        p50_ms: Some(jwt.p50_ms),
+        p99_ms: Some(jwt.p99_ms),
+        ratio: Some((ratio(jwt.rate, bare_run.rate), "× bare")),
+        note: "target ≥ 1.0× bare".into(),
+    });
+    rows.push(Row {
+        case: "hub `GET /api/v1/agents/{id}`, `sk_live_` key".into(),
+        rate: Some(key.rate),
+        unit: "req/s",
+        p50_ms: Some(key.p50_ms),
+        p99_ms: Some(key.p99_ms),
+        ratio: Some((ratio(key.rate, jwt.rate), "× JWT")),
+        note: "target ≥ 1.0× JWT".into(),
+    });
+    rows.push(Row {
+        case: "hub `GET /api/v1/agents` (20 agents), JWT".into(),
+        rate: Some(list.rate),
+        unit: "req/s",
+        p50_ms: Some(list.p50_ms),
+        p99_ms: Some(list.p99_ms),
+        ratio: Some((ratio(list.rate, bare_run.rate), "× bare")),
+        note: String::new(),
+    });
+    rows.push(Row {
+        case: "bare axum + sqlx (`PgPool` of 16), same query".into(),
+        rate: Some(bare_run.rate),
+        unit: "req/s",
+        p50_ms: Some(bare_run.p50_ms),
+        p99_ms: Some(bare_run.p99_ms),
+        ratio: Some((1.0, "× bare")),
+        note: String::new(),
+    });
+    rows.push(Row {
+        case: "`pgbench`, the same query, 16 clients, prepared".into(),
+        rate: Some(pgbench_tps),
+        unit: "tps",
+        ratio: Some((ratio(pgbench_tps, bare_run.rate), "× bare")),
+        ..Row::default()
+    });
+    rows.push(Row {
+        case: format!(
+            "storm: {storm_accounts} accounts, budget {storm_budget}, {storm_clients} clients, `GET /api/v1/agents`"
+        ),
+        rate: Some(storm_run.rate),
+        unit: "req/s",
+        p50_ms: Some(storm_run.p50_ms),
+        p99_ms: Some(storm_run.p99_ms),
+        ratio: Some((ratio(storm_run.rate, pgbench_c), "× pgbench -C")),
+        note: "target ≥ 0.7× pgbench -C".into(),
+    });
+    rows.push(Row {
+        case: format!("`pgbench -C` (a new connection per query), {storm_clients} clients"),
+        rate: Some(pgbench_c),
+        unit: "tps",
+        ..Row::default()
+    });
+    rows.push(Row {
+        case: format!("cold first request of a provisioned account ({cold_accounts} accounts)"),
+        p50_ms: Some(percentile(&cold, 0.5)),
+        p99_ms: Some(percentile(&cold, 0.99)),
+        note: "target p99 ≤ 20 ms".into(),
+        ..Row::default()
+    });
+
+    let mut memory_rows = BTreeMap::new();
+    if memory {
+        memory_rows = measure_memory(
+            &provisioner,
+            &hasher,
+            &subject,
+            &client,
+            &hub_url,
+            &bearer,
+            hub.pid(),
+        )
+        .await?;
+    }
+
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("model name"))
+                .map(|m| m.trim_start_matches([' ', '\t', ':']).to_owned())
+        })
+        .unwrap_or_default();
+    println!(
+        "\nOne run, {} s per case, wrk {} threads × {} connections, on {} ({} cores); {}.\n",
+        bench.secs,
+        bench.threads,
+        bench.connections,
+        cpu,
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+        chrono::Utc::now().format("%Y-%m-%d")
+    );
+    println!("| case | rate | p50 | p99 | ratio | target |");
+    println!("|---|---|---|---|---|---|");
+    for row in &rows {
+        let f =
+            |v: Option<f64>, digits: usize| v.map_or("–".to_owned(), |v| format!("{v:.digits$}"));
+        println!(
+            "| {} | {} | {} | {} | {} | {} |",
+            row.case,
+            row.rate
+                .map_or("–".to_owned(), |r| format!("{r:.0} {}", row.unit)),
+            f(row.p50_ms, 2) + if row.p50_ms.is_some() { " ms" } else { "" },
+            f(row.p99_ms, 2) + if row.p99_ms.is_some() { " ms" } else { "" },
+            row.ratio
+                .map_or("–".to_owned(), |(r, what)| format!("{r:.2}{what}")),
+            row.note
+        );
+    }
+    for (what, value) in &memory_rows {
+        println!("| {what} | {value} | | | | |");
+    }
+    if errors > 0 || storm_run.errors > 0 {
+        println!(
+            "\nWARNING: {} non-2xx answers or socket errors during the runs (see {}/*.log)",
+            errors + storm_run.errors,
+            work.display()
+        );
+    }
+    drop((hub, storm_hub, bare));
+    Ok(())
+}
+
+/// RSS of the hub with 2,000 accounts' pools opened once (and idle), and with 100,000 cached
+/// credentials.
+async fn measure_memory(
+    provisioner: &Provisioner,
+    hasher: &KeyHasher,
+    subject: &str,
+    client: &reqwest::Client,
+    hub_url: &str,
+    bearer: &str,
+    pid: u32,
+) -> anyhow::Result<BTreeMap<String, String>> {
+    use futures::StreamExt;
+    let mut rows = BTreeMap::new();
+    let before = rss_kb(pid);
+    let slugs: Vec<AccountSlug> = (0..2_000)
+        .map(|i| AccountSlug::parse(&format!("mem-{i:05}")).unwrap())
+        .collect();
+    futures::stream::iter(slugs.iter())
+        .map(|slug| async move {
+            provisioner.create_account(slug, "Mem", None, None).await?;
+            provisioner
+                .catalog()
+                .upsert_member(slug, subject, Role::Member)
+                .await?;
+            anyhow::Ok(())
+        })
+        .buffer_unordered(4)
+        .collect::<Vec<_>>()
+        .await
+        .into_iter()
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    futures::stream::iter(slugs.iter())
+        .map(|slug| async move {
+            client
+                .get(format!("{hub_url}/api/v1/agents"))
+                .header("Authorization", bearer)
+                .header("X-Account-ID", slug.as_str())
+                .send()
+                .await?
+                .error_for_status()?;
+            anyhow::Ok(())
+        })
+        .buffer_unordered(8)
+        .collect::<Vec<_>>()
+        .await
+        .into_iter()
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let pools = rss_kb(pid);
+    rows.insert(
+        "memory: RSS after 2,000 accounts' first requests (pools opened, then idle)".into(),
+        format!("{} MB (was {} MB)", pools / 1024, before / 1024),
+    );
+
+    // 100,000 API keys of one account, each used once: the key cache is full.
+    let pool = provisioner.catalog().pool();
+    let keys: Vec<String> = (0..100_000).map(|_| hasher.new_api_key("bench")).collect();
+    for chunk in keys.chunks(5_000) {
+        let hashes: Vec<Vec<u8>> = chunk.iter().map(|k| hasher.hash(k).to_vec()).collect();
+        sqlx::query(
+            "INSERT INTO api_keys (id, account, name, key_hash, last8, created_by, tagged)
+             SELECT gen_random_uuid(), 'bench', 'mem', h, 'memkey00', 'bench', true
+             FROM unnest($1::bytea[]) AS h",
+        )
+        .bind(&hashes)
+        .execute(pool)
+        .await?;
+    }
+    futures::stream::iter(keys.iter())
+        .map(|key| async move {
+            client
+                .get(format!("{hub_url}/api/v1/agents"))
+                .header("Authorization", format!("Bearer {key}"))
+                .send()
+                .await?
+                .error_for_status()?;
+            anyhow::Ok(())
+        })
+        .buffer_unordered(16)
+        .collect::<Vec<_>>()
+        .await
+        .into_iter()
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let keys_rss = rss_kb(pid);
+    rows.insert(
+        "memory: RSS after 100,000 distinct API keys were used once (key cache full)".into(),
+        format!("{} MB", keys_rss / 1024),
+    );
+    Ok(rows)
+}
