@@ -264,7 +264,10 @@ async fn wait_ready(client: &reqwest::Client, base: &str) -> anyhow::Result<()> 
     }
 }
 
-/// `kataven-hub serve` on `port` with the benchmark's settings plus `extra`.
+/// `kataven-hub serve` on `port` with the benchmark's settings plus `extra`. Every instance
+/// has the same public URL, so that they trust the same dev issuer's tokens (like instances
+/// behind one load balancer).
+#[allow(clippy::too_many_arguments)]
 fn start_hub(
     bin: &Path,
     work: &Path,
@@ -272,6 +275,7 @@ fn start_hub(
     system_url: &str,
     pepper: &str,
     port: u16,
+    public_url: &str,
     extra: &[(String, String)],
 ) -> anyhow::Result<Proc> {
     let log = std::fs::File::create(work.join(format!("{name}.log")))?;
@@ -281,6 +285,7 @@ fn start_hub(
         .env("PATH", std::env::var_os("PATH").unwrap_or_default())
         .env("KATAVEN_DATABASE_URL", system_url)
         .env("KATAVEN_LISTEN", format!("127.0.0.1:{port}"))
+        .env("KATAVEN_PUBLIC_URL", public_url)
         .env("KATAVEN_KEY_PEPPER", pepper)
         .env("KATAVEN_DEV_LOGIN", "true")
         .env("KATAVEN_LOG_FORMAT", "json")
@@ -290,6 +295,7 @@ fn start_hub(
         .env("KATAVEN_LIMIT_PER_DAY", "4000000000")
         .env("KATAVEN_LIMIT_CONCURRENT", "1000000")
         .env("KATAVEN_PUBLIC_LIMIT_PER_MINUTE", "4000000000")
+        .env("KATAVEN_AUTH_FAILURE_LIMIT_PER_MINUTE", "4000000000")
         .envs(extra.iter().map(|(k, v)| (k, v)))
         .stdout(Stdio::null())
         .stderr(log)
@@ -434,6 +440,7 @@ async fn run(
     eprintln!("provisioned 1 + {storm_accounts} accounts");
 
     let (hub_port, storm_port, bare_port) = (free_port(), free_port(), free_port());
+    let hub_url = format!("http://127.0.0.1:{hub_port}");
     let hub = start_hub(
         bin_dir,
         work,
@@ -441,6 +448,7 @@ async fn run(
         &system_url,
         pepper,
         hub_port,
+        &hub_url,
         hub_extra,
     )?;
     let mut storm_env = hub_extra.to_vec();
@@ -455,6 +463,7 @@ async fn run(
         &system_url,
         pepper,
         storm_port,
+        &hub_url,
         &storm_env,
     )?;
     let bare = Proc {
@@ -468,7 +477,6 @@ async fn run(
             .context("starting bench_bare")?,
     };
     let client = reqwest::Client::new();
-    let hub_url = format!("http://127.0.0.1:{hub_port}");
     let storm_url = format!("http://127.0.0.1:{storm_port}");
     wait_ready(&client, &hub_url).await?;
     wait_ready(&client, &storm_url).await?;

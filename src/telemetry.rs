@@ -1,21 +1,34 @@
 //! Log set-up: `tracing` with pretty or JSON output, filtered by `RUST_LOG`.
+//!
+//! Lines are written to stderr by a background thread (`tracing-appender`), not by the request
+//! that logs them: a write system call per request line was the largest single cost of a cheap
+//! request (see `docs/performance.md`). The buffer is not lossy: when it is full, logging waits.
 
 use tracing_subscriber::EnvFilter;
 
 use crate::config::LogFormat;
 
-pub fn init(format: LogFormat) {
+/// Flushes the buffered log lines when dropped: keep it alive until the process ends.
+pub type LogGuard = tracing_appender::non_blocking::WorkerGuard;
+
+pub fn init(format: LogFormat) -> LogGuard {
     let filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn"));
+    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+        .lossy(false)
+        .thread_name("kataven-log")
+        .finish(std::io::stderr());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(writer);
     let _ = match format {
         LogFormat::Pretty => builder.try_init(),
         LogFormat::Json => builder
             .json()
             .flatten_event(true)
             .with_current_span(true)
+            .with_span_list(false)
             .try_init(),
     };
+    guard
 }
