@@ -209,15 +209,17 @@ async fn run_server(config: Config, provisioner: Provisioner) -> anyhow::Result<
 }
 
 async fn dev(mut config: Config) -> anyhow::Result<()> {
-    std::fs::create_dir_all(&config.data_dir)?;
+    std::fs::create_dir_all(&config.data_dir)
+        .with_context(|| format!("creating {}", config.data_dir.display()))?;
     let embedded = if config.database_url.is_none() {
         let bin = embedded_pg::find_bin_dir(config.pg_bin.as_deref())?;
-        let root = config.data_dir.join("postgres");
+        let dir = embedded_pg::dev_cluster_dir(&config.data_dir)?;
+        let root = dir.path.clone();
         let pg =
             tokio::task::spawn_blocking(move || EmbeddedPostgres::start(&root, bin, &[])).await??;
         config.database_url = Some(SecretString::from(pg.url(SYSTEM_DATABASE)));
         tracing::info!(port = pg.port(), dir = %pg.root().display(), "embedded PostgreSQL running");
-        Some(StopOnDrop(pg))
+        Some((StopOnDrop(pg), dir.relocated))
     } else {
         None
     };
@@ -246,6 +248,22 @@ async fn dev(mut config: Config) -> anyhow::Result<()> {
         let password = password.expose_secret();
         println!("\nKataven Hub (dev) is running at {url}");
         println!("  dev user:  {DEMO_EMAIL} / {password}  (admin of `{DEMO_ACCOUNT}`)");
+        let data_dir = config.data_dir.canonicalize()?;
+        println!("  data:      {}", data_dir.display());
+        if let Some((StopOnDrop(pg), relocated)) = &embedded {
+            println!(
+                "  PostgreSQL: {} (port {})",
+                pg.root().display(),
+                pg.port()
+            );
+            if *relocated {
+                println!(
+                    "    kept there because the `postgres` user cannot enter {}; {} links to it",
+                    data_dir.display(),
+                    data_dir.join("postgres").display()
+                );
+            }
+        }
         println!("  log in and call a protected endpoint:");
         println!(
             "    TOKEN=$(curl -s {url}/api/login -H 'Content-Type: application/json' \\\n      \
@@ -283,11 +301,12 @@ fn dev_secret(path: &Path, len: usize) -> anyhow::Result<SecretString> {
     use rand::distr::{Alphanumeric, SampleString};
     use std::os::unix::fs::PermissionsExt;
     if let Ok(existing) = std::fs::read_to_string(path) {
+        // Readable by its owner only, even if an older version wrote it otherwise.
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
         return Ok(SecretString::from(existing.trim().to_owned()));
     }
     let secret = Alphanumeric.sample_string(&mut rand::rng(), len);
-    std::fs::write(path, &secret)?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    embedded_pg::write_private(path, &secret)?;
     Ok(SecretString::from(secret))
 }
 
@@ -323,7 +342,7 @@ async fn seed_demo(provisioner: &Provisioner, config: &Config) -> anyhow::Result
     .bind(vec!["localhost:*".to_owned(), "127.0.0.1".to_owned()])
     .execute(provisioner.catalog().pool())
     .await?;
-    std::fs::write(config.data_dir.join("widget-key"), &key)?;
+    embedded_pg::write_private(&config.data_dir.join("widget-key"), &key)?;
     tracing::info!("seeded demo account `acme`");
     Ok(())
 }

@@ -312,24 +312,70 @@ async fn shutdown_drains_in_flight_requests() {
     assert!(tokio::net::TcpStream::connect(addr).await.is_err());
 }
 
+/// Removes a cluster `dev` placed outside its data directory (stopping it first if a failed
+/// assertion left it running).
+struct RemoveRelocated(Option<std::path::PathBuf>);
+
+impl Drop for RemoveRelocated {
+    fn drop(&mut self) {
+        let Some(dir) = self.0.take() else { return };
+        if dir.join("data/postmaster.pid").exists() {
+            let bin = kataven_hub::tenancy::embedded_pg::find_bin_dir(None).unwrap();
+            let _ = Command::new("runuser")
+                .args(["-u", "postgres", "--"])
+                .arg(bin.join("pg_ctl"))
+                .args(["-m", "immediate", "-w", "stop", "-D"])
+                .arg(dir.join("data"))
+                .current_dir("/")
+                .output();
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
+
+fn mode(path: &std::path::Path) -> u32 {
+    std::fs::metadata(path).unwrap().permissions().mode() & 0o777
+}
+
+/// `dev` run from a fresh `0700` directory (a checkout in root's home, a `mktemp -d`) with the
+/// default data directory, then again from another directory with `KATAVEN_DATA_DIR` naming
+/// the same data directory: both find the same cluster. As root the server runs as `postgres`,
+/// which cannot enter the `0700` directory, so the cluster is kept under
+/// `/var/lib/kataven-dev`, linked from the data directory, and the start-up output says so.
 #[test]
 fn dev_starts_embedded_postgres_seeds_acme_once_and_stops_cleanly() {
-    let data = tempfile::tempdir().unwrap();
-    std::fs::set_permissions(data.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-    let data_dir = data.path().join(".kataven");
+    let checkout = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(checkout.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
+    let data_dir = checkout.path().join(".kataven");
+    let as_root = unsafe { libc::geteuid() } == 0;
+    let mut relocated = RemoveRelocated(None);
 
     for run in 0..2 {
         let port = free_port();
-        let mut child = Command::new(BIN)
-            .arg("dev")
+        let mut cmd = Command::new(BIN);
+        cmd.arg("dev")
             .env_remove("KATAVEN_DATABASE_URL")
             .env_remove("KATAVEN_KEY_PEPPER")
-            .env("KATAVEN_DATA_DIR", &data_dir)
             .env("KATAVEN_LISTEN", format!("127.0.0.1:{port}"))
             .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
+            .stderr(Stdio::piped());
+        if run == 0 {
+            cmd.current_dir(checkout.path())
+                .env_remove("KATAVEN_DATA_DIR");
+        } else {
+            cmd.current_dir("/").env("KATAVEN_DATA_DIR", &data_dir);
+        }
+        let mut child = cmd.spawn().unwrap();
+        // Known as soon as `dev` has placed it, so that it is removed even if this run fails.
+        if as_root && relocated.0.is_none() {
+            for _ in 0..100 {
+                if let Ok(target) = std::fs::read_link(data_dir.join("postgres")) {
+                    relocated.0 = Some(target);
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
         wait_healthy(port, &mut child);
         let (status, body) = raw_http::get(&format!("http://127.0.0.1:{port}/api/accounts"), &[]);
         assert_eq!(status, 200);
@@ -377,6 +423,29 @@ fn dev_starts_embedded_postgres_seeds_acme_once_and_stops_cleanly() {
             out.contains("admin@acme.test") && out.contains("/api/login"),
             "{out}"
         );
+        // Where the cluster is: in the data directory, or (root) where `postgres` reaches it.
+        let cluster = std::fs::canonicalize(data_dir.join("postgres")).unwrap();
+        assert!(
+            out.contains(&format!("PostgreSQL: {}", cluster.display())),
+            "run {run}: {out}"
+        );
+        if as_root {
+            assert_eq!(relocated.0.as_deref(), Some(cluster.as_path()));
+            assert!(
+                cluster.starts_with(kataven_hub::tenancy::embedded_pg::DEV_STATE_ROOT),
+                "{}",
+                cluster.display()
+            );
+            let name = cluster.file_name().unwrap().to_str().unwrap();
+            let checkout_name = checkout.path().file_name().unwrap().to_str().unwrap();
+            assert!(name.starts_with(&format!("{checkout_name}-")), "{name}");
+            assert!(out.contains("links to it"), "{out}");
+        } else {
+            assert_eq!(
+                cluster,
+                std::fs::canonicalize(&data_dir).unwrap().join("postgres")
+            );
+        }
         // The printed password is the dev user's; the password is never in the logs.
         assert!(
             !log.contains(password.trim()),
@@ -389,7 +458,33 @@ fn dev_starts_embedded_postgres_seeds_acme_once_and_stops_cleanly() {
         );
         assert!(log.contains("embedded PostgreSQL stopped"), "{log}");
         // The cluster is really down: its pid file is gone.
-        assert!(!data_dir.join("postgres/data/postmaster.pid").exists());
+        assert!(!cluster.join("data/postmaster.pid").exists());
+        // Secrets are readable by their owner only.
+        for secret in [
+            data_dir.join("key-pepper"),
+            data_dir.join("dev-user-password"),
+            cluster.join("superuser-password"),
+        ] {
+            assert_eq!(mode(&secret), 0o600, "{}", secret.display());
+        }
     }
-    assert!(data_dir.join("key-pepper").exists());
+}
+
+/// A data directory the `postgres` user can reach (an explicit `KATAVEN_DATA_DIR` in a `0755`
+/// directory) keeps its cluster inside it.
+#[test]
+fn dev_keeps_a_reachable_cluster_in_its_data_directory() {
+    use kataven_hub::tenancy::embedded_pg::{ClusterDir, dev_cluster_dir};
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let data_dir = dir.path().join("state");
+    std::fs::create_dir(&data_dir).unwrap();
+    std::fs::set_permissions(&data_dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    assert_eq!(
+        dev_cluster_dir(&data_dir).unwrap(),
+        ClusterDir {
+            path: std::fs::canonicalize(&data_dir).unwrap().join("postgres"),
+            relocated: false
+        }
+    );
 }
