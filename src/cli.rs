@@ -1,6 +1,7 @@
 //! The `kataven-hub` command line: serve, dev, migrate, accounts.
 
 use std::path::Path;
+use std::time::Instant;
 
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
@@ -348,14 +349,39 @@ async fn seed_demo(provisioner: &Provisioner, config: &Config) -> anyhow::Result
 }
 
 async fn migrate(config: &Config) -> anyhow::Result<()> {
+    use futures::StreamExt;
+    let started = Instant::now();
     let provisioner = server::provisioner(config).await?;
     println!("system database: up to date");
-    let results = provisioner.migrate_all(config.migrate_concurrency).await?;
+    let accounts = provisioner.prepare_migration().await?;
     println!("tenant template: up to date");
-    let mut failed = 0;
+    let mut progress = MigrateProgress::new(accounts.len(), started);
+    let mut results = Vec::with_capacity(accounts.len());
+    let mut migrations =
+        std::pin::pin!(provisioner.migrate_tenants(accounts, config.migrate_concurrency));
+    while let Some(r) = migrations.next().await {
+        progress.record(r.result.is_ok());
+        results.push(r);
+    }
+    progress.finish();
+    results.sort_by(|a, b| a.account.cmp(&b.account));
+    let (mut migrated, mut current, mut failed) = (0, 0, 0);
     for r in &results {
         match &r.result {
-            Ok(version) => println!("tenant {}: at version {version}", r.account),
+            Ok(m) if m.applied > 0 => {
+                migrated += 1;
+                println!(
+                    "tenant {}: migrated to version {} ({} applied)",
+                    r.account, m.version, m.applied
+                );
+            }
+            Ok(m) => {
+                current += 1;
+                println!(
+                    "tenant {}: at version {} (already current)",
+                    r.account, m.version
+                );
+            }
             Err(e) => {
                 failed += 1;
                 println!("tenant {}: FAILED: {e:#}", r.account);
@@ -363,13 +389,79 @@ async fn migrate(config: &Config) -> anyhow::Result<()> {
         }
     }
     println!(
-        "{} tenants migrated, {failed} failed",
-        results.len() - failed
+        "migrate: {} tenants in {:.1} s: {migrated} migrated, {current} already current, {failed} failed",
+        results.len(),
+        started.elapsed().as_secs_f64()
     );
     if failed > 0 {
         bail!("{failed} tenant(s) failed to migrate; fix them and run `migrate` again");
     }
     Ok(())
+}
+
+/// Progress of `migrate` over the tenants, on stderr: a bar on a terminal; otherwise (CI,
+/// logs) a line every 5 % of the tenants (at most every 1,000) and one when all are done.
+struct MigrateProgress {
+    bar: Option<indicatif::ProgressBar>,
+    total: usize,
+    done: usize,
+    failed: usize,
+    every: usize,
+    started: Instant,
+}
+
+impl MigrateProgress {
+    fn new(total: usize, started: Instant) -> Self {
+        use std::io::IsTerminal;
+        let bar = (total > 0 && std::io::stderr().is_terminal()).then(|| {
+            let bar = indicatif::ProgressBar::new(total as u64);
+            bar.set_style(
+                indicatif::ProgressStyle::with_template(
+                    "{bar:40} {pos}/{len} tenants, {elapsed} elapsed, about {eta} left {msg}",
+                )
+                .expect("a valid template"),
+            );
+            bar
+        });
+        Self {
+            bar,
+            total,
+            done: 0,
+            failed: 0,
+            every: total.div_ceil(20).clamp(1, 1000),
+            started,
+        }
+    }
+
+    fn record(&mut self, ok: bool) {
+        self.done += 1;
+        if !ok {
+            self.failed += 1;
+        }
+        match &self.bar {
+            Some(bar) => {
+                bar.inc(1);
+                if !ok {
+                    bar.set_message(format!("({} failed)", self.failed));
+                }
+            }
+            None if self.done % self.every == 0 || self.done == self.total => eprintln!(
+                "migrate: {}/{} tenants ({}%), {} failed, {:.1} s",
+                self.done,
+                self.total,
+                self.done * 100 / self.total,
+                self.failed,
+                self.started.elapsed().as_secs_f64()
+            ),
+            None => {}
+        }
+    }
+
+    fn finish(&self) {
+        if let Some(bar) = &self.bar {
+            bar.finish_and_clear();
+        }
+    }
 }
 
 fn slug_arg(raw: &str) -> anyhow::Result<AccountSlug> {

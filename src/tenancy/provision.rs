@@ -163,7 +163,38 @@ pub struct Provisioner {
 #[derive(Debug)]
 pub struct TenantMigration {
     pub account: String,
-    pub result: anyhow::Result<i64>,
+    pub result: anyhow::Result<Migrated>,
+}
+
+/// A tenant brought to the newest schema.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Migrated {
+    /// Its schema version now (the newest this binary knows).
+    pub version: i64,
+    /// Migrations applied by this run; 0 when it was already current.
+    pub applied: usize,
+}
+
+/// The versions of the migrations applied successfully to the database behind `conn`, in
+/// order (none when it has no `_sqlx_migrations` table).
+pub async fn applied_versions(conn: &mut PgConnection) -> sqlx::Result<Vec<i64>> {
+    let table: Option<String> = sqlx::query_scalar("SELECT to_regclass('_sqlx_migrations')::text")
+        .fetch_one(&mut *conn)
+        .await?;
+    if table.is_none() {
+        return Ok(Vec::new());
+    }
+    sqlx::query_scalar("SELECT version FROM _sqlx_migrations WHERE success ORDER BY version")
+        .fetch_all(conn)
+        .await
+}
+
+/// How many of `migrator`'s migrations are not among `applied`.
+pub fn pending_count(migrator: &Migrator, applied: &[i64]) -> usize {
+    migrator
+        .iter()
+        .filter(|m| !m.migration_type.is_down_migration() && !applied.contains(&m.version))
+        .count()
 }
 
 impl Provisioner {
@@ -342,12 +373,21 @@ impl Provisioner {
         Ok(())
     }
 
+    /// The tenant migrations this binary carries.
+    pub fn tenant_migrations(&self) -> &Migrator {
+        &self.migrator
+    }
+
     /// Migrates one tenant database and records its version in the catalog.
-    pub async fn migrate_tenant(&self, account: &Account) -> anyhow::Result<i64> {
+    pub async fn migrate_tenant(&self, account: &Account) -> anyhow::Result<Migrated> {
         let mut conn = self.tenant_options(account)?.connect().await?;
+        let before = applied_versions(&mut conn).await?;
         self.migrate_tenant_on(&mut conn, &account.slug).await?;
         conn.close().await?;
-        Ok(self.latest_tenant_version())
+        Ok(Migrated {
+            version: self.latest_tenant_version(),
+            applied: pending_count(&self.migrator, &before),
+        })
     }
 
     /// Migrates the tenant behind `conn` (the migrator's advisory lock makes this safe against
@@ -378,6 +418,17 @@ impl Provisioner {
     /// most `concurrency` at once. A failing tenant is reported and does not stop the others;
     /// migrations are recorded per database, so a re-run resumes where it failed.
     pub async fn migrate_all(&self, concurrency: usize) -> anyhow::Result<Vec<TenantMigration>> {
+        let accounts = self.prepare_migration().await?;
+        Ok(self
+            .migrate_tenants(accounts, concurrency)
+            .collect::<Vec<_>>()
+            .await)
+    }
+
+    /// The first half of [`Self::migrate_all`]: prepares the template on every server in use
+    /// (a failure there stops everything before any tenant is touched) and returns the
+    /// accounts whose databases are to be migrated.
+    pub async fn prepare_migration(&self) -> anyhow::Result<Vec<Account>> {
         let accounts = self.catalog.all_accounts().await?;
         let mut servers: Vec<Option<String>> =
             accounts.iter().map(|a| a.database_server.clone()).collect();
@@ -393,8 +444,18 @@ impl Provisioner {
                 )
             })?;
         }
-        let results = futures::stream::iter(accounts)
-            .map(|account| async move {
+        Ok(accounts)
+    }
+
+    /// The second half of [`Self::migrate_all`]: migrates `accounts`, at most `concurrency` at
+    /// once, yielding each result as it finishes (so that a caller can show progress).
+    pub fn migrate_tenants(
+        &self,
+        accounts: Vec<Account>,
+        concurrency: usize,
+    ) -> impl futures::Stream<Item = TenantMigration> + '_ {
+        futures::stream::iter(accounts)
+            .map(move |account| async move {
                 let result = self.migrate_tenant(&account).await;
                 TenantMigration {
                     account: account.slug,
@@ -402,9 +463,6 @@ impl Provisioner {
                 }
             })
             .buffer_unordered(concurrency.max(1))
-            .collect::<Vec<_>>()
-            .await;
-        Ok(results)
     }
 }
 

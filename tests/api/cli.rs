@@ -5,7 +5,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
-use crate::support::{TestApp, database_exists, system_db_url, unique_slug};
+use crate::support::{TestApp, admin_conn, database_exists, system_db_url, unique_slug};
 
 const BIN: &str = env!("CARGO_BIN_EXE_kataven-hub");
 
@@ -129,7 +129,12 @@ fn accounts_commands_round_trip() {
     let out = hub(&url, &["migrate"]);
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(
-        stdout(&out).contains("1 tenants migrated, 0 failed"),
+        stdout(&out).contains(&format!("tenant {slug}: at version ")),
+        "{}",
+        stdout(&out)
+    );
+    assert!(
+        stdout(&out).contains("0 migrated, 1 already current, 0 failed"),
         "{}",
         stdout(&out)
     );
@@ -486,5 +491,140 @@ fn dev_keeps_a_reachable_cluster_in_its_data_directory() {
             path: std::fs::canonicalize(&data_dir).unwrap().join("postgres"),
             relocated: false
         }
+    );
+}
+
+/// A migrator with only the first `n` embedded tenant migrations, as an older release had.
+async fn older_migrator(n: usize) -> (tempfile::TempDir, sqlx::migrate::Migrator) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut files: Vec<_> =
+        std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/migrations/tenant"))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
+    files.sort();
+    assert!(files.len() > n, "no newer migration to leave out");
+    for f in &files[..n] {
+        std::fs::copy(f, dir.path().join(f.file_name().unwrap())).unwrap();
+    }
+    let migrator = sqlx::migrate::Migrator::new(dir.path()).await.unwrap();
+    (dir, migrator)
+}
+
+/// `migrate` over a few hundred tenants, not on a terminal: a progress line every 5 % on
+/// stderr, the per-tenant report and a summary that tells migrated, already current and
+/// failed tenants apart; then a re-run once the broken tenant is gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn migrate_over_many_tenants_shows_progress_and_a_summary() {
+    use futures::StreamExt;
+    const BEHIND: usize = 80;
+    const CURRENT: usize = 120;
+    let url = system_db_url();
+    // An older release made the template and the first tenants ...
+    let (_dir, old_migrator) = older_migrator(2).await;
+    let old = crate::support::provisioner(&url, Some(old_migrator)).await;
+    let create = |p: kataven_hub::tenancy::provision::Provisioner, prefix: &'static str, n| async move {
+        futures::stream::iter(0..n)
+            .map(|_| {
+                let p = p.clone();
+                async move {
+                    let slug = unique_slug(prefix);
+                    p.create_account(&slug, prefix, None, None).await.unwrap();
+                    slug
+                }
+            })
+            .buffer_unordered(4)
+            .collect::<Vec<_>>()
+            .await
+    };
+    let started = std::time::Instant::now();
+    create(old, "old", BEHIND).await;
+    // ... the newest release made the rest: its template is current.
+    let new = crate::support::provisioner(&url, None).await;
+    new.prepare_template(new.system_options()).await.unwrap();
+    let current = create(new.clone(), "new", CURRENT).await;
+    eprintln!(
+        "created {} accounts in {:.1} s",
+        BEHIND + CURRENT,
+        started.elapsed().as_secs_f64()
+    );
+    // One tenant's database is gone underneath its catalog row.
+    let broken = current[0].clone();
+    let mut admin = admin_conn().await;
+    sqlx::query(&format!("DROP DATABASE \"{broken}\" WITH (FORCE)"))
+        .execute(&mut admin)
+        .await
+        .unwrap();
+
+    let total = BEHIND + CURRENT;
+    let run = |url: String| async move {
+        let started = std::time::Instant::now();
+        let out = tokio::task::spawn_blocking(move || hub(&url, &["migrate"]))
+            .await
+            .unwrap();
+        eprintln!(
+            "migrate over the tenants took {:.1} s",
+            started.elapsed().as_secs_f64()
+        );
+        out
+    };
+    let out = run(url.clone()).await;
+    assert!(!out.status.success(), "a tenant failed: {}", stdout(&out));
+    let (out_text, err_text) = (stdout(&out), stderr(&out));
+    // Progress: every 5 % (10 tenants of 200), then the last line.
+    let progress: Vec<&str> = err_text
+        .lines()
+        .filter(|l| l.starts_with("migrate: ") && l.contains(&format!("/{total} tenants")))
+        .collect();
+    assert_eq!(progress.len(), 20, "{err_text}");
+    assert!(
+        progress[0].starts_with(&format!("migrate: 10/{total} tenants (5%), ")),
+        "{err_text}"
+    );
+    assert!(
+        progress[19].starts_with(&format!(
+            "migrate: {total}/{total} tenants (100%), 1 failed, "
+        )),
+        "{err_text}"
+    );
+    // The per-tenant report is still there, one line per tenant.
+    let tenant_lines = out_text
+        .lines()
+        .filter(|l| l.starts_with("tenant ") && !l.starts_with("tenant template: "))
+        .count();
+    assert_eq!(tenant_lines, total, "{out_text}");
+    assert!(
+        out_text.contains(&format!("tenant {broken}: FAILED: ")),
+        "{out_text}"
+    );
+    assert_eq!(
+        out_text.matches("(1 applied)").count(),
+        BEHIND,
+        "{out_text}"
+    );
+    let summary = out_text
+        .lines()
+        .find(|l| l.starts_with(&format!("migrate: {total} tenants in ")))
+        .unwrap_or_else(|| panic!("{out_text}"));
+    assert!(
+        summary.ends_with(&format!(
+            ": {BEHIND} migrated, {} already current, 1 failed",
+            CURRENT - 1
+        )),
+        "{summary}"
+    );
+
+    // Without the broken tenant every tenant is now current.
+    let out = hub(&url, &["accounts", "delete", broken.as_str()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = run(url.clone()).await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stdout(&out).contains(&format!(
+            ": 0 migrated, {} already current, 0 failed",
+            total - 1
+        )),
+        "{}",
+        stdout(&out)
     );
 }
