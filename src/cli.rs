@@ -39,6 +39,9 @@ pub enum Command {
     Dev,
     /// Create/upgrade the system database, the tenant template and every tenant database.
     Migrate,
+    /// Check the configuration and every dependency, one line per check; exits non-zero when
+    /// any check failed. Changes nothing.
+    Doctor,
     /// Manage accounts (tenants).
     #[command(subcommand)]
     Accounts(AccountsCommand),
@@ -149,6 +152,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Serve => serve(config).await,
         Command::Dev => dev(config).await,
         Command::Migrate => migrate(&config).await,
+        Command::Doctor => doctor(&config).await,
         Command::Accounts(cmd) => accounts(&config, cmd).await,
         Command::ApiKeys(ApiKeysCommand::Create { slug, name, expiry }) => {
             let slug = slug_arg(&slug)?;
@@ -395,6 +399,25 @@ async fn migrate(config: &Config) -> anyhow::Result<()> {
     );
     if failed > 0 {
         bail!("{failed} tenant(s) failed to migrate; fix them and run `migrate` again");
+    }
+    Ok(())
+}
+
+async fn doctor(config: &Config) -> anyhow::Result<()> {
+    use crate::doctor::Status;
+    let checks = crate::doctor::run(config).await;
+    for check in &checks {
+        println!("{check}");
+    }
+    let count = |s| checks.iter().filter(|c| c.status == s).count();
+    let (ok, warnings, failures) = (
+        count(Status::Ok),
+        count(Status::Warning),
+        count(Status::Failure),
+    );
+    println!("doctor: {ok} ok, {warnings} warning(s), {failures} failure(s)");
+    if failures > 0 {
+        bail!("{failures} check(s) failed");
     }
     Ok(())
 }

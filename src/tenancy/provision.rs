@@ -175,26 +175,59 @@ pub struct Migrated {
     pub applied: usize,
 }
 
-/// The versions of the migrations applied successfully to the database behind `conn`, in
-/// order (none when it has no `_sqlx_migrations` table).
-pub async fn applied_versions(conn: &mut PgConnection) -> sqlx::Result<Vec<i64>> {
-    let table: Option<String> = sqlx::query_scalar("SELECT to_regclass('_sqlx_migrations')::text")
-        .fetch_one(&mut *conn)
-        .await?;
-    if table.is_none() {
-        return Ok(Vec::new());
-    }
-    sqlx::query_scalar("SELECT version FROM _sqlx_migrations WHERE success ORDER BY version")
-        .fetch_all(conn)
-        .await
+/// Where a database stands against a migrator (`migrate`, `doctor`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SchemaState {
+    /// The newest migration applied successfully (0: none).
+    pub version: i64,
+    /// The migrator's migrations not applied yet.
+    pub pending: usize,
+    /// Applied migrations the migrator does not know: the database is newer than the binary.
+    pub unknown: usize,
+    /// Applied migrations whose checksum differs from the migrator's (edited after the fact).
+    pub altered: usize,
+    /// Migrations recorded as failed halfway (sqlx refuses to go on from there).
+    pub failed: usize,
 }
 
-/// How many of `migrator`'s migrations are not among `applied`.
-pub fn pending_count(migrator: &Migrator, applied: &[i64]) -> usize {
-    migrator
-        .iter()
-        .filter(|m| !m.migration_type.is_down_migration() && !applied.contains(&m.version))
-        .count()
+impl SchemaState {
+    /// Reads the database's `_sqlx_migrations` (none when it has no such table).
+    pub async fn of(conn: &mut PgConnection, migrator: &Migrator) -> sqlx::Result<Self> {
+        let table: Option<String> =
+            sqlx::query_scalar("SELECT to_regclass('_sqlx_migrations')::text")
+                .fetch_one(&mut *conn)
+                .await?;
+        let rows: Vec<(i64, bool, Vec<u8>)> = match table {
+            Some(_) => {
+                sqlx::query_as("SELECT version, success, checksum FROM _sqlx_migrations")
+                    .fetch_all(&mut *conn)
+                    .await?
+            }
+            None => Vec::new(),
+        };
+        let known: std::collections::HashMap<i64, &[u8]> = migrator
+            .iter()
+            .filter(|m| !m.migration_type.is_down_migration())
+            .map(|m| (m.version, &*m.checksum))
+            .collect();
+        let mut state = Self::default();
+        for (version, success, checksum) in &rows {
+            match known.get(version) {
+                None => state.unknown += 1,
+                Some(_) if !success => state.failed += 1,
+                Some(sum) if *sum != checksum.as_slice() => state.altered += 1,
+                Some(_) => {}
+            }
+            if *success {
+                state.version = state.version.max(*version);
+            }
+        }
+        state.pending = known
+            .keys()
+            .filter(|v| !rows.iter().any(|(r, ok, _)| r == *v && *ok))
+            .count();
+        Ok(state)
+    }
 }
 
 impl Provisioner {
@@ -381,12 +414,12 @@ impl Provisioner {
     /// Migrates one tenant database and records its version in the catalog.
     pub async fn migrate_tenant(&self, account: &Account) -> anyhow::Result<Migrated> {
         let mut conn = self.tenant_options(account)?.connect().await?;
-        let before = applied_versions(&mut conn).await?;
+        let before = SchemaState::of(&mut conn, &self.migrator).await?;
         self.migrate_tenant_on(&mut conn, &account.slug).await?;
         conn.close().await?;
         Ok(Migrated {
             version: self.latest_tenant_version(),
-            applied: pending_count(&self.migrator, &before),
+            applied: before.pending,
         })
     }
 

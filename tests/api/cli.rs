@@ -628,3 +628,210 @@ async fn migrate_over_many_tenants_shows_progress_and_a_summary() {
         stdout(&out)
     );
 }
+
+/// Runs `doctor` with exactly `env` among the `KATAVEN_*` settings; returns (success, stdout).
+async fn doctor(env: Vec<(&'static str, String)>) -> (bool, String) {
+    let out = tokio::task::spawn_blocking(move || {
+        let mut cmd = Command::new(BIN);
+        cmd.arg("doctor");
+        for (k, _) in std::env::vars() {
+            if k.starts_with("KATAVEN_") {
+                cmd.env_remove(k);
+            }
+        }
+        cmd.envs(env).output().expect("run doctor")
+    })
+    .await
+    .unwrap();
+    let text = stdout(&out);
+    eprintln!("{text}");
+    (out.status.success(), text)
+}
+
+/// The line of check `name`.
+fn check_line<'a>(report: &'a str, name: &str) -> &'a str {
+    report
+        .lines()
+        .find(|l| {
+            l.get(9..)
+                .is_some_and(|rest| rest.starts_with(&format!("{name}: ")))
+        })
+        .unwrap_or_else(|| panic!("no `{name}` line in:\n{report}"))
+}
+
+const PEPPER: &str = "a-pepper-for-the-doctor-test-0123456789";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn doctor_passes_on_a_healthy_setup() {
+    let url = system_db_url();
+    let p = crate::support::provisioner(&url, None).await;
+    p.prepare_template(p.system_options()).await.unwrap();
+    for _ in 0..3 {
+        p.create_account(&unique_slug("doc"), "Doc", None, None)
+            .await
+            .unwrap();
+    }
+    let redis = crate::support::redis::TestRedis::start();
+    let issuer = crate::support::TestIssuer::start().await;
+    let (ok, report) = doctor(vec![
+        ("KATAVEN_DATABASE_URL", url.clone()),
+        ("KATAVEN_KEY_PEPPER", PEPPER.into()),
+        ("KATAVEN_REDIS_URL", redis.url()),
+        ("KATAVEN_OIDC_ISSUER", issuer.issuer()),
+        ("KATAVEN_OIDC_AUDIENCES", crate::support::AUDIENCE.into()),
+    ])
+    .await;
+    assert!(ok, "{report}");
+    for name in [
+        "configuration",
+        "key pepper",
+        "system database",
+        "system migrations",
+        "tenant template",
+        "tenants",
+        "redis",
+        "oidc issuer",
+    ] {
+        assert!(check_line(&report, name).starts_with("ok "), "{report}");
+    }
+    assert!(
+        check_line(&report, "tenants").contains("3 account(s), 0 behind"),
+        "{report}"
+    );
+    assert!(
+        check_line(&report, "oidc issuer").contains("2 usable key(s)"),
+        "{report}"
+    );
+    assert!(
+        report.contains("doctor: 8 ok, 0 warning(s), 0 failure(s)"),
+        "{report}"
+    );
+    // Secrets are never printed.
+    assert!(!report.contains(PEPPER));
+    let password = url.split(':').nth(2).unwrap().split('@').next().unwrap();
+    assert!(!report.contains(password), "{report}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn doctor_says_what_is_broken_and_what_to_do() {
+    // Nothing listens at the database URL, and there is no pepper.
+    let port = free_port();
+    let (ok, report) = doctor(vec![(
+        "KATAVEN_DATABASE_URL",
+        format!("postgres://kataven:hunter2@127.0.0.1:{port}/kataven-admin"),
+    )])
+    .await;
+    assert!(!ok, "{report}");
+    let line = check_line(&report, "system database");
+    assert!(
+        line.starts_with("failure ")
+            && line.contains("connection refused")
+            && line.contains(&format!("-> start PostgreSQL at 127.0.0.1:{port}")),
+        "{report}"
+    );
+    assert!(
+        check_line(&report, "key pepper").starts_with("failure "),
+        "{report}"
+    );
+    assert!(!report.contains("hunter2"), "{report}");
+    // The checks that need the system database are left out.
+    assert!(!report.contains("tenants:"), "{report}");
+
+    // A system database that does not exist: doctor says how to create it, and creates nothing.
+    let url = system_db_url();
+    let name = url.rsplit('/').next().unwrap().to_owned();
+    let (ok, report) = doctor(vec![
+        ("KATAVEN_DATABASE_URL", url.clone()),
+        ("KATAVEN_KEY_PEPPER", PEPPER.into()),
+    ])
+    .await;
+    assert!(!ok, "{report}");
+    assert!(
+        check_line(&report, "system database")
+            .contains("does not exist -> run `kataven-hub migrate`"),
+        "{report}"
+    );
+    assert!(!database_exists(&name).await, "doctor created the database");
+
+    // An older release made the template and a tenant: both are behind this binary. That is
+    // a warning (they are migrated by `migrate`, or on first use), not a failure.
+    let (_dir, old_migrator) = older_migrator(2).await;
+    let old = crate::support::provisioner(&url, Some(old_migrator)).await;
+    let behind = unique_slug("behind");
+    old.create_account(&behind, "Behind", None, None)
+        .await
+        .unwrap();
+    let env = || {
+        vec![
+            ("KATAVEN_DATABASE_URL", url.clone()),
+            ("KATAVEN_KEY_PEPPER", PEPPER.into()),
+        ]
+    };
+    let (ok, report) = doctor(env()).await;
+    assert!(ok, "warnings only: {report}");
+    let template = check_line(&report, "tenant template");
+    assert!(
+        template.starts_with("warning ") && template.contains("1 migration(s) behind"),
+        "{report}"
+    );
+    let tenants = check_line(&report, "tenants");
+    assert!(
+        tenants.starts_with("warning ")
+            && tenants.contains("1 account(s), 1 behind")
+            && tenants.contains(&format!("behind: {behind}"))
+            && tenants.contains("-> run `kataven-hub migrate`"),
+        "{report}"
+    );
+
+    // `migrate` fixes both.
+    let out = hub(&url, &["migrate"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let (ok, report) = doctor(env()).await;
+    assert!(ok, "{report}");
+    assert!(
+        check_line(&report, "tenants").starts_with("ok "),
+        "{report}"
+    );
+    assert!(
+        check_line(&report, "tenant template").starts_with("ok "),
+        "{report}"
+    );
+
+    // A tenant database missing under its catalog row, Redis down, the issuer down: failures.
+    let mut admin = admin_conn().await;
+    sqlx::query(&format!("DROP DATABASE \"{behind}\" WITH (FORCE)"))
+        .execute(&mut admin)
+        .await
+        .unwrap();
+    let issuer = crate::support::TestIssuer::start().await;
+    issuer.set_down(true);
+    let mut env = env();
+    env.extend([
+        (
+            "KATAVEN_REDIS_URL",
+            format!("redis://127.0.0.1:{}/", free_port()),
+        ),
+        ("KATAVEN_OIDC_ISSUER", issuer.issuer()),
+        ("KATAVEN_OIDC_AUDIENCES", crate::support::AUDIENCE.into()),
+    ]);
+    let (ok, report) = doctor(env).await;
+    assert!(!ok, "{report}");
+    let tenants = check_line(&report, "tenants");
+    assert!(
+        tenants.starts_with("failure ")
+            && tenants.contains(&format!(
+                "unreachable: {behind} (the database does not exist"
+            )),
+        "{report}"
+    );
+    assert!(
+        check_line(&report, "redis").starts_with("failure "),
+        "{report}"
+    );
+    let oidc = check_line(&report, "oidc issuer");
+    assert!(
+        oidc.starts_with("failure ") && oidc.contains("503"),
+        "{report}"
+    );
+    assert!(report.contains("0 warning(s), 3 failure(s)"), "{report}");
+}
