@@ -174,7 +174,7 @@ fn database_exists_blocking(name: &str) -> bool {
         .block_on(database_exists(name))
 }
 
-fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -182,7 +182,7 @@ fn free_port() -> u16 {
         .port()
 }
 
-fn wait_healthy(port: u16, child: &mut std::process::Child) {
+pub(crate) fn wait_healthy(port: u16, child: &mut std::process::Child) {
     for _ in 0..300 {
         if let Some(status) = child.try_wait().unwrap() {
             panic!("server exited early: {status}");
@@ -195,12 +195,12 @@ fn wait_healthy(port: u16, child: &mut std::process::Child) {
     panic!("server did not start listening");
 }
 
-fn signal(child: &std::process::Child, sig: i32) {
+pub(crate) fn signal(child: &std::process::Child, sig: i32) {
     // SAFETY: sending a signal to our own child process.
     assert_eq!(unsafe { libc::kill(child.id() as i32, sig) }, 0);
 }
 
-fn wait_exit(child: &mut std::process::Child) -> std::process::ExitStatus {
+pub(crate) fn wait_exit(child: &mut std::process::Child) -> std::process::ExitStatus {
     for _ in 0..300 {
         if let Some(status) = child.try_wait().unwrap() {
             return status;
@@ -274,7 +274,7 @@ fn serve_exits_zero_on_sigterm() {
     }
 }
 
-mod raw_http {
+pub(crate) mod raw_http {
     /// A tiny blocking GET over a raw socket (the async client needs a runtime).
     pub fn get(url: &str, headers: &[(&str, &str)]) -> (u16, String) {
         use std::io::{Read, Write};
