@@ -1,6 +1,7 @@
 //! The `kataven-hub` command line: serve, dev, migrate, accounts.
 
 use std::path::Path;
+use std::time::Instant;
 
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
@@ -38,6 +39,9 @@ pub enum Command {
     Dev,
     /// Create/upgrade the system database, the tenant template and every tenant database.
     Migrate,
+    /// Check the configuration and every dependency, one line per check; exits non-zero when
+    /// any check failed. Changes nothing.
+    Doctor,
     /// Manage accounts (tenants).
     #[command(subcommand)]
     Accounts(AccountsCommand),
@@ -148,6 +152,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Serve => serve(config).await,
         Command::Dev => dev(config).await,
         Command::Migrate => migrate(&config).await,
+        Command::Doctor => doctor(&config).await,
         Command::Accounts(cmd) => accounts(&config, cmd).await,
         Command::ApiKeys(ApiKeysCommand::Create { slug, name, expiry }) => {
             let slug = slug_arg(&slug)?;
@@ -209,15 +214,17 @@ async fn run_server(config: Config, provisioner: Provisioner) -> anyhow::Result<
 }
 
 async fn dev(mut config: Config) -> anyhow::Result<()> {
-    std::fs::create_dir_all(&config.data_dir)?;
+    std::fs::create_dir_all(&config.data_dir)
+        .with_context(|| format!("creating {}", config.data_dir.display()))?;
     let embedded = if config.database_url.is_none() {
         let bin = embedded_pg::find_bin_dir(config.pg_bin.as_deref())?;
-        let root = config.data_dir.join("postgres");
+        let dir = embedded_pg::dev_cluster_dir(&config.data_dir)?;
+        let root = dir.path.clone();
         let pg =
             tokio::task::spawn_blocking(move || EmbeddedPostgres::start(&root, bin, &[])).await??;
         config.database_url = Some(SecretString::from(pg.url(SYSTEM_DATABASE)));
         tracing::info!(port = pg.port(), dir = %pg.root().display(), "embedded PostgreSQL running");
-        Some(StopOnDrop(pg))
+        Some((StopOnDrop(pg), dir.relocated))
     } else {
         None
     };
@@ -246,6 +253,22 @@ async fn dev(mut config: Config) -> anyhow::Result<()> {
         let password = password.expose_secret();
         println!("\nKataven Hub (dev) is running at {url}");
         println!("  dev user:  {DEMO_EMAIL} / {password}  (admin of `{DEMO_ACCOUNT}`)");
+        let data_dir = config.data_dir.canonicalize()?;
+        println!("  data:      {}", data_dir.display());
+        if let Some((StopOnDrop(pg), relocated)) = &embedded {
+            println!(
+                "  PostgreSQL: {} (port {})",
+                pg.root().display(),
+                pg.port()
+            );
+            if *relocated {
+                println!(
+                    "    kept there because the `postgres` user cannot enter {}; {} links to it",
+                    data_dir.display(),
+                    data_dir.join("postgres").display()
+                );
+            }
+        }
         println!("  log in and call a protected endpoint:");
         println!(
             "    TOKEN=$(curl -s {url}/api/login -H 'Content-Type: application/json' \\\n      \
@@ -283,11 +306,12 @@ fn dev_secret(path: &Path, len: usize) -> anyhow::Result<SecretString> {
     use rand::distr::{Alphanumeric, SampleString};
     use std::os::unix::fs::PermissionsExt;
     if let Ok(existing) = std::fs::read_to_string(path) {
+        // Readable by its owner only, even if an older version wrote it otherwise.
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
         return Ok(SecretString::from(existing.trim().to_owned()));
     }
     let secret = Alphanumeric.sample_string(&mut rand::rng(), len);
-    std::fs::write(path, &secret)?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    embedded_pg::write_private(path, &secret)?;
     Ok(SecretString::from(secret))
 }
 
@@ -323,20 +347,45 @@ async fn seed_demo(provisioner: &Provisioner, config: &Config) -> anyhow::Result
     .bind(vec!["localhost:*".to_owned(), "127.0.0.1".to_owned()])
     .execute(provisioner.catalog().pool())
     .await?;
-    std::fs::write(config.data_dir.join("widget-key"), &key)?;
+    embedded_pg::write_private(&config.data_dir.join("widget-key"), &key)?;
     tracing::info!("seeded demo account `acme`");
     Ok(())
 }
 
 async fn migrate(config: &Config) -> anyhow::Result<()> {
+    use futures::StreamExt;
+    let started = Instant::now();
     let provisioner = server::provisioner(config).await?;
     println!("system database: up to date");
-    let results = provisioner.migrate_all(config.migrate_concurrency).await?;
+    let accounts = provisioner.prepare_migration().await?;
     println!("tenant template: up to date");
-    let mut failed = 0;
+    let mut progress = MigrateProgress::new(accounts.len(), started);
+    let mut results = Vec::with_capacity(accounts.len());
+    let mut migrations =
+        std::pin::pin!(provisioner.migrate_tenants(accounts, config.migrate_concurrency));
+    while let Some(r) = migrations.next().await {
+        progress.record(r.result.is_ok());
+        results.push(r);
+    }
+    progress.finish();
+    results.sort_by(|a, b| a.account.cmp(&b.account));
+    let (mut migrated, mut current, mut failed) = (0, 0, 0);
     for r in &results {
         match &r.result {
-            Ok(version) => println!("tenant {}: at version {version}", r.account),
+            Ok(m) if m.applied > 0 => {
+                migrated += 1;
+                println!(
+                    "tenant {}: migrated to version {} ({} applied)",
+                    r.account, m.version, m.applied
+                );
+            }
+            Ok(m) => {
+                current += 1;
+                println!(
+                    "tenant {}: at version {} (already current)",
+                    r.account, m.version
+                );
+            }
             Err(e) => {
                 failed += 1;
                 println!("tenant {}: FAILED: {e:#}", r.account);
@@ -344,13 +393,98 @@ async fn migrate(config: &Config) -> anyhow::Result<()> {
         }
     }
     println!(
-        "{} tenants migrated, {failed} failed",
-        results.len() - failed
+        "migrate: {} tenants in {:.1} s: {migrated} migrated, {current} already current, {failed} failed",
+        results.len(),
+        started.elapsed().as_secs_f64()
     );
     if failed > 0 {
         bail!("{failed} tenant(s) failed to migrate; fix them and run `migrate` again");
     }
     Ok(())
+}
+
+async fn doctor(config: &Config) -> anyhow::Result<()> {
+    use crate::doctor::Status;
+    let checks = crate::doctor::run(config).await;
+    for check in &checks {
+        println!("{check}");
+    }
+    let count = |s| checks.iter().filter(|c| c.status == s).count();
+    let (ok, warnings, failures) = (
+        count(Status::Ok),
+        count(Status::Warning),
+        count(Status::Failure),
+    );
+    println!("doctor: {ok} ok, {warnings} warning(s), {failures} failure(s)");
+    if failures > 0 {
+        bail!("{failures} check(s) failed");
+    }
+    Ok(())
+}
+
+/// Progress of `migrate` over the tenants, on stderr: a bar on a terminal; otherwise (CI,
+/// logs) a line every 5 % of the tenants (at most every 1,000) and one when all are done.
+struct MigrateProgress {
+    bar: Option<indicatif::ProgressBar>,
+    total: usize,
+    done: usize,
+    failed: usize,
+    every: usize,
+    started: Instant,
+}
+
+impl MigrateProgress {
+    fn new(total: usize, started: Instant) -> Self {
+        use std::io::IsTerminal;
+        let bar = (total > 0 && std::io::stderr().is_terminal()).then(|| {
+            let bar = indicatif::ProgressBar::new(total as u64);
+            bar.set_style(
+                indicatif::ProgressStyle::with_template(
+                    "{bar:40} {pos}/{len} tenants, {elapsed} elapsed, about {eta} left {msg}",
+                )
+                .expect("a valid template"),
+            );
+            bar
+        });
+        Self {
+            bar,
+            total,
+            done: 0,
+            failed: 0,
+            every: total.div_ceil(20).clamp(1, 1000),
+            started,
+        }
+    }
+
+    fn record(&mut self, ok: bool) {
+        self.done += 1;
+        if !ok {
+            self.failed += 1;
+        }
+        match &self.bar {
+            Some(bar) => {
+                bar.inc(1);
+                if !ok {
+                    bar.set_message(format!("({} failed)", self.failed));
+                }
+            }
+            None if self.done % self.every == 0 || self.done == self.total => eprintln!(
+                "migrate: {}/{} tenants ({}%), {} failed, {:.1} s",
+                self.done,
+                self.total,
+                self.done * 100 / self.total,
+                self.failed,
+                self.started.elapsed().as_secs_f64()
+            ),
+            None => {}
+        }
+    }
+
+    fn finish(&self) {
+        if let Some(bar) = &self.bar {
+            bar.finish_and_clear();
+        }
+    }
 }
 
 fn slug_arg(raw: &str) -> anyhow::Result<AccountSlug> {

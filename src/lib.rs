@@ -7,6 +7,7 @@ pub mod auth;
 pub mod cache;
 pub mod cli;
 pub mod config;
+pub mod doctor;
 pub mod error;
 pub mod extract;
 pub mod json;

@@ -362,7 +362,16 @@ impl IssuerKeys {
         // `discover_async` checks that the document's `issuer` equals ours and fetches the JWKS.
         let metadata = CoreProviderMetadata::discover_async(issuer_url, http)
             .await
-            .map_err(|e| anyhow!("OIDC discovery of {} failed: {e}", self.settings.issuer))?;
+            .map_err(|e| {
+                // The cause (refused, timed out, a 503) is in the error's sources.
+                let mut cause = e.to_string();
+                let mut source = std::error::Error::source(&e);
+                while let Some(s) = source {
+                    cause = format!("{cause}: {s}");
+                    source = s.source();
+                }
+                anyhow!("OIDC discovery of {} failed: {cause}", self.settings.issuer)
+            })?;
         self.counters.jwks_fetches.inc();
         let eddsa_advertised = metadata
             .id_token_signing_alg_values_supported()
@@ -466,6 +475,13 @@ impl IssuerKeys {
         .shared();
         *inflight = Some(shared.clone());
         Some(shared)
+    }
+
+    /// Discovery and the key set fetched now, past the cache and the cooldown, with the
+    /// error if either fails (`doctor`): the number of keys this service can verify with.
+    pub async fn probe(&self) -> anyhow::Result<usize> {
+        self.discover().await?;
+        Ok(self.keys.read().keys.len())
     }
 
     /// Fetches keys now (start-up, periodic refresh), ignoring the cooldown.

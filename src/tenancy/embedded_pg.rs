@@ -2,7 +2,9 @@
 //!
 //! Used by `kataven-hub dev` (cluster in `./.kataven/postgres`, kept between runs) and by the
 //! test harness (a throwaway cluster per test run). PostgreSQL refuses to run as root, so when
-//! the effective uid is 0 every server command runs as the `postgres` user through `runuser`.
+//! the effective uid is 0 every server command runs as the `postgres` user through `runuser`,
+//! in a working directory that user can enter (the cluster's own), and `dev` keeps the cluster
+//! where that user can reach it (see [`dev_cluster_dir`]).
 
 use std::fs;
 use std::net::TcpListener;
@@ -12,8 +14,12 @@ use std::process::{Command, Output};
 
 use anyhow::{Context, bail};
 use rand::distr::{Alphanumeric, SampleString};
+use sha2::{Digest, Sha256};
 
 pub const SUPERUSER: &str = "kataven";
+
+/// Where `dev` keeps the clusters of data directories that the `postgres` user cannot reach.
+pub const DEV_STATE_ROOT: &str = "/var/lib/kataven-dev";
 
 pub struct EmbeddedPostgres {
     root: PathBuf,
@@ -58,6 +64,114 @@ fn running_as_root() -> bool {
     unsafe { libc::geteuid() == 0 }
 }
 
+/// Where `dev` keeps the cluster of a data directory.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterDir {
+    /// The cluster's directory (what [`EmbeddedPostgres::start`] takes).
+    pub path: PathBuf,
+    /// `true` when it is outside the data directory, under [`DEV_STATE_ROOT`], because the
+    /// `postgres` user cannot reach the data directory; `<data dir>/postgres` links to it.
+    pub relocated: bool,
+}
+
+/// The cluster directory of `dev` for the (existing) data directory `data_dir`.
+///
+/// Normally `<data_dir>/postgres`. As root the server runs as the `postgres` user, which
+/// cannot reach a data directory below a `0700` directory of root's (root's home, a
+/// `mktemp -d`): then the cluster lives in `/var/lib/kataven-dev/<checkout>-<hash>`, named
+/// after the directory holding `data_dir` and a hash of `data_dir`'s path, and
+/// `<data_dir>/postgres` is made a symbolic link to it. Every later run follows that link (or
+/// finds the same hashed directory), so it finds the same cluster. The data directory itself
+/// (secrets, widget key) stays where it is, readable by root only.
+pub fn dev_cluster_dir(data_dir: &Path) -> anyhow::Result<ClusterDir> {
+    let data_dir = data_dir
+        .canonicalize()
+        .with_context(|| format!("resolving {}", data_dir.display()))?;
+    let link = data_dir.join("postgres");
+    if !running_as_root() {
+        return Ok(ClusterDir {
+            path: link,
+            relocated: false,
+        });
+    }
+    if let Ok(meta) = fs::symlink_metadata(&link) {
+        if meta.file_type().is_symlink() {
+            // An earlier run placed the cluster elsewhere (or someone pointed it there).
+            return Ok(ClusterDir {
+                path: fs::read_link(&link)?,
+                relocated: true,
+            });
+        }
+    }
+    if postgres_can_enter(&data_dir) {
+        return Ok(ClusterDir {
+            path: link,
+            relocated: false,
+        });
+    }
+    let path = Path::new(DEV_STATE_ROOT).join(relocated_name(&data_dir));
+    if link.is_dir() {
+        if link.join("data").join("PG_VERSION").exists() {
+            bail!(
+                "{} holds a PostgreSQL cluster that the `postgres` user cannot reach; \
+                 move it to {} and make {} a link to it, or remove it",
+                link.display(),
+                path.display(),
+                link.display()
+            );
+        }
+        // What a failed first run left behind (initdb could not reach it): nothing to keep.
+        fs::remove_dir_all(&link).with_context(|| format!("removing {}", link.display()))?;
+    }
+    fs::create_dir_all(DEV_STATE_ROOT).with_context(|| format!("creating {DEV_STATE_ROOT}"))?;
+    // Traversable by `postgres` whatever the umask; only root creates entries in it.
+    fs::set_permissions(DEV_STATE_ROOT, fs::Permissions::from_mode(0o755))?;
+    std::os::unix::fs::symlink(&path, &link)
+        .with_context(|| format!("linking {} to {}", link.display(), path.display()))?;
+    Ok(ClusterDir {
+        path,
+        relocated: true,
+    })
+}
+
+/// `<name of the directory holding data_dir>-<12 hex digits of the SHA-256 of data_dir>`.
+fn relocated_name(data_dir: &Path) -> String {
+    let checkout: String = data_dir
+        .parent()
+        .and_then(Path::file_name)
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default()
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .take(64)
+        .collect();
+    let hash = hex::encode(Sha256::digest(data_dir.as_os_str().as_encoded_bytes()));
+    let checkout = if checkout.is_empty() {
+        "root".into()
+    } else {
+        checkout
+    };
+    format!("{checkout}-{}", &hash[..12])
+}
+
+/// Whether the `postgres` user may enter `dir` (search permission on it and every ancestor).
+fn postgres_can_enter(dir: &Path) -> bool {
+    Command::new("runuser")
+        .args(["-u", "postgres", "--", "test", "-x"])
+        .arg(dir)
+        .current_dir("/")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
 impl EmbeddedPostgres {
     /// Opens the cluster under `root` (creating it with `initdb` on first use) and starts it.
     /// `settings` are appended to `postgresql.conf` when the cluster is created.
@@ -75,6 +189,7 @@ impl EmbeddedPostgres {
             }
             let out = run(
                 &bin_dir.join("initdb"),
+                &root,
                 &[
                     "-D".as_ref(),
                     data.as_os_str(),
@@ -128,6 +243,7 @@ impl EmbeddedPostgres {
         let log = self.root.join("postgres.log");
         let out = run(
             &self.bin_dir.join("pg_ctl"),
+            &self.root,
             &[
                 "-D".as_ref(),
                 data.as_os_str(),
@@ -171,6 +287,7 @@ impl EmbeddedPostgres {
         let data = self.root.join("data");
         let status = run(
             &self.bin_dir.join("pg_ctl"),
+            &self.root,
             &["-D".as_ref(), data.as_os_str(), "status".as_ref()],
         )
         .ok()?;
@@ -215,6 +332,7 @@ impl EmbeddedPostgres {
         let data = self.root.join("data");
         let out = run(
             &self.bin_dir.join("pg_ctl"),
+            &self.root,
             &[
                 "-D".as_ref(),
                 data.as_os_str(),
@@ -228,8 +346,10 @@ impl EmbeddedPostgres {
     }
 }
 
-/// Runs a server binary, as `postgres` through `runuser` when we are root.
-fn run(program: &Path, args: &[&std::ffi::OsStr]) -> anyhow::Result<Output> {
+/// Runs a server binary in `cwd` (the cluster's directory: the caller's own working directory
+/// may be one the `postgres` user cannot enter), as `postgres` through `runuser` when we are
+/// root.
+fn run(program: &Path, cwd: &Path, args: &[&std::ffi::OsStr]) -> anyhow::Result<Output> {
     let mut cmd = if running_as_root() {
         let mut c = Command::new("runuser");
         c.args(["-u", "postgres", "--"]).arg(program);
@@ -238,6 +358,7 @@ fn run(program: &Path, args: &[&std::ffi::OsStr]) -> anyhow::Result<Output> {
         Command::new(program)
     };
     cmd.args(args)
+        .current_dir(cwd)
         .output()
         .with_context(|| format!("running {}", program.display()))
 }
@@ -254,9 +375,20 @@ fn check(out: &Output, what: &str) -> anyhow::Result<()> {
     )
 }
 
-fn write_private(path: &Path, contents: &str) -> anyhow::Result<()> {
-    fs::write(path, contents)?;
-    fs::set_permissions(path, fs::Permissions::from_mode(0o600))?;
+/// Writes a secret readable and writable by its owner only (mode 0600 from the start).
+pub fn write_private(path: &Path, contents: &str) -> anyhow::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut file = fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("writing {}", path.display()))?;
+    // An existing file keeps its mode on open: make sure it is private too.
+    file.set_permissions(fs::Permissions::from_mode(0o600))?;
+    file.write_all(contents.as_bytes())?;
     Ok(())
 }
 

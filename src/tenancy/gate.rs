@@ -108,7 +108,8 @@ impl ConnectOutcome {
         }
     }
 
-    fn describe(self) -> &'static str {
+    /// What happened, in words (logs, `doctor`).
+    pub fn describe(self) -> &'static str {
         match self {
             Self::Ok => "connected",
             Self::Refused => "connection refused",

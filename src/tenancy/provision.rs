@@ -163,7 +163,71 @@ pub struct Provisioner {
 #[derive(Debug)]
 pub struct TenantMigration {
     pub account: String,
-    pub result: anyhow::Result<i64>,
+    pub result: anyhow::Result<Migrated>,
+}
+
+/// A tenant brought to the newest schema.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Migrated {
+    /// Its schema version now (the newest this binary knows).
+    pub version: i64,
+    /// Migrations applied by this run; 0 when it was already current.
+    pub applied: usize,
+}
+
+/// Where a database stands against a migrator (`migrate`, `doctor`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SchemaState {
+    /// The newest migration applied successfully (0: none).
+    pub version: i64,
+    /// The migrator's migrations not applied yet.
+    pub pending: usize,
+    /// Applied migrations the migrator does not know: the database is newer than the binary.
+    pub unknown: usize,
+    /// Applied migrations whose checksum differs from the migrator's (edited after the fact).
+    pub altered: usize,
+    /// Migrations recorded as failed halfway (sqlx refuses to go on from there).
+    pub failed: usize,
+}
+
+impl SchemaState {
+    /// Reads the database's `_sqlx_migrations` (none when it has no such table).
+    pub async fn of(conn: &mut PgConnection, migrator: &Migrator) -> sqlx::Result<Self> {
+        let table: Option<String> =
+            sqlx::query_scalar("SELECT to_regclass('_sqlx_migrations')::text")
+                .fetch_one(&mut *conn)
+                .await?;
+        let rows: Vec<(i64, bool, Vec<u8>)> = match table {
+            Some(_) => {
+                sqlx::query_as("SELECT version, success, checksum FROM _sqlx_migrations")
+                    .fetch_all(&mut *conn)
+                    .await?
+            }
+            None => Vec::new(),
+        };
+        let known: std::collections::HashMap<i64, &[u8]> = migrator
+            .iter()
+            .filter(|m| !m.migration_type.is_down_migration())
+            .map(|m| (m.version, &*m.checksum))
+            .collect();
+        let mut state = Self::default();
+        for (version, success, checksum) in &rows {
+            match known.get(version) {
+                None => state.unknown += 1,
+                Some(_) if !success => state.failed += 1,
+                Some(sum) if *sum != checksum.as_slice() => state.altered += 1,
+                Some(_) => {}
+            }
+            if *success {
+                state.version = state.version.max(*version);
+            }
+        }
+        state.pending = known
+            .keys()
+            .filter(|v| !rows.iter().any(|(r, ok, _)| r == *v && *ok))
+            .count();
+        Ok(state)
+    }
 }
 
 impl Provisioner {
@@ -342,12 +406,21 @@ impl Provisioner {
         Ok(())
     }
 
+    /// The tenant migrations this binary carries.
+    pub fn tenant_migrations(&self) -> &Migrator {
+        &self.migrator
+    }
+
     /// Migrates one tenant database and records its version in the catalog.
-    pub async fn migrate_tenant(&self, account: &Account) -> anyhow::Result<i64> {
+    pub async fn migrate_tenant(&self, account: &Account) -> anyhow::Result<Migrated> {
         let mut conn = self.tenant_options(account)?.connect().await?;
+        let before = SchemaState::of(&mut conn, &self.migrator).await?;
         self.migrate_tenant_on(&mut conn, &account.slug).await?;
         conn.close().await?;
-        Ok(self.latest_tenant_version())
+        Ok(Migrated {
+            version: self.latest_tenant_version(),
+            applied: before.pending,
+        })
     }
 
     /// Migrates the tenant behind `conn` (the migrator's advisory lock makes this safe against
@@ -378,6 +451,17 @@ impl Provisioner {
     /// most `concurrency` at once. A failing tenant is reported and does not stop the others;
     /// migrations are recorded per database, so a re-run resumes where it failed.
     pub async fn migrate_all(&self, concurrency: usize) -> anyhow::Result<Vec<TenantMigration>> {
+        let accounts = self.prepare_migration().await?;
+        Ok(self
+            .migrate_tenants(accounts, concurrency)
+            .collect::<Vec<_>>()
+            .await)
+    }
+
+    /// The first half of [`Self::migrate_all`]: prepares the template on every server in use
+    /// (a failure there stops everything before any tenant is touched) and returns the
+    /// accounts whose databases are to be migrated.
+    pub async fn prepare_migration(&self) -> anyhow::Result<Vec<Account>> {
         let accounts = self.catalog.all_accounts().await?;
         let mut servers: Vec<Option<String>> =
             accounts.iter().map(|a| a.database_server.clone()).collect();
@@ -393,8 +477,18 @@ impl Provisioner {
                 )
             })?;
         }
-        let results = futures::stream::iter(accounts)
-            .map(|account| async move {
+        Ok(accounts)
+    }
+
+    /// The second half of [`Self::migrate_all`]: migrates `accounts`, at most `concurrency` at
+    /// once, yielding each result as it finishes (so that a caller can show progress).
+    pub fn migrate_tenants(
+        &self,
+        accounts: Vec<Account>,
+        concurrency: usize,
+    ) -> impl futures::Stream<Item = TenantMigration> + '_ {
+        futures::stream::iter(accounts)
+            .map(move |account| async move {
                 let result = self.migrate_tenant(&account).await;
                 TenantMigration {
                     account: account.slug,
@@ -402,9 +496,6 @@ impl Provisioner {
                 }
             })
             .buffer_unordered(concurrency.max(1))
-            .collect::<Vec<_>>()
-            .await;
-        Ok(results)
     }
 }
 

@@ -5,7 +5,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
-use crate::support::{TestApp, database_exists, system_db_url, unique_slug};
+use crate::support::{TestApp, admin_conn, database_exists, system_db_url, unique_slug};
 
 const BIN: &str = env!("CARGO_BIN_EXE_kataven-hub");
 
@@ -129,7 +129,12 @@ fn accounts_commands_round_trip() {
     let out = hub(&url, &["migrate"]);
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(
-        stdout(&out).contains("1 tenants migrated, 0 failed"),
+        stdout(&out).contains(&format!("tenant {slug}: at version ")),
+        "{}",
+        stdout(&out)
+    );
+    assert!(
+        stdout(&out).contains("0 migrated, 1 already current, 0 failed"),
         "{}",
         stdout(&out)
     );
@@ -169,7 +174,7 @@ fn database_exists_blocking(name: &str) -> bool {
         .block_on(database_exists(name))
 }
 
-fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -177,7 +182,7 @@ fn free_port() -> u16 {
         .port()
 }
 
-fn wait_healthy(port: u16, child: &mut std::process::Child) {
+pub(crate) fn wait_healthy(port: u16, child: &mut std::process::Child) {
     for _ in 0..300 {
         if let Some(status) = child.try_wait().unwrap() {
             panic!("server exited early: {status}");
@@ -190,12 +195,12 @@ fn wait_healthy(port: u16, child: &mut std::process::Child) {
     panic!("server did not start listening");
 }
 
-fn signal(child: &std::process::Child, sig: i32) {
+pub(crate) fn signal(child: &std::process::Child, sig: i32) {
     // SAFETY: sending a signal to our own child process.
     assert_eq!(unsafe { libc::kill(child.id() as i32, sig) }, 0);
 }
 
-fn wait_exit(child: &mut std::process::Child) -> std::process::ExitStatus {
+pub(crate) fn wait_exit(child: &mut std::process::Child) -> std::process::ExitStatus {
     for _ in 0..300 {
         if let Some(status) = child.try_wait().unwrap() {
             return status;
@@ -269,7 +274,7 @@ fn serve_exits_zero_on_sigterm() {
     }
 }
 
-mod raw_http {
+pub(crate) mod raw_http {
     /// A tiny blocking GET over a raw socket (the async client needs a runtime).
     pub fn get(url: &str, headers: &[(&str, &str)]) -> (u16, String) {
         use std::io::{Read, Write};
@@ -312,24 +317,70 @@ async fn shutdown_drains_in_flight_requests() {
     assert!(tokio::net::TcpStream::connect(addr).await.is_err());
 }
 
+/// Removes a cluster `dev` placed outside its data directory (stopping it first if a failed
+/// assertion left it running).
+struct RemoveRelocated(Option<std::path::PathBuf>);
+
+impl Drop for RemoveRelocated {
+    fn drop(&mut self) {
+        let Some(dir) = self.0.take() else { return };
+        if dir.join("data/postmaster.pid").exists() {
+            let bin = kataven_hub::tenancy::embedded_pg::find_bin_dir(None).unwrap();
+            let _ = Command::new("runuser")
+                .args(["-u", "postgres", "--"])
+                .arg(bin.join("pg_ctl"))
+                .args(["-m", "immediate", "-w", "stop", "-D"])
+                .arg(dir.join("data"))
+                .current_dir("/")
+                .output();
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
+
+fn mode(path: &std::path::Path) -> u32 {
+    std::fs::metadata(path).unwrap().permissions().mode() & 0o777
+}
+
+/// `dev` run from a fresh `0700` directory (a checkout in root's home, a `mktemp -d`) with the
+/// default data directory, then again from another directory with `KATAVEN_DATA_DIR` naming
+/// the same data directory: both find the same cluster. As root the server runs as `postgres`,
+/// which cannot enter the `0700` directory, so the cluster is kept under
+/// `/var/lib/kataven-dev`, linked from the data directory, and the start-up output says so.
 #[test]
 fn dev_starts_embedded_postgres_seeds_acme_once_and_stops_cleanly() {
-    let data = tempfile::tempdir().unwrap();
-    std::fs::set_permissions(data.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-    let data_dir = data.path().join(".kataven");
+    let checkout = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(checkout.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
+    let data_dir = checkout.path().join(".kataven");
+    let as_root = unsafe { libc::geteuid() } == 0;
+    let mut relocated = RemoveRelocated(None);
 
     for run in 0..2 {
         let port = free_port();
-        let mut child = Command::new(BIN)
-            .arg("dev")
+        let mut cmd = Command::new(BIN);
+        cmd.arg("dev")
             .env_remove("KATAVEN_DATABASE_URL")
             .env_remove("KATAVEN_KEY_PEPPER")
-            .env("KATAVEN_DATA_DIR", &data_dir)
             .env("KATAVEN_LISTEN", format!("127.0.0.1:{port}"))
             .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
+            .stderr(Stdio::piped());
+        if run == 0 {
+            cmd.current_dir(checkout.path())
+                .env_remove("KATAVEN_DATA_DIR");
+        } else {
+            cmd.current_dir("/").env("KATAVEN_DATA_DIR", &data_dir);
+        }
+        let mut child = cmd.spawn().unwrap();
+        // Known as soon as `dev` has placed it, so that it is removed even if this run fails.
+        if as_root && relocated.0.is_none() {
+            for _ in 0..100 {
+                if let Ok(target) = std::fs::read_link(data_dir.join("postgres")) {
+                    relocated.0 = Some(target);
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
         wait_healthy(port, &mut child);
         let (status, body) = raw_http::get(&format!("http://127.0.0.1:{port}/api/accounts"), &[]);
         assert_eq!(status, 200);
@@ -377,6 +428,29 @@ fn dev_starts_embedded_postgres_seeds_acme_once_and_stops_cleanly() {
             out.contains("admin@acme.test") && out.contains("/api/login"),
             "{out}"
         );
+        // Where the cluster is: in the data directory, or (root) where `postgres` reaches it.
+        let cluster = std::fs::canonicalize(data_dir.join("postgres")).unwrap();
+        assert!(
+            out.contains(&format!("PostgreSQL: {}", cluster.display())),
+            "run {run}: {out}"
+        );
+        if as_root {
+            assert_eq!(relocated.0.as_deref(), Some(cluster.as_path()));
+            assert!(
+                cluster.starts_with(kataven_hub::tenancy::embedded_pg::DEV_STATE_ROOT),
+                "{}",
+                cluster.display()
+            );
+            let name = cluster.file_name().unwrap().to_str().unwrap();
+            let checkout_name = checkout.path().file_name().unwrap().to_str().unwrap();
+            assert!(name.starts_with(&format!("{checkout_name}-")), "{name}");
+            assert!(out.contains("links to it"), "{out}");
+        } else {
+            assert_eq!(
+                cluster,
+                std::fs::canonicalize(&data_dir).unwrap().join("postgres")
+            );
+        }
         // The printed password is the dev user's; the password is never in the logs.
         assert!(
             !log.contains(password.trim()),
@@ -389,7 +463,375 @@ fn dev_starts_embedded_postgres_seeds_acme_once_and_stops_cleanly() {
         );
         assert!(log.contains("embedded PostgreSQL stopped"), "{log}");
         // The cluster is really down: its pid file is gone.
-        assert!(!data_dir.join("postgres/data/postmaster.pid").exists());
+        assert!(!cluster.join("data/postmaster.pid").exists());
+        // Secrets are readable by their owner only.
+        for secret in [
+            data_dir.join("key-pepper"),
+            data_dir.join("dev-user-password"),
+            cluster.join("superuser-password"),
+        ] {
+            assert_eq!(mode(&secret), 0o600, "{}", secret.display());
+        }
     }
-    assert!(data_dir.join("key-pepper").exists());
+}
+
+/// A data directory the `postgres` user can reach (an explicit `KATAVEN_DATA_DIR` in a `0755`
+/// directory) keeps its cluster inside it.
+#[test]
+fn dev_keeps_a_reachable_cluster_in_its_data_directory() {
+    use kataven_hub::tenancy::embedded_pg::{ClusterDir, dev_cluster_dir};
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let data_dir = dir.path().join("state");
+    std::fs::create_dir(&data_dir).unwrap();
+    std::fs::set_permissions(&data_dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    assert_eq!(
+        dev_cluster_dir(&data_dir).unwrap(),
+        ClusterDir {
+            path: std::fs::canonicalize(&data_dir).unwrap().join("postgres"),
+            relocated: false
+        }
+    );
+}
+
+/// A migrator with only the first `n` embedded tenant migrations, as an older release had.
+async fn older_migrator(n: usize) -> (tempfile::TempDir, sqlx::migrate::Migrator) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut files: Vec<_> =
+        std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/migrations/tenant"))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
+    files.sort();
+    assert!(files.len() > n, "no newer migration to leave out");
+    for f in &files[..n] {
+        std::fs::copy(f, dir.path().join(f.file_name().unwrap())).unwrap();
+    }
+    let migrator = sqlx::migrate::Migrator::new(dir.path()).await.unwrap();
+    (dir, migrator)
+}
+
+/// `migrate` over a few hundred tenants, not on a terminal: a progress line every 5 % on
+/// stderr, the per-tenant report and a summary that tells migrated, already current and
+/// failed tenants apart; then a re-run once the broken tenant is gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn migrate_over_many_tenants_shows_progress_and_a_summary() {
+    use futures::StreamExt;
+    const BEHIND: usize = 80;
+    const CURRENT: usize = 120;
+    let url = system_db_url();
+    // An older release made the template and the first tenants ...
+    let (_dir, old_migrator) = older_migrator(2).await;
+    let old = crate::support::provisioner(&url, Some(old_migrator)).await;
+    let create = |p: kataven_hub::tenancy::provision::Provisioner, prefix: &'static str, n| async move {
+        futures::stream::iter(0..n)
+            .map(|_| {
+                let p = p.clone();
+                async move {
+                    let slug = unique_slug(prefix);
+                    p.create_account(&slug, prefix, None, None).await.unwrap();
+                    slug
+                }
+            })
+            .buffer_unordered(4)
+            .collect::<Vec<_>>()
+            .await
+    };
+    let started = std::time::Instant::now();
+    create(old, "old", BEHIND).await;
+    // ... the newest release made the rest: its template is current.
+    let new = crate::support::provisioner(&url, None).await;
+    new.prepare_template(new.system_options()).await.unwrap();
+    let current = create(new.clone(), "new", CURRENT).await;
+    eprintln!(
+        "created {} accounts in {:.1} s",
+        BEHIND + CURRENT,
+        started.elapsed().as_secs_f64()
+    );
+    // One tenant's database is gone underneath its catalog row.
+    let broken = current[0].clone();
+    let mut admin = admin_conn().await;
+    sqlx::query(&format!("DROP DATABASE \"{broken}\" WITH (FORCE)"))
+        .execute(&mut admin)
+        .await
+        .unwrap();
+
+    let total = BEHIND + CURRENT;
+    let run = |url: String| async move {
+        let started = std::time::Instant::now();
+        let out = tokio::task::spawn_blocking(move || hub(&url, &["migrate"]))
+            .await
+            .unwrap();
+        eprintln!(
+            "migrate over the tenants took {:.1} s",
+            started.elapsed().as_secs_f64()
+        );
+        out
+    };
+    let out = run(url.clone()).await;
+    assert!(!out.status.success(), "a tenant failed: {}", stdout(&out));
+    let (out_text, err_text) = (stdout(&out), stderr(&out));
+    // Progress: every 5 % (10 tenants of 200), then the last line.
+    let progress: Vec<&str> = err_text
+        .lines()
+        .filter(|l| l.starts_with("migrate: ") && l.contains(&format!("/{total} tenants")))
+        .collect();
+    assert_eq!(progress.len(), 20, "{err_text}");
+    assert!(
+        progress[0].starts_with(&format!("migrate: 10/{total} tenants (5%), ")),
+        "{err_text}"
+    );
+    assert!(
+        progress[19].starts_with(&format!(
+            "migrate: {total}/{total} tenants (100%), 1 failed, "
+        )),
+        "{err_text}"
+    );
+    // The per-tenant report is still there, one line per tenant.
+    let tenant_lines = out_text
+        .lines()
+        .filter(|l| l.starts_with("tenant ") && !l.starts_with("tenant template: "))
+        .count();
+    assert_eq!(tenant_lines, total, "{out_text}");
+    assert!(
+        out_text.contains(&format!("tenant {broken}: FAILED: ")),
+        "{out_text}"
+    );
+    assert_eq!(
+        out_text.matches("(1 applied)").count(),
+        BEHIND,
+        "{out_text}"
+    );
+    let summary = out_text
+        .lines()
+        .find(|l| l.starts_with(&format!("migrate: {total} tenants in ")))
+        .unwrap_or_else(|| panic!("{out_text}"));
+    assert!(
+        summary.ends_with(&format!(
+            ": {BEHIND} migrated, {} already current, 1 failed",
+            CURRENT - 1
+        )),
+        "{summary}"
+    );
+
+    // Without the broken tenant every tenant is now current.
+    let out = hub(&url, &["accounts", "delete", broken.as_str()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = run(url.clone()).await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stdout(&out).contains(&format!(
+            ": 0 migrated, {} already current, 0 failed",
+            total - 1
+        )),
+        "{}",
+        stdout(&out)
+    );
+}
+
+/// Runs `doctor` with exactly `env` among the `KATAVEN_*` settings; returns (success, stdout).
+async fn doctor(env: Vec<(&'static str, String)>) -> (bool, String) {
+    let out = tokio::task::spawn_blocking(move || {
+        let mut cmd = Command::new(BIN);
+        cmd.arg("doctor");
+        for (k, _) in std::env::vars() {
+            if k.starts_with("KATAVEN_") {
+                cmd.env_remove(k);
+            }
+        }
+        cmd.envs(env).output().expect("run doctor")
+    })
+    .await
+    .unwrap();
+    let text = stdout(&out);
+    eprintln!("{text}");
+    (out.status.success(), text)
+}
+
+/// The line of check `name`.
+fn check_line<'a>(report: &'a str, name: &str) -> &'a str {
+    report
+        .lines()
+        .find(|l| {
+            l.get(9..)
+                .is_some_and(|rest| rest.starts_with(&format!("{name}: ")))
+        })
+        .unwrap_or_else(|| panic!("no `{name}` line in:\n{report}"))
+}
+
+const PEPPER: &str = "a-pepper-for-the-doctor-test-0123456789";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn doctor_passes_on_a_healthy_setup() {
+    let url = system_db_url();
+    let p = crate::support::provisioner(&url, None).await;
+    p.prepare_template(p.system_options()).await.unwrap();
+    for _ in 0..3 {
+        p.create_account(&unique_slug("doc"), "Doc", None, None)
+            .await
+            .unwrap();
+    }
+    let redis = crate::support::redis::TestRedis::start();
+    let issuer = crate::support::TestIssuer::start().await;
+    let (ok, report) = doctor(vec![
+        ("KATAVEN_DATABASE_URL", url.clone()),
+        ("KATAVEN_KEY_PEPPER", PEPPER.into()),
+        ("KATAVEN_REDIS_URL", redis.url()),
+        ("KATAVEN_OIDC_ISSUER", issuer.issuer()),
+        ("KATAVEN_OIDC_AUDIENCES", crate::support::AUDIENCE.into()),
+    ])
+    .await;
+    assert!(ok, "{report}");
+    for name in [
+        "configuration",
+        "key pepper",
+        "system database",
+        "system migrations",
+        "tenant template",
+        "tenants",
+        "redis",
+        "oidc issuer",
+    ] {
+        assert!(check_line(&report, name).starts_with("ok "), "{report}");
+    }
+    assert!(
+        check_line(&report, "tenants").contains("3 account(s), 0 behind"),
+        "{report}"
+    );
+    assert!(
+        check_line(&report, "oidc issuer").contains("2 usable key(s)"),
+        "{report}"
+    );
+    assert!(
+        report.contains("doctor: 8 ok, 0 warning(s), 0 failure(s)"),
+        "{report}"
+    );
+    // Secrets are never printed.
+    assert!(!report.contains(PEPPER));
+    let password = url.split(':').nth(2).unwrap().split('@').next().unwrap();
+    assert!(!report.contains(password), "{report}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn doctor_says_what_is_broken_and_what_to_do() {
+    // Nothing listens at the database URL, and there is no pepper.
+    let port = free_port();
+    let (ok, report) = doctor(vec![(
+        "KATAVEN_DATABASE_URL",
+        format!("postgres://kataven:hunter2@127.0.0.1:{port}/kataven-admin"),
+    )])
+    .await;
+    assert!(!ok, "{report}");
+    let line = check_line(&report, "system database");
+    assert!(
+        line.starts_with("failure ")
+            && line.contains("connection refused")
+            && line.contains(&format!("-> start PostgreSQL at 127.0.0.1:{port}")),
+        "{report}"
+    );
+    assert!(
+        check_line(&report, "key pepper").starts_with("failure "),
+        "{report}"
+    );
+    assert!(!report.contains("hunter2"), "{report}");
+    // The checks that need the system database are left out.
+    assert!(!report.contains("tenants:"), "{report}");
+
+    // A system database that does not exist: doctor says how to create it, and creates nothing.
+    let url = system_db_url();
+    let name = url.rsplit('/').next().unwrap().to_owned();
+    let (ok, report) = doctor(vec![
+        ("KATAVEN_DATABASE_URL", url.clone()),
+        ("KATAVEN_KEY_PEPPER", PEPPER.into()),
+    ])
+    .await;
+    assert!(!ok, "{report}");
+    assert!(
+        check_line(&report, "system database")
+            .contains("does not exist -> run `kataven-hub migrate`"),
+        "{report}"
+    );
+    assert!(!database_exists(&name).await, "doctor created the database");
+
+    // An older release made the template and a tenant: both are behind this binary. That is
+    // a warning (they are migrated by `migrate`, or on first use), not a failure.
+    let (_dir, old_migrator) = older_migrator(2).await;
+    let old = crate::support::provisioner(&url, Some(old_migrator)).await;
+    let behind = unique_slug("behind");
+    old.create_account(&behind, "Behind", None, None)
+        .await
+        .unwrap();
+    let env = || {
+        vec![
+            ("KATAVEN_DATABASE_URL", url.clone()),
+            ("KATAVEN_KEY_PEPPER", PEPPER.into()),
+        ]
+    };
+    let (ok, report) = doctor(env()).await;
+    assert!(ok, "warnings only: {report}");
+    let template = check_line(&report, "tenant template");
+    assert!(
+        template.starts_with("warning ") && template.contains("1 migration(s) behind"),
+        "{report}"
+    );
+    let tenants = check_line(&report, "tenants");
+    assert!(
+        tenants.starts_with("warning ")
+            && tenants.contains("1 account(s), 1 behind")
+            && tenants.contains(&format!("behind: {behind}"))
+            && tenants.contains("-> run `kataven-hub migrate`"),
+        "{report}"
+    );
+
+    // `migrate` fixes both.
+    let out = hub(&url, &["migrate"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let (ok, report) = doctor(env()).await;
+    assert!(ok, "{report}");
+    assert!(
+        check_line(&report, "tenants").starts_with("ok "),
+        "{report}"
+    );
+    assert!(
+        check_line(&report, "tenant template").starts_with("ok "),
+        "{report}"
+    );
+
+    // A tenant database missing under its catalog row, Redis down, the issuer down: failures.
+    let mut admin = admin_conn().await;
+    sqlx::query(&format!("DROP DATABASE \"{behind}\" WITH (FORCE)"))
+        .execute(&mut admin)
+        .await
+        .unwrap();
+    let issuer = crate::support::TestIssuer::start().await;
+    issuer.set_down(true);
+    let mut env = env();
+    env.extend([
+        (
+            "KATAVEN_REDIS_URL",
+            format!("redis://127.0.0.1:{}/", free_port()),
+        ),
+        ("KATAVEN_OIDC_ISSUER", issuer.issuer()),
+        ("KATAVEN_OIDC_AUDIENCES", crate::support::AUDIENCE.into()),
+    ]);
+    let (ok, report) = doctor(env).await;
+    assert!(!ok, "{report}");
+    let tenants = check_line(&report, "tenants");
+    assert!(
+        tenants.starts_with("failure ")
+            && tenants.contains(&format!(
+                "unreachable: {behind} (the database does not exist"
+            )),
+        "{report}"
+    );
+    assert!(
+        check_line(&report, "redis").starts_with("failure "),
+        "{report}"
+    );
+    let oidc = check_line(&report, "oidc issuer");
+    assert!(
+        oidc.starts_with("failure ") && oidc.contains("503"),
+        "{report}"
+    );
+    assert!(report.contains("0 warning(s), 3 failure(s)"), "{report}");
 }

@@ -3,6 +3,7 @@
 mod api_keys;
 mod browser;
 mod cli;
+mod compose;
 mod faults;
 mod hostile;
 mod identity;

@@ -70,6 +70,8 @@ fn spawn_watchdog(root: &std::path::Path, bin: &std::path::Path) {
     #[allow(clippy::zombie_processes)]
     Command::new("setsid")
         .args(["sh", "-c", &script])
+        // The test's own directory (the checkout) may be one `postgres` cannot enter.
+        .current_dir("/")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
