@@ -252,6 +252,7 @@ async fn dev(mut config: Config) -> anyhow::Result<()> {
         let url = config.public_url();
         let password = password.expose_secret();
         println!("\nKataven Hub (dev) is running at {url}");
+        println!("  console:   {url}/  (sign in as the dev user)");
         println!("  dev user:  {DEMO_EMAIL} / {password}  (admin of `{DEMO_ACCOUNT}`)");
         let data_dir = config.data_dir.canonicalize()?;
         println!("  data:      {}", data_dir.display());
@@ -278,6 +279,7 @@ async fn dev(mut config: Config) -> anyhow::Result<()> {
         println!("    curl -s {url}/api/v1/agents -H \"X-Account-ID: {DEMO_ACCOUNT}\" -H \"Authorization: Bearer $TOKEN\"");
         if let Ok(key) = std::fs::read_to_string(config.data_dir.join("widget-key")) {
             println!("  widget key (localhost pages): {}", key.trim());
+            println!("    widget page: {url}/console/widget?client_key={}", key.trim());
             println!("    curl -s '{url}/api/v1/widget/config?client_key={}' -H 'Origin: http://localhost:3000'", key.trim());
         }
         println!("Press Ctrl-C to stop.\n");

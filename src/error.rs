@@ -15,7 +15,12 @@ use crate::request_id;
 /// Seconds a client should wait before retrying after a 503.
 pub const UNAVAILABLE_RETRY_AFTER_SECS: u64 = 1;
 
-#[derive(Debug, thiserror::Error)]
+/// `ErrorKind` (derived) has one field-less variant per variant of this type, and
+/// `ErrorKind::iter()` lists them all: the status and the code are defined on the kind, so every
+/// code the service can answer is enumerable, and a new variant cannot be added without one
+/// (the tests compare that list with the README's error table).
+#[derive(Debug, thiserror::Error, strum::EnumDiscriminants)]
+#[strum_discriminants(name(ErrorKind), derive(strum::EnumIter))]
 pub enum ApiError {
     #[error("X-Account-ID header is required")]
     MissingAccountHeader,
@@ -140,59 +145,85 @@ impl ApiError {
         }
     }
 
+    /// The kind of this error (what decides its status and code).
+    pub fn kind(&self) -> ErrorKind {
+        self.into()
+    }
+
     pub fn status(&self) -> StatusCode {
-        match self {
-            Self::MissingAccountHeader
-            | Self::InvalidAccount(_)
-            | Self::UnknownAccount(_)
-            | Self::AccountMismatch
-            | Self::InvalidBody { .. }
-            | Self::InvalidQuery { .. } => StatusCode::BAD_REQUEST,
-            Self::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
-            Self::ReservedAccount
-            | Self::AccountSuspended
-            | Self::Forbidden(_)
-            | Self::AdminRequired
-            | Self::ApiKeyNotAllowed => StatusCode::FORBIDDEN,
-            Self::NotFound(_) => StatusCode::NOT_FOUND,
-            Self::RateLimited(_) | Self::ClientRateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
-            Self::InvalidClientKey => StatusCode::UNAUTHORIZED,
-            Self::OriginNotAllowed | Self::WidgetNotAllowed(_) => StatusCode::FORBIDDEN,
-            Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
-            Self::Conflict(_) => StatusCode::CONFLICT,
-            Self::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-            Self::Unavailable { .. } | Self::AccountUnavailable { .. } => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
-            Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
-        }
+        self.kind().status()
     }
 
     pub fn code(&self) -> &'static str {
+        self.kind().code()
+    }
+}
+
+impl ErrorKind {
+    pub fn status(self) -> StatusCode {
+        match self {
+            Self::MissingAccountHeader
+            | Self::InvalidAccount
+            | Self::UnknownAccount
+            | Self::AccountMismatch
+            | Self::InvalidBody
+            | Self::InvalidQuery => StatusCode::BAD_REQUEST,
+            Self::Unauthenticated => StatusCode::UNAUTHORIZED,
+            Self::ReservedAccount
+            | Self::AccountSuspended
+            | Self::Forbidden
+            | Self::AdminRequired
+            | Self::ApiKeyNotAllowed => StatusCode::FORBIDDEN,
+            Self::NotFound => StatusCode::NOT_FOUND,
+            Self::RateLimited | Self::ClientRateLimited => StatusCode::TOO_MANY_REQUESTS,
+            Self::InvalidClientKey => StatusCode::UNAUTHORIZED,
+            Self::OriginNotAllowed | Self::WidgetNotAllowed => StatusCode::FORBIDDEN,
+            Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            Self::Conflict => StatusCode::CONFLICT,
+            Self::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::Unavailable | Self::AccountUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// The stable machine code (`error.code`).
+    pub fn code(self) -> &'static str {
         match self {
             Self::MissingAccountHeader => "missing_account_header",
-            Self::InvalidAccount(_) | Self::UnknownAccount(_) => "invalid_account",
+            Self::InvalidAccount | Self::UnknownAccount => "invalid_account",
             Self::ReservedAccount => "reserved_account",
-            Self::Unauthenticated(_) => "unauthenticated",
+            Self::Unauthenticated => "unauthenticated",
             Self::AccountSuspended => "account_suspended",
-            Self::Forbidden(_) => "forbidden",
+            Self::Forbidden => "forbidden",
             Self::AccountMismatch => "account_mismatch",
             Self::AdminRequired => "admin_required",
             Self::ApiKeyNotAllowed => "api_key_not_allowed",
-            Self::NotFound(_) => "not_found",
-            Self::InvalidBody { .. } => "invalid_body",
-            Self::InvalidQuery { .. } => "invalid_query",
-            Self::Conflict(_) => "conflict",
-            Self::RateLimited(_) | Self::ClientRateLimited { .. } => "rate_limited",
+            Self::NotFound => "not_found",
+            Self::InvalidBody => "invalid_body",
+            Self::InvalidQuery => "invalid_query",
+            Self::Conflict => "conflict",
+            Self::RateLimited | Self::ClientRateLimited => "rate_limited",
             Self::InvalidClientKey => "invalid_client_key",
             Self::OriginNotAllowed => "origin_not_allowed",
-            Self::WidgetNotAllowed(_) => "widget_not_allowed",
-            Self::PayloadTooLarge { .. } => "payload_too_large",
+            Self::WidgetNotAllowed => "widget_not_allowed",
+            Self::PayloadTooLarge => "payload_too_large",
             Self::MethodNotAllowed => "method_not_allowed",
-            Self::Unavailable { .. } => "unavailable",
-            Self::AccountUnavailable { .. } => "account_unavailable",
-            Self::Internal(_) => "internal",
+            Self::Unavailable => "unavailable",
+            Self::AccountUnavailable => "account_unavailable",
+            Self::Internal => "internal",
         }
+    }
+
+    /// Every code the service can answer with, each once, in declaration order.
+    pub fn all_codes() -> Vec<&'static str> {
+        use strum::IntoEnumIterator;
+        let mut codes: Vec<&'static str> = Vec::new();
+        for kind in Self::iter() {
+            if !codes.contains(&kind.code()) {
+                codes.push(kind.code());
+            }
+        }
+        codes
     }
 }
 

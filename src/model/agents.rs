@@ -270,7 +270,7 @@ impl Agent {
 #[derive(Debug, Clone, Serialize, ToSchema, sqlx::FromRow)]
 pub struct AgentTool {
     pub tool_name: String,
-    #[schema(value_type = Object)]
+    #[schema(value_type = std::collections::HashMap<String, serde_json::Value>)]
     pub config: serde_json::Value,
     pub enabled: bool,
     pub created_at: DateTime<Utc>,
@@ -283,7 +283,7 @@ pub struct AgentToolUpsert {
     /// The `name` of an existing tool.
     pub tool_name: String,
     /// Tool configuration for this agent (an object; default `{}`).
-    #[schema(value_type = Option<Object>)]
+    #[schema(value_type = Option<std::collections::HashMap<String, serde_json::Value>>)]
     pub config: Option<serde_json::Value>,
     #[schema(default = true)]
     pub enabled: Option<bool>,

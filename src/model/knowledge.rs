@@ -205,10 +205,10 @@ pub struct Tool {
     pub category: String,
     pub description: String,
     /// JSON Schema of the tool's arguments.
-    #[schema(value_type = Object)]
+    #[schema(value_type = std::collections::HashMap<String, serde_json::Value>)]
     pub schema: serde_json::Value,
     pub implementation_type: ImplementationType,
-    #[schema(value_type = Object)]
+    #[schema(value_type = std::collections::HashMap<String, serde_json::Value>)]
     pub implementation_config: serde_json::Value,
     pub implementation_code: Option<String>,
     pub tags: Vec<String>,
@@ -228,12 +228,12 @@ pub struct ToolCreate {
     pub category: Option<String>,
     #[serde(default)]
     pub description: String,
-    #[schema(value_type = Option<Object>)]
+    #[schema(value_type = Option<std::collections::HashMap<String, serde_json::Value>>)]
     pub schema: Option<serde_json::Value>,
     #[serde(default)]
     #[schema(default = "http")]
     pub implementation_type: ImplementationType,
-    #[schema(value_type = Option<Object>)]
+    #[schema(value_type = Option<std::collections::HashMap<String, serde_json::Value>>)]
     pub implementation_config: Option<serde_json::Value>,
     pub implementation_code: Option<String>,
     #[serde(default)]
@@ -250,12 +250,12 @@ pub struct ToolPatch {
     pub category: Option<String>,
     #[serde(default, deserialize_with = "non_null")]
     pub description: Option<String>,
-    #[schema(value_type = Option<Object>)]
+    #[schema(value_type = Option<std::collections::HashMap<String, serde_json::Value>>)]
     #[serde(default, deserialize_with = "non_null")]
     pub schema: Option<serde_json::Value>,
     #[serde(default, deserialize_with = "non_null")]
     pub implementation_type: Option<ImplementationType>,
-    #[schema(value_type = Option<Object>)]
+    #[schema(value_type = Option<std::collections::HashMap<String, serde_json::Value>>)]
     #[serde(default, deserialize_with = "non_null")]
     pub implementation_config: Option<serde_json::Value>,
     #[serde(default, deserialize_with = "nullable")]

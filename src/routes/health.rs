@@ -13,7 +13,7 @@ use crate::state::AppState;
 
 /// Liveness: the process is up.
 #[utoipa::path(get, path = "/healthz", tag = "operations", security(()),
-    responses((status = 200, description = "Up", body = Object, example = json!({"status": "ok"}))))]
+    responses((status = 200, description = "Up", body = std::collections::HashMap<String, serde_json::Value>, example = json!({"status": "ok"}))))]
 pub async fn healthz() -> Json<Value> {
     Json(json!({ "status": "ok" }))
 }

@@ -71,14 +71,14 @@ pub async fn login(
 
 /// Dev only: the dev issuer's OpenID Connect discovery document.
 #[utoipa::path(get, operation_id = "dev_discovery", path = "/dev/oidc/.well-known/openid-configuration", tag = "dev", security(()),
-    responses((status = 200, description = "Discovery document", body = Object)))]
+    responses((status = 200, description = "Discovery document", body = std::collections::HashMap<String, serde_json::Value>)))]
 pub async fn discovery(State(state): State<AppState>) -> ApiResult<Json<Value>> {
     Ok(Json(dev(&state)?.discovery()))
 }
 
 /// Dev only: the dev issuer's public keys (JWKS).
 #[utoipa::path(get, operation_id = "dev_keys", path = "/dev/oidc/keys", tag = "dev", security(()),
-    responses((status = 200, description = "JWK set", body = Object)))]
+    responses((status = 200, description = "JWK set", body = std::collections::HashMap<String, serde_json::Value>)))]
 pub async fn keys(State(state): State<AppState>) -> ApiResult<Json<Value>> {
     let jwks = dev(&state)?.keys.jwks();
     Ok(Json(
@@ -88,7 +88,7 @@ pub async fn keys(State(state): State<AppState>) -> ApiResult<Json<Value>> {
 
 /// Dev only: the dev issuer's userinfo; accepts its own ID tokens.
 #[utoipa::path(get, operation_id = "dev_userinfo", path = "/dev/oidc/userinfo", tag = "dev", security(("bearer" = [])),
-    responses((status = 200, description = "The user", body = Object),
+    responses((status = 200, description = "The user", body = std::collections::HashMap<String, serde_json::Value>),
               (status = 401, description = "Not a valid dev token", body = crate::error::ErrorBody)))]
 pub async fn userinfo(State(state): State<AppState>, headers: HeaderMap) -> ApiResult<Json<Value>> {
     let (_, verifier) = state

@@ -5,6 +5,7 @@ pub mod accounts;
 pub mod agents;
 pub mod api_keys;
 pub mod call_limits;
+pub mod console;
 pub mod health;
 pub mod knowledge;
 pub mod login;
@@ -101,6 +102,9 @@ fn public() -> OpenApiRouter<AppState> {
         .routes(routes!(health::metrics))
         .routes(routes!(openapi::document))
         .routes(routes!(openapi::reference))
+        // The reference's own files: part of the page, not of the API (undocumented).
+        .route("/docs/", axum::routing::get(openapi::reference_slash))
+        .route("/docs/{file}", axum::routing::get(openapi::reference_file))
 }
 
 /// The public widget endpoints, called cross-origin from customers' pages (see [`widget_cors`]).
@@ -157,14 +161,14 @@ fn assemble(dev_login: bool) -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .nest("/api", resources.clone())
         .nest("/v1", resources);
     if dev_login {
-        router = router.merge(dev_routes);
+        router = router.merge(dev_routes).merge(console::routes());
     }
     let doc = openapi::ApiDoc::build(public_doc, resources_doc, dev_doc);
     (router, doc)
 }
 
-/// Every route, relative to a mount point (`/` and `/hub-api`). The dev issuer and
-/// `POST /api/login` exist only when dev login is on.
+/// Every route, relative to a mount point (`/` and `/hub-api`). The dev issuer,
+/// `POST /api/login` and the console pages exist only when dev login is on.
 pub fn routes(dev_login: bool) -> Router<AppState> {
     assemble(dev_login).0
 }

@@ -1,10 +1,11 @@
 //! The OpenAPI 3.1 document (`/api/v1/openapi.json`, `kataven-hub openapi`,
-//! `openapi/openapi.json`) and an interactive reference at `/docs`.
+//! `openapi/openapi.json`) and an interactive reference at `/docs` (Swagger UI, embedded).
 
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 
-use axum::http::header::CONTENT_TYPE;
-use axum::response::{Html, IntoResponse};
+use axum::extract::Path;
+use axum::http::header::{CONTENT_SECURITY_POLICY, CONTENT_TYPE};
+use axum::response::{Html, IntoResponse, Redirect, Response};
 use utoipa::OpenApi;
 use utoipa::openapi::path::Operation;
 use utoipa::openapi::security::{
@@ -12,7 +13,7 @@ use utoipa::openapi::security::{
 };
 use utoipa::openapi::{ContentBuilder, Ref, RefOr, ResponseBuilder};
 
-use crate::error::ErrorBody;
+use crate::error::{ApiError, ErrorBody};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -174,7 +175,8 @@ impl ApiDoc {
             ),
             (
                 "Forbidden",
-                "`reserved_account`, `account_suspended`, `forbidden` or `admin_required`",
+                "`reserved_account`, `account_suspended`, `forbidden` (also: deleting a built-in \
+                 playbook or tool), `admin_required` or `api_key_not_allowed`",
             ),
             ("NotFound", "`not_found`: no such resource in this account"),
             (
@@ -290,29 +292,84 @@ pub fn json() -> &'static str {
 
 /// This OpenAPI document.
 #[utoipa::path(get, operation_id = "get_openapi", path = "/api/v1/openapi.json", tag = "public", security(()),
-    responses((status = 200, description = "The OpenAPI 3.1 document", body = Object)))]
+    responses((status = 200, description = "The OpenAPI 3.1 document", body = std::collections::HashMap<String, serde_json::Value>)))]
 pub async fn document() -> impl IntoResponse {
     ([(CONTENT_TYPE, "application/json")], json())
 }
 
-/// An interactive API reference (Scalar, loaded by the browser from its CDN).
-#[utoipa::path(get, operation_id = "api_reference", path = "/docs", tag = "public", security(()),
-    responses((status = 200, description = "HTML page", body = String, content_type = "text/html")))]
-pub async fn reference() -> Html<&'static str> {
-    // Relative URL: works at `/docs` and at `/hub-api/docs`.
-    Html(
-        r#"<!doctype html>
+/// The Swagger UI page at `/docs`. Every URL in it is relative to `/docs`, so that it works at
+/// `/docs` and at `/hub-api/docs` alike: its files are `docs/<file>`, the document is
+/// `api/v1/openapi.json`. No inline script or style, nothing from another origin.
+const REFERENCE_PAGE: &str = r#"<!doctype html>
 <html lang="en">
 <head>
   <meta charset="utf-8">
   <meta name="viewport" content="width=device-width, initial-scale=1">
   <title>Kataven Hub API reference</title>
+  <link rel="icon" type="image/png" href="docs/favicon-32x32.png">
+  <link rel="stylesheet" href="docs/swagger-ui.css">
+  <link rel="stylesheet" href="docs/index.css">
 </head>
 <body>
-  <script id="api-reference" data-url="api/v1/openapi.json"></script>
-  <script src="https://cdn.jsdelivr.net/npm/@scalar/api-reference"></script>
+  <div id="swagger-ui"></div>
+  <script src="docs/swagger-ui-bundle.js"></script>
+  <script src="docs/swagger-ui-standalone-preset.js"></script>
+  <script src="docs/swagger-initializer.js"></script>
 </body>
 </html>
-"#,
+"#;
+
+/// What the reference pages may load: this origin only. Swagger UI sets some styles inline and
+/// draws its icons as `data:` images.
+const REFERENCE_CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self' 'unsafe-inline'; \
+     img-src 'self' data:; font-src 'self'; connect-src 'self'; base-uri 'none'; \
+     form-action 'none'; frame-ancestors 'none'";
+
+/// Swagger UI's settings: the document by a relative URL, no online validator (it would call
+/// swagger.io from the reader's browser).
+fn swagger_config() -> Arc<utoipa_swagger_ui::Config<'static>> {
+    static CONFIG: OnceLock<Arc<utoipa_swagger_ui::Config<'static>>> = OnceLock::new();
+    CONFIG
+        .get_or_init(|| {
+            Arc::new(
+                utoipa_swagger_ui::Config::new(["api/v1/openapi.json"])
+                    .validator_url("none")
+                    .display_operation_id(true)
+                    .filter(true),
+            )
+        })
+        .clone()
+}
+
+/// An interactive API reference (Swagger UI, served from this binary: no CDN, works offline).
+#[utoipa::path(get, operation_id = "api_reference", path = "/docs", tag = "public", security(()),
+    responses((status = 200, description = "HTML page", body = String, content_type = "text/html")))]
+pub async fn reference() -> Response {
+    (
+        [(CONTENT_SECURITY_POLICY, REFERENCE_CSP)],
+        Html(REFERENCE_PAGE),
     )
+        .into_response()
+}
+
+/// The reference's files (`/docs/<file>`: Swagger UI's scripts, styles and icons, embedded in
+/// the binary). Not in the OpenAPI document: they are the page's parts, not API.
+pub async fn reference_file(Path(file): Path<String>) -> Response {
+    match utoipa_swagger_ui::serve(&file, swagger_config()) {
+        Ok(Some(found)) if file != "index.html" => (
+            [
+                (CONTENT_TYPE, found.content_type),
+                (CONTENT_SECURITY_POLICY, REFERENCE_CSP.to_owned()),
+            ],
+            found.bytes.into_owned(),
+        )
+            .into_response(),
+        Ok(_) => ApiError::not_found("no such route").into_response(),
+        Err(e) => ApiError::Internal(anyhow::anyhow!("swagger ui: {e}")).into_response(),
+    }
+}
+
+/// `/docs/` → `/docs` (relative, so that it stays under `/hub-api`).
+pub async fn reference_slash() -> Redirect {
+    Redirect::permanent("../docs")
 }

@@ -555,7 +555,7 @@ pub async fn refresh(
 
 /// The public keys of widget session tokens (for the voice gateway and other verifiers).
 #[utoipa::path(get, path = "/.well-known/jwks.json", tag = "widget", operation_id = "widget_jwks", security(()),
-    responses((status = 200, description = "JWK set", body = Object)))]
+    responses((status = 200, description = "JWK set", body = std::collections::HashMap<String, serde_json::Value>)))]
 pub async fn jwks(State(state): State<AppState>) -> ApiResult<Json<serde_json::Value>> {
     // Another instance may have rotated the key: re-read the keys at most once a minute.
     state

@@ -1,7 +1,13 @@
-//! The widget in a real browser (SPEC §5): headless Chromium, driven by playwright-core
-//! (`tests/browser/run-page.mjs`), loads a page from one origin that fetches the widget config
-//! and a guest token from the API on another origin; the same page from an origin that is not
-//! on the key's allowlist is refused.
+//! Real-browser tests: headless Chromium, driven by playwright-core (`tests/browser/*.mjs`,
+//! one launcher in `browser.mjs`).
+//!
+//! - The widget (SPEC §5): a page from one origin fetches the widget config and a guest token
+//!   from the API on another origin; the same page from an origin that is not on the key's
+//!   allowlist is refused.
+//! - The first hour: the dev console and widget page of `kataven-hub dev`, typed into.
+//! - The API reference at `/docs`, rendered offline.
+//!
+//! `KATAVEN_SCREENSHOT_DIR=docs` saves the screenshots the README shows.
 //!
 //! Needs Node.js, Debian's Chromium (`/usr/bin/chromium`, or `$CHROMIUM`) and
 //! `tests/browser/node_modules`; `.ci/run` installs them. Missing any of them fails the test,
@@ -139,20 +145,23 @@ impl std::fmt::Display for PageRun {
     }
 }
 
-/// Loads `url` in headless Chromium and returns what the page wrote into `#result`.
-async fn run_page(url: String) -> PageRun {
+/// Runs `tests/browser/<script>` with `args` and `envs` and returns what it printed: the
+/// scenario's result, with the browser's log in `browser` (see `tests/browser/browser.mjs`).
+async fn run_script(script: &str, args: Vec<String>, envs: Vec<(&'static str, String)>) -> PageRun {
+    let script = format!("tests/browser/{script}");
     tokio::task::spawn_blocking(move || {
         let out = Command::new("node")
-            .arg("tests/browser/run-page.mjs")
-            .arg(&url)
+            .arg(&script)
+            .args(&args)
+            .envs(envs)
             .current_dir(manifest_dir())
             .output()
-            .expect("run node tests/browser/run-page.mjs");
+            .unwrap_or_else(|e| panic!("run node {script}: {e}"));
         let stdout = String::from_utf8_lossy(&out.stdout);
         let log = String::from_utf8_lossy(&out.stderr).into_owned();
         assert!(
             out.status.success(),
-            "run-page.mjs failed ({}) on {url}\nstdout: {stdout}\nstderr: {log}",
+            "{script} failed ({}) on {args:?}\nstdout: {stdout}\nstderr: {log}",
             out.status
         );
         let result = serde_json::from_str(stdout.trim()).unwrap_or_else(|e| {
@@ -162,6 +171,34 @@ async fn run_page(url: String) -> PageRun {
     })
     .await
     .unwrap()
+}
+
+/// Loads `url` in headless Chromium and returns what the page wrote into `#result`.
+async fn run_page(url: String) -> PageRun {
+    run_script("run-page.mjs", vec![url], Vec::new()).await
+}
+
+impl PageRun {
+    /// Every URL the page requested.
+    fn requests(&self) -> Vec<&str> {
+        self.result["browser"]["requests"]
+            .as_array()
+            .expect("the browser's requests")
+            .iter()
+            .map(|u| u.as_str().unwrap())
+            .collect()
+    }
+
+    /// What the page logged, less the lines `expected` accepts.
+    fn unexpected_log(&self, expected: impl Fn(&str) -> bool) -> Vec<&str> {
+        self.result["browser"]["console"]
+            .as_array()
+            .expect("the browser's log")
+            .iter()
+            .map(|l| l.as_str().unwrap())
+            .filter(|l| !expected(l))
+            .collect()
+    }
 }
 
 fn page_url(page_origin: &str, api: &str, client_key: &str, agent_id: &str) -> String {
@@ -258,4 +295,256 @@ async fn widget_page_fetches_config_and_guest_token_cross_origin_only_from_allow
         browser_started.elapsed().as_secs_f64(),
         started.elapsed().as_secs_f64()
     );
+}
+
+/// `kataven-hub dev`, started as a user starts it (its own embedded PostgreSQL in a fresh data
+/// directory), stopped with Ctrl-C (SIGINT) when dropped, so that its cluster stops too even
+/// when the test fails.
+struct DevServer {
+    child: Option<std::process::Child>,
+    port: u16,
+    data_dir: PathBuf,
+    _data: tempfile::TempDir,
+}
+
+impl DevServer {
+    fn start() -> DevServer {
+        use std::os::unix::fs::PermissionsExt;
+        let data = tempfile::tempdir().unwrap();
+        // Readable by `postgres`, which runs the cluster when the tests run as root.
+        std::fs::set_permissions(data.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        let data_dir = data.path().join(".kataven");
+        let port = crate::cli::free_port();
+        let mut child = Command::new(crate::cli::BIN)
+            .arg("dev")
+            .env_remove("KATAVEN_DATABASE_URL")
+            .env_remove("KATAVEN_KEY_PEPPER")
+            .env("KATAVEN_DATA_DIR", &data_dir)
+            .env("KATAVEN_LISTEN", format!("127.0.0.1:{port}"))
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        crate::cli::wait_healthy(port, &mut child);
+        DevServer {
+            child: Some(child),
+            port,
+            data_dir,
+            _data: data,
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    fn secret(&self, file: &str) -> String {
+        std::fs::read_to_string(self.data_dir.join(file))
+            .unwrap()
+            .trim()
+            .to_owned()
+    }
+
+    /// Ctrl-C; returns what it printed on stdout and stderr.
+    fn stop(&mut self) -> (String, String) {
+        let Some(mut child) = self.child.take() else {
+            return Default::default();
+        };
+        crate::cli::signal(&child, libc::SIGINT);
+        let exit = crate::cli::wait_exit(&mut child);
+        let mut out = String::new();
+        std::io::Read::read_to_string(child.stdout.as_mut().unwrap(), &mut out).unwrap();
+        let mut log = String::new();
+        std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut log).unwrap();
+        assert!(exit.success(), "dev exited with {exit}: {log}");
+        (out, log)
+    }
+}
+
+impl Drop for DevServer {
+    fn drop(&mut self) {
+        if let Some(child) = self.child.take() {
+            crate::cli::signal(&child, libc::SIGINT);
+            let mut child = child;
+            let _ = crate::cli::wait_exit(&mut child);
+        }
+    }
+}
+
+/// Where to save screenshots: `KATAVEN_SCREENSHOT_DIR` (`docs/` refreshes the README's).
+fn screenshot_dir() -> Option<String> {
+    std::env::var("KATAVEN_SCREENSHOT_DIR").ok().map(|dir| {
+        std::path::absolute(&dir)
+            .unwrap()
+            .to_string_lossy()
+            .into_owned()
+    })
+}
+
+/// The first hour, in a real browser against `kataven-hub dev`: the console at `/` discovers
+/// the account, validates it as it is typed, signs the dev user in, renders the agents of the
+/// demo account and creates one; the widget page opened by the link `dev` prints gets the
+/// configuration and a guest session for the dev widget key. Both pages run under their strict
+/// CSP without a violation and ask nothing of any other origin.
+#[tokio::test]
+async fn console_and_widget_pages_take_a_new_user_from_the_first_keystroke_to_agents_and_a_guest_session()
+ {
+    if !browser_available() {
+        return;
+    }
+    let mut dev = tokio::task::spawn_blocking(DevServer::start).await.unwrap();
+    let base = dev.url();
+    let key = dev.secret("widget-key");
+    // The link `dev` prints (checked below): the API's own origin, on the key's allowlist.
+    let widget_url = format!("{base}/console/widget?client_key={key}");
+    let mut envs = vec![
+        ("CONSOLE_EMAIL", "admin@acme.test".to_owned()),
+        ("CONSOLE_PASSWORD", dev.secret("dev-user-password")),
+    ];
+    if let Some(dir) = screenshot_dir() {
+        envs.push(("SCREENSHOT_DIR", dir));
+    }
+    let run = run_script(
+        "first-hour.mjs",
+        vec![format!("{base}/"), widget_url.clone()],
+        envs,
+    )
+    .await;
+    let r = &run.result;
+
+    // The console.
+    assert_eq!(r["console_csp"], kataven_hub::routes::console::CSP, "{run}");
+    assert_eq!(r["directory"], json!(["Acme Corp (acme)"]), "{run}");
+    assert_eq!(r["status_after_acm"], "No such account", "{run}");
+    assert_eq!(r["status_after_acme"], "✓ Acme Corp", "{run}");
+    assert_eq!(r["heading"], "Agents of Acme Corp (acme)", "{run}");
+    assert_eq!(
+        r["agents"],
+        json!(["Sales assistant", "Front desk"]),
+        "the demo agents, newest first: {run}"
+    );
+    assert_eq!(
+        r["agents_after_create"],
+        json!(["Night shift", "Sales assistant", "Front desk"]),
+        "{run}"
+    );
+    let shown_errors: Vec<&Value> = r["console_errors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e.as_str() != Some(""))
+        .collect();
+    assert!(shown_errors.is_empty(), "{run}");
+
+    // The widget page.
+    assert_eq!(r["widget_csp"], kataven_hub::routes::console::CSP, "{run}");
+    assert_eq!(r["widget_origin"], base.as_str(), "{run}");
+    assert_eq!(r["widget_error"], "", "{run}");
+    assert_eq!(r["widget_agents"], json!(["Front desk"]), "{run}");
+    assert_eq!(r["widget_agent"], "Front desk", "{run}");
+    assert_eq!(
+        r["greeting"], "Hi, thanks for calling Acme! How can I help?",
+        "{run}"
+    );
+    assert_eq!(r["session"], "guest session · expires in 15 min", "{run}");
+    assert!(
+        r["token_shown"].as_str().unwrap().starts_with("Bearer eyJ"),
+        "{run}"
+    );
+    assert!(r["token_length"].as_u64().unwrap() > 100, "{run}");
+
+    // Nothing but this origin; no CSP violation, no script error. The one expected failure in
+    // the log is the 404 of validating "acm".
+    for url in run.requests() {
+        assert!(url.starts_with(&format!("{base}/")), "{url}: {run}");
+    }
+    let unexpected = run.unexpected_log(|l| {
+        l.starts_with(
+            "console.error: Failed to load resource: the server responded with a status of 404",
+        )
+    });
+    assert!(unexpected.is_empty(), "{unexpected:?}\n{run}");
+    // Validated as typed, once typing pauses (usually "acm" then "acme"; a slow machine may
+    // pause earlier than the test does, so only prefixes, "acm" and finally "acme" are certain).
+    let validated: Vec<&str> = run
+        .requests()
+        .into_iter()
+        .filter_map(|u| u.split("/api/accounts/validate/").nth(1))
+        .collect();
+    assert!(
+        validated.iter().all(|v| "acme".starts_with(v))
+            && validated.contains(&"acm")
+            && validated.last() == Some(&"acme"),
+        "{validated:?}: {run}"
+    );
+
+    let (out, _) = tokio::task::spawn_blocking(move || dev.stop())
+        .await
+        .unwrap();
+    assert!(out.contains(&format!("console:   {base}/ ")), "{out}");
+    assert!(
+        out.contains(&format!("widget page: {widget_url}\n")),
+        "{out}"
+    );
+}
+
+/// `/docs` renders the operations from the binary alone: every file the page loads comes from
+/// the server (the browser has no network either), under both prefixes, with no CSP violation.
+#[tokio::test]
+async fn the_api_reference_renders_offline_from_the_binary() {
+    if !browser_available() {
+        return;
+    }
+    let app = TestApp::spawn().await;
+    let doc: Value = serde_json::from_str(kataven_hub::routes::openapi::json()).unwrap();
+    let operations: usize = doc["paths"]
+        .as_object()
+        .unwrap()
+        .values()
+        .map(|item| item.as_object().unwrap().len())
+        .sum();
+    for path in ["/docs", "/hub-api/docs"] {
+        let mut envs = Vec::new();
+        if let (Some(dir), "/docs") = (screenshot_dir(), path) {
+            envs.push(("SCREENSHOT", format!("{dir}/docs.png")));
+        }
+        let run = run_script(
+            "docs.mjs",
+            vec![app.url(path), "List agents".to_owned()],
+            envs,
+        )
+        .await;
+        let r = &run.result;
+        assert_eq!(r["status"], 200, "{run}");
+        assert_eq!(r["title"], "Kataven Hub API 0.1.0 OAS 3.1", "{run}");
+        let summaries = r["summaries"].as_array().unwrap();
+        assert_eq!(summaries.len(), operations, "every operation: {run}");
+        assert!(
+            summaries.contains(&json!(
+                "List agents, newest first, with their playbooks and FAQs."
+            )),
+            "{run}"
+        );
+        assert!(
+            r["operation_ids"]
+                .as_array()
+                .unwrap()
+                .contains(&json!("list_agents")),
+            "{run}"
+        );
+        let prefix = path.trim_end_matches("/docs");
+        for url in run.requests() {
+            assert!(
+                url.starts_with(&format!("{}{prefix}/", app.base)),
+                "{url} is not from the server under {prefix}/: {run}"
+            );
+        }
+        assert!(
+            run.requests()
+                .contains(&app.url(&format!("{prefix}/api/v1/openapi.json")).as_str()),
+            "{run}"
+        );
+        let unexpected = run.unexpected_log(|_| false);
+        assert!(unexpected.is_empty(), "{unexpected:?}\n{run}");
+    }
 }

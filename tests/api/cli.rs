@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use crate::support::{TestApp, admin_conn, database_exists, system_db_url, unique_slug};
 
-const BIN: &str = env!("CARGO_BIN_EXE_kataven-hub");
+pub(crate) const BIN: &str = env!("CARGO_BIN_EXE_kataven-hub");
 
 fn hub(database_url: &str, args: &[&str]) -> Output {
     Command::new(BIN)

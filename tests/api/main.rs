@@ -3,7 +3,10 @@
 mod api_keys;
 mod browser;
 mod cli;
+mod client;
 mod compose;
+mod console;
+mod docs;
 mod faults;
 mod hostile;
 mod identity;

@@ -190,9 +190,40 @@ async fn the_document_and_the_reference_are_served() {
                 .starts_with("text/html")
         );
         let html = resp.text().await.unwrap();
-        // Relative, so that it resolves under both prefixes.
-        assert!(html.contains(r#"data-url="api/v1/openapi.json""#));
+        // Relative, so that they resolve under both prefixes.
+        assert!(html.contains(r#"<script src="docs/swagger-ui-bundle.js">"#));
+        // Swagger UI's files come from the binary; its settings name the document relatively.
+        let prefix = path.trim_end_matches("/docs");
+        let resp = app
+            .get(&format!("{prefix}/docs/swagger-initializer.js"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+        let js = resp.text().await.unwrap();
+        assert!(js.contains(r#""url": "api/v1/openapi.json""#), "{js}");
+        assert!(js.contains(r#""validatorUrl": "none""#), "{js}");
+        let resp = app
+            .get(&format!("{prefix}/docs/swagger-ui-bundle.js"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+        assert!(resp.bytes().await.unwrap().len() > 100_000);
+        // `/docs/` leads to `/docs`, staying under the prefix.
+        let resp = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .unwrap()
+            .get(app.url(&format!("{prefix}/docs/")))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 308);
+        assert_eq!(resp.headers()["location"], "../docs");
     }
+    let resp = app.get("/docs/nothing.js").send().await.unwrap();
+    assert_eq!(resp.status(), 404);
 }
 
 #[test]
