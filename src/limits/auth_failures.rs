@@ -3,8 +3,11 @@
 //! Every answer that refused a credential (401: a bearer, an API key, a widget key, a dev
 //! login) or named an account that does not exist costs its client one unit of a per-minute
 //! budget (`KATAVEN_AUTH_FAILURE_LIMIT_PER_MINUTE`). Once the budget is spent, requests from
-//! that client to the authenticated and widget endpoints answer 429 `rate_limited` with
-//! `limit: "auth"` before any credential is looked at, until the budget refills. So a client
+//! that client to the endpoints that check credentials or account names (the management API,
+//! account discovery, the widget endpoints, dev login) answer 429 `rate_limited` with
+//! `limit: "auth"` before any credential is looked at, until the budget refills. Health, metrics,
+//! the API document and reference, the session JWKS and the console pages check nothing and are
+//! never refused: the layer is on the routers that check, not around the whole service. So a client
 //! trying forged keys, guessed passwords or random account names costs the catalog at most that
 //! many queries a minute, whatever it sends.
 //!
@@ -100,6 +103,7 @@ impl AuthFailures {
 /// Middleware for routes that check credentials: refuses a client whose budget is spent, and
 /// charges the failures of the others. The budget and the limiter that knows client addresses
 /// come from the request extensions (the router adds them).
+/// Layered on each router whose routes check credentials (an embedder's own such routes too).
 pub async fn budget(req: Request, next: Next) -> Response {
     let failures = req.extensions().get::<Arc<AuthFailures>>().cloned();
     let client = req

@@ -83,6 +83,7 @@ fn resources() -> OpenApiRouter<AppState> {
             widget_settings::patch_agent
         ))
         .layer(middleware::from_fn(rate_limit_headers))
+        .layer(middleware::from_fn(auth_failures::budget))
 }
 
 /// Public routes (no account, no normal bearer). Those a browser or a stranger calls are
@@ -92,7 +93,8 @@ fn public() -> OpenApiRouter<AppState> {
         .routes(routes!(accounts::list))
         .routes(routes!(accounts::validate))
         .routes(routes!(user::user_org))
-        .layer(middleware::from_fn(limit_public));
+        .layer(middleware::from_fn(limit_public))
+        .layer(middleware::from_fn(auth_failures::budget));
     OpenApiRouter::new()
         .merge(limited)
         .merge(widget())
@@ -116,6 +118,7 @@ fn widget() -> OpenApiRouter<AppState> {
         .routes(routes!(widget::exchange))
         .routes(routes!(widget::refresh))
         .layer(middleware::from_fn(limit_public))
+        .layer(middleware::from_fn(auth_failures::budget))
 }
 
 /// Whether CORS is open for a path: the widget endpoints and the session JWKS (also under
@@ -142,11 +145,14 @@ fn widget_cors() -> tower_http::cors::CorsLayer {
 
 /// Dev login and the dev issuer: routed only when dev login is on (documented always).
 fn dev() -> OpenApiRouter<AppState> {
-    OpenApiRouter::new()
+    let checks_credentials = OpenApiRouter::new()
         .routes(routes!(login::login))
+        .routes(routes!(login::userinfo))
+        .layer(middleware::from_fn(auth_failures::budget));
+    OpenApiRouter::new()
+        .merge(checks_credentials)
         .routes(routes!(login::discovery))
         .routes(routes!(login::keys))
-        .routes(routes!(login::userinfo))
         .layer(middleware::from_fn(limit_public))
 }
 
@@ -193,12 +199,10 @@ pub fn router(routes: Router<AppState>, state: AppState) -> Router {
         .fallback(fallback)
         .method_not_allowed_fallback(method_not_allowed)
         // Layers run bottom-up on the way in: the request id first, the body limit last.
-        // The failure budget sits inside the extensions it reads and inside CORS (so that its
-        // 429 carries the widget's CORS headers).
+        // The failure budget (layered on the routers that check credentials) reads the
+        // extensions added here, and sits inside CORS (so that its 429 carries the widget's
+        // CORS headers).
         .layer(DefaultBodyLimit::max(state.config.body_limit_bytes))
-        // Every route: whatever answers 401 (or names an unknown account) is charged to the
-        // client, and a client that spent its budget is refused before anything else.
-        .layer(middleware::from_fn(auth_failures::budget))
         .layer(axum::Extension(state.ip_limiter.clone()))
         .layer(axum::Extension(state.auth_failures.clone()))
         .layer(widget_cors())

@@ -222,6 +222,8 @@ async fn a_client_naming_random_accounts_spends_its_failure_budget() {
         .config(|c| {
             c.auth_failure_limit_per_minute = BUDGET;
             c.trusted_proxies = vec!["127.0.0.1".into()];
+            // For the console page at the end.
+            c.dev_login = Some(true);
         })
         .spawn()
         .await;
@@ -275,4 +277,23 @@ async fn a_client_naming_random_accounts_spends_its_failure_budget() {
     }
     assert_eq!(bad[0], 401);
     assert_eq!(*bad.last().unwrap(), 429);
+
+    // The routes that check nothing still answer that client: health, readiness, metrics, the
+    // API document and its reference, the session JWKS and the console.
+    for path in [
+        "/healthz",
+        "/readyz",
+        "/metrics",
+        "/api/v1/openapi.json",
+        "/docs",
+        "/.well-known/jwks.json",
+        "/hub-api/.well-known/jwks.json",
+        "/",
+    ] {
+        let resp = from_client(app.get(path), "198.51.100.20")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200, "{path}");
+    }
 }

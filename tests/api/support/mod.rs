@@ -233,9 +233,15 @@ fn test_routes(dev_login: bool) -> Router<AppState> {
         tokio::time::sleep(Duration::from_millis(p.sleep_ms.unwrap_or(500))).await;
         "done"
     }
-    kataven_hub::routes::routes(dev_login)
+    // Routes that check credentials sit behind the failure budget, as the application's do.
+    let checks_credentials = axum::Router::new()
         .route("/test/tenant", get(tenant))
         .route("/test/tx", get(in_transaction))
+        .layer(axum::middleware::from_fn(
+            kataven_hub::limits::auth_failures::budget,
+        ));
+    kataven_hub::routes::routes(dev_login)
+        .merge(checks_credentials)
         .route("/test/slow", get(slow))
 }
 
