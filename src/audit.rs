@@ -26,8 +26,23 @@ pub async fn record(
     Ok(())
 }
 
-/// Records a change made in the catalog (members, keys) in the tenant's audit log. The change
-/// is committed already; a failure to audit is logged, not turned into an error for the caller.
+/// Records a change already committed in the catalog (members, keys) in the tenant's audit
+/// log, on a connection the handler holds. A failure to audit is logged, not turned into an
+/// error for the caller: the change happened, and an error answer would tell the caller it did
+/// not (and lose a new key's only copy).
+pub async fn record_committed(
+    conn: &mut PgConnection,
+    principal: &Principal,
+    action: &str,
+    resource: &str,
+    resource_id: &str,
+) {
+    if let Err(e) = record(conn, principal, action, resource, Some(resource_id)).await {
+        tracing::error!(error = %e, resource, "could not write the audit row of a catalog change");
+    }
+}
+
+/// [`record_committed`] for a handler that holds no tenant connection: opens one.
 pub async fn record_catalog_change(
     state: &crate::state::AppState,
     tenant: &crate::extract::Tenant,
@@ -35,20 +50,12 @@ pub async fn record_catalog_change(
     resource: &str,
     resource_id: &str,
 ) {
-    let result = async {
-        let mut conn = state.pools.acquire(&tenant.account).await?;
-        record(
-            &mut conn,
-            &tenant.principal,
-            action,
-            resource,
-            Some(resource_id),
-        )
-        .await?;
-        Ok::<_, crate::error::ApiError>(())
-    }
-    .await;
-    if let Err(e) = result {
-        tracing::error!(error = %e, resource, "could not write the audit row of a catalog change");
+    match state.pools.acquire(&tenant.account).await {
+        Ok(mut conn) => {
+            record_committed(&mut conn, &tenant.principal, action, resource, resource_id).await;
+        }
+        Err(e) => {
+            tracing::error!(error = %e, resource, "could not write the audit row of a catalog change");
+        }
     }
 }

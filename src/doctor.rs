@@ -534,7 +534,8 @@ async fn tenant_state(
     let mut conn = connect(&opts).await.map_err(|e| {
         let fix = match e.outcome {
             ConnectOutcome::DatabaseMissing | ConnectOutcome::DatabaseClosed => format!(
-                "restore their databases, or delete the accounts                  (`kataven-hub accounts delete {}`)",
+                "restore their databases, or delete the accounts \
+                 (`kataven-hub accounts delete {}`)",
                 account.slug
             ),
             _ => e.fix(&opts),

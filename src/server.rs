@@ -124,7 +124,7 @@ pub async fn identity(
     };
     if remote.is_none() && dev.is_none() {
         tracing::warn!(
-            "no identity provider configured (KATAVEN_OIDC_ISSUER): every protected request answers 401"
+            "no identity provider configured (KATAVEN_OIDC_ISSUER): ID tokens are refused (401), only API keys authenticate"
         );
     }
     Ok(Arc::new(Identity::new(remote, dev, public_url.to_owned())))
@@ -136,8 +136,14 @@ pub async fn build_state(
     provisioner: Provisioner,
     addr: SocketAddr,
 ) -> anyhow::Result<AppState> {
-    if config.public_url.is_none() {
-        config.public_url = Some(format!("http://{addr}"));
+    match &config.public_url {
+        None => config.public_url = Some(format!("http://{addr}")),
+        // The `iss` of every widget session token and the dev issuer's URL: refuse a typo at
+        // start-up rather than mint tokens nobody can verify.
+        Some(public) => {
+            url::Url::parse(public)
+                .with_context(|| format!("KATAVEN_PUBLIC_URL `{public}` is not a URL"))?;
+        }
     }
     let metrics = Arc::new(Metrics::new());
     let identity = identity(

@@ -101,7 +101,12 @@ impl AppState {
             if purpose == "widget_session" {
                 let keys = session_keys.clone();
                 tokio::spawn(async move {
-                    if let Err(e) = keys.reload().await {
+                    // Re-reads the keys, and creates one if none is left (the only key was
+                    // retired): sessions keep being signed. Instances serialise on the
+                    // rotation's advisory lock, so only one creates it.
+                    let rotation =
+                        chrono::Duration::days(crate::auth::widget_session::ROTATION_DAYS);
+                    if let Err(e) = keys.rotate_if_older(rotation).await {
                         tracing::warn!(error = %e, "could not re-read widget signing keys");
                     }
                 });

@@ -1,9 +1,9 @@
 //! Widget-key origin allowlists (SPEC §5, "Allowlist matching").
 //!
 //! A widget key carries a `domain_allowlist`: a list of raw entries, validated with
-//! [`Entry::parse`] when the key is created or updated and stored as written. On every public
-//! widget request the handler derives the calling page's origin with [`request_origin`] and asks
-//! [`is_allowed`]. This module is pure: no I/O, no configuration, no clock.
+//! [`Entry::parse`] when the key is created or updated and stored in its normalised form (the
+//! entry's `Display`). On every public widget request the handler derives the calling page's
+//! origin with [`request_origin`] and asks [`is_allowed`]. This module is pure: no I/O, no configuration, no clock.
 //!
 //! # Entries
 //!

@@ -59,7 +59,7 @@ pub async fn upsert(
     Json(body): Json<NewMember>,
 ) -> ApiResult<(StatusCode, Json<MemberOut>)> {
     let subject = body.subject.trim();
-    if subject.is_empty() || subject.len() > 255 {
+    if subject.is_empty() || subject.chars().count() > 255 {
         return Err(ApiError::invalid_field(
             "subject",
             "must be 1–255 characters",

@@ -168,14 +168,14 @@ pub async fn create(
     .bind(now)
     .execute(state.catalog.pool())
     .await?;
-    crate::audit::record(
+    audit::record_committed(
         &mut conn,
         &tenant.principal,
         "create",
         "widget_key",
-        Some(&created.id.to_string()),
+        &created.id.to_string(),
     )
-    .await?;
+    .await;
     Ok((StatusCode::CREATED, Json(created)))
 }
 
@@ -228,14 +228,14 @@ pub async fn patch(
     state
         .cache
         .invalidate(&KeyKind::Widget.invalidation(&updated.key_hash));
-    audit::record(
+    audit::record_committed(
         &mut conn,
         &tenant.principal,
         "update",
         "widget_key",
-        Some(&id.to_string()),
+        &id.to_string(),
     )
-    .await?;
+    .await;
     Ok(Json(updated.item))
 }
 
@@ -263,13 +263,13 @@ pub async fn delete(
     state
         .cache
         .invalidate(&KeyKind::Widget.invalidation(&removal.key_hash));
-    audit::record(
+    audit::record_committed(
         &mut conn,
         &tenant.principal,
         removal.action,
         "widget_key",
-        Some(&id.to_string()),
+        &id.to_string(),
     )
-    .await?;
+    .await;
     Ok(StatusCode::NO_CONTENT)
 }

@@ -223,6 +223,26 @@ fn serve_refuses_to_start_without_a_pepper() {
     assert!(stderr(&out).contains("KATAVEN_KEY_PEPPER"));
 }
 
+/// A public URL that is not a URL would be the `iss` of every widget session token: refused at
+/// start-up, as `doctor` says.
+#[test]
+fn serve_refuses_a_public_url_that_is_not_a_url() {
+    let out = Command::new(BIN)
+        .arg("serve")
+        .env("KATAVEN_DATABASE_URL", system_db_url())
+        .env("KATAVEN_KEY_PEPPER", "a-pepper-for-tests-only")
+        .env("KATAVEN_LISTEN", "127.0.0.1:0")
+        .env("KATAVEN_PUBLIC_URL", "hub.example.com/no-scheme")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("KATAVEN_PUBLIC_URL `hub.example.com/no-scheme` is not a URL"),
+        "{}",
+        stderr(&out)
+    );
+}
+
 #[test]
 fn serve_exits_zero_on_sigterm() {
     let port = free_port();

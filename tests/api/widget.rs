@@ -2292,6 +2292,44 @@ async fn a_rotated_signing_key_is_known_to_every_instance() {
     assert!(known, "instance two never learned the rotated key");
 }
 
+/// Retiring the only session signing key (what an operator does when it leaked) does not stop
+/// sessions: an instance creates a new key at once, and new sessions are signed with it.
+#[tokio::test]
+async fn retiring_the_only_signing_key_creates_a_new_one() {
+    let app = TestApp::spawn().await;
+    let slug = account(&app, "retire").await;
+    let agent_id = public_agent(&app, &slug, "Support").await;
+    let key = key_of(&widget_key(&app, &slug, &["acme.com"], Some(&agent_id)).await);
+    let (leaked, _) = signing_key(&app).await;
+    sqlx::query("UPDATE signing_keys SET retired_at = now() WHERE purpose = 'widget_session'")
+        .execute(app.state.catalog.pool())
+        .await
+        .unwrap();
+    let mut signed_by = None;
+    for _ in 0..50 {
+        let resp = guest(&app, SITE, &key, None).await;
+        assert!(
+            matches!(resp.status().as_u16(), 200 | 500),
+            "{}",
+            resp.status()
+        );
+        if resp.status() == 200 {
+            let body: Value = resp.json().await.unwrap();
+            let token = body["token"].as_str().unwrap();
+            let kid = jsonwebtoken::decode_header(token).unwrap().kid.unwrap();
+            if kid != leaked {
+                verify_session(&app, token).await;
+                signed_by = Some(kid);
+                break;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let kid = signed_by.expect("sessions were never signed with a new key");
+    let (newest, _) = signing_key(&app).await;
+    assert_eq!(kid, newest);
+}
+
 #[tokio::test]
 async fn user_token_accepts_the_bearer_scheme_in_any_case() {
     let app = TestApp::spawn().await;
