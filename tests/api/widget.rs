@@ -652,6 +652,37 @@ async fn deleting_a_never_used_key_removes_it_and_a_used_one_is_disabled() {
     assert_eq!(delete(id_of(&used)).await.unwrap().status(), 204);
 }
 
+/// A widget key change is committed in the catalog before its audit row is written in the
+/// tenant database: when that write fails, the caller still gets the answer of the change that
+/// happened (and a new key's only copy), not an error.
+#[tokio::test]
+async fn a_failed_audit_write_does_not_fail_a_committed_widget_key_change() {
+    let app = TestApp::spawn().await;
+    let slug = account(&app, "noaudit").await;
+    let mut tenant = crate::support::tenant_conn(&slug).await;
+    sqlx::query("ALTER TABLE audit_log RENAME TO audit_log_away")
+        .execute(&mut tenant)
+        .await
+        .unwrap();
+    let created = widget_key(&app, &slug, &["acme.com"], None).await;
+    assert!(key_of(&created).starts_with("pk_live_"));
+    let id = id_of(&created);
+    let resp = patch_widget_key(&app, &slug, &id, json!({ "name": "renamed" })).await;
+    assert_eq!(resp.status(), 200);
+    let resp = app
+        .as_user(
+            Method::DELETE,
+            &format!("/api/v1/widget-keys/{id}"),
+            &slug,
+            "alice",
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 204);
+    assert!(list_widget_keys(&app, &slug, "alice").await.is_empty());
+}
+
 #[tokio::test]
 async fn an_api_key_may_manage_widget_keys() {
     let app = TestApp::spawn().await;
