@@ -55,6 +55,8 @@ fn token(key: &EncodingKey, alg: Algorithm, kid: &str) -> String {
 }
 
 fn bench(c: &mut Criterion) {
+    // As the binary does: `ring` verifies RSA and ECDSA signatures (src/auth/crypto.rs).
+    assert!(kataven_hub::auth::crypto::install());
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

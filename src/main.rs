@@ -10,6 +10,8 @@ use kataven_hub::cli::{self, Cli};
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
+    // Before any token is signed or verified.
+    kataven_hub::auth::crypto::install();
     let _logs = kataven_hub::telemetry::init(cli.config.log_format);
     match cli::run(cli).await {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -2,6 +2,7 @@
 //! tenant extractor in [`crate::extract`] and the cached catalog lookups in [`membership`].
 
 pub mod api_keys;
+pub mod crypto;
 pub mod dev_issuer;
 pub mod identity;
 pub mod keys;

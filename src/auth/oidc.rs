@@ -295,6 +295,11 @@ impl IssuerKeys {
     }
 
     fn new(settings: IssuerSettings, source: Source, counters: OidcCounters) -> Self {
+        if !super::crypto::install() {
+            tracing::warn!(
+                "another jsonwebtoken crypto provider is installed: tokens are verified without ring"
+            );
+        }
         Self {
             settings,
             source,

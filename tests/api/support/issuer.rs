@@ -147,6 +147,8 @@ impl TestIssuer {
     /// Starts an axum server on 127.0.0.1:0 with an RSA-2048 key "rsa-1" (RS256) and an EC
     /// P-256 key "ec-1" (ES256) published in its JWKS.
     pub async fn start() -> TestIssuer {
+        // As the binary does, before the first token is signed or verified.
+        kataven_hub::auth::crypto::install();
         let base = tokio::task::spawn_blocking(base_keys)
             .await
             .expect("generate the base keys");
