@@ -226,6 +226,45 @@ async fn idle_connections_and_pools_are_closed() {
     );
 }
 
+/// When idle connections of some accounts fill the budget, a tenth of it is freed again (the
+/// least recently used idle connections close), so that another account's first request finds
+/// a permit at once instead of waiting for one of them to close.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_connections_never_take_the_whole_budget() {
+    const BUDGET: u32 = 10;
+    let app = TestApp::builder()
+        .await
+        .config(|c| c.db_connection_budget = BUDGET)
+        .spawn()
+        .await;
+    let mut accounts = Vec::new();
+    for i in 0..BUDGET {
+        let account = app.account_with_admin(&format!("reserve{i}"), "alice").await;
+        assert_eq!(app.tenant_status(&account.slug, "alice").await, 200);
+        accounts.push(account);
+    }
+    // One idle connection per account would fill the budget; the reserve (one permit here)
+    // comes back once the evicted backend has exited.
+    let mut freed = false;
+    for _ in 0..50 {
+        let stats = app.state.pools.stats();
+        if stats.budget_available >= 1 && stats.connections_in_use == 0 {
+            freed = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(freed, "no reserve: {:?}", app.state.pools.stats());
+    assert!(app.metric("kataven_tenant_connection_evictions_total").await >= 1.0);
+    // The least recently used account lost its idle connection, the newest kept it.
+    let mut admin = admin_conn().await;
+    assert_eq!(backends(&mut admin, &[accounts[0].slug.as_str()]).await, 0);
+    assert_eq!(
+        backends(&mut admin, &[accounts[BUDGET as usize - 1].slug.as_str()]).await,
+        1
+    );
+}
+
 /// Pools are elastic: a busy account may use more than its share (`KATAVEN_TENANT_POOL_MAX`)
 /// while the budget has headroom, never more than the budget, and gives connections back when
 /// other accounts need them: their requests wait at most about one of its requests.
