@@ -91,7 +91,11 @@ fn missing_prerequisites() -> Vec<String> {
     if !chromium.is_file() {
         missing.push(format!("Chromium at {}", chromium.display()));
     }
-    let playwright = manifest_dir().join("tests/browser/node_modules/playwright-core/package.json");
+    let packages = manifest_dir().join("tests/browser");
+    if let Err(e) = crate::support::npm::ensure_installed(&packages) {
+        missing.push(e);
+    }
+    let playwright = packages.join("node_modules/playwright-core/package.json");
     if !playwright.is_file() {
         missing.push("playwright-core in tests/browser/node_modules".to_owned());
     }

@@ -3,9 +3,9 @@
 //! `tsc` type-checks a program that uses them through `openapi-fetch`, and the program runs
 //! against this app: agent CRUD, and typed 400, 404 and 429 errors.
 //!
-//! Needs Node.js and `tests/client/node_modules` (`npm ci --prefix tests/client`; `.ci/run`
-//! does it). Missing either fails the test, unless `KATAVEN_SKIP_CLIENT_TESTS=1` opts out
-//! explicitly (CI never sets it).
+//! Needs Node.js; the packages in `tests/client/node_modules` are installed on first use
+//! (`npm ci`, [`crate::support::npm`]). Missing either fails the test, unless
+//! `KATAVEN_SKIP_CLIENT_TESTS=1` opts out explicitly (CI never sets it).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -24,12 +24,15 @@ fn client_available() -> bool {
     let mut missing = Vec::new();
     let node = Command::new("node").arg("--version").output();
     if !node.is_ok_and(|o| o.status.success()) {
-        missing.push("Node.js (`node` on PATH)");
+        missing.push("Node.js (`node` on PATH)".to_owned());
+    }
+    if let Err(e) = crate::support::npm::ensure_installed(&client_dir()) {
+        missing.push(e);
     }
     for package in ["openapi-typescript", "openapi-fetch", "typescript"] {
         let manifest = client_dir().join(format!("node_modules/{package}/package.json"));
         if !manifest.is_file() {
-            missing.push(package);
+            missing.push(package.to_owned());
         }
     }
     if missing.is_empty() {

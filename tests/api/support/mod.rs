@@ -5,6 +5,7 @@ pub mod cluster;
 pub mod faults;
 pub mod issuer;
 pub mod logs;
+pub mod npm;
 pub mod redis;
 
 use std::net::SocketAddr;
