@@ -4,11 +4,46 @@ use sqlx::PgConnection;
 
 use crate::auth::Principal;
 
+/// What was done: the `action` column.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, strum::IntoStaticStr)]
+#[strum(serialize_all = "snake_case")]
+pub enum Action {
+    Create,
+    Update,
+    Delete,
+    /// A key that was used is disabled instead of deleted.
+    Disable,
+    /// Created or changed in one call (members, an agent's tool settings).
+    Upsert,
+    /// A link between an agent and a knowledge entry was added or removed.
+    Attach,
+    Detach,
+}
+
+/// To what: the `resource` column (an attach or detach names the link table).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, strum::IntoStaticStr)]
+#[strum(serialize_all = "snake_case")]
+pub enum Resource {
+    Agent,
+    Playbook,
+    Faq,
+    Tool,
+    /// An agent's settings of one tool.
+    AgentTool,
+    AgentPlaybooks,
+    AgentFaqs,
+    Member,
+    ApiKey,
+    WidgetKey,
+    WidgetSettings,
+    AgentWidgetSettings,
+}
+
 pub async fn record(
     conn: &mut PgConnection,
     principal: &Principal,
-    action: &str,
-    resource: &str,
+    action: Action,
+    resource: Resource,
     resource_id: Option<&str>,
 ) -> sqlx::Result<()> {
     sqlx::query(
@@ -18,8 +53,8 @@ pub async fn record(
     .bind(uuid::Uuid::now_v7())
     .bind(principal.kind())
     .bind(principal.id())
-    .bind(action)
-    .bind(resource)
+    .bind(<&str>::from(action))
+    .bind(<&str>::from(resource))
     .bind(resource_id)
     .execute(conn)
     .await?;
@@ -33,12 +68,12 @@ pub async fn record(
 pub async fn record_committed(
     conn: &mut PgConnection,
     principal: &Principal,
-    action: &str,
-    resource: &str,
+    action: Action,
+    resource: Resource,
     resource_id: &str,
 ) {
     if let Err(e) = record(conn, principal, action, resource, Some(resource_id)).await {
-        tracing::error!(error = %e, resource, "could not write the audit row of a catalog change");
+        tracing::error!(error = %e, resource = <&str>::from(resource), "could not write the audit row of a catalog change");
     }
 }
 
@@ -46,8 +81,8 @@ pub async fn record_committed(
 pub async fn record_catalog_change(
     state: &crate::state::AppState,
     tenant: &crate::extract::Tenant,
-    action: &str,
-    resource: &str,
+    action: Action,
+    resource: Resource,
     resource_id: &str,
 ) {
     match state.pools.acquire(&tenant.account).await {
@@ -55,7 +90,47 @@ pub async fn record_catalog_change(
             record_committed(&mut conn, &tenant.principal, action, resource, resource_id).await;
         }
         Err(e) => {
-            tracing::error!(error = %e, resource, "could not write the audit row of a catalog change");
+            tracing::error!(error = %e, resource = <&str>::from(resource), "could not write the audit row of a catalog change");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{Action, Resource};
+
+    /// The stored words are a contract (docs/resources.md lists them): renaming a variant must
+    /// not change them.
+    #[test]
+    fn actions_and_resources_are_stored_as_documented() {
+        let actions = [
+            (Action::Create, "create"),
+            (Action::Update, "update"),
+            (Action::Delete, "delete"),
+            (Action::Disable, "disable"),
+            (Action::Upsert, "upsert"),
+            (Action::Attach, "attach"),
+            (Action::Detach, "detach"),
+        ];
+        for (action, word) in actions {
+            assert_eq!(<&str>::from(action), word);
+        }
+        let resources = [
+            (Resource::Agent, "agent"),
+            (Resource::Playbook, "playbook"),
+            (Resource::Faq, "faq"),
+            (Resource::Tool, "tool"),
+            (Resource::AgentTool, "agent_tool"),
+            (Resource::AgentPlaybooks, "agent_playbooks"),
+            (Resource::AgentFaqs, "agent_faqs"),
+            (Resource::Member, "member"),
+            (Resource::ApiKey, "api_key"),
+            (Resource::WidgetKey, "widget_key"),
+            (Resource::WidgetSettings, "widget_settings"),
+            (Resource::AgentWidgetSettings, "agent_widget_settings"),
+        ];
+        for (resource, word) in resources {
+            assert_eq!(<&str>::from(resource), word);
         }
     }
 }

@@ -13,6 +13,8 @@
 //! bodies never do). Keys are stored as HMAC-SHA256(pepper, key).
 
 use hmac::{Hmac, Mac};
+
+use crate::auth::membership::CatalogChange;
 use rand::Rng;
 use secrecy::{ExposeSecret, SecretString};
 use sha2::Sha256;
@@ -186,20 +188,23 @@ impl KeyKind {
         }
     }
 
-    /// The prefix of this kind's cache-invalidation payload (as the triggers send it).
-    pub fn invalidation(self, hash: &[u8]) -> String {
-        let kind = match self {
-            Self::Api => "apikey",
-            Self::Widget => "widgetkey",
+    /// The catalog change that makes a key of this kind stale in the caches (a stored hash
+    /// that is not one drops everything, as the trigger's notification of it would).
+    pub fn invalidation(self, hash: &[u8]) -> CatalogChange {
+        let Ok(hash) = <[u8; 32]>::try_from(hash) else {
+            return CatalogChange::Unknown;
         };
-        format!("{kind}:{}", hex::encode(hash))
+        match self {
+            Self::Api => CatalogChange::ApiKey(hash),
+            Self::Widget => CatalogChange::WidgetKey(hash),
+        }
     }
 }
 
 /// What [`delete_or_disable`] did.
 pub struct Removal {
     /// `delete` or `disable`, as recorded in the audit log.
-    pub action: &'static str,
+    pub action: crate::audit::Action,
     pub key_hash: Vec<u8>,
 }
 
@@ -223,7 +228,7 @@ pub async fn delete_or_disable(
     .await?;
     if let Some(key_hash) = deleted {
         return Ok(Some(Removal {
-            action: "delete",
+            action: crate::audit::Action::Delete,
             key_hash,
         }));
     }
@@ -236,7 +241,7 @@ pub async fn delete_or_disable(
     .fetch_optional(pool)
     .await?;
     Ok(disabled.map(|key_hash| Removal {
-        action: "disable",
+        action: crate::audit::Action::Disable,
         key_hash,
     }))
 }

@@ -151,37 +151,27 @@ impl CatalogCache {
             .await
     }
 
-    /// Drops what a catalog change makes stale. `payload` is what the triggers `NOTIFY`; an
-    /// instance calls this itself after its own changes so that they apply to its very next
-    /// request, before the notification comes back.
-    pub fn invalidate(&self, payload: &str) {
-        match payload.split_once(':') {
-            Some(("accounts", slug)) => {
-                self.inner.accounts.invalidate(slug);
-            }
-            Some(("placement", slug)) => {
-                self.inner.accounts.invalidate(slug);
+    /// Drops what a catalog change makes stale. The listener applies what the triggers
+    /// `NOTIFY`; an instance also applies its own changes at once, so that they hold for its
+    /// very next request, before the notification comes back.
+    pub fn invalidate(&self, change: &CatalogChange) {
+        match change {
+            CatalogChange::Account(slug) => self.inner.accounts.invalidate(slug.as_str()),
+            CatalogChange::Placement(slug) => {
+                self.inner.accounts.invalidate(slug.as_str());
                 self.forget_members_of(slug);
                 (self.inner.on_placement_change)(slug);
             }
-            Some(("limits", slug)) => {
-                self.inner.limits.invalidate(slug);
-            }
-            Some(("apikey", hex)) => match decode_hash(hex) {
-                Some(hash) => self.inner.api_keys.invalidate(&hash),
-                None => self.flush(),
-            },
-            Some(("widgetkey", hex)) => match decode_hash(hex) {
-                Some(hash) => self.inner.widget_keys.invalidate(&hash),
-                None => self.flush(),
-            },
-            Some(("signingkeys", purpose)) => {
+            CatalogChange::Limits(slug) => self.inner.limits.invalidate(slug.as_str()),
+            CatalogChange::ApiKey(hash) => self.inner.api_keys.invalidate(hash),
+            CatalogChange::WidgetKey(hash) => self.inner.widget_keys.invalidate(hash),
+            CatalogChange::SigningKeys(purpose) => {
                 if let Some(f) = self.inner.on_signing_keys_change.read().as_ref() {
                     f(purpose);
                 }
             }
-            Some(("members", slug)) => self.forget_members_of(slug),
-            _ => self.flush(),
+            CatalogChange::Members(slug) => self.forget_members_of(slug),
+            CatalogChange::Unknown => self.flush(),
         }
     }
 
@@ -237,7 +227,9 @@ impl CatalogCache {
         tracing::debug!("catalog listener listening");
         loop {
             match listener.try_recv().await? {
-                Some(notification) => self.invalidate(notification.payload()),
+                Some(notification) => {
+                    self.invalidate(&CatalogChange::parse(notification.payload()))
+                }
                 // The connection was lost: start again with a new one (the next `try_recv`
                 // would reconnect without telling).
                 None => {
@@ -252,4 +244,74 @@ impl CatalogCache {
 
 fn decode_hash(hex_text: &str) -> Option<[u8; 32]> {
     hex::decode(hex_text).ok()?.try_into().ok()
+}
+
+/// A change in the catalog that makes cached rows stale: what the catalog's triggers `NOTIFY`
+/// on `kataven_catalog` as `<kind>:<subject>` (see the system migrations), parsed once.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CatalogChange {
+    /// `accounts:<slug>`: the account's row (status, name, limits override).
+    Account(String),
+    /// `placement:<slug>`: the account's database moved, or was created or deleted.
+    Placement(String),
+    /// `limits:<slug>`: the account's call limits.
+    Limits(String),
+    /// `members:<slug>`: the account's members.
+    Members(String),
+    /// `apikey:<hex hash>`: one API key.
+    ApiKey([u8; 32]),
+    /// `widgetkey:<hex hash>`: one widget key.
+    WidgetKey([u8; 32]),
+    /// `signingkeys:<purpose>`: the signing keys of one purpose.
+    SigningKeys(String),
+    /// Anything else (a payload this version does not know, a malformed hash): every cached
+    /// row is dropped.
+    Unknown,
+}
+
+impl CatalogChange {
+    pub fn parse(payload: &str) -> Self {
+        let owned = |s: &str| s.to_owned();
+        match payload.split_once(':') {
+            Some(("accounts", slug)) => Self::Account(owned(slug)),
+            Some(("placement", slug)) => Self::Placement(owned(slug)),
+            Some(("limits", slug)) => Self::Limits(owned(slug)),
+            Some(("members", slug)) => Self::Members(owned(slug)),
+            Some(("apikey", hex)) => decode_hash(hex).map_or(Self::Unknown, Self::ApiKey),
+            Some(("widgetkey", hex)) => decode_hash(hex).map_or(Self::Unknown, Self::WidgetKey),
+            Some(("signingkeys", purpose)) => Self::SigningKeys(owned(purpose)),
+            _ => Self::Unknown,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::CatalogChange;
+
+    #[test]
+    fn notifications_parse_into_changes() {
+        let hash = [7u8; 32];
+        let hex = hex::encode(hash);
+        let cases = [
+            ("accounts:acme", CatalogChange::Account("acme".into())),
+            ("placement:acme", CatalogChange::Placement("acme".into())),
+            ("limits:acme", CatalogChange::Limits("acme".into())),
+            ("members:acme", CatalogChange::Members("acme".into())),
+            (&*format!("apikey:{hex}"), CatalogChange::ApiKey(hash)),
+            (&*format!("widgetkey:{hex}"), CatalogChange::WidgetKey(hash)),
+            (
+                "signingkeys:widget_session",
+                CatalogChange::SigningKeys("widget_session".into()),
+            ),
+            // What this version cannot read drops everything.
+            ("apikey:not-hex", CatalogChange::Unknown),
+            ("apikey:0707", CatalogChange::Unknown),
+            ("tables:acme", CatalogChange::Unknown),
+            ("", CatalogChange::Unknown),
+        ];
+        for (payload, change) in cases {
+            assert_eq!(CatalogChange::parse(payload), change, "{payload}");
+        }
+    }
 }

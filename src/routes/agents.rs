@@ -6,7 +6,7 @@ use axum::response::{IntoResponse, Response};
 use sqlx::{Connection, PgConnection};
 use uuid::Uuid;
 
-use crate::audit;
+use crate::audit::{self, Action, Resource};
 use crate::error::{ApiError, ApiResult};
 use crate::extract::TenantDb;
 use crate::json::Json;
@@ -136,8 +136,8 @@ pub async fn create(
     audit::record(
         &mut tx,
         &tenant.principal,
-        "create",
-        "agent",
+        Action::Create,
+        Resource::Agent,
         Some(&agent.id.to_string()),
     )
     .await?;
@@ -184,8 +184,8 @@ pub async fn patch(
     audit::record(
         &mut tx,
         &tenant.principal,
-        "update",
-        "agent",
+        Action::Update,
+        Resource::Agent,
         Some(&id.to_string()),
     )
     .await?;
@@ -214,8 +214,8 @@ pub async fn delete(
     audit::record(
         &mut tx,
         &tenant.principal,
-        "delete",
-        "agent",
+        Action::Delete,
+        Resource::Agent,
         Some(&id.to_string()),
     )
     .await?;
@@ -297,8 +297,8 @@ pub async fn upsert_tool(
     audit::record(
         &mut tx,
         &tenant.principal,
-        "upsert",
-        "agent_tool",
+        Action::Upsert,
+        Resource::AgentTool,
         Some(&format!("{id}/{}", tool.tool_name)),
     )
     .await?;
@@ -334,6 +334,8 @@ struct Association {
     link: &'static str,
     column: &'static str,
     noun: &'static str,
+    /// The audit log's name for a link (the link table's).
+    audit: Resource,
 }
 
 const PLAYBOOKS: Association = Association {
@@ -341,6 +343,7 @@ const PLAYBOOKS: Association = Association {
     link: "agent_playbooks",
     column: "playbook_id",
     noun: "playbook",
+    audit: Resource::AgentPlaybooks,
 };
 
 const FAQS: Association = Association {
@@ -348,6 +351,7 @@ const FAQS: Association = Association {
     link: "agent_faqs",
     column: "faq_id",
     noun: "faq",
+    audit: Resource::AgentFaqs,
 };
 
 async fn resolve(conn: &mut PgConnection, table: &str, raw: &str) -> ApiResult<Option<Uuid>> {
@@ -398,6 +402,7 @@ async fn attach(
         link,
         column,
         noun,
+        audit: link_resource,
     } = assoc;
     let id = parse_agent_id(agent)?;
     let mut tx = conn.begin().await?;
@@ -415,8 +420,8 @@ async fn attach(
     audit::record(
         &mut tx,
         &tenant.principal,
-        "attach",
-        link,
+        Action::Attach,
+        *link_resource,
         Some(&format!("{id}/{target_id}")),
     )
     .await?;
@@ -437,6 +442,7 @@ async fn detach(
         link,
         column,
         noun,
+        audit: link_resource,
     } = assoc;
     let id = parse_agent_id(agent)?;
     let mut tx = conn.begin().await?;
@@ -458,8 +464,8 @@ async fn detach(
     audit::record(
         &mut tx,
         &tenant.principal,
-        "detach",
-        link,
+        Action::Detach,
+        *link_resource,
         Some(&format!("{id}/{target_id}")),
     )
     .await?;

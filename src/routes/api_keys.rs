@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 use uuid::Uuid;
 
-use crate::audit;
+use crate::audit::{self, Action, Resource};
 use crate::auth::keys::{KeyKind, delete_or_disable, last8};
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{KeyManager, Tenant};
@@ -181,8 +181,8 @@ pub async fn create(
     audit::record_catalog_change(
         &state,
         &tenant,
-        "create",
-        "api_key",
+        Action::Create,
+        Resource::ApiKey,
         &created.id.to_string(),
     )
     .await;
@@ -225,7 +225,14 @@ pub async fn patch(
     state
         .cache
         .invalidate(&KeyKind::Api.invalidation(&updated.key_hash));
-    audit::record_catalog_change(&state, &tenant, "update", "api_key", &id.to_string()).await;
+    audit::record_catalog_change(
+        &state,
+        &tenant,
+        Action::Update,
+        Resource::ApiKey,
+        &id.to_string(),
+    )
+    .await;
     Ok(Json(updated.item))
 }
 
@@ -250,6 +257,13 @@ pub async fn delete(
     state
         .cache
         .invalidate(&KeyKind::Api.invalidation(&removal.key_hash));
-    audit::record_catalog_change(&state, &tenant, removal.action, "api_key", &id.to_string()).await;
+    audit::record_catalog_change(
+        &state,
+        &tenant,
+        removal.action,
+        Resource::ApiKey,
+        &id.to_string(),
+    )
+    .await;
     Ok(StatusCode::NO_CONTENT)
 }

@@ -6,7 +6,7 @@ use axum::http::StatusCode;
 use sqlx::postgres::PgRow;
 use sqlx::{Connection, FromRow, PgConnection};
 
-use crate::audit;
+use crate::audit::{self, Action};
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{Tenant, TenantDb};
 use crate::json::Json;
@@ -20,6 +20,8 @@ use crate::query::Query;
 trait Resource: for<'r> FromRow<'r, PgRow> + Send + Unpin {
     const TABLE: &'static str;
     const NOUN: &'static str;
+    /// The audit log's name for it.
+    const AUDIT: audit::Resource;
     const COLUMNS: &'static str;
     /// Columns the `search` parameter looks in.
     const SEARCHED: &'static [&'static str];
@@ -29,6 +31,7 @@ trait Resource: for<'r> FromRow<'r, PgRow> + Send + Unpin {
 impl Resource for Playbook {
     const TABLE: &'static str = "playbooks";
     const NOUN: &'static str = "playbook";
+    const AUDIT: audit::Resource = audit::Resource::Playbook;
     const COLUMNS: &'static str = "id, name, display_name, category, description, tags, tool_names, is_default, created_at, updated_at";
     const SEARCHED: &'static [&'static str] = &["name", "display_name", "description"];
     const HAS_DEFAULTS: bool = true;
@@ -37,6 +40,7 @@ impl Resource for Playbook {
 impl Resource for Faq {
     const TABLE: &'static str = "faqs";
     const NOUN: &'static str = "faq";
+    const AUDIT: audit::Resource = audit::Resource::Faq;
     const COLUMNS: &'static str =
         "id, name, title, summary, content, category, tags, created_at, updated_at";
     const SEARCHED: &'static [&'static str] = &["name", "title", "summary"];
@@ -46,6 +50,7 @@ impl Resource for Faq {
 impl Resource for Tool {
     const TABLE: &'static str = "tools";
     const NOUN: &'static str = "tool";
+    const AUDIT: audit::Resource = audit::Resource::Tool;
     const COLUMNS: &'static str = "id, name, display_name, category, description, schema, implementation_type, \
          implementation_config, implementation_code, tags, is_default, created_at, updated_at";
     const SEARCHED: &'static [&'static str] = &["name", "display_name", "description"];
@@ -132,8 +137,8 @@ async fn delete<R: Resource>(
     audit::record(
         &mut tx,
         &tenant.principal,
-        "delete",
-        R::NOUN,
+        Action::Delete,
+        R::AUDIT,
         Some(&id.to_string()),
     )
     .await?;
@@ -190,8 +195,8 @@ pub async fn create_playbook(
     audit::record(
         &mut tx,
         &tenant.principal,
-        "create",
-        "playbook",
+        Action::Create,
+        audit::Resource::Playbook,
         Some(&p.id.to_string()),
     )
     .await?;
@@ -228,8 +233,8 @@ pub async fn patch_playbook(
     audit::record(
         &mut tx,
         &tenant.principal,
-        "update",
-        "playbook",
+        Action::Update,
+        audit::Resource::Playbook,
         Some(&p.id.to_string()),
     )
     .await?;
@@ -297,8 +302,8 @@ pub async fn create_faq(
     audit::record(
         &mut tx,
         &tenant.principal,
-        "create",
-        "faq",
+        Action::Create,
+        audit::Resource::Faq,
         Some(&f.id.to_string()),
     )
     .await?;
@@ -335,8 +340,8 @@ pub async fn patch_faq(
     audit::record(
         &mut tx,
         &tenant.principal,
-        "update",
-        "faq",
+        Action::Update,
+        audit::Resource::Faq,
         Some(&f.id.to_string()),
     )
     .await?;
@@ -409,8 +414,8 @@ pub async fn create_tool(
     audit::record(
         &mut tx,
         &tenant.principal,
-        "create",
-        "tool",
+        Action::Create,
+        audit::Resource::Tool,
         Some(&t.id.to_string()),
     )
     .await?;
@@ -447,8 +452,8 @@ pub async fn patch_tool(
     audit::record(
         &mut tx,
         &tenant.principal,
-        "update",
-        "tool",
+        Action::Update,
+        audit::Resource::Tool,
         Some(&t.id.to_string()),
     )
     .await?;

@@ -7,7 +7,8 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use crate::audit;
+use crate::audit::{self, Action, Resource};
+use crate::auth::membership::CatalogChange;
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{Admin, Tenant};
 use crate::json::Json;
@@ -69,10 +70,19 @@ pub async fn upsert(
         .catalog
         .change_member(&tenant.slug, subject, Some(body.role))
         .await?;
-    state.cache.invalidate(&format!("members:{}", tenant.slug));
+    state
+        .cache
+        .invalidate(&CatalogChange::Members(tenant.slug.to_string()));
     match change {
         MemberChange::Done(member) => {
-            audit::record_catalog_change(&state, &tenant, "upsert", "member", subject).await;
+            audit::record_catalog_change(
+                &state,
+                &tenant,
+                Action::Upsert,
+                Resource::Member,
+                subject,
+            )
+            .await;
             Ok((StatusCode::CREATED, Json(member.into())))
         }
         MemberChange::LastAdmin => Err(last_admin()),
@@ -96,10 +106,19 @@ pub async fn remove(
         .catalog
         .change_member(&tenant.slug, &subject, None)
         .await?;
-    state.cache.invalidate(&format!("members:{}", tenant.slug));
+    state
+        .cache
+        .invalidate(&CatalogChange::Members(tenant.slug.to_string()));
     match change {
         MemberChange::Done(_) => {
-            audit::record_catalog_change(&state, &tenant, "delete", "member", &subject).await;
+            audit::record_catalog_change(
+                &state,
+                &tenant,
+                Action::Delete,
+                Resource::Member,
+                &subject,
+            )
+            .await;
             Ok(StatusCode::NO_CONTENT)
         }
         MemberChange::NotAMember => Err(ApiError::not_found("no such member")),

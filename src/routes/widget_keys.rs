@@ -9,7 +9,7 @@ use sqlx::PgConnection;
 use utoipa::ToSchema;
 use uuid::Uuid;
 
-use crate::audit;
+use crate::audit::{self, Action, Resource};
 use crate::auth::keys::{KeyKind, delete_or_disable, last8, new_widget_key};
 use crate::auth::origin::Entry;
 use crate::error::{ApiError, ApiResult};
@@ -171,8 +171,8 @@ pub async fn create(
     audit::record_committed(
         &mut conn,
         &tenant.principal,
-        "create",
-        "widget_key",
+        Action::Create,
+        Resource::WidgetKey,
         &created.id.to_string(),
     )
     .await;
@@ -231,8 +231,8 @@ pub async fn patch(
     audit::record_committed(
         &mut conn,
         &tenant.principal,
-        "update",
-        "widget_key",
+        Action::Update,
+        Resource::WidgetKey,
         &id.to_string(),
     )
     .await;
@@ -267,7 +267,7 @@ pub async fn delete(
         &mut conn,
         &tenant.principal,
         removal.action,
-        "widget_key",
+        Resource::WidgetKey,
         &id.to_string(),
     )
     .await;

@@ -8,7 +8,7 @@ use sqlx::{Connection, PgConnection};
 use utoipa::ToSchema;
 use uuid::Uuid;
 
-use crate::audit;
+use crate::audit::{self, Action, Resource};
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{Admin, TenantDb};
 use crate::json::Json;
@@ -143,8 +143,8 @@ pub async fn patch(
     audit::record(
         &mut tx,
         &tenant.principal,
-        "update",
-        "widget_settings",
+        Action::Update,
+        Resource::WidgetSettings,
         None,
     )
     .await?;
@@ -218,8 +218,8 @@ pub async fn patch_agent(
     audit::record(
         &mut tx,
         &tenant.principal,
-        "update",
-        "agent_widget_settings",
+        Action::Update,
+        Resource::AgentWidgetSettings,
         Some(&id.to_string()),
     )
     .await?;

@@ -7,6 +7,7 @@ use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use jsonwebtoken::jwk::JwkSet;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use kataven_hub::auth::membership::CatalogChange;
 use kataven_hub::tenancy::catalog::{AccountStatus, Role};
 use reqwest::Method;
 use serde_json::{Value, json};
@@ -2178,7 +2179,9 @@ async fn user_tokens_are_bounded_and_count_against_the_account() {
         .set_limit(&account, "per_minute", Some(0))
         .await
         .unwrap();
-    app.state.cache.invalidate(&format!("limits:{slug}"));
+    app.state
+        .cache
+        .invalidate(&CatalogChange::Limits(slug.clone()));
     let resp = user_token_resp(&app, &sk, json!({ "external_user_id": "u" })).await;
     assert_eq!(resp.status(), 429);
     let body: Value = resp.json().await.unwrap();
@@ -2187,7 +2190,9 @@ async fn user_tokens_are_bounded_and_count_against_the_account() {
         .set_limit(&account, "per_minute", None)
         .await
         .unwrap();
-    app.state.cache.invalidate(&format!("limits:{slug}"));
+    app.state
+        .cache
+        .invalidate(&CatalogChange::Limits(slug.clone()));
 
     // At most 1,000 waiting to be exchanged.
     sqlx::query(
