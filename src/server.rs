@@ -178,8 +178,11 @@ pub async fn build_state(
         .clone()
         .context("KATAVEN_KEY_PEPPER is required (the secret of API and widget key hashes)")?;
     let hasher = KeyHasher::new(pepper);
-    let session_keys =
-        SigningKeys::load_or_create(provisioner.catalog().pool().clone(), "widget_session").await?;
+    let session_keys = SigningKeys::load_or_create(
+        provisioner.catalog().pool().clone(),
+        crate::auth::signing::Purpose::WidgetSession,
+    )
+    .await?;
     session_keys
         .rotate_if_older(chrono::Duration::days(widget_session::ROTATION_DAYS))
         .await?;

@@ -98,7 +98,7 @@ impl AppState {
         // Another instance rotated the widget session keys: re-read them.
         let session_keys = widget.sessions.keys_handle();
         cache.on_signing_keys_change(move |purpose| {
-            if purpose == "widget_session" {
+            if purpose == crate::auth::signing::Purpose::WidgetSession {
                 let keys = session_keys.clone();
                 tokio::spawn(async move {
                     // Re-reads the keys, and creates one if none is left (the only key was

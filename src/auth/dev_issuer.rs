@@ -12,7 +12,7 @@ use serde::Serialize;
 use serde_json::{Value, json};
 use sqlx::PgPool;
 
-use super::signing::SigningKeys;
+use super::signing::{Purpose, SigningKeys};
 use crate::tenancy::catalog::Role;
 use crate::tenancy::slug::AccountSlug;
 
@@ -44,7 +44,7 @@ pub struct DevUser {
 
 impl DevIssuer {
     pub async fn new(pool: PgPool, public_url: &str) -> anyhow::Result<Arc<Self>> {
-        let keys = SigningKeys::load_or_create(pool.clone(), "dev_issuer").await?;
+        let keys = SigningKeys::load_or_create(pool.clone(), Purpose::DevIssuer).await?;
         Ok(Arc::new(Self {
             issuer: format!("{}{PATH}", public_url.trim_end_matches('/')),
             pool,

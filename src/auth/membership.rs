@@ -15,6 +15,7 @@ use std::time::Duration;
 use sqlx::postgres::PgListener;
 
 use super::api_keys::{self, ApiKeyRecord};
+use super::signing::Purpose;
 use super::widget_keys::{self, WidgetKeyRecord};
 use crate::cache::{Cache, CacheName};
 use crate::tenancy::catalog::{Account, Catalog, Limits, Role};
@@ -26,9 +27,6 @@ const LISTENER_BACKOFF_MAX: Duration = Duration::from_secs(1);
 pub const CATALOG_CHANNEL: &str = "kataven_catalog";
 /// Entries per cache, at most.
 const MAX_ENTRIES: u64 = 100_000;
-
-/// A callback run when the listener hears of a change.
-type Hook = Box<dyn Fn(&str) + Send + Sync>;
 
 /// Cached catalog lookups for the request pipeline.
 #[derive(Clone)]
@@ -50,7 +48,7 @@ struct Inner {
     /// Called with the slug of an account deleted or moved (the pool map forgets its pool).
     on_placement_change: Box<dyn Fn(&str) + Send + Sync>,
     /// Called with the purpose of signing keys that changed (instances re-read them).
-    on_signing_keys_change: parking_lot::RwLock<Option<Hook>>,
+    on_signing_keys_change: parking_lot::RwLock<Option<Box<dyn Fn(Purpose) + Send + Sync>>>,
     /// Called when the listener lost its connection (the database may have restarted).
     on_listener_reset: parking_lot::RwLock<Option<Box<dyn Fn() + Send + Sync>>>,
     listener_resets: prometheus_client::metrics::counter::Counter,
@@ -116,7 +114,7 @@ impl CatalogCache {
     }
 
     /// Registers what to do when signing keys change on any instance.
-    pub fn on_signing_keys_change(&self, f: impl Fn(&str) + Send + Sync + 'static) {
+    pub fn on_signing_keys_change(&self, f: impl Fn(Purpose) + Send + Sync + 'static) {
         *self.inner.on_signing_keys_change.write() = Some(Box::new(f));
     }
 
@@ -167,7 +165,7 @@ impl CatalogCache {
             CatalogChange::WidgetKey(hash) => self.inner.widget_keys.invalidate(hash),
             CatalogChange::SigningKeys(purpose) => {
                 if let Some(f) = self.inner.on_signing_keys_change.read().as_ref() {
-                    f(purpose);
+                    f(*purpose);
                 }
             }
             CatalogChange::Members(slug) => self.forget_members_of(slug),
@@ -263,7 +261,7 @@ pub enum CatalogChange {
     /// `widgetkey:<hex hash>`: one widget key.
     WidgetKey([u8; 32]),
     /// `signingkeys:<purpose>`: the signing keys of one purpose.
-    SigningKeys(String),
+    SigningKeys(Purpose),
     /// Anything else (a payload this version does not know, a malformed hash): every cached
     /// row is dropped.
     Unknown,
@@ -279,7 +277,9 @@ impl CatalogChange {
             Some(("members", slug)) => Self::Members(owned(slug)),
             Some(("apikey", hex)) => decode_hash(hex).map_or(Self::Unknown, Self::ApiKey),
             Some(("widgetkey", hex)) => decode_hash(hex).map_or(Self::Unknown, Self::WidgetKey),
-            Some(("signingkeys", purpose)) => Self::SigningKeys(owned(purpose)),
+            Some(("signingkeys", purpose)) => {
+                purpose.parse().map_or(Self::Unknown, Self::SigningKeys)
+            }
             _ => Self::Unknown,
         }
     }
@@ -288,6 +288,7 @@ impl CatalogChange {
 #[cfg(test)]
 mod tests {
     use super::CatalogChange;
+    use super::Purpose;
 
     #[test]
     fn notifications_parse_into_changes() {
@@ -302,8 +303,13 @@ mod tests {
             (&*format!("widgetkey:{hex}"), CatalogChange::WidgetKey(hash)),
             (
                 "signingkeys:widget_session",
-                CatalogChange::SigningKeys("widget_session".into()),
+                CatalogChange::SigningKeys(Purpose::WidgetSession),
             ),
+            (
+                "signingkeys:dev_issuer",
+                CatalogChange::SigningKeys(Purpose::DevIssuer),
+            ),
+            ("signingkeys:other", CatalogChange::Unknown),
             // What this version cannot read drops everything.
             ("apikey:not-hex", CatalogChange::Unknown),
             ("apikey:0707", CatalogChange::Unknown),

@@ -19,11 +19,20 @@ pub struct SigningKey {
     pub public_jwk: Value,
 }
 
-/// The keys of one purpose (`dev_issuer`, `widget_session`): the newest signs, all
-/// non-retired ones are published.
+/// What a set of signing keys signs: the `purpose` column.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, strum::IntoStaticStr, strum::EnumString)]
+#[strum(serialize_all = "snake_case")]
+pub enum Purpose {
+    /// The dev issuer's ID tokens (dev mode only).
+    DevIssuer,
+    /// Widget session tokens.
+    WidgetSession,
+}
+
+/// The keys of one purpose: the newest signs, all non-retired ones are published.
 pub struct SigningKeys {
     pool: PgPool,
-    purpose: &'static str,
+    purpose: Purpose,
     keys: RwLock<Vec<Arc<SigningKey>>>,
     loaded_at: parking_lot::Mutex<std::time::Instant>,
 }
@@ -31,7 +40,7 @@ pub struct SigningKeys {
 impl SigningKeys {
     /// Loads the purpose's keys, creating the first one if there is none. Instances starting
     /// together serialise on an advisory lock so that only one key is created.
-    pub async fn load_or_create(pool: PgPool, purpose: &'static str) -> anyhow::Result<Arc<Self>> {
+    pub async fn load_or_create(pool: PgPool, purpose: Purpose) -> anyhow::Result<Arc<Self>> {
         let this = Arc::new(Self {
             pool,
             purpose,
@@ -40,17 +49,17 @@ impl SigningKeys {
         });
         let mut tx = this.pool.begin().await?;
         sqlx::query("SELECT pg_advisory_xact_lock(hashtext('kataven:signing_keys:' || $1))")
-            .bind(purpose)
+            .bind(<&str>::from(purpose))
             .execute(&mut *tx)
             .await?;
         let existing: i64 = sqlx::query_scalar(
             "SELECT count(*) FROM signing_keys WHERE purpose = $1 AND retired_at IS NULL",
         )
-        .bind(purpose)
+        .bind(<&str>::from(purpose))
         .fetch_one(&mut *tx)
         .await?;
         if existing == 0 {
-            insert_new_key(&mut tx, purpose).await?;
+            insert_new_key(&mut tx, purpose.into()).await?;
         }
         tx.commit().await?;
         this.reload().await?;
@@ -63,7 +72,7 @@ impl SigningKeys {
             "SELECT kid, private_pem, public_jwk FROM signing_keys
              WHERE purpose = $1 AND retired_at IS NULL ORDER BY created_at DESC",
         )
-        .bind(self.purpose)
+        .bind(<&str>::from(self.purpose))
         .fetch_all(&self.pool)
         .await?;
         let keys = rows
@@ -95,7 +104,7 @@ impl SigningKeys {
             *loaded_at = std::time::Instant::now();
         }
         if let Err(e) = self.reload().await {
-            tracing::warn!(error = %e, purpose = self.purpose, "could not re-read signing keys");
+            tracing::warn!(error = %e, purpose = <&str>::from(self.purpose), "could not re-read signing keys");
         }
     }
 
@@ -105,23 +114,23 @@ impl SigningKeys {
     pub async fn rotate_if_older(&self, max_age: chrono::Duration) -> anyhow::Result<bool> {
         let mut tx = self.pool.begin().await?;
         sqlx::query("SELECT pg_advisory_xact_lock(hashtext('kataven:signing_keys:' || $1))")
-            .bind(self.purpose)
+            .bind(<&str>::from(self.purpose))
             .execute(&mut *tx)
             .await?;
         let newest: Option<chrono::DateTime<chrono::Utc>> = sqlx::query_scalar(
             "SELECT max(created_at) FROM signing_keys WHERE purpose = $1 AND retired_at IS NULL",
         )
-        .bind(self.purpose)
+        .bind(<&str>::from(self.purpose))
         .fetch_one(&mut *tx)
         .await?;
         let rotate = newest.is_none_or(|at| at < chrono::Utc::now() - max_age);
         if rotate {
-            insert_new_key(&mut tx, self.purpose).await?;
+            insert_new_key(&mut tx, self.purpose.into()).await?;
             sqlx::query(
                 "UPDATE signing_keys SET retired_at = now()
                  WHERE purpose = $1 AND retired_at IS NULL AND created_at < now() - $2::interval",
             )
-            .bind(self.purpose)
+            .bind(<&str>::from(self.purpose))
             .bind(format!("{} seconds", (max_age * 2).num_seconds()))
             .execute(&mut *tx)
             .await?;
@@ -179,7 +188,7 @@ async fn insert_new_key(tx: &mut sqlx::PgConnection, purpose: &str) -> anyhow::R
          VALUES ($1, $2, 'ES256', $3, $4)",
     )
     .bind(&kid)
-    .bind(purpose)
+    .bind(<&str>::from(purpose))
     .bind(pem.as_str())
     .bind(&jwk)
     .execute(tx)
