@@ -28,6 +28,9 @@ pub const CATALOG_CHANNEL: &str = "kataven_catalog";
 /// Entries per cache, at most.
 const MAX_ENTRIES: u64 = 100_000;
 
+/// Run when the listener hears that a purpose's signing keys changed.
+type SigningKeysHook = Box<dyn Fn(Purpose) + Send + Sync>;
+
 /// Cached catalog lookups for the request pipeline.
 #[derive(Clone)]
 pub struct CatalogCache {
@@ -48,7 +51,7 @@ struct Inner {
     /// Called with the slug of an account deleted or moved (the pool map forgets its pool).
     on_placement_change: Box<dyn Fn(&str) + Send + Sync>,
     /// Called with the purpose of signing keys that changed (instances re-read them).
-    on_signing_keys_change: parking_lot::RwLock<Option<Box<dyn Fn(Purpose) + Send + Sync>>>,
+    on_signing_keys_change: parking_lot::RwLock<Option<SigningKeysHook>>,
     /// Called when the listener lost its connection (the database may have restarted).
     on_listener_reset: parking_lot::RwLock<Option<Box<dyn Fn() + Send + Sync>>>,
     listener_resets: prometheus_client::metrics::counter::Counter,

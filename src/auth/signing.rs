@@ -59,7 +59,7 @@ impl SigningKeys {
         .fetch_one(&mut *tx)
         .await?;
         if existing == 0 {
-            insert_new_key(&mut tx, purpose.into()).await?;
+            insert_new_key(&mut tx, purpose).await?;
         }
         tx.commit().await?;
         this.reload().await?;
@@ -125,7 +125,7 @@ impl SigningKeys {
         .await?;
         let rotate = newest.is_none_or(|at| at < chrono::Utc::now() - max_age);
         if rotate {
-            insert_new_key(&mut tx, self.purpose.into()).await?;
+            insert_new_key(&mut tx, self.purpose).await?;
             sqlx::query(
                 "UPDATE signing_keys SET retired_at = now()
                  WHERE purpose = $1 AND retired_at IS NULL AND created_at < now() - $2::interval",
@@ -173,7 +173,8 @@ impl SigningKeys {
     }
 }
 
-async fn insert_new_key(tx: &mut sqlx::PgConnection, purpose: &str) -> anyhow::Result<()> {
+async fn insert_new_key(tx: &mut sqlx::PgConnection, purpose: Purpose) -> anyhow::Result<()> {
+    let purpose: &str = purpose.into();
     let secret = p256::SecretKey::random(&mut p256::elliptic_curve::rand_core::OsRng);
     let pem = secret
         .to_pkcs8_pem(LineEnding::LF)
@@ -188,7 +189,7 @@ async fn insert_new_key(tx: &mut sqlx::PgConnection, purpose: &str) -> anyhow::R
          VALUES ($1, $2, 'ES256', $3, $4)",
     )
     .bind(&kid)
-    .bind(<&str>::from(purpose))
+    .bind(purpose)
     .bind(pem.as_str())
     .bind(&jwk)
     .execute(tx)
