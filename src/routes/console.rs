@@ -17,6 +17,7 @@ use crate::state::AppState;
 
 const INDEX: &str = include_str!("console/index.html");
 const WIDGET: &str = include_str!("console/widget.html");
+const COMMON_JS: &str = include_str!("console/common.js");
 const CONSOLE_JS: &str = include_str!("console/console.js");
 const WIDGET_JS: &str = include_str!("console/widget.js");
 const CSS: &str = include_str!("console/console.css");
@@ -57,6 +58,7 @@ fn page(html: &'static str, path: &str) -> Response {
 
 async fn file(Path(name): Path<String>) -> Response {
     match name.as_str() {
+        "common.js" => respond("text/javascript; charset=utf-8", COMMON_JS),
         "console.js" => respond("text/javascript; charset=utf-8", CONSOLE_JS),
         "widget.js" => respond("text/javascript; charset=utf-8", WIDGET_JS),
         "console.css" => respond("text/css; charset=utf-8", CSS),

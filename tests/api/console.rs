@@ -48,6 +48,7 @@ async fn with_dev_login_the_console_pages_are_served_with_a_strict_csp() {
             None,
         ),
         ("/console/widget.js", "text/javascript; charset=utf-8", None),
+        ("/console/common.js", "text/javascript; charset=utf-8", None),
         ("/console/console.css", "text/css; charset=utf-8", None),
         (
             "/hub-api/console/console.css",

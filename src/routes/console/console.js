@@ -3,28 +3,7 @@
 // textContent (never innerHTML). The token lives in this page's memory only.
 'use strict';
 
-const $ = (id) => document.getElementById(id);
-
-/** fetch → { status, body } (body parsed as JSON when it is JSON). */
-async function call(url, init = {}) {
-  const resp = await fetch(url, init);
-  const text = await resp.text();
-  let body = text;
-  try { body = JSON.parse(text); } catch (_) { /* not JSON */ }
-  return { status: resp.status, body };
-}
-
-function errorText(result) {
-  const e = result.body && result.body.error;
-  return e ? `${e.message} (${e.code})` : `HTTP ${result.status}`;
-}
-
-function el(tag, className, text) {
-  const node = document.createElement(tag);
-  if (className) node.className = className;
-  if (text !== undefined) node.textContent = text;
-  return node;
-}
+// $, call, errorText and el: common.js.
 
 let session = null; // { token, account, name, email }
 

@@ -3,27 +3,7 @@
 // carry this page's origin, which the key's allowlist must contain.
 'use strict';
 
-const $ = (id) => document.getElementById(id);
-
-async function call(url, init = {}) {
-  const resp = await fetch(url, init);
-  const text = await resp.text();
-  let body = text;
-  try { body = JSON.parse(text); } catch (_) { /* not JSON */ }
-  return { status: resp.status, body };
-}
-
-function errorText(result) {
-  const e = result.body && result.body.error;
-  return e ? `${e.message} (${e.code})` : `HTTP ${result.status}`;
-}
-
-function el(tag, className, text) {
-  const node = document.createElement(tag);
-  if (className) node.className = className;
-  if (text !== undefined) node.textContent = text;
-  return node;
-}
+// $, call, errorText and el: common.js.
 
 const COLOR = /^#([0-9a-fA-F]{3}|[0-9a-fA-F]{6})$/;
 const POSITIONS = ['br', 'bl', 'tr', 'tl'];
