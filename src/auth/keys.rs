@@ -181,7 +181,7 @@ pub enum KeyKind {
 }
 
 impl KeyKind {
-    fn table(self) -> &'static str {
+    pub fn table(self) -> &'static str {
         match self {
             Self::Api => "api_keys",
             Self::Widget => "widget_keys",

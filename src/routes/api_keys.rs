@@ -9,12 +9,13 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 use uuid::Uuid;
 
-use crate::audit::{self, Action, Resource};
-use crate::auth::keys::{KeyKind, delete_or_disable, last8};
-use crate::error::{ApiError, ApiResult};
+use crate::audit::Action;
+use crate::auth::keys::{KeyKind, last8};
+use crate::error::ApiResult;
 use crate::extract::{KeyManager, Tenant};
 use crate::json::Json;
 use crate::model::{check_required_text, non_null};
+use crate::routes::keys::{self, KeyChange};
 use crate::state::AppState;
 
 /// How long a new key lives.
@@ -135,14 +136,6 @@ pub async fn create_key(
     Ok(created)
 }
 
-fn key_id(raw: &str) -> ApiResult<Uuid> {
-    Uuid::parse_str(raw).map_err(|_| no_key())
-}
-
-fn no_key() -> ApiError {
-    ApiError::not_found("no such API key")
-}
-
 /// The account's API keys (without the keys themselves).
 #[utoipa::path(get, path = "/api-keys", tag = "api-keys", operation_id = "list_api_keys",
     responses((status = 200, description = "API keys, newest first", body = Vec<ApiKeyItem>)))]
@@ -150,13 +143,9 @@ pub async fn list(
     State(state): State<AppState>,
     tenant: Tenant,
 ) -> ApiResult<Json<Vec<ApiKeyItem>>> {
-    let keys = sqlx::query_as(&format!(
-        "SELECT {ITEM_COLUMNS} FROM api_keys WHERE account = $1 ORDER BY created_at DESC, id DESC"
+    Ok(Json(
+        keys::list(&state, KeyKind::Api, &tenant, ITEM_COLUMNS).await?,
     ))
-    .bind(tenant.slug.as_str())
-    .fetch_all(state.catalog.pool())
-    .await?;
-    Ok(Json(keys))
 }
 
 /// Admin only (users): create a key. The plaintext is in this answer only.
@@ -178,14 +167,13 @@ pub async fn create(
         &created_by,
     )
     .await?;
-    audit::record_catalog_change(
-        &state,
-        &tenant,
-        Action::Create,
-        Resource::ApiKey,
-        &created.id.to_string(),
-    )
-    .await;
+    let change = KeyChange {
+        kind: KeyKind::Api,
+        action: Action::Create,
+        id: created.id,
+        key_hash: None,
+    };
+    keys::changed(&state, &tenant, None, change).await;
     Ok((StatusCode::CREATED, Json(created)))
 }
 
@@ -199,7 +187,7 @@ pub async fn patch(
     Path(id): Path<String>,
     Json(body): Json<ApiKeyPatch>,
 ) -> ApiResult<Json<ApiKeyItem>> {
-    let id = key_id(&id)?;
+    let id = KeyKind::Api.parse_id(&id)?;
     if let Some(name) = &body.name {
         check_required_text("name", name, 200)?;
     }
@@ -221,18 +209,14 @@ pub async fn patch(
     .bind(body.disabled)
     .fetch_optional(state.catalog.pool())
     .await?
-    .ok_or_else(no_key)?;
-    state
-        .cache
-        .invalidate(&KeyKind::Api.invalidation(&updated.key_hash));
-    audit::record_catalog_change(
-        &state,
-        &tenant,
-        Action::Update,
-        Resource::ApiKey,
-        &id.to_string(),
-    )
-    .await;
+    .ok_or_else(|| KeyKind::Api.not_found())?;
+    let change = KeyChange {
+        kind: KeyKind::Api,
+        action: Action::Update,
+        id,
+        key_hash: Some(&updated.key_hash),
+    };
+    keys::changed(&state, &tenant, None, change).await;
     Ok(Json(updated.item))
 }
 
@@ -247,23 +231,5 @@ pub async fn delete(
     KeyManager(tenant): KeyManager,
     Path(id): Path<String>,
 ) -> ApiResult<StatusCode> {
-    let id = key_id(&id)?;
-    // Not for the decision (`first_used_at` is), but so that the kept record shows this
-    // instance's latest use.
-    state.api_keys.flush_last_used().await;
-    let removal = delete_or_disable(state.catalog.pool(), KeyKind::Api, tenant.slug.as_str(), id)
-        .await?
-        .ok_or_else(no_key)?;
-    state
-        .cache
-        .invalidate(&KeyKind::Api.invalidation(&removal.key_hash));
-    audit::record_catalog_change(
-        &state,
-        &tenant,
-        removal.action,
-        Resource::ApiKey,
-        &id.to_string(),
-    )
-    .await;
-    Ok(StatusCode::NO_CONTENT)
+    keys::remove(&state, &tenant, KeyKind::Api, &id).await
 }

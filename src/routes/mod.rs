@@ -7,6 +7,7 @@ pub mod api_keys;
 pub mod call_limits;
 pub mod console;
 pub mod health;
+pub mod keys;
 pub mod knowledge;
 pub mod login;
 pub mod members;

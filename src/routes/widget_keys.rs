@@ -9,13 +9,14 @@ use sqlx::PgConnection;
 use utoipa::ToSchema;
 use uuid::Uuid;
 
-use crate::audit::{self, Action, Resource};
-use crate::auth::keys::{KeyKind, delete_or_disable, last8, new_widget_key};
+use crate::audit::Action;
+use crate::auth::keys::{KeyKind, last8, new_widget_key};
 use crate::auth::origin::Entry;
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{Tenant, TenantDb};
 use crate::json::Json;
 use crate::model::{check_required_text, non_null, nullable};
+use crate::routes::keys::{self, KeyChange};
 use crate::state::AppState;
 
 #[derive(Debug, Deserialize, ToSchema)]
@@ -107,14 +108,6 @@ async fn check_agent(conn: &mut PgConnection, agent: Option<Uuid>) -> ApiResult<
     Ok(())
 }
 
-fn key_id(raw: &str) -> ApiResult<Uuid> {
-    Uuid::parse_str(raw).map_err(|_| no_key())
-}
-
-fn no_key() -> ApiError {
-    ApiError::not_found("no such widget key")
-}
-
 /// The account's widget keys (without the keys themselves).
 #[utoipa::path(get, path = "/widget-keys", tag = "widget", operation_id = "list_widget_keys",
     responses((status = 200, description = "Widget keys, newest first", body = Vec<WidgetKeyItem>)))]
@@ -122,13 +115,9 @@ pub async fn list(
     State(state): State<AppState>,
     tenant: Tenant,
 ) -> ApiResult<Json<Vec<WidgetKeyItem>>> {
-    let keys = sqlx::query_as(&format!(
-        "SELECT {ITEM_COLUMNS} FROM widget_keys WHERE account = $1 ORDER BY created_at DESC, id DESC"
+    Ok(Json(
+        keys::list(&state, KeyKind::Widget, &tenant, ITEM_COLUMNS).await?,
     ))
-    .bind(tenant.slug.as_str())
-    .fetch_all(state.catalog.pool())
-    .await?;
-    Ok(Json(keys))
 }
 
 /// Create a widget key. The key is in this answer only.
@@ -168,14 +157,13 @@ pub async fn create(
     .bind(now)
     .execute(state.catalog.pool())
     .await?;
-    audit::record_committed(
-        &mut conn,
-        &tenant.principal,
-        Action::Create,
-        Resource::WidgetKey,
-        &created.id.to_string(),
-    )
-    .await;
+    let change = KeyChange {
+        kind: KeyKind::Widget,
+        action: Action::Create,
+        id: created.id,
+        key_hash: None,
+    };
+    keys::changed(&state, &tenant, Some(&mut conn), change).await;
     Ok((StatusCode::CREATED, Json(created)))
 }
 
@@ -189,7 +177,7 @@ pub async fn patch(
     Path(id): Path<String>,
     Json(body): Json<WidgetKeyPatch>,
 ) -> ApiResult<Json<WidgetKeyItem>> {
-    let id = key_id(&id)?;
+    let id = KeyKind::Widget.parse_id(&id)?;
     if let Some(name) = &body.name {
         check_required_text("name", name, 200)?;
     }
@@ -224,18 +212,14 @@ pub async fn patch(
     .bind(body.disabled)
     .fetch_optional(state.catalog.pool())
     .await?
-    .ok_or_else(no_key)?;
-    state
-        .cache
-        .invalidate(&KeyKind::Widget.invalidation(&updated.key_hash));
-    audit::record_committed(
-        &mut conn,
-        &tenant.principal,
-        Action::Update,
-        Resource::WidgetKey,
-        &id.to_string(),
-    )
-    .await;
+    .ok_or_else(|| KeyKind::Widget.not_found())?;
+    let change = KeyChange {
+        kind: KeyKind::Widget,
+        action: Action::Update,
+        id,
+        key_hash: Some(&updated.key_hash),
+    };
+    keys::changed(&state, &tenant, Some(&mut conn), change).await;
     Ok(Json(updated.item))
 }
 
@@ -245,31 +229,8 @@ pub async fn patch(
     responses((status = 204, description = "Deleted (or disabled, if it was ever used)")))]
 pub async fn delete(
     State(state): State<AppState>,
-    TenantDb { tenant, mut conn }: TenantDb,
+    tenant: Tenant,
     Path(id): Path<String>,
 ) -> ApiResult<StatusCode> {
-    let id = key_id(&id)?;
-    // Not for the decision (`first_used_at` is), but so that the kept record shows this
-    // instance's latest use.
-    state.api_keys.flush_last_used().await;
-    let removal = delete_or_disable(
-        state.catalog.pool(),
-        KeyKind::Widget,
-        tenant.slug.as_str(),
-        id,
-    )
-    .await?
-    .ok_or_else(no_key)?;
-    state
-        .cache
-        .invalidate(&KeyKind::Widget.invalidation(&removal.key_hash));
-    audit::record_committed(
-        &mut conn,
-        &tenant.principal,
-        removal.action,
-        Resource::WidgetKey,
-        &id.to_string(),
-    )
-    .await;
-    Ok(StatusCode::NO_CONTENT)
+    keys::remove(&state, &tenant, KeyKind::Widget, &id).await
 }
