@@ -184,6 +184,20 @@ impl Bench {
         parse_wrk(&String::from_utf8_lossy(&out.stdout))
     }
 
+    /// Two seconds of the same load, not measured, so that the cases measure the steady state:
+    /// the server has opened its database connections and filled its caches.
+    fn warm_up(&self, url: &str, headers: &[(&str, &str)], connections: u32) -> anyhow::Result<()> {
+        let warm = Bench {
+            work: self.work.clone(),
+            secs: 2,
+            connections,
+            threads: self.threads,
+            perf_case: None,
+        };
+        warm.wrk("warm-up", url, headers, None, connections, None)?;
+        Ok(())
+    }
+
     fn perf_record(&self, case: &str, pid: u32) -> anyhow::Result<Child> {
         Command::new("perf")
             .args(["record", "-e", "cpu-clock", "-F", "999", "-g", "-o"])
@@ -519,6 +533,12 @@ async fn run(
     let mut rows: Vec<Row> = Vec::new();
     let c = bench.connections;
     let one = format!("{hub_url}/api/v1/agents/{agent_id}");
+    bench.warm_up(
+        &one,
+        &[("Authorization", &bearer), ("X-Account-ID", "bench")],
+        c,
+    )?;
+    bench.warm_up(&format!("{bare_url}/agents/{agent_id}"), &[], c)?;
     let jwt = bench.wrk(
         "jwt",
         &one,
