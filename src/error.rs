@@ -125,6 +125,19 @@ pub struct ErrorDetail {
     pub limit: Option<String>,
 }
 
+impl From<crate::tenancy::pool_error::PoolError> for ApiError {
+    fn from(e: crate::tenancy::pool_error::PoolError) -> Self {
+        use crate::tenancy::pool_error::PoolError;
+        match e {
+            PoolError::DatabaseDown { retry_after_secs } => {
+                Self::AccountUnavailable { retry_after_secs }
+            }
+            PoolError::Internal(e) => Self::Internal(e),
+            other => Self::unavailable(other.message()),
+        }
+    }
+}
+
 impl ApiError {
     pub fn unavailable(message: &'static str) -> Self {
         Self::Unavailable {

@@ -26,7 +26,7 @@ use prometheus_client::encoding::{EncodeLabelValue, LabelValueEncoder};
 use tokio::sync::Notify;
 use tokio::time::{Instant, sleep_until};
 
-use crate::error::ApiError;
+use super::pool_error::PoolError;
 
 /// An outage that begins within this long of the last one logged is logged only if it lasts.
 const FLAP_WINDOW: Duration = Duration::from_secs(60);
@@ -202,14 +202,14 @@ impl Gate {
     }
 
     /// The answer to a request refused by the gate.
-    fn refusal(&self, outage: &Outage) -> ApiError {
+    fn refusal(&self, outage: &Outage) -> PoolError {
         match self.scope {
-            Scope::Server => ApiError::unavailable("the account's database server is unavailable"),
+            Scope::Server => PoolError::ServerDown,
             Scope::Database => {
                 let wait = outage
                     .next_attempt
                     .saturating_duration_since(Instant::now());
-                ApiError::AccountUnavailable {
+                PoolError::DatabaseDown {
                     retry_after_secs: wait.as_secs_f64().ceil().max(1.0) as u64,
                 }
             }
@@ -220,7 +220,7 @@ impl Gate {
     /// during an outage, when the next attempt is due and no other is under way. A request that
     /// would wait past `deadline`, or longer than [`WAIT_FOR_ATTEMPT_MAX`] for the next attempt,
     /// or that saw an attempt fail while it waited, is refused.
-    pub async fn pass(&self, deadline: Instant) -> Result<Attempt<'_>, ApiError> {
+    pub async fn pass(&self, deadline: Instant) -> Result<Attempt<'_>, PoolError> {
         let mut failures_seen = None;
         loop {
             let ended = self.attempt_ended.notified();
@@ -376,7 +376,7 @@ mod tests {
             gate.record(probe, ConnectOutcome::Refused);
         };
         let (waited, ()) = tokio::join!(waiter, prober);
-        assert!(matches!(waited, Err(ApiError::Unavailable { .. })));
+        assert!(matches!(waited, Err(PoolError::ServerDown)));
 
         // A success ends the outage: everyone passes freely again.
         let probe = gate.pass(deadline).await.unwrap();
@@ -393,7 +393,7 @@ mod tests {
         gate.record(first, ConnectOutcome::DatabaseMissing);
         let started = Instant::now();
         match gate.pass(deadline).await {
-            Err(ApiError::AccountUnavailable { retry_after_secs }) => {
+            Err(PoolError::DatabaseDown { retry_after_secs }) => {
                 assert_eq!(retry_after_secs, 1)
             }
             other => panic!("expected account_unavailable, got {:?}", other.err()),
@@ -405,7 +405,7 @@ mod tests {
         let probe = gate.pass(deadline).await.unwrap();
         gate.record(probe, ConnectOutcome::DatabaseMissing);
         match gate.pass(deadline).await {
-            Err(ApiError::AccountUnavailable { retry_after_secs }) => {
+            Err(PoolError::DatabaseDown { retry_after_secs }) => {
                 assert_eq!(retry_after_secs, 2)
             }
             other => panic!("expected account_unavailable, got {:?}", other.err()),

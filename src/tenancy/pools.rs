@@ -50,8 +50,8 @@ use tokio::time::{Instant, sleep_until, timeout, timeout_at};
 
 use super::catalog::Account;
 use super::gate::{ConnectOutcome, Gate, Scope};
+use super::pool_error::PoolError;
 use super::provision::Provisioner;
-use crate::error::ApiError;
 
 /// An idle connection idle for this long is checked before it is handed out.
 const PING_IDLE_AFTER: Duration = Duration::from_secs(1);
@@ -185,12 +185,12 @@ struct IdleConn {
 enum AcquireError {
     /// The pool was dropped from the map meanwhile; look it up again.
     Retired,
-    Api(ApiError),
+    Failed(PoolError),
 }
 
-impl From<ApiError> for AcquireError {
-    fn from(e: ApiError) -> Self {
-        Self::Api(e)
+impl From<PoolError> for AcquireError {
+    fn from(e: PoolError) -> Self {
+        Self::Failed(e)
     }
 }
 
@@ -223,15 +223,15 @@ impl TenantPools {
     }
 
     /// A connection to the account's tenant database. Call only after the caller is authorized.
-    pub async fn acquire(&self, account: &Account) -> Result<TenantConn, ApiError> {
+    pub async fn acquire(&self, account: &Account) -> Result<TenantConn, PoolError> {
         let deadline = Instant::now() + self.inner.settings.acquire_timeout;
         loop {
             let pool = self.pool_for(account).await?;
             match pool.acquire(&self.inner, deadline).await {
                 Ok(conn) => return Ok(conn),
                 Err(AcquireError::Retired) => continue,
-                Err(AcquireError::Api(e)) => {
-                    if matches!(e, ApiError::Unavailable { .. }) {
+                Err(AcquireError::Failed(e)) => {
+                    if !matches!(e, PoolError::DatabaseDown { .. } | PoolError::Internal(_)) {
                         self.inner.shared.counters.acquire_timeouts.inc();
                     }
                     return Err(e);
@@ -240,7 +240,7 @@ impl TenantPools {
         }
     }
 
-    async fn pool_for(&self, account: &Account) -> Result<Arc<TenantPool>, ApiError> {
+    async fn pool_for(&self, account: &Account) -> Result<Arc<TenantPool>, PoolError> {
         // Clone the cell out so the map's shard lock is released before any await.
         let cell = self
             .inner
@@ -254,12 +254,12 @@ impl TenantPools {
             .cloned()
     }
 
-    async fn open_pool(&self, account: &Account) -> Result<Arc<TenantPool>, ApiError> {
+    async fn open_pool(&self, account: &Account) -> Result<Arc<TenantPool>, PoolError> {
         let inner = &self.inner;
         let mut options = inner
             .provisioner
             .tenant_options(account)
-            .map_err(ApiError::Internal)?;
+            .map_err(PoolError::Internal)?;
         if let Some(limit) = inner.settings.statement_timeout {
             options = options.options([("statement_timeout", format!("{}ms", limit.as_millis()))]);
         }
@@ -287,7 +287,7 @@ impl TenantPools {
             let deadline = Instant::now() + inner.settings.acquire_timeout;
             let mut conn = match pool.acquire(inner, deadline).await {
                 Ok(conn) => conn,
-                Err(AcquireError::Api(e)) => return Err(e),
+                Err(AcquireError::Failed(e)) => return Err(e),
                 Err(AcquireError::Retired) => unreachable!("a new pool is not in the map yet"),
             };
             tracing::info!(account = %account.slug, from = account.schema_version, "migrating tenant on first use");
@@ -297,7 +297,7 @@ impl TenantPools {
                 .await
                 .map_err(|e| {
                     tracing::error!(account = %account.slug, error = ?e, "tenant migration failed");
-                    ApiError::unavailable("the account's database is being upgraded")
+                    PoolError::Upgrading
                 })?;
         }
         inner.shared.counters.cold_opens.inc();
@@ -447,7 +447,7 @@ impl Inner {
         pools: &TenantPools,
         requester: &TenantPool,
         deadline: Instant,
-    ) -> Result<OwnedSemaphorePermit, ApiError> {
+    ) -> Result<OwnedSemaphorePermit, PoolError> {
         if let Ok(permit) = self.budget.clone().try_acquire_owned() {
             self.keep_reserve(pools, requester);
             return Ok(permit);
@@ -468,13 +468,13 @@ impl Inner {
                 biased;
                 permit = self.budget.clone().acquire_owned() => {
                     let permit = permit
-                        .map_err(|_| ApiError::unavailable("the service is shutting down"))?;
+                        .map_err(|_| PoolError::ShuttingDown)?;
                     self.keep_reserve(pools, requester);
                     return Ok(permit);
                 }
                 _ = &mut notified => continue,
                 _ = sleep_until(deadline) => {
-                    return Err(ApiError::unavailable("all database connections are busy; retry shortly"));
+                    return Err(PoolError::BudgetSpent);
                 }
             }
         }
@@ -559,10 +559,7 @@ impl TenantPool {
             tokio::select! {
                 _ = &mut returned => {}
                 _ = sleep_until(deadline) => {
-                    return Err(ApiError::unavailable(
-                        "all of this account's database connections are busy; retry shortly",
-                    )
-                    .into());
+                    return Err(PoolError::AccountBusy.into());
                 }
             }
         }
@@ -594,7 +591,7 @@ impl TenantPool {
     async fn take_idle(
         &self,
         deadline: Instant,
-    ) -> Result<Option<(PgConnection, OwnedSemaphorePermit)>, ApiError> {
+    ) -> Result<Option<(PgConnection, OwnedSemaphorePermit)>, PoolError> {
         loop {
             let candidate = self.idle.lock().pop();
             let Some(mut idle) = candidate else {
@@ -614,9 +611,7 @@ impl TenantPool {
                     }
                     Err(_) => {
                         self.discard(idle.conn, idle.permit);
-                        return Err(ApiError::unavailable(
-                            "the account's database did not answer in time",
-                        ));
+                        return Err(PoolError::NoAnswer);
                     }
                 }
             }
@@ -629,7 +624,7 @@ impl TenantPool {
         self: &Arc<Self>,
         inner: &Arc<Inner>,
         deadline: Instant,
-    ) -> Result<(PgConnection, OwnedSemaphorePermit), ApiError> {
+    ) -> Result<(PgConnection, OwnedSemaphorePermit), PoolError> {
         let pools = TenantPools {
             inner: inner.clone(),
         };
@@ -643,7 +638,7 @@ impl TenantPool {
         &self,
         permit: OwnedSemaphorePermit,
         deadline: Instant,
-    ) -> Result<(PgConnection, OwnedSemaphorePermit), ApiError> {
+    ) -> Result<(PgConnection, OwnedSemaphorePermit), PoolError> {
         let server = self.server_gate.pass(deadline).await?;
         let database = self.database_gate.pass(deadline).await?;
         let started = Instant::now();
@@ -654,9 +649,7 @@ impl TenantPool {
             // time while connecting does not.
             Err(_) if started.elapsed() >= MIN_TIMEOUT_EVIDENCE => ConnectOutcome::Timeout,
             Err(_) => {
-                return Err(ApiError::unavailable(
-                    "the account's database did not answer in time",
-                ));
+                return Err(PoolError::NoAnswer);
             }
         };
         self.shared
@@ -679,15 +672,13 @@ impl TenantPool {
             Ok(Err(e)) => {
                 tracing::debug!(account = %self.slug, error = %e, "cannot connect to tenant database");
                 Err(match outcome.scope() {
-                    Scope::Database => ApiError::AccountUnavailable {
+                    Scope::Database => PoolError::DatabaseDown {
                         retry_after_secs: crate::error::UNAVAILABLE_RETRY_AFTER_SECS,
                     },
-                    Scope::Server => ApiError::unavailable("the account's database is unavailable"),
+                    Scope::Server => PoolError::ServerRefused,
                 })
             }
-            Err(_) => Err(ApiError::unavailable(
-                "the account's database did not answer in time",
-            )),
+            Err(_) => Err(PoolError::NoAnswer),
         }
     }
 
