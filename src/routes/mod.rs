@@ -90,12 +90,13 @@ fn resources() -> OpenApiRouter<AppState> {
 /// Public routes (no account, no normal bearer). Those a browser or a stranger calls are
 /// limited per client IP; health, metrics and the API document are not.
 fn public() -> OpenApiRouter<AppState> {
-    let limited = OpenApiRouter::new()
-        .routes(routes!(accounts::list))
-        .routes(routes!(accounts::validate))
-        .routes(routes!(user::user_org))
-        .layer(middleware::from_fn(limit_public))
-        .layer(middleware::from_fn(auth_failures::budget));
+    let limited = ip_limited(
+        OpenApiRouter::new()
+            .routes(routes!(accounts::list))
+            .routes(routes!(accounts::validate))
+            .routes(routes!(user::user_org)),
+    )
+    .layer(middleware::from_fn(auth_failures::budget));
     OpenApiRouter::new()
         .merge(limited)
         .merge(widget())
@@ -112,14 +113,15 @@ fn public() -> OpenApiRouter<AppState> {
 
 /// The public widget endpoints, called cross-origin from customers' pages (see [`widget_cors`]).
 fn widget() -> OpenApiRouter<AppState> {
-    OpenApiRouter::new()
-        .routes(routes!(widget::config))
-        .routes(routes!(widget::guest))
-        .routes(routes!(widget::user_token))
-        .routes(routes!(widget::exchange))
-        .routes(routes!(widget::refresh))
-        .layer(middleware::from_fn(limit_public))
-        .layer(middleware::from_fn(auth_failures::budget))
+    ip_limited(
+        OpenApiRouter::new()
+            .routes(routes!(widget::config))
+            .routes(routes!(widget::guest))
+            .routes(routes!(widget::user_token))
+            .routes(routes!(widget::exchange))
+            .routes(routes!(widget::refresh)),
+    )
+    .layer(middleware::from_fn(auth_failures::budget))
 }
 
 /// Whether CORS is open for a path: the widget endpoints and the session JWKS (also under
@@ -150,11 +152,20 @@ fn dev() -> OpenApiRouter<AppState> {
         .routes(routes!(login::login))
         .routes(routes!(login::userinfo))
         .layer(middleware::from_fn(auth_failures::budget));
-    OpenApiRouter::new()
-        .merge(checks_credentials)
-        .routes(routes!(login::discovery))
-        .routes(routes!(login::keys))
-        .layer(middleware::from_fn(limit_public))
+    ip_limited(
+        OpenApiRouter::new()
+            .merge(checks_credentials)
+            .routes(routes!(login::discovery))
+            .routes(routes!(login::keys)),
+    )
+}
+
+/// `router` behind the per-client-IP limit of the public endpoints, and documented so (the
+/// answers that come with the limit): one place decides both.
+fn ip_limited(router: OpenApiRouter<AppState>) -> OpenApiRouter<AppState> {
+    let mut router = router.layer(middleware::from_fn(limit_public));
+    openapi::declare_ip_limit(router.get_openapi_mut());
+    router
 }
 
 /// Every route relative to a mount point (`/` and `/hub-api`), and the OpenAPI document that

@@ -49,22 +49,6 @@ use crate::error::{ApiError, ErrorBody};
 )]
 pub struct ApiDoc;
 
-/// Public operations limited per client IP.
-const IP_LIMITED: &[&str] = &[
-    "list_accounts",
-    "validate_account",
-    "user_org",
-    "login",
-    "widget_config",
-    "widget_guest",
-    "widget_user_token",
-    "widget_exchange",
-    "widget_refresh",
-    "dev_discovery",
-    "dev_keys",
-    "dev_userinfo",
-];
-
 /// Operations (relative to `/api/v1`) that need `X-Admin: true` and an admin principal.
 const ADMIN_OPERATIONS: &[(&str, &str)] = &[
     ("post", "/members"),
@@ -74,6 +58,33 @@ const ADMIN_OPERATIONS: &[(&str, &str)] = &[
     ("delete", "/api-keys/{id}"),
     ("patch", "/widget-settings"),
 ];
+
+/// Declares, on every operation of `doc`, the answers that come with the per-IP limit of the
+/// public endpoints: 429, and 400 and 503 (they take input and read the catalog or a tenant).
+/// Called by the router for exactly the routes it puts behind the limit.
+pub fn declare_ip_limit(doc: &mut utoipa::openapi::OpenApi) {
+    for item in doc.paths.paths.values_mut() {
+        let operations = [
+            &mut item.get,
+            &mut item.post,
+            &mut item.put,
+            &mut item.patch,
+            &mut item.delete,
+        ];
+        for op in operations.into_iter().flatten() {
+            for (status, name) in [
+                ("400", "BadRequest"),
+                ("429", "TooManyRequests"),
+                ("503", "Unavailable"),
+            ] {
+                op.responses
+                    .responses
+                    .entry(status.to_owned())
+                    .or_insert_with(|| RefOr::Ref(Ref::from_response_name(name)));
+            }
+        }
+    }
+}
 
 impl ApiDoc {
     /// The whole document: public routes as they are, the resources under `/api/v1` with their
@@ -101,29 +112,6 @@ impl ApiDoc {
         let mut doc = ApiDoc::openapi().nest("/api/v1", resources);
         doc.merge(public);
         doc.merge(dev);
-        // Public endpoints limited per client IP.
-        for item in doc.paths.paths.values_mut() {
-            for op in [&mut item.get, &mut item.post].into_iter().flatten() {
-                if op
-                    .operation_id
-                    .as_deref()
-                    .is_some_and(|id| IP_LIMITED.contains(&id))
-                {
-                    // They take input (400) and read the catalog or a tenant (503) too.
-                    for (status, name) in [
-                        ("400", "BadRequest"),
-                        ("429", "TooManyRequests"),
-                        ("503", "Unavailable"),
-                    ] {
-                        op.responses
-                            .responses
-                            .entry(status.to_owned())
-                            .or_insert_with(|| RefOr::Ref(Ref::from_response_name(name)));
-                    }
-                }
-            }
-        }
-
         let components = doc.components.get_or_insert_with(Default::default);
         let schemes = [
             (
