@@ -149,7 +149,7 @@ pub async fn list(
 }
 
 /// Admin only (users): create a key. The plaintext is in this answer only.
-#[utoipa::path(post, path = "/api-keys", tag = "api-keys", operation_id = "create_api_key", request_body = ApiKeyCreate,
+#[utoipa::path(post, security(("bearer" = [], "account" = [], "admin" = [])), path = "/api-keys", tag = "api-keys", operation_id = "create_api_key", request_body = ApiKeyCreate,
     responses((status = 201, description = "Created; `key` is shown this once", body = ApiKeyCreated)))]
 pub async fn create(
     State(state): State<AppState>,
@@ -178,7 +178,7 @@ pub async fn create(
 }
 
 /// Admin only (users): rename, disable or enable a key.
-#[utoipa::path(patch, path = "/api-keys/{id}", tag = "api-keys", operation_id = "update_api_key", request_body = ApiKeyPatch,
+#[utoipa::path(patch, security(("bearer" = [], "account" = [], "admin" = [])), path = "/api-keys/{id}", tag = "api-keys", operation_id = "update_api_key", request_body = ApiKeyPatch,
     params(("id" = Uuid, Path, description = "The key's id")),
     responses((status = 200, description = "The key", body = ApiKeyItem)))]
 pub async fn patch(
@@ -223,7 +223,7 @@ pub async fn patch(
 /// Admin only (users): delete a key. A key never used is deleted; a key that ever
 /// authenticated, on any instance, is disabled, so that its history stays. Either way it stops
 /// working at once on every instance.
-#[utoipa::path(delete, path = "/api-keys/{id}", tag = "api-keys", operation_id = "delete_api_key",
+#[utoipa::path(delete, security(("bearer" = [], "account" = [], "admin" = [])), path = "/api-keys/{id}", tag = "api-keys", operation_id = "delete_api_key",
     params(("id" = Uuid, Path, description = "The key's id")),
     responses((status = 204, description = "Deleted (or disabled, if it was ever used)")))]
 pub async fn delete(

@@ -51,7 +51,7 @@ pub async fn list(
 
 /// Admin only: add a member or change its role (201 either way). Demoting the last admin is
 /// refused (409).
-#[utoipa::path(post, operation_id = "upsert_member", path = "/members", tag = "members", request_body = NewMember,
+#[utoipa::path(post, security(("bearer" = [], "account" = [], "admin" = [])), operation_id = "upsert_member", path = "/members", tag = "members", request_body = NewMember,
     responses((status = 201, description = "The member", body = MemberOut),
               (status = 409, description = "It would leave the account without an admin", body = crate::error::ErrorBody)))]
 pub async fn upsert(
@@ -93,7 +93,7 @@ pub async fn upsert(
 }
 
 /// Admin only: remove a member. Removing the last admin is refused (409).
-#[utoipa::path(delete, operation_id = "remove_member", path = "/members/{subject}", tag = "members",
+#[utoipa::path(delete, security(("bearer" = [], "account" = [], "admin" = [])), operation_id = "remove_member", path = "/members/{subject}", tag = "members",
     params(("subject" = String, Path, description = "The member's OIDC subject")),
     responses((status = 204, description = "Removed"),
               (status = 409, description = "It would leave the account without an admin", body = crate::error::ErrorBody)))]

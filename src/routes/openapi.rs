@@ -49,16 +49,6 @@ use crate::error::{ApiError, ErrorBody};
 )]
 pub struct ApiDoc;
 
-/// Operations (relative to `/api/v1`) that need `X-Admin: true` and an admin principal.
-const ADMIN_OPERATIONS: &[(&str, &str)] = &[
-    ("post", "/members"),
-    ("delete", "/members/{subject}"),
-    ("post", "/api-keys"),
-    ("patch", "/api-keys/{id}"),
-    ("delete", "/api-keys/{id}"),
-    ("patch", "/widget-settings"),
-];
-
 /// Declares, on every operation of `doc`, the answers that come with the per-IP limit of the
 /// public endpoints: 429, and 400 and 503 (they take input and read the catalog or a tenant).
 /// Called by the router for exactly the routes it puts behind the limit.
@@ -95,18 +85,16 @@ impl ApiDoc {
         dev: utoipa::openapi::OpenApi,
     ) -> utoipa::openapi::OpenApi {
         let mut resources = resources;
-        for (path, item) in resources.paths.paths.iter_mut() {
+        for item in resources.paths.paths.values_mut() {
             let operations = [
-                ("get", &mut item.get),
-                ("post", &mut item.post),
-                ("put", &mut item.put),
-                ("patch", &mut item.patch),
-                ("delete", &mut item.delete),
+                &mut item.get,
+                &mut item.post,
+                &mut item.put,
+                &mut item.patch,
+                &mut item.delete,
             ];
-            for (method, op) in operations {
-                if let Some(op) = op {
-                    protect(op, ADMIN_OPERATIONS.contains(&(method, path.as_str())));
-                }
+            for op in operations.into_iter().flatten() {
+                protect(op);
             }
         }
         let mut doc = ApiDoc::openapi().nest("/api/v1", resources);
@@ -229,22 +217,22 @@ impl ApiDoc {
     }
 }
 
-fn protect(op: &mut Operation, admin: bool) {
+/// The security requirements and error answers of a resource operation. A handler that takes
+/// the `Admin` or `KeyManager` extractor declares its own requirement next to it, in its
+/// `#[utoipa::path]`: `security(("bearer" = [], "account" = [], "admin" = []))` (an admin user
+/// with `X-Admin: true`; no API key). Every other operation accepts a user in the account or
+/// the account's API key.
+fn protect(op: &mut Operation) {
     let has_body = op.request_body.is_some();
-    let mut user = vec!["bearer", "account"];
-    if admin {
-        user.push("admin");
+    if op.security.is_none() {
+        let user = ["bearer", "account"]
+            .iter()
+            .fold(SecurityRequirement::default(), |r, s| {
+                r.add::<&str, [&str; 0], &str>(s, [])
+            });
+        let api_key = SecurityRequirement::new::<&str, [&str; 0], &str>("api_key", []);
+        op.security = Some(vec![user, api_key]);
     }
-    let mut requirements = vec![user.iter().fold(SecurityRequirement::default(), |r, s| {
-        r.add::<&str, [&str; 0], &str>(s, [])
-    })];
-    if !admin {
-        requirements.push(SecurityRequirement::new::<&str, [&str; 0], &str>(
-            "api_key",
-            [],
-        ));
-    }
-    op.security = Some(requirements);
     for (status, name) in [
         ("400", "BadRequest"),
         ("401", "Unauthenticated"),

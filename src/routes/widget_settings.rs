@@ -95,7 +95,7 @@ pub async fn get(TenantDb { mut conn, .. }: TenantDb) -> ApiResult<Json<WidgetSe
 }
 
 /// Admin only: change the account's widget branding.
-#[utoipa::path(patch, path = "/widget-settings", tag = "widget", operation_id = "update_widget_settings",
+#[utoipa::path(patch, security(("bearer" = [], "account" = [], "admin" = [])), path = "/widget-settings", tag = "widget", operation_id = "update_widget_settings",
     request_body = WidgetSettingsPatch,
     responses((status = 200, description = "Branding", body = WidgetSettings)))]
 pub async fn patch(

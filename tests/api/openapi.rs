@@ -264,3 +264,65 @@ fn protected_operations_declare_security_and_errors() {
         &serde_json::json!([{ "bearer": [], "account": [], "admin": [] }])
     );
 }
+
+/// The document's admin marks are exactly the operations the extractors guard: a member of the
+/// account who asks for elevation (`X-Admin: true`) is refused with `admin_required` by every
+/// operation whose security names `admin`, and by no other.
+#[tokio::test]
+async fn admin_marks_match_the_operations_that_refuse_non_admins() {
+    let app = TestApp::spawn().await;
+    let account = app.account_with_admin("marks", "alice").await;
+    app.state
+        .catalog
+        .upsert_member(
+            &account.slug.parse().unwrap(),
+            "bob",
+            kataven_hub::tenancy::catalog::Role::Member,
+        )
+        .await
+        .unwrap();
+    let doc: Value = serde_json::from_str(COMMITTED).unwrap();
+    let mut checked = 0;
+    for (method, path, op) in operations(&doc) {
+        let Some(path) = path.strip_prefix("/api/v1") else {
+            continue;
+        };
+        if path.starts_with("/widget/") || !op["security"].is_array() {
+            continue;
+        }
+        let admin = op["security"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|requirement| requirement.get("admin").is_some());
+        // Any id will do: the caller is refused (or not) before the path names anything.
+        let concrete: String = path
+            .split('/')
+            .map(|segment| {
+                if segment.starts_with('{') {
+                    "00000000-0000-7000-8000-000000000000"
+                } else {
+                    segment
+                }
+            })
+            .collect::<Vec<_>>()
+            .join("/");
+        let resp = app
+            .as_user(
+                method.parse().unwrap(),
+                &format!("/api/v1{concrete}"),
+                &account.slug,
+                "bob",
+            )
+            .header("X-Admin", "true")
+            .json(&serde_json::json!({}))
+            .send()
+            .await
+            .unwrap();
+        let (status, code) = crate::support::error_code(resp).await;
+        let refused = (status, code.as_str()) == (403, "admin_required");
+        assert_eq!(refused, admin, "{method} {path}: {status} {code}");
+        checked += 1;
+    }
+    assert!(checked > 40, "only {checked} operations checked");
+}
