@@ -3,8 +3,11 @@
 
 use axum::extract::Path;
 use axum::http::StatusCode;
-use sqlx::postgres::PgRow;
+use sqlx::Postgres;
+use sqlx::postgres::{PgArguments, PgRow};
+use sqlx::query::Query as SqlQuery;
 use sqlx::{Connection, FromRow, PgConnection};
+use uuid::Uuid;
 
 use crate::audit::{self, Action};
 use crate::error::{ApiError, ApiResult};
@@ -26,6 +29,21 @@ trait Resource: for<'r> FromRow<'r, PgRow> + Send + Unpin {
     /// Columns the `search` parameter looks in.
     const SEARCHED: &'static [&'static str];
     const HAS_DEFAULTS: bool;
+    /// The write statements: `$1` is the id, the rest bound by [`Resource::bind`].
+    const INSERT: &'static str;
+    const UPDATE: &'static str;
+    type Create: Send;
+    type Patch: Send;
+    fn create(body: Self::Create) -> Self;
+    fn apply(&mut self, patch: Self::Patch);
+    fn validate(&self) -> ApiResult<()>;
+    fn id(&self) -> Uuid;
+    fn name(&self) -> &str;
+    /// Binds the id and then the columns the write statements name, in their order.
+    fn bind<'q>(
+        &'q self,
+        q: SqlQuery<'q, Postgres, PgArguments>,
+    ) -> SqlQuery<'q, Postgres, PgArguments>;
 }
 
 impl Resource for Playbook {
@@ -35,6 +53,41 @@ impl Resource for Playbook {
     const COLUMNS: &'static str = "id, name, display_name, category, description, tags, tool_names, is_default, created_at, updated_at";
     const SEARCHED: &'static [&'static str] = &["name", "display_name", "description"];
     const HAS_DEFAULTS: bool = true;
+    const INSERT: &'static str =
+        "INSERT INTO playbooks (id, name, display_name, category, description, tags, tool_names)
+         VALUES ($1, $2, $3, $4, $5, $6, $7)";
+    const UPDATE: &'static str =
+        "UPDATE playbooks SET name = $2, display_name = $3, category = $4, description = $5,
+            tags = $6, tool_names = $7, updated_at = now() WHERE id = $1";
+    type Create = PlaybookCreate;
+    type Patch = PlaybookPatch;
+    fn create(body: PlaybookCreate) -> Self {
+        Self::new(body)
+    }
+    fn apply(&mut self, patch: PlaybookPatch) {
+        Playbook::apply(self, patch);
+    }
+    fn validate(&self) -> ApiResult<()> {
+        Playbook::validate(self)
+    }
+    fn id(&self) -> Uuid {
+        self.id
+    }
+    fn name(&self) -> &str {
+        &self.name
+    }
+    fn bind<'q>(
+        &'q self,
+        q: SqlQuery<'q, Postgres, PgArguments>,
+    ) -> SqlQuery<'q, Postgres, PgArguments> {
+        q.bind(self.id)
+            .bind(&self.name)
+            .bind(&self.display_name)
+            .bind(&self.category)
+            .bind(&self.description)
+            .bind(&self.tags)
+            .bind(&self.tool_names)
+    }
 }
 
 impl Resource for Faq {
@@ -45,6 +98,41 @@ impl Resource for Faq {
         "id, name, title, summary, content, category, tags, created_at, updated_at";
     const SEARCHED: &'static [&'static str] = &["name", "title", "summary"];
     const HAS_DEFAULTS: bool = false;
+    const INSERT: &'static str =
+        "INSERT INTO faqs (id, name, title, summary, content, category, tags)
+         VALUES ($1, $2, $3, $4, $5, $6, $7)";
+    const UPDATE: &'static str =
+        "UPDATE faqs SET name = $2, title = $3, summary = $4, content = $5, category = $6,
+            tags = $7, updated_at = now() WHERE id = $1";
+    type Create = FaqCreate;
+    type Patch = FaqPatch;
+    fn create(body: FaqCreate) -> Self {
+        Self::new(body)
+    }
+    fn apply(&mut self, patch: FaqPatch) {
+        Faq::apply(self, patch);
+    }
+    fn validate(&self) -> ApiResult<()> {
+        Faq::validate(self)
+    }
+    fn id(&self) -> Uuid {
+        self.id
+    }
+    fn name(&self) -> &str {
+        &self.name
+    }
+    fn bind<'q>(
+        &'q self,
+        q: SqlQuery<'q, Postgres, PgArguments>,
+    ) -> SqlQuery<'q, Postgres, PgArguments> {
+        q.bind(self.id)
+            .bind(&self.name)
+            .bind(&self.title)
+            .bind(&self.summary)
+            .bind(&self.content)
+            .bind(&self.category)
+            .bind(&self.tags)
+    }
 }
 
 impl Resource for Tool {
@@ -55,6 +143,46 @@ impl Resource for Tool {
          implementation_config, implementation_code, tags, is_default, created_at, updated_at";
     const SEARCHED: &'static [&'static str] = &["name", "display_name", "description"];
     const HAS_DEFAULTS: bool = true;
+    const INSERT: &'static str =
+        "INSERT INTO tools (id, name, display_name, category, description, schema,
+            implementation_type, implementation_config, implementation_code, tags)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)";
+    const UPDATE: &'static str =
+        "UPDATE tools SET name = $2, display_name = $3, category = $4, description = $5,
+            schema = $6, implementation_type = $7, implementation_config = $8,
+            implementation_code = $9, tags = $10, updated_at = now() WHERE id = $1";
+    type Create = ToolCreate;
+    type Patch = ToolPatch;
+    fn create(body: ToolCreate) -> Self {
+        Self::new(body)
+    }
+    fn apply(&mut self, patch: ToolPatch) {
+        Tool::apply(self, patch);
+    }
+    fn validate(&self) -> ApiResult<()> {
+        Tool::validate(self)
+    }
+    fn id(&self) -> Uuid {
+        self.id
+    }
+    fn name(&self) -> &str {
+        &self.name
+    }
+    fn bind<'q>(
+        &'q self,
+        q: SqlQuery<'q, Postgres, PgArguments>,
+    ) -> SqlQuery<'q, Postgres, PgArguments> {
+        q.bind(self.id)
+            .bind(&self.name)
+            .bind(&self.display_name)
+            .bind(&self.category)
+            .bind(&self.description)
+            .bind(&self.schema)
+            .bind(self.implementation_type)
+            .bind(&self.implementation_config)
+            .bind(&self.implementation_code)
+            .bind(&self.tags)
+    }
 }
 
 async fn list_page<R: Resource>(conn: &mut PgConnection, q: &ListQuery) -> ApiResult<Page<R>> {
@@ -104,6 +232,63 @@ async fn fetch<R: Resource>(conn: &mut PgConnection, raw: &str, lock: bool) -> A
     .ok_or_else(|| ApiError::not_found(format!("no such {}", R::NOUN)))
 }
 
+/// Inserts or updates `item`, then reads it back as stored.
+async fn save<R: Resource>(conn: &mut PgConnection, item: &R, insert: bool) -> ApiResult<R> {
+    let sql = if insert { R::INSERT } else { R::UPDATE };
+    item.bind(sqlx::query(sql))
+        .execute(&mut *conn)
+        .await
+        .map_err(conflict_on_unique(R::NOUN, item.name()))?;
+    fetch(conn, &item.id().to_string(), false).await
+}
+
+/// `POST`: validates, inserts and audits in one transaction.
+async fn create<R: Resource + serde::Serialize>(
+    tenant: &Tenant,
+    conn: &mut PgConnection,
+    body: R::Create,
+) -> ApiResult<(StatusCode, Json<R>)> {
+    let item = R::create(body);
+    item.validate()?;
+    let mut tx = conn.begin().await?;
+    let saved = save(&mut tx, &item, true).await?;
+    audit::record(
+        &mut tx,
+        &tenant.principal,
+        Action::Create,
+        R::AUDIT,
+        Some(&item.id().to_string()),
+    )
+    .await?;
+    tx.commit().await?;
+    Ok((StatusCode::CREATED, Json(saved)))
+}
+
+/// `PATCH`: reads the row locked, applies the change, validates, saves and audits in one
+/// transaction.
+async fn patch<R: Resource + serde::Serialize>(
+    tenant: &Tenant,
+    conn: &mut PgConnection,
+    raw_id: &str,
+    body: R::Patch,
+) -> ApiResult<Json<R>> {
+    let mut tx = conn.begin().await?;
+    let mut item: R = fetch(&mut tx, raw_id, true).await?;
+    item.apply(body);
+    item.validate()?;
+    let saved = save(&mut tx, &item, false).await?;
+    audit::record(
+        &mut tx,
+        &tenant.principal,
+        Action::Update,
+        R::AUDIT,
+        Some(&item.id().to_string()),
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(Json(saved))
+}
+
 async fn delete<R: Resource>(
     tenant: &Tenant,
     conn: &mut PgConnection,
@@ -148,28 +333,6 @@ async fn delete<R: Resource>(
 
 // ---- playbooks -------------------------------------------------------------------------------
 
-async fn save_playbook(conn: &mut PgConnection, p: &Playbook, insert: bool) -> ApiResult<Playbook> {
-    let sql = if insert {
-        "INSERT INTO playbooks (id, name, display_name, category, description, tags, tool_names)
-         VALUES ($1, $2, $3, $4, $5, $6, $7)"
-    } else {
-        "UPDATE playbooks SET name = $2, display_name = $3, category = $4, description = $5,
-            tags = $6, tool_names = $7, updated_at = now() WHERE id = $1"
-    };
-    sqlx::query(sql)
-        .bind(p.id)
-        .bind(&p.name)
-        .bind(&p.display_name)
-        .bind(&p.category)
-        .bind(&p.description)
-        .bind(&p.tags)
-        .bind(&p.tool_names)
-        .execute(&mut *conn)
-        .await
-        .map_err(conflict_on_unique("playbook", &p.name))?;
-    fetch(conn, &p.id.to_string(), false).await
-}
-
 /// List playbooks (by name; paged, filterable).
 #[utoipa::path(get, path = "/playbooks", tag = "playbooks", params(ListQuery),
     responses((status = 200, description = "A page of playbooks", body = Page<Playbook>)))]
@@ -188,20 +351,7 @@ pub async fn create_playbook(
     TenantDb { tenant, mut conn }: TenantDb,
     Json(body): Json<PlaybookCreate>,
 ) -> ApiResult<(StatusCode, Json<Playbook>)> {
-    let p = Playbook::new(body);
-    p.validate()?;
-    let mut tx = conn.begin().await?;
-    let saved = save_playbook(&mut tx, &p, true).await?;
-    audit::record(
-        &mut tx,
-        &tenant.principal,
-        Action::Create,
-        audit::Resource::Playbook,
-        Some(&p.id.to_string()),
-    )
-    .await?;
-    tx.commit().await?;
-    Ok((StatusCode::CREATED, Json(saved)))
+    create(&tenant, &mut conn, body).await
 }
 
 /// Get a playbook by UUID or name.
@@ -225,21 +375,7 @@ pub async fn patch_playbook(
     Path(id): Path<String>,
     Json(body): Json<PlaybookPatch>,
 ) -> ApiResult<Json<Playbook>> {
-    let mut tx = conn.begin().await?;
-    let mut p: Playbook = fetch(&mut tx, &id, true).await?;
-    p.apply(body);
-    p.validate()?;
-    let saved = save_playbook(&mut tx, &p, false).await?;
-    audit::record(
-        &mut tx,
-        &tenant.principal,
-        Action::Update,
-        audit::Resource::Playbook,
-        Some(&p.id.to_string()),
-    )
-    .await?;
-    tx.commit().await?;
-    Ok(Json(saved))
+    patch(&tenant, &mut conn, &id, body).await
 }
 
 /// Delete a playbook (built-in ones: 403).
@@ -254,28 +390,6 @@ pub async fn delete_playbook(
 }
 
 // ---- FAQs ------------------------------------------------------------------------------------
-
-async fn save_faq(conn: &mut PgConnection, f: &Faq, insert: bool) -> ApiResult<Faq> {
-    let sql = if insert {
-        "INSERT INTO faqs (id, name, title, summary, content, category, tags)
-         VALUES ($1, $2, $3, $4, $5, $6, $7)"
-    } else {
-        "UPDATE faqs SET name = $2, title = $3, summary = $4, content = $5, category = $6,
-            tags = $7, updated_at = now() WHERE id = $1"
-    };
-    sqlx::query(sql)
-        .bind(f.id)
-        .bind(&f.name)
-        .bind(&f.title)
-        .bind(&f.summary)
-        .bind(&f.content)
-        .bind(&f.category)
-        .bind(&f.tags)
-        .execute(&mut *conn)
-        .await
-        .map_err(conflict_on_unique("faq", &f.name))?;
-    fetch(conn, &f.id.to_string(), false).await
-}
 
 /// List FAQs (by name; paged, filterable).
 #[utoipa::path(get, path = "/faqs", tag = "faqs", params(ListQuery),
@@ -295,20 +409,7 @@ pub async fn create_faq(
     TenantDb { tenant, mut conn }: TenantDb,
     Json(body): Json<FaqCreate>,
 ) -> ApiResult<(StatusCode, Json<Faq>)> {
-    let f = Faq::new(body);
-    f.validate()?;
-    let mut tx = conn.begin().await?;
-    let saved = save_faq(&mut tx, &f, true).await?;
-    audit::record(
-        &mut tx,
-        &tenant.principal,
-        Action::Create,
-        audit::Resource::Faq,
-        Some(&f.id.to_string()),
-    )
-    .await?;
-    tx.commit().await?;
-    Ok((StatusCode::CREATED, Json(saved)))
+    create(&tenant, &mut conn, body).await
 }
 
 /// Get a FAQ by UUID or name.
@@ -332,21 +433,7 @@ pub async fn patch_faq(
     Path(id): Path<String>,
     Json(body): Json<FaqPatch>,
 ) -> ApiResult<Json<Faq>> {
-    let mut tx = conn.begin().await?;
-    let mut f: Faq = fetch(&mut tx, &id, true).await?;
-    f.apply(body);
-    f.validate()?;
-    let saved = save_faq(&mut tx, &f, false).await?;
-    audit::record(
-        &mut tx,
-        &tenant.principal,
-        Action::Update,
-        audit::Resource::Faq,
-        Some(&f.id.to_string()),
-    )
-    .await?;
-    tx.commit().await?;
-    Ok(Json(saved))
+    patch(&tenant, &mut conn, &id, body).await
 }
 
 /// Delete a FAQ.
@@ -361,33 +448,6 @@ pub async fn delete_faq(
 }
 
 // ---- tools -----------------------------------------------------------------------------------
-
-async fn save_tool(conn: &mut PgConnection, t: &Tool, insert: bool) -> ApiResult<Tool> {
-    let sql = if insert {
-        "INSERT INTO tools (id, name, display_name, category, description, schema,
-            implementation_type, implementation_config, implementation_code, tags)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)"
-    } else {
-        "UPDATE tools SET name = $2, display_name = $3, category = $4, description = $5,
-            schema = $6, implementation_type = $7, implementation_config = $8,
-            implementation_code = $9, tags = $10, updated_at = now() WHERE id = $1"
-    };
-    sqlx::query(sql)
-        .bind(t.id)
-        .bind(&t.name)
-        .bind(&t.display_name)
-        .bind(&t.category)
-        .bind(&t.description)
-        .bind(&t.schema)
-        .bind(t.implementation_type)
-        .bind(&t.implementation_config)
-        .bind(&t.implementation_code)
-        .bind(&t.tags)
-        .execute(&mut *conn)
-        .await
-        .map_err(conflict_on_unique("tool", &t.name))?;
-    fetch(conn, &t.id.to_string(), false).await
-}
 
 /// List tools (by name; paged, filterable).
 #[utoipa::path(get, path = "/tools", tag = "tools", params(ListQuery),
@@ -407,20 +467,7 @@ pub async fn create_tool(
     TenantDb { tenant, mut conn }: TenantDb,
     Json(body): Json<ToolCreate>,
 ) -> ApiResult<(StatusCode, Json<Tool>)> {
-    let t = Tool::new(body);
-    t.validate()?;
-    let mut tx = conn.begin().await?;
-    let saved = save_tool(&mut tx, &t, true).await?;
-    audit::record(
-        &mut tx,
-        &tenant.principal,
-        Action::Create,
-        audit::Resource::Tool,
-        Some(&t.id.to_string()),
-    )
-    .await?;
-    tx.commit().await?;
-    Ok((StatusCode::CREATED, Json(saved)))
+    create(&tenant, &mut conn, body).await
 }
 
 /// Get a tool by UUID or name.
@@ -444,21 +491,7 @@ pub async fn patch_tool(
     Path(id): Path<String>,
     Json(body): Json<ToolPatch>,
 ) -> ApiResult<Json<Tool>> {
-    let mut tx = conn.begin().await?;
-    let mut t: Tool = fetch(&mut tx, &id, true).await?;
-    t.apply(body);
-    t.validate()?;
-    let saved = save_tool(&mut tx, &t, false).await?;
-    audit::record(
-        &mut tx,
-        &tenant.principal,
-        Action::Update,
-        audit::Resource::Tool,
-        Some(&t.id.to_string()),
-    )
-    .await?;
-    tx.commit().await?;
-    Ok(Json(saved))
+    patch(&tenant, &mut conn, &id, body).await
 }
 
 /// Delete a tool (built-in ones: 403). Agents using it lose it.
