@@ -46,6 +46,30 @@ trait Resource: for<'r> FromRow<'r, PgRow> + Send + Unpin {
     ) -> SqlQuery<'q, Postgres, PgArguments>;
 }
 
+/// The part of a [`Resource`] impl that forwards to the model type: its constructor from a
+/// create body, its patch, its validation, its id and name.
+macro_rules! model_methods {
+    ($ty:ident, $create:ty, $patch:ty) => {
+        type Create = $create;
+        type Patch = $patch;
+        fn create(body: $create) -> Self {
+            $ty::new(body)
+        }
+        fn apply(&mut self, patch: $patch) {
+            $ty::apply(self, patch);
+        }
+        fn validate(&self) -> ApiResult<()> {
+            $ty::validate(self)
+        }
+        fn id(&self) -> Uuid {
+            self.id
+        }
+        fn name(&self) -> &str {
+            &self.name
+        }
+    };
+}
+
 impl Resource for Playbook {
     const TABLE: &'static str = "playbooks";
     const NOUN: &'static str = "playbook";
@@ -59,23 +83,7 @@ impl Resource for Playbook {
     const UPDATE: &'static str =
         "UPDATE playbooks SET name = $2, display_name = $3, category = $4, description = $5,
             tags = $6, tool_names = $7, updated_at = now() WHERE id = $1";
-    type Create = PlaybookCreate;
-    type Patch = PlaybookPatch;
-    fn create(body: PlaybookCreate) -> Self {
-        Self::new(body)
-    }
-    fn apply(&mut self, patch: PlaybookPatch) {
-        Playbook::apply(self, patch);
-    }
-    fn validate(&self) -> ApiResult<()> {
-        Playbook::validate(self)
-    }
-    fn id(&self) -> Uuid {
-        self.id
-    }
-    fn name(&self) -> &str {
-        &self.name
-    }
+    model_methods!(Playbook, PlaybookCreate, PlaybookPatch);
     fn bind<'q>(
         &'q self,
         q: SqlQuery<'q, Postgres, PgArguments>,
@@ -104,23 +112,7 @@ impl Resource for Faq {
     const UPDATE: &'static str =
         "UPDATE faqs SET name = $2, title = $3, summary = $4, content = $5, category = $6,
             tags = $7, updated_at = now() WHERE id = $1";
-    type Create = FaqCreate;
-    type Patch = FaqPatch;
-    fn create(body: FaqCreate) -> Self {
-        Self::new(body)
-    }
-    fn apply(&mut self, patch: FaqPatch) {
-        Faq::apply(self, patch);
-    }
-    fn validate(&self) -> ApiResult<()> {
-        Faq::validate(self)
-    }
-    fn id(&self) -> Uuid {
-        self.id
-    }
-    fn name(&self) -> &str {
-        &self.name
-    }
+    model_methods!(Faq, FaqCreate, FaqPatch);
     fn bind<'q>(
         &'q self,
         q: SqlQuery<'q, Postgres, PgArguments>,
@@ -151,23 +143,7 @@ impl Resource for Tool {
         "UPDATE tools SET name = $2, display_name = $3, category = $4, description = $5,
             schema = $6, implementation_type = $7, implementation_config = $8,
             implementation_code = $9, tags = $10, updated_at = now() WHERE id = $1";
-    type Create = ToolCreate;
-    type Patch = ToolPatch;
-    fn create(body: ToolCreate) -> Self {
-        Self::new(body)
-    }
-    fn apply(&mut self, patch: ToolPatch) {
-        Tool::apply(self, patch);
-    }
-    fn validate(&self) -> ApiResult<()> {
-        Tool::validate(self)
-    }
-    fn id(&self) -> Uuid {
-        self.id
-    }
-    fn name(&self) -> &str {
-        &self.name
-    }
+    model_methods!(Tool, ToolCreate, ToolPatch);
     fn bind<'q>(
         &'q self,
         q: SqlQuery<'q, Postgres, PgArguments>,
