@@ -7,22 +7,20 @@ use serde_json::{Value, json};
 
 use futures::StreamExt;
 
+use crate::support::client::Client;
 use crate::support::{TestApp, error_code, from_client, system_url_of, unique_slug};
 
+/// Creates a key as `admin` (elevated) in `account`; returns the answer (with the key).
 async fn create_key(app: &TestApp, account: &str, admin: &str, body: Value) -> Value {
-    let resp = app
-        .as_user(Method::POST, "/api/v1/api-keys", account, admin)
-        .header("X-Admin", "true")
-        .json(&body)
-        .send()
+    Client::in_account(app, account, admin)
+        .elevated()
+        .create("/api-keys", body)
         .await
-        .unwrap();
-    assert_eq!(resp.status(), 201);
-    resp.json().await.unwrap()
 }
 
+/// A request with the API key `key` (and no account header).
 fn with_key(app: &TestApp, method: Method, path: &str, key: &str) -> reqwest::RequestBuilder {
-    app.client.request(method, app.url(path)).bearer_auth(key)
+    Client::api_key(app, key).req(method, path)
 }
 
 #[tokio::test]

@@ -6,12 +6,10 @@ use std::collections::BTreeMap;
 use chrono::{DateTime, FixedOffset};
 use reqwest::Method;
 use serde_json::{Value, json};
-use sqlx::PgConnection;
 use uuid::Uuid;
 
-use crate::support::{TestApp, error_code, tenant_conn};
-
-const V1: &str = "/api/v1";
+use crate::support::client::{Client, V1, send};
+use crate::support::{TestApp, error_code};
 
 /// Every prefix the protected resources answer at (SPEC §7).
 const PREFIXES: [&str; 6] = [
@@ -39,158 +37,6 @@ async fn roomy_app() -> TestApp {
         })
         .spawn()
         .await
-}
-
-/// A response, read completely: status, the headers we look at, and the body (JSON or `Null`).
-struct Resp {
-    status: u16,
-    location: Option<String>,
-    content_type: String,
-    text: String,
-    body: Value,
-}
-
-impl Resp {
-    fn code(&self) -> &str {
-        self.body["error"]["code"].as_str().unwrap_or("<none>")
-    }
-
-    fn field(&self) -> Option<&str> {
-        self.body["error"]["field"].as_str()
-    }
-
-    /// Asserts the status and returns the body.
-    #[track_caller]
-    fn ok(&self, status: u16) -> &Value {
-        assert_eq!(self.status, status, "unexpected answer: {}", self.text);
-        &self.body
-    }
-
-    /// Asserts a JSON error with `status`, `code` and `field` (`None`: no field in the body).
-    #[track_caller]
-    fn err(&self, status: u16, code: &str, field: Option<&str>, case: &str) {
-        assert_eq!(
-            (self.status, self.code(), self.field()),
-            (status, code, field),
-            "{case}: {}",
-            self.text
-        );
-        assert!(
-            self.content_type.starts_with("application/json"),
-            "{case}: error content type {}",
-            self.content_type
-        );
-        assert!(
-            self.body["error"]["message"].is_string(),
-            "{case}: {}",
-            self.text
-        );
-    }
-}
-
-async fn send(rb: reqwest::RequestBuilder) -> Resp {
-    let resp = rb.send().await.expect("request");
-    let status = resp.status().as_u16();
-    let header = |name: &str| {
-        resp.headers()
-            .get(name)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned)
-    };
-    let location = header("location");
-    let content_type = header("content-type").unwrap_or_default();
-    let text = resp.text().await.expect("body");
-    let body = serde_json::from_str(&text).unwrap_or(Value::Null);
-    Resp {
-        status,
-        location,
-        content_type,
-        text,
-        body,
-    }
-}
-
-/// A member of one account: requests go as `subject` into `account`.
-struct Client<'a> {
-    app: &'a TestApp,
-    account: String,
-    database: String,
-    subject: String,
-}
-
-impl<'a> Client<'a> {
-    /// A fresh account with `subject` as its admin.
-    async fn new(app: &'a TestApp, prefix: &str, subject: &str) -> Self {
-        let account = app.account_with_admin(prefix, subject).await;
-        Self {
-            app,
-            account: account.slug,
-            database: account.database_name,
-            subject: subject.to_owned(),
-        }
-    }
-
-    /// A request to a full path (no version prefix added).
-    fn req(&self, method: Method, path: &str) -> reqwest::RequestBuilder {
-        self.app.as_user(method, path, &self.account, &self.subject)
-    }
-
-    async fn call(&self, method: Method, path: &str, body: Option<&Value>) -> Resp {
-        let mut rb = self.req(method, path);
-        if let Some(body) = body {
-            rb = rb.json(body);
-        }
-        send(rb).await
-    }
-
-    async fn get(&self, path: &str) -> Resp {
-        self.call(Method::GET, &format!("{V1}{path}"), None).await
-    }
-
-    async fn post(&self, path: &str, body: Value) -> Resp {
-        self.call(Method::POST, &format!("{V1}{path}"), Some(&body))
-            .await
-    }
-
-    async fn put(&self, path: &str, body: Value) -> Resp {
-        self.call(Method::PUT, &format!("{V1}{path}"), Some(&body))
-            .await
-    }
-
-    async fn patch(&self, path: &str, body: Value) -> Resp {
-        self.call(Method::PATCH, &format!("{V1}{path}"), Some(&body))
-            .await
-    }
-
-    async fn delete(&self, path: &str) -> Resp {
-        self.call(Method::DELETE, &format!("{V1}{path}"), None)
-            .await
-    }
-
-    /// POSTs `body` to `path`, asserting 201, and returns the created resource.
-    async fn create(&self, path: &str, body: Value) -> Value {
-        let resp = self.post(path, body).await;
-        resp.ok(201).clone()
-    }
-
-    async fn agent(&self, name: &str) -> Value {
-        self.create("/agents", json!({ "name": name })).await
-    }
-
-    /// The agents list, asserting 200.
-    async fn agents(&self) -> Vec<Value> {
-        self.get("/agents")
-            .await
-            .ok(200)
-            .as_array()
-            .unwrap()
-            .clone()
-    }
-
-    /// A superuser connection to this account's tenant database.
-    async fn db(&self) -> PgConnection {
-        tenant_conn(&self.database).await
-    }
 }
 
 fn id(v: &Value) -> String {
@@ -2234,13 +2080,7 @@ async fn another_tenants_resources_are_not_found() {
     assert_eq!(a.get("/tools/a_tool").await.ok(200), &tool);
 
     // Alice is no member of B: her token with B's account header does not reach B's data.
-    let resp = send(app.as_user(
-        Method::GET,
-        &format!("{V1}/agents/{bg}"),
-        &b.account,
-        "alice",
-    ))
-    .await;
+    let resp = b.as_user("alice").get(&format!("/agents/{bg}")).await;
     assert_eq!(resp.status, 403, "{}", resp.text);
 }
 

@@ -1,6 +1,7 @@
 //! The test harness: a real PostgreSQL cluster, the real app on a real port, and a stand-in
 //! authenticator until the identity issue brings real tokens.
 
+pub mod client;
 pub mod cluster;
 pub mod faults;
 pub mod issuer;

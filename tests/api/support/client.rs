@@ -1,0 +1,243 @@
+//! The one test client: a persona in an account (a user, elevated or not, or an API key) that
+//! sends requests through one builder and reads every answer into one [`Resp`].
+
+use reqwest::Method;
+use serde_json::{Value, json};
+use sqlx::PgConnection;
+
+use super::{TestApp, tenant_conn};
+
+/// The resources' version prefix; [`Client::get`] and friends add it.
+pub const V1: &str = "/api/v1";
+
+/// A response, read completely: status, the headers we look at, and the body (JSON or `Null`).
+pub struct Resp {
+    pub status: u16,
+    pub location: Option<String>,
+    pub content_type: String,
+    pub text: String,
+    pub body: Value,
+}
+
+impl Resp {
+    /// The error code, or `<none>`.
+    pub fn code(&self) -> &str {
+        self.body["error"]["code"].as_str().unwrap_or("<none>")
+    }
+
+    pub fn field(&self) -> Option<&str> {
+        self.body["error"]["field"].as_str()
+    }
+
+    /// Asserts the status and returns the body.
+    #[track_caller]
+    pub fn ok(&self, status: u16) -> &Value {
+        assert_eq!(self.status, status, "unexpected answer: {}", self.text);
+        &self.body
+    }
+
+    /// Asserts a JSON error with `status`, `code` and `field` (`None`: no field in the body).
+    #[track_caller]
+    pub fn err(&self, status: u16, code: &str, field: Option<&str>, case: &str) {
+        assert_eq!(
+            (self.status, self.code(), self.field()),
+            (status, code, field),
+            "{case}: {}",
+            self.text
+        );
+        assert!(
+            self.content_type.starts_with("application/json"),
+            "{case}: error content type {}",
+            self.content_type
+        );
+        assert!(
+            self.body["error"]["message"].is_string(),
+            "{case}: {}",
+            self.text
+        );
+    }
+}
+
+/// Sends `rb` and reads the whole answer.
+pub async fn send(rb: reqwest::RequestBuilder) -> Resp {
+    let resp = rb.send().await.expect("request");
+    let status = resp.status().as_u16();
+    let header = |name: &str| {
+        resp.headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+    };
+    let location = header("location");
+    let content_type = header("content-type").unwrap_or_default();
+    let text = resp.text().await.expect("body");
+    let body = serde_json::from_str(&text).unwrap_or(Value::Null);
+    Resp {
+        status,
+        location,
+        content_type,
+        text,
+        body,
+    }
+}
+
+/// Who a [`Client`] is.
+#[derive(Clone)]
+pub enum Persona {
+    /// A user with an ID token; `elevated` sends `X-Admin: true`.
+    User { subject: String, elevated: bool },
+    /// The account's `sk_live_` key (no `X-Account-ID`: the key carries its account).
+    ApiKey(String),
+}
+
+/// A persona in one account: every request goes as it, into that account.
+#[derive(Clone)]
+pub struct Client<'a> {
+    pub app: &'a TestApp,
+    pub account: String,
+    pub database: String,
+    pub persona: Persona,
+}
+
+impl<'a> Client<'a> {
+    /// A fresh account with `subject` as its admin, and that admin (not elevated).
+    pub async fn new(app: &'a TestApp, prefix: &str, subject: &str) -> Self {
+        let account = app.account_with_admin(prefix, subject).await;
+        Self {
+            app,
+            account: account.slug,
+            database: account.database_name,
+            persona: Persona::User {
+                subject: subject.to_owned(),
+                elevated: false,
+            },
+        }
+    }
+
+    /// `subject` in an existing account `slug` (whose database is named as the account, as
+    /// provisioning names it).
+    pub fn in_account(app: &'a TestApp, slug: &str, subject: &str) -> Self {
+        Self {
+            app,
+            account: slug.to_owned(),
+            database: slug.to_owned(),
+            persona: Persona::User {
+                subject: subject.to_owned(),
+                elevated: false,
+            },
+        }
+    }
+
+    /// Another user of the same account (as a member must be added to the catalog first).
+    pub fn as_user(&self, subject: &str) -> Self {
+        Self {
+            persona: Persona::User {
+                subject: subject.to_owned(),
+                elevated: false,
+            },
+            ..self.clone()
+        }
+    }
+
+    /// The same user asking for elevation (`X-Admin: true`).
+    pub fn elevated(&self) -> Self {
+        let Persona::User { subject, .. } = &self.persona else {
+            panic!("only users elevate");
+        };
+        Self {
+            persona: Persona::User {
+                subject: subject.clone(),
+                elevated: true,
+            },
+            ..self.clone()
+        }
+    }
+
+    /// The API key `key`, in the account it names (`sk_live_<account>_<secret>`).
+    pub fn api_key(app: &'a TestApp, key: &str) -> Self {
+        let account = key
+            .strip_prefix("sk_live_")
+            .and_then(|rest| rest.rsplit_once('_'))
+            .map_or("", |(account, _)| account);
+        Self {
+            persona: Persona::ApiKey(key.to_owned()),
+            ..Self::in_account(app, account, "")
+        }
+    }
+
+    /// A request to a full path (no version prefix added).
+    pub fn req(&self, method: Method, path: &str) -> reqwest::RequestBuilder {
+        match &self.persona {
+            Persona::User { subject, elevated } => {
+                let rb = self.app.as_user(method, path, &self.account, subject);
+                if *elevated {
+                    rb.header("X-Admin", "true")
+                } else {
+                    rb
+                }
+            }
+            Persona::ApiKey(key) => self
+                .app
+                .client
+                .request(method, self.app.url(path))
+                .bearer_auth(key),
+        }
+    }
+
+    pub async fn call(&self, method: Method, path: &str, body: Option<&Value>) -> Resp {
+        let mut rb = self.req(method, path);
+        if let Some(body) = body {
+            rb = rb.json(body);
+        }
+        send(rb).await
+    }
+
+    pub async fn get(&self, path: &str) -> Resp {
+        self.call(Method::GET, &format!("{V1}{path}"), None).await
+    }
+
+    pub async fn post(&self, path: &str, body: Value) -> Resp {
+        self.call(Method::POST, &format!("{V1}{path}"), Some(&body))
+            .await
+    }
+
+    pub async fn put(&self, path: &str, body: Value) -> Resp {
+        self.call(Method::PUT, &format!("{V1}{path}"), Some(&body))
+            .await
+    }
+
+    pub async fn patch(&self, path: &str, body: Value) -> Resp {
+        self.call(Method::PATCH, &format!("{V1}{path}"), Some(&body))
+            .await
+    }
+
+    pub async fn delete(&self, path: &str) -> Resp {
+        self.call(Method::DELETE, &format!("{V1}{path}"), None)
+            .await
+    }
+
+    /// POSTs `body` to `path`, asserting 201, and returns the created resource.
+    pub async fn create(&self, path: &str, body: Value) -> Value {
+        let resp = self.post(path, body).await;
+        resp.ok(201).clone()
+    }
+
+    pub async fn agent(&self, name: &str) -> Value {
+        self.create("/agents", json!({ "name": name })).await
+    }
+
+    /// The agents list, asserting 200.
+    pub async fn agents(&self) -> Vec<Value> {
+        self.get("/agents")
+            .await
+            .ok(200)
+            .as_array()
+            .unwrap()
+            .clone()
+    }
+
+    /// A superuser connection to this account's tenant database.
+    pub async fn db(&self) -> PgConnection {
+        tenant_conn(&self.database).await
+    }
+}
