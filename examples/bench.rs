@@ -12,7 +12,8 @@
 //! (117), `BENCH_STORM_BUDGET` (24), `BENCH_STORM_CLIENTS` (16), `BENCH_COLD_ACCOUNTS` (100),
 //! `BENCH_MEMORY=1` to also measure memory (2,000 idle pools; 100,000 cached credentials),
 //! `BENCH_HUB_ENV` (extra `KEY=VALUE,…` for the hub under test), `BENCH_PERF=<case>` to record
-//! `perf` profiles of the hub during that case (`jwt`, `api_key`, `list`, `storm`).
+//! `perf` profiles of the hub during that case (`jwt`, `api_key`, `list`, `storm`); its working
+//! directory is then kept for them, and removed otherwise.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -389,6 +390,13 @@ async fn main() -> anyhow::Result<()> {
     )
     .await;
     let _ = pg.stop();
+    // The cluster holds thousands of databases after a memory run (gigabytes): keep the
+    // directory only when it holds perf data someone asked for.
+    if std::env::var("BENCH_PERF").is_ok() {
+        eprintln!("kept {} (perf data)", work.display());
+    } else if let Err(e) = std::fs::remove_dir_all(&work) {
+        eprintln!("could not remove {}: {e}", work.display());
+    }
     result
 }
 
