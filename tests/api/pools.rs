@@ -239,7 +239,9 @@ async fn idle_connections_never_take_the_whole_budget() {
         .await;
     let mut accounts = Vec::new();
     for i in 0..BUDGET {
-        let account = app.account_with_admin(&format!("reserve{i}"), "alice").await;
+        let account = app
+            .account_with_admin(&format!("reserve{i}"), "alice")
+            .await;
         assert_eq!(app.tenant_status(&account.slug, "alice").await, 200);
         accounts.push(account);
     }
@@ -255,7 +257,11 @@ async fn idle_connections_never_take_the_whole_budget() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert!(freed, "no reserve: {:?}", app.state.pools.stats());
-    assert!(app.metric("kataven_tenant_connection_evictions_total").await >= 1.0);
+    assert!(
+        app.metric("kataven_tenant_connection_evictions_total")
+            .await
+            >= 1.0
+    );
     // The least recently used account lost its idle connection, the newest kept it.
     let mut admin = admin_conn().await;
     assert_eq!(backends(&mut admin, &[accounts[0].slug.as_str()]).await, 0);
