@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use crate::auth::Principal;
 use crate::auth::api_keys::KeyRejection;
-use crate::auth::keys::API_KEY_PREFIX;
+use crate::auth::keys::{API_KEY_PREFIX, api_key_named_account};
 use crate::error::ApiError;
 use crate::limits::Admission;
 use crate::state::AppState;
@@ -195,15 +195,12 @@ impl FromRequestParts<AppState> for Authorized {
                 Some(parse_slug(raw)?)
             }
         };
-        // Step 3 also covers the account named inside an API key.
-        if let Ok(Some(token)) = bearer {
-            let key_account = token
-                .strip_prefix(API_KEY_PREFIX)
-                .and_then(|rest| rest.rsplit_once('_'))
-                .map(|(account, _)| account);
-            if key_account == Some(SYSTEM_DATABASE) {
-                return Err(ApiError::ReservedAccount);
-            }
+        // Step 3 also covers the account named inside an API key, well-formed or not: a key
+        // naming the system database is refused as reserved before it is verified.
+        if let Ok(Some(token)) = bearer
+            && api_key_named_account(token) == Some(SYSTEM_DATABASE)
+        {
+            return Err(ApiError::ReservedAccount);
         }
 
         // Step 4: a valid bearer.
