@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use crate::auth::Principal;
 use crate::auth::api_keys::KeyRejection;
-use crate::auth::keys::API_KEY_PREFIX;
+use crate::auth::keys::{API_KEY_PREFIX, api_key_named_account};
 use crate::error::ApiError;
 use crate::limits::Admission;
 use crate::state::AppState;
@@ -85,11 +85,18 @@ impl FromRequestParts<AppState> for ClientIp {
         parts: &mut Parts,
         state: &AppState,
     ) -> Result<Self, std::convert::Infallible> {
-        Ok(Self(
+        Ok(Self::of(parts, state))
+    }
+}
+
+impl ClientIp {
+    /// The client of a request, from its head.
+    pub fn of(parts: &Parts, state: &AppState) -> Self {
+        Self(
             state
                 .ip_limiter
                 .client_ip(&parts.extensions, &parts.headers),
-        ))
+        )
     }
 }
 
@@ -195,15 +202,12 @@ impl FromRequestParts<AppState> for Authorized {
                 Some(parse_slug(raw)?)
             }
         };
-        // Step 3 also covers the account named inside an API key.
-        if let Ok(Some(token)) = bearer {
-            let key_account = token
-                .strip_prefix(API_KEY_PREFIX)
-                .and_then(|rest| rest.rsplit_once('_'))
-                .map(|(account, _)| account);
-            if key_account == Some(SYSTEM_DATABASE) {
-                return Err(ApiError::ReservedAccount);
-            }
+        // Step 3 also covers the account named inside an API key, well-formed or not: a key
+        // naming the system database is refused as reserved before it is verified.
+        if let Ok(Some(token)) = bearer
+            && api_key_named_account(token) == Some(SYSTEM_DATABASE)
+        {
+            return Err(ApiError::ReservedAccount);
         }
 
         // Step 4: a valid bearer.
@@ -213,14 +217,7 @@ impl FromRequestParts<AppState> for Authorized {
             Err(()) => return Err(unauthenticated(state, "malformed_authorization")),
         };
         let principal = if is_api_key {
-            state
-                .api_keys
-                .verify(token, &state.cache)
-                .await
-                .map_err(|e| match e {
-                    KeyRejection::Refused(rejection) => unauthenticated(state, rejection.reason),
-                    KeyRejection::Unavailable(e) => e.into(),
-                })?
+            api_key_principal(state, token, BEARER_REQUIRED).await?
         } else {
             state
                 .identity
@@ -237,14 +234,9 @@ impl FromRequestParts<AppState> for Authorized {
         };
 
         // Steps 5–6: the account exists and is active.
-        let account = state
-            .cache
-            .account(&slug)
+        let account = unsuspended_account(state, &slug)
             .await?
             .ok_or_else(|| ApiError::UnknownAccount(slug.to_string()))?;
-        if account.status == AccountStatus::Suspended {
-            return Err(ApiError::AccountSuspended);
-        }
 
         // Step 7: the principal may act in this account.
         let role = authorize(state, &principal, &account, &slug).await?;
@@ -272,10 +264,87 @@ impl FromRequestParts<AppState> for TenantDb {
     }
 }
 
+/// What a refused bearer is told by the account pipeline.
+const BEARER_REQUIRED: &str = "a valid bearer token is required";
+
+/// What a refused caller of a server-to-server endpoint that takes only API keys is told.
+const API_KEY_REQUIRED: &str = "an sk_live_ API key is required";
+
 fn unauthenticated(state: &AppState, reason: &'static str) -> ApiError {
+    refused(state, reason, BEARER_REQUIRED)
+}
+
+/// A refused bearer: counted under its reason, answered with `message`.
+fn refused(state: &AppState, reason: &'static str, message: &'static str) -> ApiError {
     state.metrics.auth_failure(reason);
     tracing::debug!(reason, "bearer refused");
-    ApiError::Unauthenticated("a valid bearer token is required")
+    ApiError::Unauthenticated(message)
+}
+
+/// Step 4 for an `sk_live_` bearer: the key's principal. A refused key is counted under its
+/// reason and answered with `message`; a catalog that cannot be asked answers 503.
+async fn api_key_principal(
+    state: &AppState,
+    token: &str,
+    message: &'static str,
+) -> Result<Principal, ApiError> {
+    state
+        .api_keys
+        .verify(token, &state.cache)
+        .await
+        .map_err(|e| match e {
+            KeyRejection::Refused(rejection) => refused(state, rejection.reason, message),
+            KeyRejection::Unavailable(e) => e.into(),
+        })
+}
+
+/// Steps 5–6: the account (`None` when there is none, which each caller answers in its own
+/// way), refused with 403 `account_suspended` when it is suspended.
+pub(crate) async fn unsuspended_account(
+    state: &AppState,
+    slug: &AccountSlug,
+) -> Result<Option<Account>, ApiError> {
+    let account = state.cache.account(slug).await?;
+    if account
+        .as_ref()
+        .is_some_and(|a| a.status == AccountStatus::Suspended)
+    {
+        return Err(ApiError::AccountSuspended);
+    }
+    Ok(account)
+}
+
+/// A server-to-server caller authenticated by an `sk_live_` key alone (`Authorization: Bearer
+/// sk_live_…`; user tokens are refused and `X-Account-ID` is not read), in an existing account
+/// that is not suspended. The account's limits are not applied yet (see [`admit`]).
+///
+/// Built by a function rather than an extractor so that the endpoint parses and checks its
+/// body first, as it always has: a malformed body answers 400 before a missing key's 401.
+#[derive(Debug, Clone)]
+pub struct ApiKeyCaller {
+    pub account: Account,
+    pub slug: AccountSlug,
+}
+
+impl ApiKeyCaller {
+    /// The same key verification as step 4 of [`Tenant`] (metrics included); every refusal of
+    /// the key answers 401 with [`API_KEY_REQUIRED`], an unknown account 401
+    /// `invalid_client_key` and a suspended one 403 `account_suspended`.
+    pub async fn from_headers(state: &AppState, headers: &HeaderMap) -> Result<Self, ApiError> {
+        let key = bearer(headers)
+            .ok()
+            .flatten()
+            .ok_or(ApiError::Unauthenticated(API_KEY_REQUIRED))?;
+        let principal = api_key_principal(state, key, API_KEY_REQUIRED).await?;
+        let slug = principal
+            .bound_account()
+            .cloned()
+            .ok_or(ApiError::Unauthenticated(API_KEY_REQUIRED))?;
+        let account = unsuspended_account(state, &slug)
+            .await?
+            .ok_or(ApiError::InvalidClientKey)?;
+        Ok(Self { account, slug })
+    }
 }
 
 /// Step 7: may this principal act in this account, and with which role?

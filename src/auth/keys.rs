@@ -67,13 +67,22 @@ pub enum KeyFormatError {
     BadChecksum,
 }
 
+/// The account an `sk_live_` key names, and its body: what lies between the prefix and the
+/// last `_`, and after it. Nothing is checked yet (see [`api_key_account`]).
+fn api_key_parts(key: &str) -> Option<(&str, &str)> {
+    key.strip_prefix(API_KEY_PREFIX)?.rsplit_once('_')
+}
+
+/// The account an `sk_live_` key names, whether or not the key is well-formed (pipeline step 3
+/// refuses a key naming a reserved account before the key is verified).
+pub fn api_key_named_account(key: &str) -> Option<&str> {
+    api_key_parts(key).map(|(account, _)| account)
+}
+
 /// The account of a well-formed API key, checksum verified. The account is not yet checked
 /// against the slug rules (the caller parses it into an `AccountSlug`).
 pub fn api_key_account(key: &str) -> Result<&str, KeyFormatError> {
-    let rest = key
-        .strip_prefix(API_KEY_PREFIX)
-        .ok_or(KeyFormatError::Malformed)?;
-    let (account, body) = rest.rsplit_once('_').ok_or(KeyFormatError::Malformed)?;
+    let (account, body) = api_key_parts(key).ok_or(KeyFormatError::Malformed)?;
     if account.is_empty() || body.len() != RANDOM_LEN + CHECKSUM_LEN || !is_base62(body) {
         return Err(KeyFormatError::Malformed);
     }

@@ -4,7 +4,8 @@
 //! origin is echoed); the security boundary is in the handlers: the widget key must be known
 //! and enabled, and the page's `Origin` (else `Referer`) must be on the key's allowlist.
 
-use axum::extract::State;
+use axum::extract::{FromRequest, Request, State};
+use axum::http::request::Parts;
 use axum::http::{HeaderMap, header};
 use chrono::{Duration, Utc};
 use serde::{Deserialize, Serialize};
@@ -12,13 +13,12 @@ use sqlx::PgConnection;
 use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
-use crate::auth::api_keys::KeyRejection;
 use crate::auth::keys::{random_secret, widget_key_account};
-use crate::auth::origin::{is_allowed, request_origin};
+use crate::auth::origin::{RequestOrigin, is_allowed, request_origin};
 use crate::auth::widget_keys::WidgetKeyRecord;
 use crate::auth::widget_session::{REFRESH_GRACE_SECS, SessionClaims, SessionKind};
 use crate::error::{ApiError, ApiResult};
-use crate::extract::ClientIp;
+use crate::extract::{ApiKeyCaller, ClientIp, unsuspended_account};
 use crate::json::Json;
 use crate::limits::ClientLimit;
 use crate::model::agents::{AgentStatus, AuthMode, WidgetAuthMode};
@@ -26,40 +26,178 @@ use crate::model::{check_required_text, check_text};
 use crate::query::Query;
 use crate::routes::widget_settings::{WidgetSettings, load_settings};
 use crate::state::AppState;
-use crate::tenancy::catalog::{Account, AccountStatus};
+use crate::tenancy::catalog::Account;
+use crate::tenancy::pools::TenantConn;
 use crate::tenancy::slug::AccountSlug;
 
 /// How long a server-minted user token may wait to be exchanged.
 pub const USER_TOKEN_TTL_SECS: i64 = 300;
 
-/// A verified widget key, its account, and the origin it was used from.
-struct Caller {
-    key: WidgetKeyRecord,
-    account: Account,
+/// A widget key in good standing and its account: the widget pipeline (SPEC §5) passed, in
+/// this order, each step refusing before the next runs:
+///
+/// 1. the key is known, enabled and of the account it names (401 `invalid_client_key`; an
+///    unknown key says nothing about origins);
+/// 2. the page's origin is on the key's allowlist (403 `origin_not_allowed`), before it can
+///    spend the key's quota;
+/// 3. the key's quota, and first this client's share of it (429 `rate_limited`);
+/// 4. the account exists (401 `invalid_client_key`) and is not suspended (403
+///    `account_suspended`);
+/// 5. the key's use is noted for `last_used_at`.
+///
+/// Nothing here opens the tenant database: [`WidgetCaller::connect`] does, afterwards.
+pub struct WidgetCaller {
+    pub key: WidgetKeyRecord,
+    pub account: Account,
 }
 
-/// Checks a widget key, the request's origin, then the key's quota. The order matters: an
-/// unknown key says nothing about origins, and nothing here opens the tenant database.
-async fn check_key(
-    state: &AppState,
-    headers: &HeaderMap,
+/// How a widget request names its key: a `pk_live_` key, or the claims of a session token
+/// (opened with a key, which a refresh re-checks).
+#[derive(Clone, Copy)]
+enum KeyName<'a> {
+    ClientKey(&'a str),
+    Session(&'a SessionClaims),
+}
+
+/// What the widget pipeline needs of a request's head, taken before its body is read.
+struct Head {
     client: ClientIp,
-    client_key: &str,
-) -> ApiResult<Caller> {
-    let account = widget_key_account(client_key).map_err(|_| ApiError::InvalidClientKey)?;
-    let slug = AccountSlug::parse(account).map_err(|_| ApiError::InvalidClientKey)?;
-    let key = state
-        .cache
-        .widget_key(&state.api_keys.hasher().hash(client_key))
-        .await?
-        .filter(|k| k.account == slug.as_str() && k.disabled_at.is_none())
-        .ok_or(ApiError::InvalidClientKey)?;
-    // Pages on other origins are refused before they can spend the key's quota.
-    check_origin(headers, &key.domain_allowlist)?;
-    charge_key(state, key.id, client)?;
-    let account = active_account(state, &slug).await?;
-    state.api_keys.touch_widget_key(key.id);
-    Ok(Caller { key, account })
+    origin: Option<RequestOrigin>,
+}
+
+impl Head {
+    fn of(parts: &Parts, state: &AppState) -> Self {
+        let header =
+            |name: header::HeaderName| parts.headers.get(name).and_then(|v| v.to_str().ok());
+        Self {
+            client: ClientIp::of(parts, state),
+            origin: request_origin(header(header::ORIGIN), header(header::REFERER)),
+        }
+    }
+}
+
+impl WidgetCaller {
+    /// Runs the widget pipeline for the key `name` names.
+    async fn check(state: &AppState, head: Head, name: KeyName<'_>) -> ApiResult<Self> {
+        // Step 1: a client key's format and account are checked before any lookup.
+        let account = match name {
+            KeyName::ClientKey(client_key) => {
+                widget_key_account(client_key).map_err(|_| ApiError::InvalidClientKey)?
+            }
+            KeyName::Session(claims) => &claims.acct,
+        };
+        let slug = AccountSlug::parse(account).map_err(|_| ApiError::InvalidClientKey)?;
+        let key = match name {
+            KeyName::ClientKey(client_key) => {
+                let hash = state.api_keys.hasher().hash(client_key);
+                state.cache.widget_key(&hash).await?
+            }
+            KeyName::Session(claims) => {
+                crate::auth::widget_keys::load_by_id(state.catalog.pool(), claims.wk).await?
+            }
+        };
+        let key = key
+            .filter(|k| k.account == slug.as_str() && k.disabled_at.is_none())
+            .ok_or(ApiError::InvalidClientKey)?;
+        // Step 2.
+        let origin = head.origin.ok_or(ApiError::OriginNotAllowed)?;
+        if !is_allowed(&key.domain_allowlist, &origin) {
+            return Err(ApiError::OriginNotAllowed);
+        }
+        // Step 3.
+        charge_key(state, key.id, head.client)?;
+        // Step 4.
+        let account = unsuspended_account(state, &slug)
+            .await?
+            .ok_or(ApiError::InvalidClientKey)?;
+        // Step 5.
+        state.api_keys.touch_widget_key(key.id);
+        Ok(Self { key, account })
+    }
+
+    /// A connection to the key's account database: the only way the widget endpoints reach
+    /// one, after the pipeline passed.
+    async fn connect(&self, state: &AppState) -> ApiResult<TenantConn> {
+        state.pools.acquire(&self.account).await
+    }
+}
+
+/// Inputs (a query or a body) that carry a widget key as `client_key`.
+pub trait CarriesClientKey {
+    fn client_key(&self) -> &str;
+}
+
+impl<T: CarriesClientKey> CarriesClientKey for Json<T> {
+    fn client_key(&self) -> &str {
+        self.0.client_key()
+    }
+}
+
+impl<T: CarriesClientKey> CarriesClientKey for Query<T> {
+    fn client_key(&self) -> &str {
+        self.0.client_key()
+    }
+}
+
+/// A widget request made with the `pk_live_` key its input carries: the input `E` (`Json<…>`
+/// or `Query<…>`) and the [`WidgetCaller`] of the key.
+///
+/// One extractor over the whole request rather than a caller extractor next to a body
+/// extractor: the key is in the body, which can be read only once, so the body is parsed here,
+/// once, and handed to the handler with the caller. The input is parsed first, as the handlers
+/// always did: a malformed request answers 400 before any check of the key.
+pub struct WidgetCall<E> {
+    pub caller: WidgetCaller,
+    pub input: E,
+}
+
+/// Reads a widget request: its head, then its input `E`.
+async fn read<E, M>(req: Request, state: &AppState) -> ApiResult<(Head, E)>
+where
+    E: FromRequest<AppState, M, Rejection = ApiError>,
+{
+    let (parts, body) = req.into_parts();
+    let head = Head::of(&parts, state);
+    let input = E::from_request(Request::from_parts(parts, body), state).await?;
+    Ok((head, input))
+}
+
+impl<E, M> FromRequest<AppState, M> for WidgetCall<E>
+where
+    E: FromRequest<AppState, M, Rejection = ApiError> + CarriesClientKey + Send,
+{
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &AppState) -> ApiResult<Self> {
+        let (head, input) = read::<E, M>(req, state).await?;
+        let name = KeyName::ClientKey(input.client_key());
+        let caller = WidgetCaller::check(state, head, name).await?;
+        Ok(Self { caller, input })
+    }
+}
+
+/// A refresh (`{ token }`): the session token's verified claims and the [`WidgetCaller`] of
+/// the key the session was opened with, through the same pipeline as [`WidgetCall`] (the key
+/// is named by the claims instead of a `client_key`). Parsed the same way: body first.
+pub struct RefreshCall {
+    pub caller: WidgetCaller,
+    pub claims: SessionClaims,
+}
+
+impl FromRequest<AppState> for RefreshCall {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &AppState) -> ApiResult<Self> {
+        let (head, Json(body)) = read::<Json<RefreshRequest>, _>(req, state).await?;
+        let claims = state
+            .widget
+            .sessions
+            .verify_for_refresh(&body.token)
+            .await
+            .ok_or(ApiError::Unauthenticated("not a valid widget session"))?;
+        let caller = WidgetCaller::check(state, head, KeyName::Session(&claims)).await?;
+        Ok(Self { caller, claims })
+    }
 }
 
 /// Charges a request to a widget key's quota, and first to this client's share of it, so that
@@ -81,31 +219,6 @@ fn charge_key(state: &AppState, key: Uuid, ClientIp(client): ClientIp) -> ApiRes
             .map_err(refused)?;
     }
     state.widget.key_limiter.check(&key).map_err(refused)
-}
-
-/// The request's origin (`Origin`, else the origin of `Referer`) must be on the allowlist.
-fn check_origin(headers: &HeaderMap, allowlist: &[String]) -> ApiResult<()> {
-    let header = |name: header::HeaderName| headers.get(name).and_then(|v| v.to_str().ok());
-    let origin = request_origin(header(header::ORIGIN), header(header::REFERER))
-        .ok_or(ApiError::OriginNotAllowed)?;
-    if is_allowed(allowlist, &origin) {
-        Ok(())
-    } else {
-        Err(ApiError::OriginNotAllowed)
-    }
-}
-
-/// The widget key's account, which must exist and be active.
-async fn active_account(state: &AppState, slug: &AccountSlug) -> ApiResult<Account> {
-    let account = state
-        .cache
-        .account(slug)
-        .await?
-        .ok_or(ApiError::InvalidClientKey)?;
-    if account.status == AccountStatus::Suspended {
-        return Err(ApiError::AccountSuspended);
-    }
-    Ok(account)
 }
 
 /// What the widget needs to know of an agent.
@@ -202,6 +315,12 @@ pub struct ConfigQuery {
     pub agent_id: Option<Uuid>,
 }
 
+impl CarriesClientKey for ConfigQuery {
+    fn client_key(&self) -> &str {
+        &self.client_key
+    }
+}
+
 /// The widget's configuration: branding, and the agent (pinned or requested) or the list of
 /// agents the widget offers.
 #[derive(Debug, Serialize, ToSchema)]
@@ -221,12 +340,12 @@ pub struct WidgetConfig {
               (status = 403, description = "`origin_not_allowed` or `widget_not_allowed`", body = crate::error::ErrorBody)))]
 pub async fn config(
     State(state): State<AppState>,
-    client: ClientIp,
-    headers: HeaderMap,
-    Query(q): Query<ConfigQuery>,
+    WidgetCall {
+        caller,
+        input: Query(q),
+    }: WidgetCall<Query<ConfigQuery>>,
 ) -> ApiResult<Json<WidgetConfig>> {
-    let caller = check_key(&state, &headers, client, &q.client_key).await?;
-    let mut conn = state.pools.acquire(&caller.account).await?;
+    let mut conn = caller.connect(&state).await?;
     let branding = load_settings(&mut conn).await?;
     let agent = chosen_agent(&mut conn, &caller.key, q.agent_id).await?;
     let agents = match agent {
@@ -286,6 +405,12 @@ pub struct GuestRequest {
     pub agent_id: Option<Uuid>,
 }
 
+impl CarriesClientKey for GuestRequest {
+    fn client_key(&self) -> &str {
+        &self.client_key
+    }
+}
+
 /// A guest session, for agents that allow guests.
 #[utoipa::path(post, path = "/api/v1/widget/auth/guest", tag = "widget", operation_id = "widget_guest", security(()),
     request_body = GuestRequest,
@@ -294,12 +419,12 @@ pub struct GuestRequest {
               (status = 403, description = "`origin_not_allowed` or `widget_not_allowed`", body = crate::error::ErrorBody)))]
 pub async fn guest(
     State(state): State<AppState>,
-    client: ClientIp,
-    headers: HeaderMap,
-    Json(body): Json<GuestRequest>,
+    WidgetCall {
+        caller,
+        input: Json(body),
+    }: WidgetCall<Json<GuestRequest>>,
 ) -> ApiResult<Json<SessionToken>> {
-    let caller = check_key(&state, &headers, client, &body.client_key).await?;
-    let mut conn = state.pools.acquire(&caller.account).await?;
+    let mut conn = caller.connect(&state).await?;
     let agent = chosen_agent(&mut conn, &caller.key, body.agent_id)
         .await?
         .ok_or_else(|| {
@@ -362,27 +487,8 @@ pub async fn user_token(
     headers: HeaderMap,
     Json(body): Json<UserTokenRequest>,
 ) -> ApiResult<Json<UserToken>> {
-    let key = crate::extract::bearer(&headers)
-        .ok()
-        .flatten()
-        .ok_or(ApiError::Unauthenticated("an sk_live_ API key is required"))?;
-    let principal = state
-        .api_keys
-        .verify(key, &state.cache)
-        .await
-        .map_err(|e| match e {
-            KeyRejection::Refused(r) => {
-                state.metrics.auth_failure(r.reason);
-                ApiError::Unauthenticated("an sk_live_ API key is required")
-            }
-            KeyRejection::Unavailable(e) => e.into(),
-        })?;
-    let account = principal
-        .bound_account()
-        .cloned()
-        .ok_or(ApiError::Unauthenticated("an sk_live_ API key is required"))?;
     // A suspended account mints nothing.
-    active_account(&state, &account).await?;
+    let ApiKeyCaller { slug: account, .. } = ApiKeyCaller::from_headers(&state, &headers).await?;
     check_required_text("external_user_id", &body.external_user_id, 255)?;
     check_text(
         "display_name",
@@ -428,6 +534,12 @@ pub struct ExchangeRequest {
     pub user_token: String,
 }
 
+impl CarriesClientKey for ExchangeRequest {
+    fn client_key(&self) -> &str {
+        &self.client_key
+    }
+}
+
 /// Exchanges a user token (once) for a user session, re-checking the key, the origin and the
 /// agent's policy first.
 #[utoipa::path(post, path = "/api/v1/widget/auth/exchange", tag = "widget", operation_id = "widget_exchange", security(()),
@@ -437,11 +549,11 @@ pub struct ExchangeRequest {
               (status = 403, description = "`origin_not_allowed` or `widget_not_allowed`", body = crate::error::ErrorBody)))]
 pub async fn exchange(
     State(state): State<AppState>,
-    client: ClientIp,
-    headers: HeaderMap,
-    Json(body): Json<ExchangeRequest>,
+    WidgetCall {
+        caller,
+        input: Json(body),
+    }: WidgetCall<Json<ExchangeRequest>>,
 ) -> ApiResult<Json<SessionToken>> {
-    let caller = check_key(&state, &headers, client, &body.client_key).await?;
     let refused = || ApiError::Unauthenticated("the user token is unknown, used or expired");
     let hash = state.api_keys.hasher().hash(&body.user_token);
     let pending: Option<(String, Option<Uuid>)> = sqlx::query_as(
@@ -453,7 +565,7 @@ pub async fn exchange(
     .fetch_optional(state.catalog.pool())
     .await?;
     let (external_user_id, agent_id) = pending.ok_or_else(refused)?;
-    let mut conn = state.pools.acquire(&caller.account).await?;
+    let mut conn = caller.connect(&state).await?;
     let agent = chosen_agent(&mut conn, &caller.key, agent_id)
         .await?
         .ok_or_else(|| {
@@ -502,26 +614,10 @@ pub struct RefreshRequest {
               (status = 403, description = "`origin_not_allowed` or `widget_not_allowed`", body = crate::error::ErrorBody)))]
 pub async fn refresh(
     State(state): State<AppState>,
-    client: ClientIp,
-    headers: HeaderMap,
-    Json(body): Json<RefreshRequest>,
+    RefreshCall { caller, claims }: RefreshCall,
 ) -> ApiResult<Json<SessionToken>> {
-    let claims: SessionClaims = state
-        .widget
-        .sessions
-        .verify_for_refresh(&body.token)
-        .await
-        .ok_or(ApiError::Unauthenticated("not a valid widget session"))?;
-    let key = crate::auth::widget_keys::load_by_id(state.catalog.pool(), claims.wk).await?;
-    let key = key
-        .filter(|k| k.disabled_at.is_none() && k.account == claims.acct)
-        .ok_or(ApiError::InvalidClientKey)?;
-    check_origin(&headers, &key.domain_allowlist)?;
-    charge_key(&state, key.id, client)?;
-    let slug = AccountSlug::parse(&claims.acct).map_err(|_| ApiError::InvalidClientKey)?;
-    let account = active_account(&state, &slug).await?;
-    let mut conn = state.pools.acquire(&account).await?;
-    let agent = chosen_agent(&mut conn, &key, Some(claims.agent_id)).await?;
+    let mut conn = caller.connect(&state).await?;
+    let agent = chosen_agent(&mut conn, &caller.key, Some(claims.agent_id)).await?;
     drop(conn);
     if !agent.is_some_and(|a| a.allows(claims.kind)) {
         return Err(ApiError::WidgetNotAllowed(
@@ -549,7 +645,7 @@ pub async fn refresh(
         claims.agent_id,
         claims.kind,
         claims.sub,
-        key.id,
+        caller.key.id,
     )
 }
 

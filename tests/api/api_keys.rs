@@ -249,6 +249,24 @@ async fn a_key_naming_the_system_database_is_refused_as_reserved() {
     assert_eq!(error_code(resp).await, (403, "reserved_account".into()));
 }
 
+/// Step 3 reads the account a key names before the key is verified: a malformed key naming
+/// the system database is refused as reserved too (SPEC §2: `sk_live_kataven-admin_…`).
+#[tokio::test]
+async fn a_malformed_key_naming_the_system_database_is_refused_as_reserved() {
+    let app = TestApp::spawn().await;
+    for key in ["sk_live_kataven-admin_x", "sk_live_kataven-admin_"] {
+        let resp = with_key(&app, Method::GET, "/api/v1/agents", key)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            error_code(resp).await,
+            (403, "reserved_account".into()),
+            "{key}"
+        );
+    }
+}
+
 #[tokio::test]
 async fn disabled_expired_and_deleted_keys_stop_working() {
     let app = TestApp::spawn().await;

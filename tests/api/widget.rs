@@ -1674,6 +1674,28 @@ async fn sessions_refresh_with_the_same_identity() {
     assert_eq!(error_code(resp).await, (403, "origin_not_allowed".into()));
 }
 
+/// A refresh goes through the widget pipeline like any request made with the key, down to
+/// noting the key's use.
+#[tokio::test]
+async fn a_refresh_notes_the_use_of_its_widget_key() {
+    let app = TestApp::spawn().await;
+    let slug = account(&app, "refresh_use").await;
+    let agent_id = public_agent(&app, &slug, "Support").await;
+    let key = key_of(&widget_key(&app, &slug, &["acme.com"], Some(&agent_id)).await);
+    let last_used = || async {
+        assert!(app.state.api_keys.flush_last_used().await);
+        let list = list_widget_keys(&app, &slug, "alice").await;
+        let at = list[0]["last_used_at"].as_str().unwrap().to_owned();
+        chrono::DateTime::parse_from_rfc3339(&at).unwrap()
+    };
+
+    let token = guest_token(&app, &key, None).await;
+    let opened = last_used().await;
+    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    refreshed(&app, SITE, &token).await;
+    assert!(last_used().await > opened, "the refresh was not noted");
+}
+
 #[tokio::test]
 async fn expired_sessions_refresh_only_within_the_grace_period() {
     let app = TestApp::spawn().await;
