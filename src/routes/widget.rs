@@ -118,7 +118,7 @@ impl WidgetCaller {
     /// A connection to the key's account database: the only way the widget endpoints reach
     /// one, after the pipeline passed.
     async fn connect(&self, state: &AppState) -> ApiResult<TenantConn> {
-        state.pools.acquire(&self.account).await
+        Ok(state.pools.acquire(&self.account).await?)
     }
 }
 
