@@ -585,7 +585,7 @@ async fn run(
     // pgbench on the hub's own query for one agent.
     let select = format!(
         "{} WHERE a.id = '{agent_id}';\n",
-        kataven_hub::routes::agents::SELECT_AGENTS.trim()
+        kataven_hub::agents::store::SELECT_AGENTS.trim()
     );
     let select_script = work.join("select.sql");
     std::fs::write(&select_script, select.replace('\n', " ") + "\n")?;
@@ -647,7 +647,7 @@ async fn run(
         provisioner.create_account(&slug, "Raw", None, None).await?;
         let list = format!(
             "{} ORDER BY a.created_at DESC, a.id DESC",
-            kataven_hub::routes::agents::SELECT_AGENTS.trim()
+            kataven_hub::agents::store::SELECT_AGENTS.trim()
         );
         let started = Instant::now();
         let mut conn = PgConnectOptions::from_str(&pg.url(slug.as_str()))?

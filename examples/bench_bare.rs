@@ -1,6 +1,6 @@
 //! The baseline of `bench/run.sh`: a bare axum + sqlx server that answers
 //! `GET /agents/{id}` from one tenant database with the hub's own query and serialisation
-//! (`routes::agents::load_agent`), through an ordinary sqlx `PgPool` — everything the hub does
+//! (`agents::store::load`), through an ordinary sqlx `PgPool` — everything the hub does
 //! for that request except its pipeline (authentication, tenancy, limits, metrics, logs).
 //!
 //! `BARE_DATABASE_URL` (the tenant database), `BARE_LISTEN`, `BARE_POOL` (default 16).
@@ -8,17 +8,15 @@
 use axum::Router;
 use axum::extract::{Path, State};
 use axum::routing::get;
+use kataven_hub::agents::model::Agent;
 use kataven_hub::error::ApiResult;
 use kataven_hub::json::Json;
-use kataven_hub::model::agents::Agent;
 use sqlx::PgPool;
 use sqlx::postgres::PgPoolOptions;
 
 async fn agent(State(pool): State<PgPool>, Path(id): Path<uuid::Uuid>) -> ApiResult<Json<Agent>> {
     let mut conn = pool.acquire().await?;
-    Ok(Json(
-        kataven_hub::routes::agents::load_agent(&mut conn, id).await?,
-    ))
+    Ok(Json(kataven_hub::agents::store::load(&mut conn, id).await?))
 }
 
 #[tokio::main]

@@ -240,6 +240,20 @@ impl ErrorKind {
     }
 }
 
+/// The HTTP answer to a store's domain error: the one place stores meet HTTP.
+impl From<crate::store::StoreError> for ApiError {
+    fn from(e: crate::store::StoreError) -> Self {
+        use crate::store::StoreError;
+        match e {
+            StoreError::NotFound { .. } => Self::NotFound(e.to_string()),
+            StoreError::Conflict { .. } => Self::Conflict(e.to_string()),
+            StoreError::BuiltIn => Self::Forbidden("built-in entries cannot be deleted"),
+            StoreError::Dangling { field, message } => Self::invalid_field(field, message),
+            StoreError::Database(e) => e.into(),
+        }
+    }
+}
+
 impl From<sqlx::Error> for ApiError {
     fn from(err: sqlx::Error) -> Self {
         if let sqlx::Error::Database(db) = &err {

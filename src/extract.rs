@@ -16,6 +16,7 @@ use crate::auth::keys::{API_KEY_PREFIX, api_key_named_account};
 use crate::error::ApiError;
 use crate::limits::Admission;
 use crate::state::AppState;
+use crate::store::TenantWrite;
 use crate::tenancy::catalog::{Account, AccountStatus, Role};
 use crate::tenancy::pools::TenantConn;
 use crate::tenancy::slug::SYSTEM_DATABASE;
@@ -151,6 +152,20 @@ pub struct TenantDb {
     pub conn: TenantConn,
 }
 
+impl TenantDb {
+    /// A connection for a caller whose pipeline has passed (never before: no pool is opened
+    /// for a caller who may be refused).
+    async fn open(tenant: Tenant, state: &AppState) -> Result<Self, ApiError> {
+        let conn = state.pools.acquire(&tenant.account).await?;
+        Ok(TenantDb { tenant, conn })
+    }
+
+    /// Begins a change to the tenant database: the one door for writes (see [`TenantWrite`]).
+    pub async fn write(&mut self) -> sqlx::Result<TenantWrite<'_>> {
+        TenantWrite::begin(&mut self.conn, &self.tenant.principal).await
+    }
+}
+
 /// The bearer token of the `Authorization` header. `Err` when the header is present but is not
 /// a bearer, so that step 4 refuses it rather than treating it as absent.
 pub(crate) fn bearer(headers: &HeaderMap) -> Result<Option<&str>, ()> {
@@ -259,8 +274,7 @@ impl FromRequestParts<AppState> for TenantDb {
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
         let tenant = Tenant::from_request_parts(parts, state).await?;
-        let conn = state.pools.acquire(&tenant.account).await?;
-        Ok(TenantDb { tenant, conn })
+        TenantDb::open(tenant, state).await
     }
 }
 
@@ -408,6 +422,18 @@ impl FromRequestParts<AppState> for Admin {
             return Err(ApiError::AdminRequired);
         }
         Ok(Admin(authorized.admit(parts, state).await?))
+    }
+}
+
+/// [`Admin`] plus a connection to the account's database.
+pub struct AdminDb(pub TenantDb);
+
+impl FromRequestParts<AppState> for AdminDb {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let Admin(tenant) = Admin::from_request_parts(parts, state).await?;
+        Ok(AdminDb(TenantDb::open(tenant, state).await?))
     }
 }
 

@@ -180,8 +180,8 @@ mod tests {
     use tower::ServiceExt;
 
     use super::*;
-    use crate::model::agents::{AgentCreate, AgentPatch, AgentToolUpsert};
-    use crate::model::knowledge::PlaybookCreate;
+    use crate::agents::model::{AgentCreate, AgentPatch, AgentToolUpsert};
+    use crate::knowledge::model::PlaybookCreate;
 
     const BODY_LIMIT: usize = 4096;
 

@@ -2,6 +2,7 @@
 //!
 //! The binary (`src/main.rs`) is a thin CLI over this library; the tests embed the same pieces.
 
+pub mod agents;
 pub mod audit;
 pub mod auth;
 pub mod cache;
@@ -11,6 +12,7 @@ pub mod doctor;
 pub mod error;
 pub mod extract;
 pub mod json;
+pub mod knowledge;
 pub mod limits;
 pub mod log_throttle;
 pub mod metrics;
@@ -23,6 +25,7 @@ pub mod request_id;
 pub mod routes;
 pub mod server;
 pub mod state;
+pub mod store;
 pub mod telemetry;
 pub mod tenancy;
 

@@ -1,8 +1,5 @@
 //! Wire types shared by the resource routes: pagination, partial updates, validation helpers.
 
-pub mod agents;
-pub mod knowledge;
-
 use serde::{Deserialize, Deserializer, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
@@ -156,6 +153,13 @@ pub enum IdOrName {
     Name(String),
 }
 
+/// Path segments (`/playbooks/{id}`) name an entry by UUID or by name.
+impl<'de> Deserialize<'de> for IdOrName {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        String::deserialize(d).map(|raw| Self::parse(&raw))
+    }
+}
+
 impl IdOrName {
     pub fn parse(raw: &str) -> Self {
         match uuid::Uuid::parse_str(raw) {
@@ -170,16 +174,5 @@ impl IdOrName {
             Self::Id(id) => (Some(*id), None),
             Self::Name(name) => (None, Some(name)),
         }
-    }
-}
-
-/// Maps a unique violation to 409 `conflict`, anything else through the usual conversion.
-pub fn conflict_on_unique(what: &str, name: &str) -> impl FnOnce(sqlx::Error) -> ApiError {
-    let (what, name) = (what.to_owned(), name.to_owned());
-    move |e| match &e {
-        sqlx::Error::Database(db) if db.is_unique_violation() => {
-            ApiError::Conflict(format!("a {what} named `{name}` already exists"))
-        }
-        _ => e.into(),
     }
 }

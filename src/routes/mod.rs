@@ -2,13 +2,11 @@
 //! wrapped in the middleware stack.
 
 pub mod accounts;
-pub mod agents;
 pub mod api_keys;
 pub mod call_limits;
 pub mod console;
 pub mod health;
 pub mod keys;
-pub mod knowledge;
 pub mod login;
 pub mod members;
 pub mod openapi;
@@ -27,8 +25,10 @@ use tracing::Instrument;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
+use crate::agents::routes as agents;
 use crate::error::ApiError;
 use crate::extract::rate_limit_headers;
+use crate::knowledge::routes as knowledge;
 use crate::limits::auth_failures;
 use crate::limits::client_ip::limit_public;
 use crate::metrics::{MethodLabel, RouteLabel};

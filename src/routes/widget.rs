@@ -13,6 +13,7 @@ use sqlx::PgConnection;
 use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
+use crate::agents::model::{AgentStatus, AuthMode, WidgetAuthMode};
 use crate::auth::keys::{random_secret, widget_key_account};
 use crate::auth::origin::{RequestOrigin, is_allowed, request_origin};
 use crate::auth::widget_keys::WidgetKeyRecord;
@@ -21,7 +22,6 @@ use crate::error::{ApiError, ApiResult};
 use crate::extract::{ApiKeyCaller, ClientIp, unsuspended_account};
 use crate::json::Json;
 use crate::limits::ClientLimit;
-use crate::model::agents::{AgentStatus, AuthMode, WidgetAuthMode};
 use crate::model::{check_required_text, check_text};
 use crate::query::Query;
 use crate::routes::widget_settings::{WidgetSettings, load_settings};

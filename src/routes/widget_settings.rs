@@ -1,20 +1,21 @@
 //! Widget settings: the account's branding (`/api/v1/widget-settings`, admin-only writes) and
 //! each agent's widget policy (`/api/v1/agents/{id}/widget-settings`).
 
-use axum::extract::Path;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
-use sqlx::{Connection, PgConnection};
+use sqlx::PgConnection;
 use utoipa::ToSchema;
 use uuid::Uuid;
 
-use crate::audit::{self, Action, Resource};
+use crate::agents::AgentId;
+use crate::agents::model::WidgetAuthMode;
+use crate::agents::store::AGENT;
+use crate::audit::{Action, Resource};
 use crate::error::{ApiError, ApiResult};
-use crate::extract::{Admin, TenantDb};
+use crate::extract::{AdminDb, TenantDb};
 use crate::json::Json;
-use crate::model::agents::WidgetAuthMode;
 use crate::model::{check_text, non_null, nullable};
-use crate::routes::agents::parse_agent_id;
+use crate::store::{StoreError, StoreResult};
 
 /// Where the launcher sits: bottom-left, bottom-right, top-left, top-right.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema, sqlx::Type)]
@@ -99,8 +100,7 @@ pub async fn get(TenantDb { mut conn, .. }: TenantDb) -> ApiResult<Json<WidgetSe
     request_body = WidgetSettingsPatch,
     responses((status = 200, description = "Branding", body = WidgetSettings)))]
 pub async fn patch(
-    Admin(tenant): Admin,
-    axum::extract::State(state): axum::extract::State<crate::state::AppState>,
+    AdminDb(mut db): AdminDb,
     Json(body): Json<WidgetSettingsPatch>,
 ) -> ApiResult<Json<WidgetSettings>> {
     if let Some(c) = &body.primary_color {
@@ -118,8 +118,7 @@ pub async fn patch(
     if let Some(p) = &body.privacy_notice {
         check_text("privacy_notice", p, 2000)?;
     }
-    let mut conn = state.pools.acquire(&tenant.account).await?;
-    let mut tx = conn.begin().await?;
+    let mut write = db.write().await?;
     sqlx::query(
         "UPDATE widget_settings SET
             primary_color = COALESCE($1, primary_color),
@@ -138,18 +137,12 @@ pub async fn patch(
     .bind(body.launcher_position)
     .bind(&body.launcher_label)
     .bind(&body.privacy_notice)
-    .execute(&mut *tx)
+    .execute(&mut *write)
     .await?;
-    audit::record(
-        &mut tx,
-        &tenant.principal,
-        Action::Update,
-        Resource::WidgetSettings,
-        None,
-    )
-    .await?;
-    let settings = load_settings(&mut tx).await?;
-    tx.commit().await?;
+    let settings = load_settings(&mut write).await?;
+    write
+        .commit_unnamed(Action::Update, Resource::WidgetSettings)
+        .await?;
     Ok(Json(settings))
 }
 
@@ -171,12 +164,17 @@ pub struct AgentWidgetSettingsPatch {
     pub auth_mode: Option<WidgetAuthMode>,
 }
 
-async fn load_agent_settings(conn: &mut PgConnection, id: Uuid) -> ApiResult<AgentWidgetSettings> {
-    sqlx::query_as("SELECT widget_enabled, widget_auth_mode AS auth_mode FROM agents WHERE id = $1")
-        .bind(id)
-        .fetch_optional(conn)
-        .await?
-        .ok_or_else(|| ApiError::not_found("no such agent"))
+async fn load_agent_settings(
+    conn: &mut PgConnection,
+    id: Uuid,
+) -> StoreResult<AgentWidgetSettings> {
+    let row = sqlx::query_as(
+        "SELECT widget_enabled, widget_auth_mode AS auth_mode FROM agents WHERE id = $1",
+    )
+    .bind(id)
+    .fetch_optional(conn)
+    .await?;
+    StoreError::found(row, AGENT)
 }
 
 /// An agent's widget policy.
@@ -185,9 +183,8 @@ async fn load_agent_settings(conn: &mut PgConnection, id: Uuid) -> ApiResult<Age
     responses((status = 200, description = "The policy", body = AgentWidgetSettings)))]
 pub async fn get_agent(
     TenantDb { mut conn, .. }: TenantDb,
-    Path(id): Path<String>,
+    AgentId(id): AgentId,
 ) -> ApiResult<Json<AgentWidgetSettings>> {
-    let id = parse_agent_id(&id)?;
     Ok(Json(load_agent_settings(&mut conn, id).await?))
 }
 
@@ -197,12 +194,11 @@ pub async fn get_agent(
     params(("id" = Uuid, Path, description = "The agent's id")),
     responses((status = 200, description = "The policy", body = AgentWidgetSettings)))]
 pub async fn patch_agent(
-    TenantDb { tenant, mut conn }: TenantDb,
-    Path(id): Path<String>,
+    mut db: TenantDb,
+    AgentId(id): AgentId,
     Json(body): Json<AgentWidgetSettingsPatch>,
 ) -> ApiResult<Json<AgentWidgetSettings>> {
-    let id = parse_agent_id(&id)?;
-    let mut tx = conn.begin().await?;
+    let mut write = db.write().await?;
     let updated = sqlx::query(
         "UPDATE agents SET widget_enabled = COALESCE($2, widget_enabled),
             widget_auth_mode = COALESCE($3, widget_auth_mode), updated_at = now() WHERE id = $1",
@@ -210,20 +206,12 @@ pub async fn patch_agent(
     .bind(id)
     .bind(body.widget_enabled)
     .bind(body.auth_mode)
-    .execute(&mut *tx)
+    .execute(&mut *write)
     .await?;
-    if updated.rows_affected() == 0 {
-        return Err(ApiError::not_found("no such agent"));
-    }
-    audit::record(
-        &mut tx,
-        &tenant.principal,
-        Action::Update,
-        Resource::AgentWidgetSettings,
-        Some(&id.to_string()),
-    )
-    .await?;
-    let settings = load_agent_settings(&mut tx, id).await?;
-    tx.commit().await?;
+    StoreError::found((updated.rows_affected() > 0).then_some(()), AGENT)?;
+    let settings = load_agent_settings(&mut write, id).await?;
+    write
+        .commit(Action::Update, Resource::AgentWidgetSettings, id)
+        .await?;
     Ok(Json(settings))
 }

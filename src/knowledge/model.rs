@@ -5,8 +5,8 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 use uuid::Uuid;
 
-use super::{check_required_text, check_snake_name, check_text, non_null, nullable};
 use crate::error::ApiError;
+use crate::model::{check_required_text, check_snake_name, check_text, non_null, nullable};
 
 fn check_tags(field: &str, tags: &[String]) -> Result<(), ApiError> {
     if tags.len() > 50 {
