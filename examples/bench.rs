@@ -438,12 +438,12 @@ async fn run(
         Role::Admin,
     )
     .await?;
-    let api_key = kataven_hub::routes::api_keys::create_key(
+    let api_key = kataven_hub::keys::api::create_key(
         &pool,
         &hasher,
         account.as_str(),
         "bench",
-        kataven_hub::routes::api_keys::Expiry::Never,
+        kataven_hub::keys::api::Expiry::Never,
         "bench",
     )
     .await?

@@ -77,24 +77,6 @@ pub async fn record_committed(
     }
 }
 
-/// [`record_committed`] for a handler that holds no tenant connection: opens one.
-pub async fn record_catalog_change(
-    state: &crate::state::AppState,
-    tenant: &crate::extract::Tenant,
-    action: Action,
-    resource: Resource,
-    resource_id: &str,
-) {
-    match state.pools.acquire(&tenant.account).await {
-        Ok(mut conn) => {
-            record_committed(&mut conn, &tenant.principal, action, resource, resource_id).await;
-        }
-        Err(e) => {
-            tracing::error!(error = %e, resource = <&str>::from(resource), "could not write the audit row of a catalog change");
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::{Action, Resource};

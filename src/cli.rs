@@ -111,7 +111,7 @@ pub enum ApiKeysCommand {
         name: String,
         /// never, 30d, 90d or 1y.
         #[arg(long, default_value = "90d")]
-        expiry: crate::routes::api_keys::Expiry,
+        expiry: crate::keys::api::Expiry,
     },
 }
 
@@ -165,7 +165,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 bail!("no account `{slug}`");
             }
             let hasher = crate::auth::keys::KeyHasher::new(pepper);
-            let created = crate::routes::api_keys::create_key(
+            let created = crate::keys::api::create_key(
                 provisioner.catalog().pool(),
                 &hasher,
                 slug.as_str(),

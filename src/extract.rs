@@ -3,7 +3,7 @@
 //! `Tenant` runs steps 1–7 in order; `TenantDb` adds a connection to the tenant database and is
 //! the only way a handler reaches one — after the caller has been authorized.
 
-use axum::extract::FromRequestParts;
+use axum::extract::{FromRequestParts, RawPathParams};
 use axum::http::header::AUTHORIZATION;
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderName};
@@ -16,7 +16,7 @@ use crate::auth::keys::{API_KEY_PREFIX, api_key_named_account};
 use crate::error::ApiError;
 use crate::limits::Admission;
 use crate::state::AppState;
-use crate::store::TenantWrite;
+use crate::store::{StoreError, TenantWrite};
 use crate::tenancy::catalog::{Account, AccountStatus, Role};
 use crate::tenancy::pools::TenantConn;
 use crate::tenancy::slug::SYSTEM_DATABASE;
@@ -164,6 +164,20 @@ impl TenantDb {
     pub async fn write(&mut self) -> sqlx::Result<TenantWrite<'_>> {
         TenantWrite::begin(&mut self.conn, &self.tenant.principal).await
     }
+}
+
+/// The UUID in the path's `{id}`: what typed path ids (`AgentId`, `ApiKeyId`, …) are made of.
+/// Ids are UUIDs; any other text names nothing, so it is a 404 like an unknown UUID ("no such
+/// `what`"). Run after the caller's extractor, so that an unauthorized caller learns nothing.
+pub async fn path_id(parts: &mut Parts, what: &'static str) -> Result<uuid::Uuid, ApiError> {
+    RawPathParams::from_request_parts(parts, &())
+        .await
+        .ok()
+        .and_then(|params| {
+            let (_, raw) = params.iter().find(|(name, _)| *name == "id")?;
+            uuid::Uuid::parse_str(raw).ok()
+        })
+        .ok_or_else(|| StoreError::NotFound { what }.into())
 }
 
 /// The bearer token of the `Authorization` header. `Err` when the header is present but is not
@@ -409,9 +423,9 @@ fn is_elevated(headers: &HeaderMap) -> bool {
 }
 
 /// An admin acting with explicit elevation (pipeline step 8): an admin principal **and** the
-/// header `X-Admin: true`. The header alone grants nothing; neither does the role alone.
-#[derive(Debug, Clone)]
-pub struct Admin(pub Tenant);
+/// header `X-Admin: true`. The header alone grants nothing; neither does the role alone. With a
+/// connection to the account's database, opened once the caller is authorized.
+pub struct Admin(pub TenantDb);
 
 impl FromRequestParts<AppState> for Admin {
     type Rejection = ApiError;
@@ -421,26 +435,15 @@ impl FromRequestParts<AppState> for Admin {
         if !is_elevated(&parts.headers) || authorized.role != Role::Admin {
             return Err(ApiError::AdminRequired);
         }
-        Ok(Admin(authorized.admit(parts, state).await?))
-    }
-}
-
-/// [`Admin`] plus a connection to the account's database.
-pub struct AdminDb(pub TenantDb);
-
-impl FromRequestParts<AppState> for AdminDb {
-    type Rejection = ApiError;
-
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        let Admin(tenant) = Admin::from_request_parts(parts, state).await?;
-        Ok(AdminDb(TenantDb::open(tenant, state).await?))
+        let tenant = authorized.admit(parts, state).await?;
+        Ok(Admin(TenantDb::open(tenant, state).await?))
     }
 }
 
 /// The manager of an account's API keys: a user (never an API key: a leaked key must not mint
-/// others, 403 `api_key_not_allowed`) who is an admin acting with `X-Admin: true`.
-#[derive(Debug, Clone)]
-pub struct KeyManager(pub Tenant);
+/// others, 403 `api_key_not_allowed`) who is an admin acting with `X-Admin: true`. With a
+/// connection to the account's database.
+pub struct KeyManager(pub TenantDb);
 
 impl FromRequestParts<AppState> for KeyManager {
     type Rejection = ApiError;
@@ -453,7 +456,8 @@ impl FromRequestParts<AppState> for KeyManager {
         if !is_elevated(&parts.headers) || authorized.role != Role::Admin {
             return Err(ApiError::AdminRequired);
         }
-        Ok(KeyManager(authorized.admit(parts, state).await?))
+        let tenant = authorized.admit(parts, state).await?;
+        Ok(KeyManager(TenantDb::open(tenant, state).await?))
     }
 }
 

@@ -12,6 +12,7 @@ pub mod doctor;
 pub mod error;
 pub mod extract;
 pub mod json;
+pub mod keys;
 pub mod knowledge;
 pub mod limits;
 pub mod log_throttle;
@@ -28,6 +29,7 @@ pub mod state;
 pub mod store;
 pub mod telemetry;
 pub mod tenancy;
+pub mod widget;
 
 pub use routes::app;
 pub use state::AppState;

@@ -55,7 +55,7 @@ mod tests {
 
     use super::*;
     use crate::model::ListQuery;
-    use crate::routes::widget::ConfigQuery;
+    use crate::widget::routes::ConfigQuery;
 
     fn extract<T: DeserializeOwned>(uri: &Uri) -> Result<T, ApiError> {
         let (mut parts, ()) = Request::get(uri.clone()).body(()).unwrap().into_parts();

@@ -166,20 +166,7 @@ impl AppState {
                 if let Err(e) = state.widget.sessions.keys().rotate_if_older(rotation).await {
                     tracing::warn!(error = %e, "widget signing key rotation failed");
                 }
-                let purged = sqlx::query(
-                    "DELETE FROM widget_user_tokens WHERE expires_at < now() - interval '1 day'",
-                )
-                .execute(state.catalog.pool())
-                .await;
-                if let Err(e) = purged {
-                    tracing::warn!(error = %e, "could not purge expired widget user tokens");
-                }
-                let purged = sqlx::query("DELETE FROM widget_refreshes WHERE expires_at < now()")
-                    .execute(state.catalog.pool())
-                    .await;
-                if let Err(e) = purged {
-                    tracing::warn!(error = %e, "could not purge widget refresh records");
-                }
+                crate::widget::store::purge(state.catalog.pool()).await;
             }
         })
     }

@@ -1,6 +1,6 @@
 //! `/api/v1/agents` and the agent's associations (tools, playbooks, FAQs).
 
-use axum::extract::{FromRequestParts, Path, RawPathParams};
+use axum::extract::{FromRequestParts, Path};
 use axum::http::request::Parts;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -12,10 +12,9 @@ use super::model::{
 use super::store::{self, AGENT, Association, FAQS, PLAYBOOKS};
 use crate::audit::{Action, Resource};
 use crate::error::{ApiError, ApiResult};
-use crate::extract::TenantDb;
+use crate::extract::{TenantDb, path_id};
 use crate::json::Json;
 use crate::model::IdOrName;
-use crate::store::StoreError;
 
 /// The agent named by the path's `{id}`. Agent ids are UUIDs; anything else names no agent
 /// (404, like an unknown UUID).
@@ -25,16 +24,8 @@ pub struct AgentId(pub Uuid);
 impl<S: Send + Sync> FromRequestParts<S> for AgentId {
     type Rejection = ApiError;
 
-    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
-        let params = RawPathParams::from_request_parts(parts, state).await;
-        params
-            .ok()
-            .and_then(|params| {
-                let (_, raw) = params.iter().find(|(name, _)| *name == "id")?;
-                Uuid::parse_str(raw).ok()
-            })
-            .map(AgentId)
-            .ok_or_else(|| StoreError::NotFound { what: AGENT }.into())
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, ApiError> {
+        path_id(parts, AGENT).await.map(AgentId)
     }
 }
 

@@ -47,6 +47,15 @@ pub async fn load(conn: &mut PgConnection, id: Uuid) -> StoreResult<Agent> {
     StoreError::found(row, AGENT)
 }
 
+pub async fn exists(conn: &mut PgConnection, id: Uuid) -> StoreResult<bool> {
+    Ok(
+        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM agents WHERE id = $1)")
+            .bind(id)
+            .fetch_one(conn)
+            .await?,
+    )
+}
+
 /// Locks the agent row for a change.
 pub async fn lock(conn: &mut PgConnection, id: Uuid) -> StoreResult<()> {
     let row = sqlx::query("SELECT 1 FROM agents WHERE id = $1 FOR UPDATE")

@@ -190,6 +190,14 @@ pub enum KeyKind {
 }
 
 impl KeyKind {
+    /// What a key of this kind is called in messages ("no such API key").
+    pub fn noun(self) -> &'static str {
+        match self {
+            Self::Api => "API key",
+            Self::Widget => "widget key",
+        }
+    }
+
     pub fn table(self) -> &'static str {
         match self {
             Self::Api => "api_keys",
@@ -208,51 +216,6 @@ impl KeyKind {
             Self::Widget => CatalogChange::WidgetKey(hash),
         }
     }
-}
-
-/// What [`delete_or_disable`] did.
-pub struct Removal {
-    /// `delete` or `disable`, as recorded in the audit log.
-    pub action: crate::audit::Action,
-    pub key_hash: Vec<u8>,
-}
-
-/// Deletes a key of `account` that was never used, or disables a used one so that its record
-/// stays. `None` when there is no such key. "Used" is `first_used_at`, which the first
-/// verification on any instance records at once (in the same statement that reads the key), so
-/// every instance agrees; the batched `last_used_at` may lag by seconds.
-pub async fn delete_or_disable(
-    pool: &sqlx::PgPool,
-    kind: KeyKind,
-    account: &str,
-    id: uuid::Uuid,
-) -> sqlx::Result<Option<Removal>> {
-    let table = kind.table();
-    let deleted: Option<Vec<u8>> = sqlx::query_scalar(&format!(
-        "DELETE FROM {table} WHERE account = $1 AND id = $2 AND first_used_at IS NULL RETURNING key_hash"
-    ))
-    .bind(account)
-    .bind(id)
-    .fetch_optional(pool)
-    .await?;
-    if let Some(key_hash) = deleted {
-        return Ok(Some(Removal {
-            action: crate::audit::Action::Delete,
-            key_hash,
-        }));
-    }
-    let disabled: Option<Vec<u8>> = sqlx::query_scalar(&format!(
-        "UPDATE {table} SET disabled_at = COALESCE(disabled_at, now())
-         WHERE account = $1 AND id = $2 RETURNING key_hash"
-    ))
-    .bind(account)
-    .bind(id)
-    .fetch_optional(pool)
-    .await?;
-    Ok(disabled.map(|key_hash| Removal {
-        action: crate::audit::Action::Disable,
-        key_hash,
-    }))
 }
 
 /// A new opaque secret of `len` base62 characters (user tokens).

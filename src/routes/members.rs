@@ -56,7 +56,7 @@ pub async fn list(
               (status = 409, description = "It would leave the account without an admin", body = crate::error::ErrorBody)))]
 pub async fn upsert(
     State(state): State<AppState>,
-    Admin(tenant): Admin,
+    Admin(mut db): Admin,
     Json(body): Json<NewMember>,
 ) -> ApiResult<(StatusCode, Json<MemberOut>)> {
     let subject = body.subject.trim();
@@ -68,16 +68,17 @@ pub async fn upsert(
     }
     let change = state
         .catalog
-        .change_member(&tenant.slug, subject, Some(body.role))
+        .change_member(&db.tenant.slug, subject, Some(body.role))
         .await?;
     state
         .cache
-        .invalidate(&CatalogChange::Members(tenant.slug.to_string()));
+        .invalidate(&CatalogChange::Members(db.tenant.slug.to_string()));
     match change {
         MemberChange::Done(member) => {
-            audit::record_catalog_change(
-                &state,
-                &tenant,
+            let principal = &db.tenant.principal;
+            audit::record_committed(
+                &mut db.conn,
+                principal,
                 Action::Upsert,
                 Resource::Member,
                 subject,
@@ -99,21 +100,22 @@ pub async fn upsert(
               (status = 409, description = "It would leave the account without an admin", body = crate::error::ErrorBody)))]
 pub async fn remove(
     State(state): State<AppState>,
-    Admin(tenant): Admin,
+    Admin(mut db): Admin,
     Path(subject): Path<String>,
 ) -> ApiResult<StatusCode> {
     let change = state
         .catalog
-        .change_member(&tenant.slug, &subject, None)
+        .change_member(&db.tenant.slug, &subject, None)
         .await?;
     state
         .cache
-        .invalidate(&CatalogChange::Members(tenant.slug.to_string()));
+        .invalidate(&CatalogChange::Members(db.tenant.slug.to_string()));
     match change {
         MemberChange::Done(_) => {
-            audit::record_catalog_change(
-                &state,
-                &tenant,
+            let principal = &db.tenant.principal;
+            audit::record_committed(
+                &mut db.conn,
+                principal,
                 Action::Delete,
                 Resource::Member,
                 &subject,

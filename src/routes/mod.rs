@@ -2,18 +2,13 @@
 //! wrapped in the middleware stack.
 
 pub mod accounts;
-pub mod api_keys;
 pub mod call_limits;
 pub mod console;
 pub mod health;
-pub mod keys;
 pub mod login;
 pub mod members;
 pub mod openapi;
 pub mod user;
-pub mod widget;
-pub mod widget_keys;
-pub mod widget_settings;
 
 use std::time::Duration;
 
@@ -28,12 +23,16 @@ use utoipa_axum::routes;
 use crate::agents::routes as agents;
 use crate::error::ApiError;
 use crate::extract::rate_limit_headers;
+use crate::keys::api as api_keys;
+use crate::keys::widget as widget_keys;
 use crate::knowledge::routes as knowledge;
 use crate::limits::auth_failures;
 use crate::limits::client_ip::limit_public;
 use crate::metrics::{MethodLabel, RouteLabel};
 use crate::request_id::RequestId;
 use crate::state::AppState;
+use crate::widget::routes as widget;
+use crate::widget::settings as widget_settings;
 
 /// The protected resources, relative to a version prefix. One definition, mounted at the
 /// canonical `/api/v1` and at the `/api` (legacy) and `/v1` (api host) aliases.

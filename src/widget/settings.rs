@@ -3,19 +3,16 @@
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
-use sqlx::PgConnection;
 use utoipa::ToSchema;
-use uuid::Uuid;
 
+use super::store;
 use crate::agents::AgentId;
 use crate::agents::model::WidgetAuthMode;
-use crate::agents::store::AGENT;
 use crate::audit::{Action, Resource};
 use crate::error::{ApiError, ApiResult};
-use crate::extract::{AdminDb, TenantDb};
+use crate::extract::{Admin, TenantDb};
 use crate::json::Json;
 use crate::model::{check_text, non_null, nullable};
-use crate::store::{StoreError, StoreResult};
 
 /// Where the launcher sits: bottom-left, bottom-right, top-left, top-right.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema, sqlx::Type)]
@@ -79,20 +76,11 @@ fn check_https_url(field: &str, value: &str) -> ApiResult<()> {
     }
 }
 
-pub async fn load_settings(conn: &mut PgConnection) -> ApiResult<WidgetSettings> {
-    Ok(sqlx::query_as(
-        "SELECT primary_color, accent_color, logo_url, launcher_position, launcher_label,
-                privacy_notice, updated_at FROM widget_settings WHERE id",
-    )
-    .fetch_one(conn)
-    .await?)
-}
-
 /// The account's widget branding.
 #[utoipa::path(get, path = "/widget-settings", tag = "widget", operation_id = "get_widget_settings",
     responses((status = 200, description = "Branding", body = WidgetSettings)))]
 pub async fn get(TenantDb { mut conn, .. }: TenantDb) -> ApiResult<Json<WidgetSettings>> {
-    Ok(Json(load_settings(&mut conn).await?))
+    Ok(Json(store::settings(&mut conn).await?))
 }
 
 /// Admin only: change the account's widget branding.
@@ -100,7 +88,7 @@ pub async fn get(TenantDb { mut conn, .. }: TenantDb) -> ApiResult<Json<WidgetSe
     request_body = WidgetSettingsPatch,
     responses((status = 200, description = "Branding", body = WidgetSettings)))]
 pub async fn patch(
-    AdminDb(mut db): AdminDb,
+    Admin(mut db): Admin,
     Json(body): Json<WidgetSettingsPatch>,
 ) -> ApiResult<Json<WidgetSettings>> {
     if let Some(c) = &body.primary_color {
@@ -119,27 +107,8 @@ pub async fn patch(
         check_text("privacy_notice", p, 2000)?;
     }
     let mut write = db.write().await?;
-    sqlx::query(
-        "UPDATE widget_settings SET
-            primary_color = COALESCE($1, primary_color),
-            accent_color = COALESCE($2, accent_color),
-            logo_url = CASE WHEN $3 THEN $4 ELSE logo_url END,
-            launcher_position = COALESCE($5, launcher_position),
-            launcher_label = COALESCE($6, launcher_label),
-            privacy_notice = COALESCE($7, privacy_notice),
-            updated_at = now()
-         WHERE id",
-    )
-    .bind(&body.primary_color)
-    .bind(&body.accent_color)
-    .bind(body.logo_url.is_some())
-    .bind(body.logo_url.clone().flatten())
-    .bind(body.launcher_position)
-    .bind(&body.launcher_label)
-    .bind(&body.privacy_notice)
-    .execute(&mut *write)
-    .await?;
-    let settings = load_settings(&mut write).await?;
+    store::update_settings(&mut write, &body).await?;
+    let settings = store::settings(&mut write).await?;
     write
         .commit_unnamed(Action::Update, Resource::WidgetSettings)
         .await?;
@@ -164,19 +133,6 @@ pub struct AgentWidgetSettingsPatch {
     pub auth_mode: Option<WidgetAuthMode>,
 }
 
-async fn load_agent_settings(
-    conn: &mut PgConnection,
-    id: Uuid,
-) -> StoreResult<AgentWidgetSettings> {
-    let row = sqlx::query_as(
-        "SELECT widget_enabled, widget_auth_mode AS auth_mode FROM agents WHERE id = $1",
-    )
-    .bind(id)
-    .fetch_optional(conn)
-    .await?;
-    StoreError::found(row, AGENT)
-}
-
 /// An agent's widget policy.
 #[utoipa::path(get, path = "/agents/{id}/widget-settings", tag = "widget", operation_id = "get_agent_widget_settings",
     params(("id" = Uuid, Path, description = "The agent's id")),
@@ -185,7 +141,7 @@ pub async fn get_agent(
     TenantDb { mut conn, .. }: TenantDb,
     AgentId(id): AgentId,
 ) -> ApiResult<Json<AgentWidgetSettings>> {
-    Ok(Json(load_agent_settings(&mut conn, id).await?))
+    Ok(Json(store::agent_settings(&mut conn, id).await?))
 }
 
 /// Change an agent's widget policy.
@@ -199,17 +155,8 @@ pub async fn patch_agent(
     Json(body): Json<AgentWidgetSettingsPatch>,
 ) -> ApiResult<Json<AgentWidgetSettings>> {
     let mut write = db.write().await?;
-    let updated = sqlx::query(
-        "UPDATE agents SET widget_enabled = COALESCE($2, widget_enabled),
-            widget_auth_mode = COALESCE($3, widget_auth_mode), updated_at = now() WHERE id = $1",
-    )
-    .bind(id)
-    .bind(body.widget_enabled)
-    .bind(body.auth_mode)
-    .execute(&mut *write)
-    .await?;
-    StoreError::found((updated.rows_affected() > 0).then_some(()), AGENT)?;
-    let settings = load_agent_settings(&mut write, id).await?;
+    store::update_agent_settings(&mut write, id, body.widget_enabled, body.auth_mode).await?;
+    let settings = store::agent_settings(&mut write, id).await?;
     write
         .commit(Action::Update, Resource::AgentWidgetSettings, id)
         .await?;

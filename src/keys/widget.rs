@@ -1,7 +1,7 @@
 //! `/api/v1/widget-keys`: the account's `pk_live_` widget keys, with their origin allowlists
 //! and optional agent pin. Any principal of the account may manage them.
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -9,14 +9,16 @@ use sqlx::PgConnection;
 use utoipa::ToSchema;
 use uuid::Uuid;
 
+use crate::agents;
 use crate::audit::Action;
 use crate::auth::keys::{KeyKind, last8, new_widget_key};
 use crate::auth::origin::Entry;
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{Tenant, TenantDb};
 use crate::json::Json;
+use crate::keys::store::{self, Origin, WIDGET_KEY_COLUMNS, WidgetKeyChange};
+use crate::keys::{self, KeyChange, WidgetKeyId};
 use crate::model::{check_required_text, non_null, nullable};
-use crate::routes::keys::{self, KeyChange};
 use crate::state::AppState;
 
 #[derive(Debug, Deserialize, ToSchema)]
@@ -71,9 +73,6 @@ pub struct WidgetKeyPatch {
     pub disabled: Option<bool>,
 }
 
-const ITEM_COLUMNS: &str = "id, name, last8, domain_allowlist, agent_id, disabled_at IS NOT NULL AS disabled, \
-                            disabled_at, last_used_at, created_at";
-
 /// Validates entries and stores them in their normal spelling.
 fn normalize_allowlist(entries: &[String]) -> ApiResult<Vec<String>> {
     if entries.len() > 100 {
@@ -92,13 +91,10 @@ fn normalize_allowlist(entries: &[String]) -> ApiResult<Vec<String>> {
         .collect()
 }
 
+/// A pin must name an agent of the account.
 async fn check_agent(conn: &mut PgConnection, agent: Option<Uuid>) -> ApiResult<()> {
     if let Some(id) = agent {
-        let exists: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM agents WHERE id = $1)")
-            .bind(id)
-            .fetch_one(conn)
-            .await?;
-        if !exists {
+        if !agents::store::exists(conn, id).await? {
             return Err(ApiError::invalid_field(
                 "agent_id",
                 "names no agent of this account",
@@ -115,8 +111,10 @@ pub async fn list(
     State(state): State<AppState>,
     tenant: Tenant,
 ) -> ApiResult<Json<Vec<WidgetKeyItem>>> {
+    let pool = state.catalog.pool();
+    let account = tenant.slug.as_str();
     Ok(Json(
-        keys::list(&state, KeyKind::Widget, &tenant, ITEM_COLUMNS).await?,
+        store::list(pool, KeyKind::Widget, account, WIDGET_KEY_COLUMNS).await?,
     ))
 }
 
@@ -125,45 +123,37 @@ pub async fn list(
     responses((status = 201, description = "Created; `key` is shown this once", body = WidgetKeyCreated)))]
 pub async fn create(
     State(state): State<AppState>,
-    TenantDb { tenant, mut conn }: TenantDb,
+    mut db: TenantDb,
     Json(body): Json<WidgetKeyCreate>,
 ) -> ApiResult<(StatusCode, Json<WidgetKeyCreated>)> {
     check_required_text("name", &body.name, 200)?;
     let allowlist = normalize_allowlist(&body.domain_allowlist)?;
-    check_agent(&mut conn, body.agent_id).await?;
-    let key = new_widget_key(tenant.slug.as_str());
-    let now = Utc::now();
+    check_agent(&mut db.conn, body.agent_id).await?;
+    let account = db.tenant.slug.as_str();
+    let key = new_widget_key(account);
     let created = WidgetKeyCreated {
         id: Uuid::now_v7(),
         name: body.name.trim().to_owned(),
         last8: last8(&key),
         domain_allowlist: allowlist,
         agent_id: body.agent_id,
-        created_at: now,
+        created_at: Utc::now(),
         key,
     };
-    sqlx::query(
-        "INSERT INTO widget_keys (id, account, name, key_hash, last8, domain_allowlist, agent_id, created_by, created_at)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
-    )
-    .bind(created.id)
-    .bind(tenant.slug.as_str())
-    .bind(&created.name)
-    .bind(&state.api_keys.hasher().hash(&created.key)[..])
-    .bind(&created.last8)
-    .bind(&created.domain_allowlist)
-    .bind(created.agent_id)
-    .bind(format!("{}:{}", tenant.principal.kind(), tenant.principal.id()))
-    .bind(now)
-    .execute(state.catalog.pool())
-    .await?;
+    let principal = &db.tenant.principal;
+    let origin = Origin {
+        account,
+        key_hash: &state.api_keys.hasher().hash(&created.key),
+        created_by: &format!("{}:{}", principal.kind(), principal.id()),
+    };
+    store::insert_widget_key(state.catalog.pool(), &created, origin).await?;
     let change = KeyChange {
         kind: KeyKind::Widget,
         action: Action::Create,
         id: created.id,
         key_hash: None,
     };
-    keys::changed(&state, &tenant, Some(&mut conn), change).await;
+    keys::changed(&state, &mut db, change).await;
     Ok((StatusCode::CREATED, Json(created)))
 }
 
@@ -173,11 +163,10 @@ pub async fn create(
     responses((status = 200, description = "The key", body = WidgetKeyItem)))]
 pub async fn patch(
     State(state): State<AppState>,
-    TenantDb { tenant, mut conn }: TenantDb,
-    Path(id): Path<String>,
+    mut db: TenantDb,
+    WidgetKeyId(id): WidgetKeyId,
     Json(body): Json<WidgetKeyPatch>,
 ) -> ApiResult<Json<WidgetKeyItem>> {
-    let id = KeyKind::Widget.parse_id(&id)?;
     if let Some(name) = &body.name {
         check_required_text("name", name, 200)?;
     }
@@ -187,40 +176,25 @@ pub async fn patch(
         .map(normalize_allowlist)
         .transpose()?;
     if let Some(agent) = body.agent_id {
-        check_agent(&mut conn, agent).await?;
+        check_agent(&mut db.conn, agent).await?;
     }
-    #[derive(sqlx::FromRow)]
-    struct Updated {
-        #[sqlx(flatten)]
-        item: WidgetKeyItem,
-        key_hash: Vec<u8>,
-    }
-    let updated: Updated = sqlx::query_as(&format!(
-        "UPDATE widget_keys SET name = COALESCE($3, name),
-             domain_allowlist = COALESCE($4, domain_allowlist),
-             agent_id = CASE WHEN $5 THEN $6 ELSE agent_id END,
-             disabled_at = CASE WHEN $7::boolean IS NULL THEN disabled_at
-                                WHEN $7 THEN COALESCE(disabled_at, now()) ELSE NULL END
-         WHERE account = $1 AND id = $2 RETURNING {ITEM_COLUMNS}, key_hash"
-    ))
-    .bind(tenant.slug.as_str())
-    .bind(id)
-    .bind(body.name.as_deref().map(str::trim))
-    .bind(allowlist)
-    .bind(body.agent_id.is_some())
-    .bind(body.agent_id.flatten())
-    .bind(body.disabled)
-    .fetch_optional(state.catalog.pool())
-    .await?
-    .ok_or_else(|| KeyKind::Widget.not_found())?;
+    let change = WidgetKeyChange {
+        name: body.name.as_deref().map(str::trim),
+        domain_allowlist: allowlist,
+        agent_id: body.agent_id,
+        disabled: body.disabled,
+    };
+    let account = db.tenant.slug.as_str();
+    let (item, key_hash) =
+        store::update_widget_key(state.catalog.pool(), account, id, change).await?;
     let change = KeyChange {
         kind: KeyKind::Widget,
         action: Action::Update,
         id,
-        key_hash: Some(&updated.key_hash),
+        key_hash: Some(&key_hash),
     };
-    keys::changed(&state, &tenant, Some(&mut conn), change).await;
-    Ok(Json(updated.item))
+    keys::changed(&state, &mut db, change).await;
+    Ok(Json(item))
 }
 
 /// Delete a widget key: hard-deleted if never used, otherwise disabled.
@@ -229,8 +203,8 @@ pub async fn patch(
     responses((status = 204, description = "Deleted (or disabled, if it was ever used)")))]
 pub async fn delete(
     State(state): State<AppState>,
-    tenant: Tenant,
-    Path(id): Path<String>,
+    mut db: TenantDb,
+    WidgetKeyId(id): WidgetKeyId,
 ) -> ApiResult<StatusCode> {
-    keys::remove(&state, &tenant, KeyKind::Widget, &id).await
+    keys::remove(&state, &mut db, KeyKind::Widget, id).await
 }

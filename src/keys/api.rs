@@ -2,7 +2,7 @@
 //! the account; creating, changing and deleting needs an admin user with `X-Admin: true`
 //! (an API key gets 403 `api_key_not_allowed`).
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use chrono::{DateTime, Duration, Utc};
 use serde::{Deserialize, Serialize};
@@ -14,9 +14,11 @@ use crate::auth::keys::{KeyKind, last8};
 use crate::error::ApiResult;
 use crate::extract::{KeyManager, Tenant};
 use crate::json::Json;
+use crate::keys::store::{self, API_KEY_COLUMNS, Origin};
+use crate::keys::{self, ApiKeyId, KeyChange};
 use crate::model::{check_required_text, non_null};
-use crate::routes::keys::{self, KeyChange};
 use crate::state::AppState;
+use crate::store::StoreResult;
 
 /// How long a new key lives.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize, ToSchema)]
@@ -96,9 +98,6 @@ pub struct ApiKeyPatch {
     pub disabled: Option<bool>,
 }
 
-const ITEM_COLUMNS: &str =
-    "id, name, last8, expires_at, disabled_at IS NOT NULL AS disabled, last_used_at, created_at";
-
 /// Creates a key for `account`; returns the record and the plaintext. Shared with the
 /// `api-keys create` command.
 pub async fn create_key(
@@ -108,7 +107,7 @@ pub async fn create_key(
     name: &str,
     expiry: Expiry,
     created_by: &str,
-) -> sqlx::Result<ApiKeyCreated> {
+) -> StoreResult<ApiKeyCreated> {
     let key = hasher.new_api_key(account);
     let now = Utc::now();
     let created = ApiKeyCreated {
@@ -119,20 +118,12 @@ pub async fn create_key(
         created_at: now,
         key,
     };
-    sqlx::query(
-        "INSERT INTO api_keys (id, account, name, key_hash, last8, expires_at, created_by, created_at, tagged)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, true)",
-    )
-    .bind(created.id)
-    .bind(account)
-    .bind(&created.name)
-    .bind(&hasher.hash(&created.key)[..])
-    .bind(&created.last8)
-    .bind(created.expires_at)
-    .bind(created_by)
-    .bind(now)
-    .execute(pool)
-    .await?;
+    let origin = Origin {
+        account,
+        key_hash: &hasher.hash(&created.key),
+        created_by,
+    };
+    store::insert_api_key(pool, &created, origin).await?;
     Ok(created)
 }
 
@@ -143,8 +134,10 @@ pub async fn list(
     State(state): State<AppState>,
     tenant: Tenant,
 ) -> ApiResult<Json<Vec<ApiKeyItem>>> {
+    let pool = state.catalog.pool();
+    let account = tenant.slug.as_str();
     Ok(Json(
-        keys::list(&state, KeyKind::Api, &tenant, ITEM_COLUMNS).await?,
+        store::list(pool, KeyKind::Api, account, API_KEY_COLUMNS).await?,
     ))
 }
 
@@ -153,15 +146,16 @@ pub async fn list(
     responses((status = 201, description = "Created; `key` is shown this once", body = ApiKeyCreated)))]
 pub async fn create(
     State(state): State<AppState>,
-    KeyManager(tenant): KeyManager,
+    KeyManager(mut db): KeyManager,
     Json(body): Json<ApiKeyCreate>,
 ) -> ApiResult<(StatusCode, Json<ApiKeyCreated>)> {
     check_required_text("name", &body.name, 200)?;
-    let created_by = format!("{}:{}", tenant.principal.kind(), tenant.principal.id());
+    let principal = &db.tenant.principal;
+    let created_by = format!("{}:{}", principal.kind(), principal.id());
     let created = create_key(
         state.catalog.pool(),
         state.api_keys.hasher(),
-        tenant.slug.as_str(),
+        db.tenant.slug.as_str(),
         body.name.trim(),
         body.expiry,
         &created_by,
@@ -173,7 +167,7 @@ pub async fn create(
         id: created.id,
         key_hash: None,
     };
-    keys::changed(&state, &tenant, None, change).await;
+    keys::changed(&state, &mut db, change).await;
     Ok((StatusCode::CREATED, Json(created)))
 }
 
@@ -183,41 +177,25 @@ pub async fn create(
     responses((status = 200, description = "The key", body = ApiKeyItem)))]
 pub async fn patch(
     State(state): State<AppState>,
-    KeyManager(tenant): KeyManager,
-    Path(id): Path<String>,
+    KeyManager(mut db): KeyManager,
+    ApiKeyId(id): ApiKeyId,
     Json(body): Json<ApiKeyPatch>,
 ) -> ApiResult<Json<ApiKeyItem>> {
-    let id = KeyKind::Api.parse_id(&id)?;
     if let Some(name) = &body.name {
         check_required_text("name", name, 200)?;
     }
-    #[derive(sqlx::FromRow)]
-    struct Updated {
-        #[sqlx(flatten)]
-        item: ApiKeyItem,
-        key_hash: Vec<u8>,
-    }
-    let updated: Updated = sqlx::query_as(&format!(
-        "UPDATE api_keys SET name = COALESCE($3, name),
-             disabled_at = CASE WHEN $4::boolean IS NULL THEN disabled_at
-                                WHEN $4 THEN COALESCE(disabled_at, now()) ELSE NULL END
-         WHERE account = $1 AND id = $2 RETURNING {ITEM_COLUMNS}, key_hash"
-    ))
-    .bind(tenant.slug.as_str())
-    .bind(id)
-    .bind(body.name.as_deref().map(str::trim))
-    .bind(body.disabled)
-    .fetch_optional(state.catalog.pool())
-    .await?
-    .ok_or_else(|| KeyKind::Api.not_found())?;
+    let name = body.name.as_deref().map(str::trim);
+    let account = db.tenant.slug.as_str();
+    let (item, key_hash) =
+        store::update_api_key(state.catalog.pool(), account, id, name, body.disabled).await?;
     let change = KeyChange {
         kind: KeyKind::Api,
         action: Action::Update,
         id,
-        key_hash: Some(&updated.key_hash),
+        key_hash: Some(&key_hash),
     };
-    keys::changed(&state, &tenant, None, change).await;
-    Ok(Json(updated.item))
+    keys::changed(&state, &mut db, change).await;
+    Ok(Json(item))
 }
 
 /// Admin only (users): delete a key. A key never used is deleted; a key that ever
@@ -228,8 +206,8 @@ pub async fn patch(
     responses((status = 204, description = "Deleted (or disabled, if it was ever used)")))]
 pub async fn delete(
     State(state): State<AppState>,
-    KeyManager(tenant): KeyManager,
-    Path(id): Path<String>,
+    KeyManager(mut db): KeyManager,
+    ApiKeyId(id): ApiKeyId,
 ) -> ApiResult<StatusCode> {
-    keys::remove(&state, &tenant, KeyKind::Api, &id).await
+    keys::remove(&state, &mut db, KeyKind::Api, id).await
 }

@@ -1,0 +1,108 @@
+//! An account's keys: API keys (`api.rs`, `/api/v1/api-keys`) and widget keys (`widget.rs`,
+//! `/api/v1/widget-keys`), their catalog SQL (`store.rs`), and what managing both has in
+//! common: typed key ids, and what follows every change — the caches of every instance drop the
+//! key, and the account's audit log records the change (after the catalog commit, so a failure
+//! to audit never turns a change that happened into an error).
+
+pub mod api;
+pub mod store;
+pub mod widget;
+
+use axum::extract::FromRequestParts;
+use axum::http::StatusCode;
+use axum::http::request::Parts;
+use uuid::Uuid;
+
+use crate::audit::{self, Action, Resource};
+use crate::auth::keys::KeyKind;
+use crate::error::{ApiError, ApiResult};
+use crate::extract::{TenantDb, path_id};
+use crate::state::AppState;
+
+impl KeyKind {
+    fn audit_resource(self) -> Resource {
+        match self {
+            Self::Api => Resource::ApiKey,
+            Self::Widget => Resource::WidgetKey,
+        }
+    }
+}
+
+/// The API key named by the path's `{id}` (anything but a UUID: 404 "no such API key").
+#[derive(Debug, Clone, Copy)]
+pub struct ApiKeyId(pub Uuid);
+
+impl<S: Send + Sync> FromRequestParts<S> for ApiKeyId {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, ApiError> {
+        path_id(parts, KeyKind::Api.noun()).await.map(Self)
+    }
+}
+
+/// The widget key named by the path's `{id}` (anything but a UUID: 404 "no such widget key").
+#[derive(Debug, Clone, Copy)]
+pub struct WidgetKeyId(pub Uuid);
+
+impl<S: Send + Sync> FromRequestParts<S> for WidgetKeyId {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, ApiError> {
+        path_id(parts, KeyKind::Widget.noun()).await.map(Self)
+    }
+}
+
+/// What a key change is: its kind, what was done, to which key, and (when the key existed
+/// before) its hash, which the caches know it by.
+pub struct KeyChange<'a> {
+    pub kind: KeyKind,
+    pub action: Action,
+    pub id: Uuid,
+    pub key_hash: Option<&'a [u8]>,
+}
+
+/// After a committed change to a key: every instance's caches drop it (this one at once), and
+/// the change is audited on the caller's tenant connection.
+pub async fn changed(state: &AppState, db: &mut TenantDb, change: KeyChange<'_>) {
+    let KeyChange {
+        kind,
+        action,
+        id,
+        key_hash,
+    } = change;
+    if let Some(hash) = key_hash {
+        state.cache.invalidate(&kind.invalidation(hash));
+    }
+    let resource = kind.audit_resource();
+    audit::record_committed(
+        &mut db.conn,
+        &db.tenant.principal,
+        action,
+        resource,
+        &id.to_string(),
+    )
+    .await;
+}
+
+/// `DELETE`: a key never used is deleted; a key that ever authenticated, on any instance, is
+/// disabled so that its record stays. Either way it stops working at once everywhere.
+pub async fn remove(
+    state: &AppState,
+    db: &mut TenantDb,
+    kind: KeyKind,
+    id: Uuid,
+) -> ApiResult<StatusCode> {
+    // Not for the decision (`first_used_at` is), but so that the kept record shows this
+    // instance's latest use.
+    state.api_keys.flush_last_used().await;
+    let account = db.tenant.slug.as_str();
+    let removal = store::delete_or_disable(state.catalog.pool(), kind, account, id).await?;
+    let change = KeyChange {
+        kind,
+        action: removal.action,
+        id,
+        key_hash: Some(&removal.key_hash),
+    };
+    changed(state, db, change).await;
+    Ok(StatusCode::NO_CONTENT)
+}

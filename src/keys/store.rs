@@ -1,0 +1,214 @@
+//! The SQL of the catalog's key tables (`api_keys`, `widget_keys`): listing, creating,
+//! changing and removing an account's keys. Verification reads them through `auth::api_keys`
+//! and `auth::widget_keys` (cached).
+
+use sqlx::PgPool;
+use sqlx::postgres::PgRow;
+use uuid::Uuid;
+
+use super::api::{ApiKeyCreated, ApiKeyItem};
+use super::widget::{WidgetKeyCreated, WidgetKeyItem};
+use crate::audit::Action;
+use crate::auth::keys::KeyKind;
+use crate::store::{StoreError, StoreResult};
+
+/// The account's keys of `kind`, newest first, as `columns` of the kind's table.
+pub async fn list<T>(
+    pool: &PgPool,
+    kind: KeyKind,
+    account: &str,
+    columns: &str,
+) -> StoreResult<Vec<T>>
+where
+    T: for<'r> sqlx::FromRow<'r, PgRow> + Send + Unpin,
+{
+    Ok(sqlx::query_as(&format!(
+        "SELECT {columns} FROM {} WHERE account = $1 ORDER BY created_at DESC, id DESC",
+        kind.table()
+    ))
+    .bind(account)
+    .fetch_all(pool)
+    .await?)
+}
+
+/// Who created a key and with which hash.
+pub struct Origin<'a> {
+    pub account: &'a str,
+    pub key_hash: &'a [u8],
+    pub created_by: &'a str,
+}
+
+pub async fn insert_api_key(
+    pool: &PgPool,
+    key: &ApiKeyCreated,
+    origin: Origin<'_>,
+) -> StoreResult<()> {
+    sqlx::query(
+        "INSERT INTO api_keys (id, account, name, key_hash, last8, expires_at, created_by, created_at, tagged)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, true)",
+    )
+    .bind(key.id)
+    .bind(origin.account)
+    .bind(&key.name)
+    .bind(origin.key_hash)
+    .bind(&key.last8)
+    .bind(key.expires_at)
+    .bind(origin.created_by)
+    .bind(key.created_at)
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+pub async fn insert_widget_key(
+    pool: &PgPool,
+    key: &WidgetKeyCreated,
+    origin: Origin<'_>,
+) -> StoreResult<()> {
+    sqlx::query(
+        "INSERT INTO widget_keys (id, account, name, key_hash, last8, domain_allowlist, agent_id, created_by, created_at)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+    )
+    .bind(key.id)
+    .bind(origin.account)
+    .bind(&key.name)
+    .bind(origin.key_hash)
+    .bind(&key.last8)
+    .bind(&key.domain_allowlist)
+    .bind(key.agent_id)
+    .bind(origin.created_by)
+    .bind(key.created_at)
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+/// `disabled_at` after a PATCH's `disabled` (`$n`): unchanged, set (kept if set) or cleared.
+macro_rules! disabled_at {
+    ($n:literal) => {
+        concat!(
+            "disabled_at = CASE WHEN $",
+            $n,
+            "::boolean IS NULL THEN disabled_at WHEN $",
+            $n,
+            " THEN COALESCE(disabled_at, now()) ELSE NULL END"
+        )
+    };
+}
+
+/// A changed key as listed, and its hash (which the caches know it by).
+#[derive(sqlx::FromRow)]
+struct Updated<T> {
+    #[sqlx(flatten)]
+    item: T,
+    key_hash: Vec<u8>,
+}
+
+pub const API_KEY_COLUMNS: &str =
+    "id, name, last8, expires_at, disabled_at IS NOT NULL AS disabled, last_used_at, created_at";
+
+/// Renames, disables or enables an API key (`None`: unchanged).
+pub async fn update_api_key(
+    pool: &PgPool,
+    account: &str,
+    id: Uuid,
+    name: Option<&str>,
+    disabled: Option<bool>,
+) -> StoreResult<(ApiKeyItem, Vec<u8>)> {
+    let updated: Option<Updated<ApiKeyItem>> = sqlx::query_as(&format!(
+        "UPDATE api_keys SET name = COALESCE($3, name), {}
+         WHERE account = $1 AND id = $2 RETURNING {API_KEY_COLUMNS}, key_hash",
+        disabled_at!("4")
+    ))
+    .bind(account)
+    .bind(id)
+    .bind(name)
+    .bind(disabled)
+    .fetch_optional(pool)
+    .await?;
+    let updated = StoreError::found(updated, KeyKind::Api.noun())?;
+    Ok((updated.item, updated.key_hash))
+}
+
+pub const WIDGET_KEY_COLUMNS: &str = "id, name, last8, domain_allowlist, agent_id, disabled_at IS NOT NULL AS disabled, \
+                            disabled_at, last_used_at, created_at";
+
+/// A change to a widget key (`None`: unchanged; `agent_id: Some(None)` unpins).
+pub struct WidgetKeyChange<'a> {
+    pub name: Option<&'a str>,
+    pub domain_allowlist: Option<Vec<String>>,
+    pub agent_id: Option<Option<Uuid>>,
+    pub disabled: Option<bool>,
+}
+
+pub async fn update_widget_key(
+    pool: &PgPool,
+    account: &str,
+    id: Uuid,
+    change: WidgetKeyChange<'_>,
+) -> StoreResult<(WidgetKeyItem, Vec<u8>)> {
+    let updated: Option<Updated<WidgetKeyItem>> = sqlx::query_as(&format!(
+        "UPDATE widget_keys SET name = COALESCE($3, name),
+             domain_allowlist = COALESCE($4, domain_allowlist),
+             agent_id = CASE WHEN $5 THEN $6 ELSE agent_id END, {}
+         WHERE account = $1 AND id = $2 RETURNING {WIDGET_KEY_COLUMNS}, key_hash",
+        disabled_at!("7")
+    ))
+    .bind(account)
+    .bind(id)
+    .bind(change.name)
+    .bind(change.domain_allowlist)
+    .bind(change.agent_id.is_some())
+    .bind(change.agent_id.flatten())
+    .bind(change.disabled)
+    .fetch_optional(pool)
+    .await?;
+    let updated = StoreError::found(updated, KeyKind::Widget.noun())?;
+    Ok((updated.item, updated.key_hash))
+}
+
+/// What [`delete_or_disable`] did.
+pub struct Removal {
+    /// `delete` or `disable`, as recorded in the audit log.
+    pub action: Action,
+    pub key_hash: Vec<u8>,
+}
+
+/// Deletes a key of `account` that was never used, or disables a used one so that its record
+/// stays. "Used" is `first_used_at`, which the first
+/// verification on any instance records at once (in the same statement that reads the key), so
+/// every instance agrees; the batched `last_used_at` may lag by seconds.
+pub async fn delete_or_disable(
+    pool: &PgPool,
+    kind: KeyKind,
+    account: &str,
+    id: Uuid,
+) -> StoreResult<Removal> {
+    let table = kind.table();
+    let deleted: Option<Vec<u8>> = sqlx::query_scalar(&format!(
+        "DELETE FROM {table} WHERE account = $1 AND id = $2 AND first_used_at IS NULL RETURNING key_hash"
+    ))
+    .bind(account)
+    .bind(id)
+    .fetch_optional(pool)
+    .await?;
+    if let Some(key_hash) = deleted {
+        return Ok(Removal {
+            action: Action::Delete,
+            key_hash,
+        });
+    }
+    let disabled: Option<Vec<u8>> = sqlx::query_scalar(&format!(
+        "UPDATE {table} SET disabled_at = COALESCE(disabled_at, now())
+         WHERE account = $1 AND id = $2 RETURNING key_hash"
+    ))
+    .bind(account)
+    .bind(id)
+    .fetch_optional(pool)
+    .await?;
+    let key_hash = StoreError::found(disabled, kind.noun())?;
+    Ok(Removal {
+        action: Action::Disable,
+        key_hash,
+    })
+}
