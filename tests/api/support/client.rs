@@ -10,11 +10,13 @@ use super::{TestApp, tenant_conn};
 /// The resources' version prefix; [`Client::get`] and friends add it.
 pub const V1: &str = "/api/v1";
 
-/// A response, read completely: status, the headers we look at, and the body (JSON or `Null`).
+/// A response, read completely: status, the headers (the ones we look at most also as fields),
+/// and the body (JSON or `Null`).
 pub struct Resp {
     pub status: u16,
     pub location: Option<String>,
     pub content_type: String,
+    pub headers: reqwest::header::HeaderMap,
     pub text: String,
     pub body: Value,
 }
@@ -70,12 +72,14 @@ pub async fn send(rb: reqwest::RequestBuilder) -> Resp {
     };
     let location = header("location");
     let content_type = header("content-type").unwrap_or_default();
+    let headers = resp.headers().clone();
     let text = resp.text().await.expect("body");
     let body = serde_json::from_str(&text).unwrap_or(Value::Null);
     Resp {
         status,
         location,
         content_type,
+        headers,
         text,
         body,
     }
@@ -239,5 +243,179 @@ impl<'a> Client<'a> {
     /// A superuser connection to this account's tenant database.
     pub async fn db(&self) -> PgConnection {
         tenant_conn(&self.database).await
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The widget (SPEC §5): a page that embeds it, and the account's server minting user tokens.
+// ---------------------------------------------------------------------------------------------
+
+/// The public widget endpoints' prefix.
+pub const WIDGET: &str = "/api/v1/widget";
+
+impl Resp {
+    /// The first value of header `name`, if any (and readable as text).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+
+    /// Every value of header `name`, joined with `,` (as for `Vary`).
+    pub fn header_all(&self, name: &str) -> String {
+        self.headers
+            .get_all(name)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+}
+
+/// A page that embeds the widget: its `pk_live_` key and the `Origin` it sends (`None`: no
+/// `Origin` header, as a script outside a browser may).
+#[derive(Clone)]
+pub struct Page<'a> {
+    pub app: &'a TestApp,
+    pub key: String,
+    pub origin: Option<String>,
+}
+
+impl<'a> Page<'a> {
+    /// The widget with `key` on a page of `origin`.
+    pub fn new(app: &'a TestApp, key: &str, origin: &str) -> Self {
+        Self {
+            app,
+            key: key.to_owned(),
+            origin: Some(origin.to_owned()),
+        }
+    }
+
+    /// The same key on a page of another origin.
+    pub fn from(&self, origin: &str) -> Self {
+        Self {
+            origin: Some(origin.to_owned()),
+            ..self.clone()
+        }
+    }
+
+    /// The same key sent without an `Origin` header.
+    pub fn without_origin(&self) -> Self {
+        Self {
+            origin: None,
+            ..self.clone()
+        }
+    }
+
+    /// Another key on the same page.
+    pub fn with_key(&self, key: &str) -> Self {
+        Self {
+            key: key.to_owned(),
+            ..self.clone()
+        }
+    }
+
+    /// The same page talking to another instance of the deployment.
+    pub fn on(&self, app: &'a TestApp) -> Self {
+        Self {
+            app,
+            ..self.clone()
+        }
+    }
+
+    /// A request to a full path, with the page's `Origin`.
+    pub fn req(&self, method: Method, path: &str) -> reqwest::RequestBuilder {
+        self.with_origin(self.app.client.request(method, self.app.url(path)))
+    }
+
+    fn with_origin(&self, rb: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
+        match &self.origin {
+            Some(origin) => rb.header("Origin", origin),
+            None => rb,
+        }
+    }
+
+    /// POSTs `body` to a full path.
+    pub async fn post(&self, path: &str, body: Value) -> Resp {
+        send(self.req(Method::POST, path).json(&body)).await
+    }
+
+    /// `GET /widget/config` with the key (and `agent_id` when given), not yet sent.
+    pub fn config_req(&self, agent: Option<&str>) -> reqwest::RequestBuilder {
+        let mut query = vec![("client_key", self.key.as_str())];
+        if let Some(agent) = agent {
+            query.push(("agent_id", agent));
+        }
+        let url = url::Url::parse_with_params(&self.app.url(&format!("{WIDGET}/config")), &query)
+            .expect("config URL");
+        self.with_origin(self.app.client.get(url))
+    }
+
+    pub async fn config(&self, agent: Option<&str>) -> Resp {
+        send(self.config_req(agent)).await
+    }
+
+    /// `POST /widget/auth/guest` (`agent: None` sends `"agent_id": null`).
+    pub async fn guest(&self, agent: Option<&str>) -> Resp {
+        let body = json!({ "client_key": self.key, "agent_id": agent });
+        self.post(&format!("{WIDGET}/auth/guest"), body).await
+    }
+
+    /// A guest session token, asserting success.
+    pub async fn guest_session(&self, agent: Option<&str>) -> String {
+        token(&self.guest(agent).await, "token")
+    }
+
+    /// `POST /widget/auth/exchange` of a user token for a user session.
+    pub async fn exchange(&self, user_token: &str) -> Resp {
+        let body = json!({ "client_key": self.key, "user_token": user_token });
+        self.post(&format!("{WIDGET}/auth/exchange"), body).await
+    }
+
+    /// A user session for `user_token`, asserting success.
+    pub async fn user_session(&self, user_token: &str) -> String {
+        token(&self.exchange(user_token).await, "token")
+    }
+
+    /// `POST /widget/auth/refresh` of a session token (the key is not sent: the token names it).
+    pub async fn refresh(&self, session: &str) -> Resp {
+        let body = json!({ "token": session });
+        self.post(&format!("{WIDGET}/auth/refresh"), body).await
+    }
+
+    /// Refreshes `session`, asserting success, and returns the new token.
+    pub async fn refreshed(&self, session: &str) -> String {
+        token(&self.refresh(session).await, "token")
+    }
+}
+
+/// The string `name` of a 200 answer.
+#[track_caller]
+fn token(resp: &Resp, name: &str) -> String {
+    resp.ok(200)[name].as_str().expect(name).to_owned()
+}
+
+impl Client<'_> {
+    /// `POST /widget/auth/user-token` as this persona (the account's server, with its API key).
+    pub async fn user_token(&self, body: Value) -> Resp {
+        self.call(
+            Method::POST,
+            &format!("{WIDGET}/auth/user-token"),
+            Some(&body),
+        )
+        .await
+    }
+
+    /// A single-use user token for `external` (naming `agent` when given), asserting success
+    /// and its 300-second lifetime.
+    pub async fn mint_user_token(&self, external: &str, agent: Option<&str>) -> String {
+        let resp = self
+            .user_token(json!({
+                "external_user_id": external,
+                "display_name": "Jo",
+                "email": "jo@example.com",
+                "agent_id": agent,
+            }))
+            .await;
+        assert_eq!(resp.ok(200)["expires_in"], 300, "{}", resp.text);
+        token(&resp, "user_token")
     }
 }
