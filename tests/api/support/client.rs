@@ -241,3 +241,34 @@ impl<'a> Client<'a> {
         tenant_conn(&self.database).await
     }
 }
+
+// ---- for the api_keys, identity, public, limits and login tests ----------------------------
+
+impl Client<'_> {
+    /// Makes `subject` a member of this account with `role` (through the catalog, as the CLI
+    /// would) and returns them, not elevated.
+    pub async fn with_member(
+        &self,
+        subject: &str,
+        role: kataven_hub::tenancy::catalog::Role,
+    ) -> Self {
+        self.app
+            .state
+            .catalog
+            .upsert_member(&self.account.parse().expect("slug"), subject, role)
+            .await
+            .expect("member");
+        self.as_user(subject)
+    }
+}
+
+/// Another instance of `app`'s deployment: the same system database, trusting the same issuer.
+pub async fn second_instance(app: &TestApp) -> TestApp {
+    let issuer = app.issuer.issuer();
+    TestApp::builder()
+        .await
+        .database_url(&super::system_url_of(app))
+        .config(|c| c.oidc_issuer = Some(issuer))
+        .spawn()
+        .await
+}
