@@ -80,15 +80,16 @@ async fn validate_answers_an_active_account_under_both_prefixes() {
     }
 }
 
+/// Asserts that validating `account` answers 404 `{"valid": false}`: nothing to tell.
+async fn assert_not_disclosed(app: &TestApp, account: &str) {
+    let resp = get(app, &format!("/api/accounts/validate/{account}")).await;
+    assert_eq!(resp.ok(404), &json!({ "valid": false }), "{account}");
+}
+
 #[tokio::test]
 async fn validate_answers_not_valid_for_an_unknown_account() {
     let app = TestApp::spawn().await;
-    assert_eq!(
-        get(&app, "/api/accounts/validate/unknown-acct")
-            .await
-            .ok(404),
-        &json!({ "valid": false })
-    );
+    assert_not_disclosed(&app, "unknown-acct").await;
 }
 
 #[tokio::test]
@@ -127,12 +128,7 @@ async fn validate_does_not_disclose_a_suspended_account() {
         .await
         .ok(200);
     suspend(&app, &slug).await;
-    assert_eq!(
-        get(&app, &format!("/api/accounts/validate/{slug}"))
-            .await
-            .ok(404),
-        &json!({ "valid": false })
-    );
+    assert_not_disclosed(&app, slug.as_str()).await;
 }
 
 #[tokio::test]
