@@ -89,15 +89,9 @@ async fn an_agent_created_with_only_a_name_has_every_documented_default() {
     let c = Client::new(&app, "agdef", "alice").await;
 
     let before = chrono::Utc::now();
-    let resp = c.post("/agents", json!({ "name": "Front desk" })).await;
-    let agent = resp.ok(201).clone();
+    let agent = c.agent("Front desk").await;
     let agent_id = id(&agent);
     assert!(Uuid::parse_str(&agent_id).is_ok(), "{agent_id}");
-    assert_eq!(
-        resp.location.as_deref(),
-        Some(format!("/api/v1/agents/{agent_id}").as_str())
-    );
-
     let expected = json!({
         "id": agent_id,
         "name": "Front desk",
@@ -128,43 +122,69 @@ async fn an_agent_created_with_only_a_name_has_every_documented_default() {
     assert!(created_at >= before - chrono::Duration::seconds(5));
     assert!(created_at <= chrono::Utc::now() + chrono::Duration::seconds(5));
     assert_eq!(agent["created_at"], agent["updated_at"]);
-
-    // The Location answers with the same agent.
-    let fetched = send(c.req(Method::GET, resp.location.as_deref().unwrap())).await;
-    assert_eq!(fetched.ok(200), &agent);
     assert_eq!(c.get(&format!("/agents/{agent_id}")).await.ok(200), &agent);
 }
 
 #[tokio::test]
-async fn every_agent_field_can_be_set_on_create_and_server_set_fields_are_ignored() {
+async fn a_created_agents_location_answers_with_the_same_agent() {
+    let app = roomy_app().await;
+    let c = Client::new(&app, "agloc", "alice").await;
+    let resp = c.post("/agents", json!({ "name": "Front desk" })).await;
+    let agent = resp.ok(201).clone();
+    let location = resp.location.as_deref();
+    assert_eq!(
+        location,
+        Some(format!("/api/v1/agents/{}", id(&agent)).as_str())
+    );
+    let fetched = send(c.req(Method::GET, location.unwrap())).await;
+    assert_eq!(fetched.ok(200), &agent);
+}
+
+#[tokio::test]
+async fn every_agent_field_can_be_set_on_create() {
     let app = roomy_app().await;
     let c = Client::new(&app, "agall", "alice").await;
     let template = Uuid::now_v7().to_string();
     let prompt = Uuid::now_v7().to_string();
-    let forged_id = Uuid::now_v7().to_string();
+    let fields = json!({
+        "name": "Sales bot",
+        "description": "Sells things",
+        "category": "sales",
+        "status": "active",
+        "system_prompt": "Be nice.",
+        "greeting_message": "Hello!",
+        "greeting_mode": "locked",
+        "llm_model": "gpt-4.1-mini",
+        "voice_provider": "elevenlabs",
+        "voice_id": "voice-42",
+        "auth_mode": "public",
+        "ringing_enabled": false,
+        "background_audio_enabled": true,
+        "background_audio_volume": 0.25,
+        "noise_suppression_enabled": false,
+        "template_id": template,
+        "active_prompt_id": prompt,
+    });
+    let agent = c.create("/agents", fields.clone()).await;
+    for (field, value) in fields.as_object().unwrap() {
+        assert_eq!(&agent[field], value, "{field}");
+    }
+    assert_eq!(
+        c.get(&format!("/agents/{}", id(&agent))).await.ok(200),
+        &agent
+    );
+}
 
+#[tokio::test]
+async fn server_set_agent_fields_are_ignored_on_create() {
+    let app = roomy_app().await;
+    let c = Client::new(&app, "agforge", "alice").await;
+    let forged_id = Uuid::now_v7().to_string();
     let agent = c
         .create(
             "/agents",
             json!({
                 "name": "Sales bot",
-                "description": "Sells things",
-                "category": "sales",
-                "status": "active",
-                "system_prompt": "Be nice.",
-                "greeting_message": "Hello!",
-                "greeting_mode": "locked",
-                "llm_model": "gpt-4.1-mini",
-                "voice_provider": "elevenlabs",
-                "voice_id": "voice-42",
-                "auth_mode": "public",
-                "ringing_enabled": false,
-                "background_audio_enabled": true,
-                "background_audio_volume": 0.25,
-                "noise_suppression_enabled": false,
-                "template_id": template,
-                "active_prompt_id": prompt,
-                // Server-set: ignored.
                 "id": forged_id,
                 "created_by": "user:mallory",
                 "created_at": "2000-01-01T00:00:00Z",
@@ -174,53 +194,31 @@ async fn every_agent_field_can_be_set_on_create_and_server_set_fields_are_ignore
             }),
         )
         .await;
-    let agent_id = id(&agent);
-    assert_ne!(agent_id, forged_id);
+    assert_ne!(id(&agent), forged_id);
     assert_eq!(agent["created_by"], "user:alice");
     assert!(time(&agent["created_at"]).timestamp() > 1_700_000_000);
     assert!(time(&agent["updated_at"]).timestamp() > 1_700_000_000);
     assert_eq!(agent["playbooks"], json!([]));
     assert_eq!(agent["faqs"], json!([]));
-    for (field, value) in [
-        ("name", json!("Sales bot")),
-        ("description", json!("Sells things")),
-        ("category", json!("sales")),
-        ("status", json!("active")),
-        ("system_prompt", json!("Be nice.")),
-        ("greeting_message", json!("Hello!")),
-        ("greeting_mode", json!("locked")),
-        ("llm_model", json!("gpt-4.1-mini")),
-        ("voice_provider", json!("elevenlabs")),
-        ("voice_id", json!("voice-42")),
-        ("auth_mode", json!("public")),
-        ("ringing_enabled", json!(false)),
-        ("background_audio_enabled", json!(true)),
-        ("background_audio_volume", json!(0.25)),
-        ("noise_suppression_enabled", json!(false)),
-        ("template_id", json!(template)),
-        ("active_prompt_id", json!(prompt)),
-    ] {
-        assert_eq!(agent[field], value, "{field}");
-    }
-    assert_eq!(c.get(&format!("/agents/{agent_id}")).await.ok(200), &agent);
     // The forged id names nothing.
     c.get(&format!("/agents/{forged_id}"))
         .await
         .err(404, "not_found", None, "forged id");
+}
 
-    // Every enum value is accepted.
+#[tokio::test]
+async fn every_agent_enum_value_is_accepted() {
+    let app = roomy_app().await;
+    let c = Client::new(&app, "agenum", "alice").await;
     for (field, values) in [
         (
             "category",
             &["customer_support", "sales", "operations", "custom"][..],
         ),
-        ("status", &["draft", "active", "paused", "archived"][..]),
-        ("greeting_mode", &["interruptible", "locked"][..]),
-        (
-            "voice_provider",
-            &["cartesia", "elevenlabs", "deepgram"][..],
-        ),
-        ("auth_mode", &["public", "authenticated"][..]),
+        ("status", &["draft", "active", "paused", "archived"]),
+        ("greeting_mode", &["interruptible", "locked"]),
+        ("voice_provider", &["cartesia", "elevenlabs", "deepgram"]),
+        ("auth_mode", &["public", "authenticated"]),
     ] {
         for value in values {
             let agent = c
@@ -229,7 +227,12 @@ async fn every_agent_field_can_be_set_on_create_and_server_set_fields_are_ignore
             assert_eq!(agent[field], json!(value), "{field}");
         }
     }
-    // The volume's bounds are inclusive.
+}
+
+#[tokio::test]
+async fn the_agent_volume_bounds_are_inclusive() {
+    let app = roomy_app().await;
+    let c = Client::new(&app, "agvol", "alice").await;
     for volume in [0.0, 1.0] {
         let agent = c
             .create(
@@ -251,22 +254,25 @@ async fn agents_are_listed_newest_first() {
     for name in ["first", "second", "third", "fourth"] {
         created.push(c.agent(name).await);
     }
-    let listed = c.agents().await;
     let expected: Vec<Value> = created.iter().rev().cloned().collect();
-    assert_eq!(listed, expected);
-    // Agent names need not be unique.
-    c.agent("first").await;
-    let listed = c.agents().await;
-    assert_eq!(listed.len(), 5);
-    assert_eq!(listed[0]["name"], "first");
-    assert_eq!(listed[4]["name"], "first");
+    assert_eq!(c.agents().await, expected);
 }
 
 #[tokio::test]
-async fn patching_an_agent_changes_only_the_fields_sent() {
+async fn agent_names_need_not_be_unique() {
     let app = roomy_app().await;
-    let c = Client::new(&app, "agpatch", "alice").await;
-    let template = Uuid::now_v7().to_string();
+    let c = Client::new(&app, "agsame", "alice").await;
+    for name in ["first", "second", "first"] {
+        c.agent(name).await;
+    }
+    let listed = c.agents().await;
+    assert_eq!(listed.len(), 3);
+    assert_eq!(listed[0]["name"], "first");
+    assert_eq!(listed[2]["name"], "first");
+}
+
+/// An agent with a description, a voice and a template, and its path.
+async fn patchable_agent(c: &Client<'_>, template: &str) -> (Value, String) {
     let agent = c
         .create(
             "/agents",
@@ -279,6 +285,14 @@ async fn patching_an_agent_changes_only_the_fields_sent() {
         )
         .await;
     let path = format!("/agents/{}", id(&agent));
+    (agent, path)
+}
+
+#[tokio::test]
+async fn patching_an_agent_changes_only_the_fields_sent() {
+    let app = roomy_app().await;
+    let c = Client::new(&app, "agpatch", "alice").await;
+    let (agent, path) = patchable_agent(&c, &Uuid::now_v7().to_string()).await;
     tokio::time::sleep(std::time::Duration::from_millis(20)).await;
 
     let patched = c
@@ -298,8 +312,16 @@ async fn patching_an_agent_changes_only_the_fields_sent() {
     assert!(time(&patched["updated_at"]) > time(&agent["updated_at"]));
     assert_eq!(patched["created_at"], agent["created_at"]);
     assert_eq!(c.get(&path).await.ok(200), &patched);
+}
 
-    // Absent nullable fields keep their value; `null` clears them.
+#[tokio::test]
+async fn absent_nullable_agent_fields_keep_their_value_and_null_clears_them() {
+    let app = roomy_app().await;
+    let c = Client::new(&app, "agpnull", "alice").await;
+    let template = Uuid::now_v7().to_string();
+    let (_, path) = patchable_agent(&c, &template).await;
+    c.patch(&path, json!({ "status": "active" })).await.ok(200);
+
     let patched = c
         .patch(&path, json!({ "name": "Support 2" }))
         .await
@@ -320,8 +342,13 @@ async fn patching_an_agent_changes_only_the_fields_sent() {
     assert_eq!(patched["voice_id"], "voice-2");
     assert_eq!(patched["ringing_enabled"], false);
     assert_eq!(patched["name"], "Support 2");
+}
 
-    // Server-set fields are ignored on PATCH too.
+#[tokio::test]
+async fn server_set_agent_fields_are_ignored_on_patch() {
+    let app = roomy_app().await;
+    let c = Client::new(&app, "agpforge", "alice").await;
+    let (agent, path) = patchable_agent(&c, &Uuid::now_v7().to_string()).await;
     let patched = c
         .patch(
             &path,
@@ -339,8 +366,13 @@ async fn patching_an_agent_changes_only_the_fields_sent() {
     assert_eq!(patched["created_by"], "user:alice");
     assert_eq!(patched["created_at"], agent["created_at"]);
     assert_eq!(patched["playbooks"], json!([]));
+}
 
-    // An empty patch changes nothing but the timestamp.
+#[tokio::test]
+async fn an_empty_agent_patch_changes_nothing_but_the_timestamp() {
+    let app = roomy_app().await;
+    let c = Client::new(&app, "agpempty", "alice").await;
+    let (_, path) = patchable_agent(&c, &Uuid::now_v7().to_string()).await;
     let before = c.get(&path).await.ok(200).clone();
     let after = c.patch(&path, json!({})).await.ok(200).clone();
     let mut expected = before.clone();
@@ -460,16 +492,28 @@ async fn invalid_agent_bodies_answer_invalid_body_naming_the_field() {
             .await
             .err(400, "invalid_body", *field, case);
     }
+    // Nothing was created.
+    assert_eq!(c.agents().await, Vec::<Value>::new());
+}
 
-    // A missing `name` is named in the message (the `field` member: see the ignored test
-    // `a_missing_required_field_is_named_in_the_field_member`).
+/// The `field` member too: see `a_missing_required_field_is_named_in_the_field_member`.
+#[tokio::test]
+async fn a_missing_agent_name_is_named_in_the_message() {
+    let app = roomy_app().await;
+    let c = Client::new(&app, "agnoname", "alice").await;
     for body in [json!({}), json!({ "description": "no name" })] {
         let resp = c.post("/agents", body).await;
         assert_eq!((resp.status, resp.code()), (400, "invalid_body"));
         let message = resp.body["error"]["message"].as_str().unwrap();
         assert!(message.contains("`name`"), "{message}");
     }
-    // Bodies that are not objects.
+    assert_eq!(c.agents().await, Vec::<Value>::new());
+}
+
+#[tokio::test]
+async fn agent_bodies_that_are_not_objects_are_invalid() {
+    let app = roomy_app().await;
+    let c = Client::new(&app, "agnotobj", "alice").await;
     for body in [json!([]), json!("name"), json!(null), json!(42)] {
         c.post("/agents", body.clone()).await.err(
             400,
@@ -478,7 +522,6 @@ async fn invalid_agent_bodies_answer_invalid_body_naming_the_field() {
             &format!("body {body}"),
         );
     }
-    // Nothing was created.
     assert_eq!(c.agents().await, Vec::<Value>::new());
 }
 
@@ -548,13 +591,8 @@ async fn malformed_json_and_wrong_content_types_answer_invalid_body() {
     let c = Client::new(&app, "agjson", "alice").await;
     let agent = c.agent("Target").await;
     let agent_path = format!("{V1}/agents/{}", id(&agent));
-    let raw = |method: Method, path: &str, content_type: Option<&str>, body: &str| {
-        let mut rb = c.req(method, path).body(body.to_owned());
-        if let Some(ct) = content_type {
-            rb = rb.header("content-type", ct);
-        }
-        rb
-    };
+    let raw =
+        |method, path: &str, content_type, body| raw_body(&c, method, path, content_type, body);
     let agents = format!("{V1}/agents");
     let json_ct = Some("application/json");
 
@@ -623,22 +661,45 @@ async fn malformed_json_and_wrong_content_types_answer_invalid_body() {
             .await
             .err(400, "invalid_body", None, case);
     }
+    // Nothing was created; the target is unchanged.
+    assert_eq!(c.agents().await, vec![agent]);
+}
 
-    // `application/json` with parameters and `application/*+json` are JSON.
+#[tokio::test]
+async fn json_content_types_with_parameters_or_a_json_suffix_are_json() {
+    let app = roomy_app().await;
+    let c = Client::new(&app, "agjsonct", "alice").await;
     for ct in [
         "application/json; charset=utf-8",
         "Application/JSON",
         "application/vnd.kataven+json",
     ] {
-        let resp = send(raw(Method::POST, &agents, Some(ct), r#"{"name":"ct"}"#)).await;
+        let rb = raw_body(
+            &c,
+            Method::POST,
+            &format!("{V1}/agents"),
+            Some(ct),
+            r#"{"name":"ct"}"#,
+        );
+        let resp = send(rb).await;
         assert_eq!(resp.status, 201, "{ct}: {}", resp.text);
     }
-    // Only those three were created; the target is unchanged.
-    assert_eq!(c.agents().await.len(), 4);
-    assert_eq!(
-        c.get(&format!("/agents/{}", id(&agent))).await.ok(200),
-        &agent
-    );
+    assert_eq!(c.agents().await.len(), 3);
+}
+
+/// A request with `body` as it is, and `content_type` if any.
+fn raw_body(
+    c: &Client<'_>,
+    method: Method,
+    path: &str,
+    content_type: Option<&str>,
+    body: &str,
+) -> reqwest::RequestBuilder {
+    let rb = c.req(method, path).body(body.to_owned());
+    match content_type {
+        Some(ct) => rb.header("content-type", ct),
+        None => rb,
+    }
 }
 
 #[tokio::test]
@@ -1008,6 +1069,21 @@ async fn deleting_knowledge_by_name_or_uuid_answers_204_then_404() {
     }
 }
 
+/// Asserts that GET, PATCH and DELETE of `path` answer `not_found` to `c`.
+async fn assert_not_found(c: &Client<'_>, path: &str) {
+    let patch = json!({ "description": "pwned" });
+    for (method, body) in [
+        (Method::GET, None),
+        (Method::PATCH, Some(&patch)),
+        (Method::DELETE, None),
+    ] {
+        let case = format!("{method} {path}");
+        c.call(method, &format!("{V1}{path}"), body)
+            .await
+            .err(404, "not_found", None, &case);
+    }
+}
+
 #[tokio::test]
 async fn unknown_knowledge_uuids_and_names_answer_not_found() {
     let app = roomy_app().await;
@@ -1020,19 +1096,7 @@ async fn unknown_knowledge_uuids_and_names_answer_not_found() {
             "nothing_here".into(),
             "Not%20A%20Name".into(),
         ] {
-            let path = k.at(&missing);
-            c.get(&path)
-                .await
-                .err(404, "not_found", None, &format!("get {path}"));
-            c.patch(&path, json!({ "description": "x" })).await.err(
-                404,
-                "not_found",
-                None,
-                &format!("patch {path}"),
-            );
-            c.delete(&path)
-                .await
-                .err(404, "not_found", None, &format!("delete {path}"));
+            assert_not_found(&c, &k.at(&missing)).await;
         }
     }
 }
@@ -1992,7 +2056,7 @@ async fn deleting_or_renaming_a_playbook_or_faq_shows_on_its_agents() {
 // ---- paths, tenants, audit -------------------------------------------------------------------
 
 #[tokio::test]
-async fn every_alias_answers_like_the_canonical_path() {
+async fn every_alias_reads_like_the_canonical_path() {
     let app = roomy_app().await;
     let c = Client::new(&app, "alias", "alice").await;
     let agent = c.agent("Canonical").await;
@@ -2024,14 +2088,26 @@ async fn every_alias_answers_like_the_canonical_path() {
             assert_eq!(resp.ok(200), &canonical, "{prefix}{path}");
         }
     }
+}
+
+#[tokio::test]
+async fn every_alias_answers_not_found_like_the_canonical_path() {
+    let app = roomy_app().await;
+    let c = Client::new(&app, "alias404", "alice").await;
     for prefix in PREFIXES {
         let missing = format!("{prefix}/agents/{}", Uuid::now_v7());
         c.call(Method::GET, &missing, None)
             .await
             .err(404, "not_found", None, &missing);
     }
+}
 
-    // Writes work at every alias too.
+#[tokio::test]
+async fn writes_work_at_every_alias() {
+    let app = roomy_app().await;
+    let c = Client::new(&app, "aliasw", "alice").await;
+    c.agent("Canonical").await;
+    c.create("/playbooks", json!({ "name": "shared" })).await;
     let mut created = Vec::new();
     for prefix in PREFIXES {
         let resp = c
@@ -2161,19 +2237,7 @@ async fn another_tenants_resources_are_not_found() {
     for (kind, row) in [("playbooks", &pb), ("faqs", &faq), ("tools", &tool)] {
         let name = row["name"].as_str().unwrap();
         for target in [id(row), name.to_owned()] {
-            let path = format!("/{kind}/{target}");
-            b.get(&path)
-                .await
-                .err(404, "not_found", None, &format!("get {path}"));
-            b.patch(&path, json!({ "description": "pwned" })).await.err(
-                404,
-                "not_found",
-                None,
-                &format!("patch {path}"),
-            );
-            b.delete(&path)
-                .await
-                .err(404, "not_found", None, &format!("delete {path}"));
+            assert_not_found(&b, &format!("/{kind}/{target}")).await;
         }
         let page = b.get(&format!("/{kind}")).await.ok(200).clone();
         assert_eq!(page["total"], 0, "{kind}: {page}");
@@ -2316,11 +2380,10 @@ async fn writes_are_recorded_in_the_tenant_audit_log() {
 
 // ---- call limits ------------------------------------------------------------------------------
 
-#[tokio::test]
-async fn call_limits_are_the_defaults_unless_the_account_overrides_them() {
-    // The harness may configure other limits; run on the service's stock defaults.
+/// An app on the service's stock limits (the harness may configure others).
+async fn stock_limits_app() -> TestApp {
     let stock = kataven_hub::config::Config::defaults();
-    let app = TestApp::builder()
+    TestApp::builder()
         .await
         .config(|c| {
             c.limit_per_minute = stock.limit_per_minute;
@@ -2330,27 +2393,43 @@ async fn call_limits_are_the_defaults_unless_the_account_overrides_them() {
             c.limit_daily_minutes = stock.limit_daily_minutes;
         })
         .spawn()
-        .await;
-    let a = Client::new(&app, "limitsa", "alice").await;
-    let b = Client::new(&app, "limitsb", "bob").await;
-    let defaults = json!({
+        .await
+}
+
+/// The stock call limits, as `/call-limits` reports them.
+fn stock_call_limits() -> Value {
+    json!({
         "calls_per_minute": 60,
         "concurrent_max": 20,
         "daily_calls_max": 10000,
         "daily_minutes_max": 1440,
-    });
-    assert_eq!(a.get("/call-limits").await.ok(200), &defaults);
-    assert_eq!(b.get("/call-limits").await.ok(200), &defaults);
+    })
+}
 
-    let pool = app.state.catalog.pool();
-    sqlx::query(
+/// Runs `sql` (with `$1` the account) on the system database.
+async fn on_limits(app: &TestApp, sql: &str, account: &str) {
+    sqlx::query(sql)
+        .bind(account)
+        .execute(app.state.catalog.pool())
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn call_limits_are_the_defaults_unless_the_account_overrides_them() {
+    let app = stock_limits_app().await;
+    let a = Client::new(&app, "limitsa", "alice").await;
+    let b = Client::new(&app, "limitsb", "bob").await;
+    assert_eq!(a.get("/call-limits").await.ok(200), &stock_call_limits());
+    assert_eq!(b.get("/call-limits").await.ok(200), &stock_call_limits());
+
+    on_limits(
+        &app,
         "INSERT INTO account_limits (account, per_minute, concurrent, per_day, daily_minutes)
          VALUES ($1, 30, 5, 500, 90)",
+        &a.account,
     )
-    .bind(&a.account)
-    .execute(pool)
-    .await
-    .unwrap();
+    .await;
     assert_eq!(
         a.get("/call-limits").await.ok(200),
         &json!({
@@ -2360,38 +2439,55 @@ async fn call_limits_are_the_defaults_unless_the_account_overrides_them() {
             "daily_minutes_max": 90,
         })
     );
-    assert_eq!(b.get("/call-limits").await.ok(200), &defaults);
+    assert_eq!(b.get("/call-limits").await.ok(200), &stock_call_limits());
+}
 
-    // A partial override: the rest stays at the defaults. 0 is reported as is.
-    sqlx::query("INSERT INTO account_limits (account, daily_minutes) VALUES ($1, 0)")
-        .bind(&b.account)
-        .execute(pool)
-        .await
-        .unwrap();
-    assert_eq!(
-        b.get("/call-limits").await.ok(200),
-        &json!({
-            "calls_per_minute": 60,
-            "concurrent_max": 20,
-            "daily_calls_max": 10000,
-            "daily_minutes_max": 0,
-        })
-    );
-    // Changes show at once; removing the row restores the defaults.
-    sqlx::query("UPDATE account_limits SET per_minute = 45 WHERE account = $1")
-        .bind(&a.account)
-        .execute(pool)
-        .await
-        .unwrap();
+#[tokio::test]
+async fn a_partial_call_limits_override_keeps_the_other_defaults_and_reports_zero() {
+    let app = stock_limits_app().await;
+    let b = Client::new(&app, "limitsp", "bob").await;
+    on_limits(
+        &app,
+        "INSERT INTO account_limits (account, daily_minutes) VALUES ($1, 0)",
+        &b.account,
+    )
+    .await;
+    let mut expected = stock_call_limits();
+    expected["daily_minutes_max"] = json!(0);
+    assert_eq!(b.get("/call-limits").await.ok(200), &expected);
+}
+
+#[tokio::test]
+async fn call_limits_changes_show_at_once_and_removing_the_override_restores_the_defaults() {
+    let app = stock_limits_app().await;
+    let a = Client::new(&app, "limitsc", "alice").await;
+    on_limits(
+        &app,
+        "INSERT INTO account_limits (account, per_minute) VALUES ($1, 30)",
+        &a.account,
+    )
+    .await;
+    assert_eq!(a.get("/call-limits").await.ok(200)["calls_per_minute"], 30);
+    on_limits(
+        &app,
+        "UPDATE account_limits SET per_minute = 45 WHERE account = $1",
+        &a.account,
+    )
+    .await;
     assert_eq!(a.get("/call-limits").await.ok(200)["calls_per_minute"], 45);
-    sqlx::query("DELETE FROM account_limits WHERE account = $1")
-        .bind(&a.account)
-        .execute(pool)
-        .await
-        .unwrap();
-    assert_eq!(a.get("/call-limits").await.ok(200), &defaults);
+    on_limits(
+        &app,
+        "DELETE FROM account_limits WHERE account = $1",
+        &a.account,
+    )
+    .await;
+    assert_eq!(a.get("/call-limits").await.ok(200), &stock_call_limits());
+}
 
-    // Read-only through the API.
+#[tokio::test]
+async fn call_limits_are_read_only_through_the_api() {
+    let app = stock_limits_app().await;
+    let a = Client::new(&app, "limitsro", "alice").await;
     for method in [Method::POST, Method::PUT, Method::PATCH, Method::DELETE] {
         let resp = a
             .call(
@@ -2402,7 +2498,7 @@ async fn call_limits_are_the_defaults_unless_the_account_overrides_them() {
             .await;
         resp.err(405, "method_not_allowed", None, method.as_str());
     }
-    assert_eq!(a.get("/call-limits").await.ok(200), &defaults);
+    assert_eq!(a.get("/call-limits").await.ok(200), &stock_call_limits());
 }
 
 #[tokio::test]
