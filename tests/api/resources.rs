@@ -83,6 +83,12 @@ fn knowledge_body(kind: &str, name: &str, category: Option<&str>, text: &str) ->
 
 // ---- agents ----------------------------------------------------------------------------------
 
+/// Asserts that getting `agent` by its id answers it as it is.
+async fn assert_fetched_as(c: &Client<'_>, agent: &Value) {
+    let path = format!("/agents/{}", id(agent));
+    assert_eq!(c.get(&path).await.ok(200), agent, "{path}");
+}
+
 #[tokio::test]
 async fn an_agent_created_with_only_a_name_has_every_documented_default() {
     let app = roomy_app().await;
@@ -169,10 +175,7 @@ async fn every_agent_field_can_be_set_on_create() {
     for (field, value) in fields.as_object().unwrap() {
         assert_eq!(&agent[field], value, "{field}");
     }
-    assert_eq!(
-        c.get(&format!("/agents/{}", id(&agent))).await.ok(200),
-        &agent
-    );
+    assert_fetched_as(&c, &agent).await;
 }
 
 #[tokio::test]
@@ -1786,33 +1789,21 @@ struct Shelf {
 
 impl Shelf {
     async fn new(c: &Client<'_>) -> Self {
+        let playbook = |name: &str, display_name: &str| {
+            c.create(
+                "/playbooks",
+                json!({ "name": name, "display_name": display_name }),
+            )
+        };
+        let faq =
+            |name: &str, title: &str| c.create("/faqs", json!({ "name": name, "title": title }));
         Self {
             agent: c.agent("Knows things").await,
             other: c.agent("Knows nothing").await,
-            alpha: c
-                .create(
-                    "/playbooks",
-                    json!({ "name": "alpha_book", "display_name": "Alpha" }),
-                )
-                .await,
-            beta: c
-                .create(
-                    "/playbooks",
-                    json!({ "name": "beta_book", "display_name": "Beta" }),
-                )
-                .await,
-            hours: c
-                .create(
-                    "/faqs",
-                    json!({ "name": "hours", "title": "Opening hours" }),
-                )
-                .await,
-            address: c
-                .create(
-                    "/faqs",
-                    json!({ "name": "address", "title": "Where we are" }),
-                )
-                .await,
+            alpha: playbook("alpha_book", "Alpha").await,
+            beta: playbook("beta_book", "Beta").await,
+            hours: faq("hours", "Opening hours").await,
+            address: faq("address", "Where we are").await,
         }
     }
 
@@ -2046,10 +2037,7 @@ async fn deleting_or_renaming_a_playbook_or_faq_shows_on_its_agents() {
         assert_eq!(agent["playbooks"][0]["display_name"], "Kept!");
         assert_eq!(names(&agent["faqs"]), ["kept_faq"], "{agent}");
         assert_eq!(agent["faqs"][0]["title"], "Still here");
-        assert_eq!(
-            c.get(&format!("/agents/{}", id(&agent))).await.ok(200),
-            &agent
-        );
+        assert_fetched_as(&c, &agent).await;
     }
 }
 
@@ -2461,26 +2449,21 @@ async fn a_partial_call_limits_override_keeps_the_other_defaults_and_reports_zer
 async fn call_limits_changes_show_at_once_and_removing_the_override_restores_the_defaults() {
     let app = stock_limits_app().await;
     let a = Client::new(&app, "limitsc", "alice").await;
-    on_limits(
-        &app,
-        "INSERT INTO account_limits (account, per_minute) VALUES ($1, 30)",
-        &a.account,
-    )
-    .await;
-    assert_eq!(a.get("/call-limits").await.ok(200)["calls_per_minute"], 30);
-    on_limits(
-        &app,
-        "UPDATE account_limits SET per_minute = 45 WHERE account = $1",
-        &a.account,
-    )
-    .await;
-    assert_eq!(a.get("/call-limits").await.ok(200)["calls_per_minute"], 45);
-    on_limits(
-        &app,
-        "DELETE FROM account_limits WHERE account = $1",
-        &a.account,
-    )
-    .await;
+    for (sql, per_minute) in [
+        (
+            "INSERT INTO account_limits (account, per_minute) VALUES ($1, 30)",
+            30,
+        ),
+        (
+            "UPDATE account_limits SET per_minute = 45 WHERE account = $1",
+            45,
+        ),
+        ("DELETE FROM account_limits WHERE account = $1", 60),
+    ] {
+        on_limits(&app, sql, &a.account).await;
+        let limits = a.get("/call-limits").await.ok(200).clone();
+        assert_eq!(limits["calls_per_minute"], per_minute, "{sql}");
+    }
     assert_eq!(a.get("/call-limits").await.ok(200), &stock_call_limits());
 }
 
@@ -2614,10 +2597,7 @@ async fn the_agents_list_joins_every_agents_playbooks_and_faqs() {
             assert_eq!(f.as_object().unwrap().len(), 3, "{f}");
         }
         // The list and the single get agree.
-        assert_eq!(
-            c.get(&format!("/agents/{}", id(agent))).await.ok(200),
-            agent
-        );
+        assert_fetched_as(&c, agent).await;
     }
     // Some agent has every playbook, some none.
     assert!(expected.values().any(|(p, _)| p.len() == 3));
