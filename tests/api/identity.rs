@@ -677,6 +677,8 @@ async fn member_changes_and_only_they_are_audited() {
         400
     );
     assert_eq!(admin.delete("/members/alice").await.status, 409);
+    let demote = json!({ "subject": "alice", "role": "member" });
+    assert_eq!(admin.post("/members", demote).await.status, 409);
     admin
         .create("/members", json!({ "subject": "bob", "role": "admin" }))
         .await;
