@@ -2,11 +2,13 @@
 
 use std::time::Duration;
 
+use kataven_hub::tenancy::catalog::Role;
 use reqwest::Method;
-use serde_json::Value;
+use serde_json::{Value, json};
 
+use crate::support::client::Client;
 use crate::support::redis::TestRedis;
-use crate::support::{TestApp, error_code, system_url_of};
+use crate::support::{TestApp, system_url_of};
 
 /// Fixed windows are aligned to UTC: wait until the current minute has at least `secs` left,
 /// so that a test's burst stays within one window.
@@ -117,15 +119,9 @@ async fn hour_and_day_caps_and_refusals_consume_nothing() {
 async fn requests_refused_earlier_in_the_pipeline_never_count() {
     let app = limited_app(|c| c.limit_per_hour = 2).await;
     let acme = app.account_with_admin("early", "alice").await;
-    app.state
-        .catalog
-        .upsert_member(
-            &acme.slug.parse().unwrap(),
-            "bob",
-            kataven_hub::tenancy::catalog::Role::Member,
-        )
-        .await
-        .unwrap();
+    let bob = Client::in_account(&app, &acme.slug, "alice")
+        .with_member("bob", Role::Member)
+        .await;
     for _ in 0..5 {
         // 401: no valid bearer.
         let resp = app
@@ -139,13 +135,10 @@ async fn requests_refused_earlier_in_the_pipeline_never_count() {
         // 403: not a member.
         assert_eq!(get(&app, &acme.slug, "mallory").await.status(), 403);
         // 403: an admin-only route without elevation.
-        let resp = app
-            .as_user(Method::POST, "/api/v1/members", &acme.slug, "bob")
-            .json(&serde_json::json!({ "subject": "x", "role": "member" }))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(error_code(resp).await.1, "admin_required");
+        let resp = bob
+            .post("/members", json!({ "subject": "x", "role": "member" }))
+            .await;
+        assert_eq!(resp.code(), "admin_required");
     }
     assert_eq!(get(&app, &acme.slug, "alice").await.status(), 200);
     assert_eq!(get(&app, &acme.slug, "bob").await.status(), 200);

@@ -5,7 +5,8 @@ use kataven_hub::tenancy::catalog::Role;
 use reqwest::Method;
 use serde_json::{Value, json};
 
-use crate::support::{TestApp, error_code, unique_slug};
+use crate::support::client::{Resp, second_instance, send};
+use crate::support::{TestApp, unique_slug};
 
 async fn dev_app() -> TestApp {
     TestApp::builder()
@@ -15,110 +16,103 @@ async fn dev_app() -> TestApp {
         .await
 }
 
-#[tokio::test]
-async fn dev_login_issues_tokens_the_normal_validator_accepts() {
-    let app = dev_app().await;
+/// A fresh account with the dev user `email` / `password` (`role`): the slug and the user's
+/// subject.
+async fn dev_user(app: &TestApp, email: &str, password: &str, role: Role) -> (String, String) {
     let acme = app.account_with_admin("dev", "someone-else").await;
-    let slug = acme.slug.parse().unwrap();
     let subject = upsert_dev_user(
         app.state.catalog.pool(),
-        &slug,
-        "Dev@Acme.test",
-        "s3cret-pass",
-        Role::Member,
+        &acme.slug.parse().unwrap(),
+        email,
+        password,
+        role,
     )
     .await
     .unwrap();
+    (acme.slug, subject)
+}
 
-    let login = |email: &str, password: &str| {
-        app.client
-            .post(app.url("/api/login"))
-            .json(&json!({ "account": acme.slug, "email": email, "password": password }))
-            .send()
-    };
+/// `POST /api/login` with `body`.
+async fn login(app: &TestApp, body: Value) -> Resp {
+    send(app.client.post(app.url("/api/login")).json(&body)).await
+}
+
+/// Logs in as the dev user of `dev_user(app, "Dev@Acme.test", "s3cret-pass", Member)`:
+/// the slug, the subject and the answer (asserting 200).
+async fn logged_in(app: &TestApp) -> (String, String, Value) {
+    let (slug, subject) = dev_user(app, "Dev@Acme.test", "s3cret-pass", Role::Member).await;
+    let body = json!({ "account": slug, "email": " DEV@acme.test ", "password": "s3cret-pass" });
+    let answer = login(app, body).await.ok(200).clone();
+    (slug, subject, answer)
+}
+
+#[tokio::test]
+async fn dev_login_refuses_a_wrong_password_or_an_unknown_email() {
+    let app = dev_app().await;
+    let (slug, _) = dev_user(&app, "Dev@Acme.test", "s3cret-pass", Role::Member).await;
     for (email, password) in [
         ("dev@acme.test", "wrong"),
         ("nobody@acme.test", "s3cret-pass"),
     ] {
-        let (status, code) = error_code(login(email, password).await.unwrap()).await;
-        assert_eq!((status, code.as_str()), (401, "unauthenticated"), "{email}");
+        let body = json!({ "account": slug, "email": email, "password": password });
+        login(&app, body)
+            .await
+            .err(401, "unauthenticated", None, email);
     }
-    let resp = login(" DEV@acme.test ", "s3cret-pass").await.unwrap();
-    assert_eq!(resp.status(), 200);
-    let body: Value = resp.json().await.unwrap();
+}
+
+#[tokio::test]
+async fn dev_login_issues_an_es256_bearer_token_the_normal_validator_accepts() {
+    let app = dev_app().await;
+    // The email matches whatever its case and surrounding blanks.
+    let (slug, _, body) = logged_in(&app).await;
     assert_eq!(body["token_type"], "Bearer");
     assert_eq!(body["expires_in"], 3600);
-    assert_eq!(body["account"], acme.slug.as_str());
+    assert_eq!(body["account"], slug.as_str());
     let token = body["token"].as_str().unwrap();
-
-    // The token is an ES256 ID token of `<public url>/dev/oidc`, accepted by the pipeline.
     let header = jsonwebtoken::decode_header(token).unwrap();
     assert_eq!(header.alg, jsonwebtoken::Algorithm::ES256);
-    let resp = app
+    let members = app
         .get("/api/v1/members")
-        .header("X-Account-ID", acme.slug.as_str())
-        .bearer_auth(token)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 200);
+        .header("X-Account-ID", slug.as_str())
+        .bearer_auth(token);
+    send(members).await.ok(200);
+}
 
-    // Its discovery, keys and userinfo are served.
-    let discovery: Value = app
-        .get("/dev/oidc/.well-known/openid-configuration")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    assert_eq!(discovery["issuer"], format!("{}/dev/oidc", app.base));
-    let keys: Value = app
-        .get("/dev/oidc/keys")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    assert_eq!(keys["keys"][0]["kid"], header.kid.unwrap().as_str());
+#[tokio::test]
+async fn the_dev_issuer_serves_its_discovery_keys_and_userinfo() {
+    let app = dev_app().await;
+    let (_, subject, body) = logged_in(&app).await;
+    let token = body["token"].as_str().unwrap();
+    let kid = jsonwebtoken::decode_header(token).unwrap().kid.unwrap();
+
+    let discovery = send(app.get("/dev/oidc/.well-known/openid-configuration")).await;
+    assert_eq!(discovery.body["issuer"], format!("{}/dev/oidc", app.base));
+    let keys = send(app.get("/dev/oidc/keys")).await.body;
+    assert_eq!(keys["keys"][0]["kid"], kid.as_str());
     assert!(
         keys["keys"][0].get("d").is_none(),
         "private key material published"
     );
-    let info: Value = app
-        .get("/dev/oidc/userinfo")
-        .bearer_auth(token)
-        .send()
+    let info = send(app.get("/dev/oidc/userinfo").bearer_auth(token))
         .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+        .body;
     assert_eq!(info["sub"], subject.as_str());
     assert_eq!(info["email"], "dev@acme.test");
+}
 
-    // Bad bodies and slugs.
-    let (status, code) = error_code(
-        app.client
-            .post(app.url("/api/login"))
-            .json(&json!({ "account": acme.slug }))
-            .send()
-            .await
-            .unwrap(),
+#[tokio::test]
+async fn dev_login_refuses_bad_bodies_and_the_reserved_account() {
+    let app = dev_app().await;
+    let (slug, _) = dev_user(&app, "Dev@Acme.test", "s3cret-pass", Role::Member).await;
+    let resp = login(&app, json!({ "account": slug })).await;
+    assert_eq!((resp.status, resp.code()), (400, "invalid_body"));
+    let resp = login(
+        &app,
+        json!({ "account": "kataven-admin", "email": "a", "password": "b" }),
     )
     .await;
-    assert_eq!((status, code.as_str()), (400, "invalid_body"));
-    let (status, code) = error_code(
-        app.client
-            .post(app.url("/api/login"))
-            .json(&json!({ "account": "kataven-admin", "email": "a", "password": "b" }))
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
-    assert_eq!((status, code.as_str()), (403, "reserved_account"));
+    assert_eq!((resp.status, resp.code()), (403, "reserved_account"));
 }
 
 #[tokio::test]
@@ -131,87 +125,52 @@ async fn dev_login_and_the_dev_issuer_are_absent_by_default() {
         (Method::GET, "/dev/oidc/userinfo"),
         (Method::POST, "/hub-api/api/login"),
     ] {
-        let resp = app
+        let req = app
             .client
             .request(method, app.url(path))
-            .json(&json!({ "account": "acme", "email": "a", "password": "b" }))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(resp.status(), 404, "{path}");
+            .json(&json!({ "account": "acme", "email": "a", "password": "b" }));
+        assert_eq!(send(req).await.status, 404, "{path}");
     }
 }
 
 #[tokio::test]
 async fn a_dev_token_is_not_trusted_by_an_instance_without_dev_login() {
     let dev = dev_app().await;
-    let acme = dev.account_with_admin("devtrust", "x").await;
-    let slug = acme.slug.parse().unwrap();
-    upsert_dev_user(
-        dev.state.catalog.pool(),
-        &slug,
-        "a@b.test",
-        "pw-pw-pw",
-        Role::Admin,
-    )
-    .await
-    .unwrap();
-    let body: Value = dev
-        .client
-        .post(dev.url("/api/login"))
-        .json(&json!({ "account": acme.slug, "email": "a@b.test", "password": "pw-pw-pw" }))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let token = body["token"].as_str().unwrap();
+    let (slug, _) = dev_user(&dev, "a@b.test", "pw-pw-pw", Role::Admin).await;
+    let body = json!({ "account": slug, "email": "a@b.test", "password": "pw-pw-pw" });
+    let answer = login(&dev, body).await.ok(200).clone();
 
     // A production instance on the same catalog (same signing keys in the database).
-    let prod = TestApp::builder()
-        .await
-        .database_url(&crate::support::system_url_of(&dev))
-        .spawn()
-        .await;
-    let (status, code) = error_code(
-        prod.get("/api/v1/members")
-            .header("X-Account-ID", acme.slug.as_str())
-            .bearer_auth(token)
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
-    assert_eq!((status, code.as_str()), (401, "unauthenticated"));
+    let prod = second_instance(&dev, |_| {}).await;
+    let members = prod
+        .get("/api/v1/members")
+        .header("X-Account-ID", slug.as_str())
+        .bearer_auth(answer["token"].as_str().unwrap());
+    let resp = send(members).await;
+    assert_eq!((resp.status, resp.code()), (401, "unauthenticated"));
 }
 
-#[tokio::test]
-async fn user_org_lists_the_accounts_of_the_userinfo_identity() {
-    let app = TestApp::spawn().await;
+/// Four accounts: one bound to the user's organisation, one with the user as a member, one
+/// whose organisation grants the user a role, and a stranger's; the issuer's userinfo for
+/// `opaque-access-token` names that user. Returns what `/api/user/org` must list.
+async fn userinfo_identity(app: &TestApp) -> Value {
     let by_org = unique_slug("byorg");
     let by_member = unique_slug("bymember");
     let by_role = unique_slug("byrole");
-    let stranger = unique_slug("stranger");
     let p = app.provisioner();
-    p.create_account(&by_org, "By Org", Some("org-1"), None)
-        .await
-        .unwrap();
-    p.create_account(&by_member, "By Member", None, None)
-        .await
-        .unwrap();
-    p.create_account(&by_role, "By Role", Some("org-7"), None)
-        .await
-        .unwrap();
-    p.create_account(&stranger, "Stranger", Some("org-2"), None)
-        .await
-        .unwrap();
+    for (slug, name, org) in [
+        (&by_org, "By Org", Some("org-1")),
+        (&by_member, "By Member", None),
+        (&by_role, "By Role", Some("org-7")),
+        (&unique_slug("stranger"), "Stranger", Some("org-2")),
+    ] {
+        p.create_account(slug, name, org, None).await.unwrap();
+    }
     app.state
         .catalog
         .upsert_member(&by_member, "u-1", Role::Admin)
         .await
         .unwrap();
-
     app.issuer.set_userinfo(
         "opaque-access-token",
         json!({
@@ -223,54 +182,75 @@ async fn user_org_lists_the_accounts_of_the_userinfo_identity() {
             "urn:zitadel:iam:org:project:roles": { "admin": { "org-7": "seven.example" } },
         }),
     );
-    for _ in 0..3 {
-        let resp = app
-            .get("/api/user/org")
-            .bearer_auth("opaque-access-token")
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(resp.status(), 200);
-        let body: Value = resp.json().await.unwrap();
-        assert_eq!(body["sub"], "u-1");
-        assert_eq!(body["email"], "u1@example.test");
-        assert_eq!(
-            body["org"],
-            json!({ "id": "org-1", "name": "Org One", "primary_domain": "one.example" })
-        );
-        let mut expected = vec![
-            json!({ "account": by_org.as_str(), "name": "By Org", "role": "member" }),
-            json!({ "account": by_member.as_str(), "name": "By Member", "role": "admin" }),
-            json!({ "account": by_role.as_str(), "name": "By Role", "role": "admin" }),
-        ];
-        expected.sort_by(|a, b| a["account"].as_str().cmp(&b["account"].as_str()));
-        assert_eq!(body["accounts"], Value::Array(expected));
-    }
-    // Cached by token: the issuer was asked once.
-    assert_eq!(app.issuer.userinfo_calls(), 1);
+    let mut accounts = vec![
+        json!({ "account": by_org.as_str(), "name": "By Org", "role": "member" }),
+        json!({ "account": by_member.as_str(), "name": "By Member", "role": "admin" }),
+        json!({ "account": by_role.as_str(), "name": "By Role", "role": "admin" }),
+    ];
+    accounts.sort_by(|a, b| a["account"].as_str().cmp(&b["account"].as_str()));
+    Value::Array(accounts)
+}
 
-    // Under /hub-api too.
-    let resp = app
-        .get("/hub-api/api/user/org")
-        .bearer_auth("opaque-access-token")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 200);
-
-    let (status, code) = error_code(
-        app.get("/api/user/org")
-            .bearer_auth("refused-token")
-            .send()
-            .await
-            .unwrap(),
+/// `GET {prefix}/api/user/org` with the bearer `token`.
+async fn user_org(app: &TestApp, prefix: &str, token: &str) -> Resp {
+    send(
+        app.get(&format!("{prefix}/api/user/org"))
+            .bearer_auth(token),
     )
-    .await;
-    assert_eq!((status, code.as_str()), (401, "unauthenticated"));
-    let (status, _) = error_code(app.get("/api/user/org").send().await.unwrap()).await;
-    assert_eq!(status, 401);
+    .await
+}
 
-    // The issuer down: 503 with Retry-After, not a 500 and not a hang.
+#[tokio::test]
+async fn user_org_lists_the_accounts_of_the_userinfo_identity() {
+    let app = TestApp::spawn().await;
+    let accounts = userinfo_identity(&app).await;
+    let resp = user_org(&app, "", "opaque-access-token").await;
+    let body = resp.ok(200);
+    assert_eq!(body["sub"], "u-1");
+    assert_eq!(body["email"], "u1@example.test");
+    assert_eq!(
+        body["org"],
+        json!({ "id": "org-1", "name": "Org One", "primary_domain": "one.example" })
+    );
+    assert_eq!(body["accounts"], accounts);
+}
+
+#[tokio::test]
+async fn user_org_asks_the_issuer_once_per_token() {
+    let app = TestApp::spawn().await;
+    userinfo_identity(&app).await;
+    let first = user_org(&app, "", "opaque-access-token").await;
+    for _ in 0..2 {
+        let again = user_org(&app, "", "opaque-access-token").await;
+        assert_eq!(again.ok(200), first.ok(200));
+    }
+    assert_eq!(app.issuer.userinfo_calls(), 1);
+}
+
+#[tokio::test]
+async fn user_org_answers_under_hub_api_too() {
+    let app = TestApp::spawn().await;
+    let accounts = userinfo_identity(&app).await;
+    let resp = user_org(&app, "/hub-api", "opaque-access-token").await;
+    assert_eq!(resp.ok(200)["accounts"], accounts);
+}
+
+#[tokio::test]
+async fn user_org_refuses_a_token_the_issuer_refuses_or_none() {
+    let app = TestApp::spawn().await;
+    userinfo_identity(&app).await;
+    user_org(&app, "", "refused-token")
+        .await
+        .err(401, "unauthenticated", None, "refused token");
+    assert_eq!(send(app.get("/api/user/org")).await.status, 401);
+}
+
+#[tokio::test]
+async fn user_org_answers_503_with_retry_after_while_the_issuer_is_down() {
+    let app = TestApp::spawn().await;
+    userinfo_identity(&app).await;
+    user_org(&app, "", "opaque-access-token").await.ok(200);
+    // Not a 500 and not a hang (raw: the `Retry-After` header).
     app.issuer.set_down(true);
     let resp = app
         .get("/api/user/org")

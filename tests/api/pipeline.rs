@@ -1,9 +1,16 @@
 //! The request pipeline (SPEC §3), steps 1–7, in order, through real HTTP.
 
 use kataven_hub::tenancy::catalog::{AccountStatus, Role};
+use reqwest::Method;
 use serde_json::Value;
 
+use crate::support::client::{Client, Resp, send};
 use crate::support::{TestApp, admin_conn, backends, error_code, from_client};
+
+/// `GET /test/tenant` as `c`.
+async fn tenant(c: &Client<'_>) -> Resp {
+    c.call(Method::GET, "/test/tenant", None).await
+}
 
 async fn call(app: &TestApp, account: Option<&str>, auth: Option<&str>) -> (u16, String) {
     let mut req = app.get("/test/tenant");
@@ -84,11 +91,15 @@ async fn each_step_answers_in_order() {
             "account {account:?}, auth {auth:?}"
         );
     }
+}
 
-    let resp = app.tenant_get(&acme.slug, "alice").send().await.unwrap();
-    assert_eq!(resp.status(), 200);
-    let body: Value = resp.json().await.unwrap();
-    assert_eq!(body["database"], acme.slug.as_str());
+#[tokio::test]
+async fn a_member_passes_every_step_into_the_account_database() {
+    let app = TestApp::spawn().await;
+    let alice = Client::new(&app, "acme", "alice").await;
+    let resp = tenant(&alice).await;
+    let body = resp.ok(200);
+    assert_eq!(body["database"], alice.account.as_str());
     assert_eq!(body["principal"], "alice");
     assert_eq!(body["role"], "Admin");
 }
@@ -105,36 +116,32 @@ async fn an_api_key_bearer_may_omit_the_account_header() {
 #[tokio::test]
 async fn a_member_of_a_cannot_use_b_and_b_is_never_connected() {
     let app = TestApp::spawn().await;
-    let a = app.account_with_admin("tenant-a", "alice").await;
-    let b = app.account_with_admin("tenant-b", "bob").await;
-    app.state
-        .catalog
-        .upsert_member(&b.slug.parse().unwrap(), "carol", Role::Member)
-        .await
-        .unwrap();
+    let alice = Client::new(&app, "tenant-a", "alice").await;
+    let bob = Client::new(&app, "tenant-b", "bob").await;
+    let carol = bob.with_member("carol", Role::Member).await;
 
     let mut admin = admin_conn().await;
+    let alice_in_b = bob.as_user("alice");
     for _ in 0..5 {
-        let (status, code) =
-            error_code(app.tenant_get(&b.slug, "alice").send().await.unwrap()).await;
-        assert_eq!((status, code.as_str()), (403, "forbidden"));
+        tenant(&alice_in_b)
+            .await
+            .err(403, "forbidden", None, "alice in B");
     }
     assert_eq!(
-        backends(&mut admin, &[b.slug.as_str()]).await,
+        backends(&mut admin, &[bob.account.as_str()]).await,
         0,
         "a foreigner opened B's database"
     );
     assert_eq!(app.state.pools.stats().pools, 0);
 
     // The legitimate members reach their own databases.
-    let resp = app.tenant_get(&a.slug, "alice").send().await.unwrap();
     assert_eq!(
-        resp.json::<Value>().await.unwrap()["database"],
-        a.slug.as_str()
+        tenant(&alice).await.ok(200)["database"],
+        alice.account.as_str()
     );
-    let resp = app.tenant_get(&b.slug, "carol").send().await.unwrap();
-    let body: Value = resp.json().await.unwrap();
-    assert_eq!(body["database"], b.slug.as_str());
+    let resp = tenant(&carol).await;
+    let body = resp.ok(200);
+    assert_eq!(body["database"], bob.account.as_str());
     assert_eq!(body["role"], "Member");
 }
 
@@ -176,10 +183,10 @@ async fn unauthenticated_requests_never_open_a_tenant_pool() {
 #[tokio::test]
 async fn without_an_identity_provider_every_bearer_is_refused() {
     let app = TestApp::builder().await.without_issuer().spawn().await;
-    let acme = app.account_with_admin("closed", "alice").await;
-    let (status, code) =
-        error_code(app.tenant_get(&acme.slug, "alice").send().await.unwrap()).await;
-    assert_eq!((status, code.as_str()), (401, "unauthenticated"));
+    let alice = Client::new(&app, "closed", "alice").await;
+    tenant(&alice)
+        .await
+        .err(401, "unauthenticated", None, "no identity provider");
 }
 
 #[tokio::test]
@@ -211,22 +218,48 @@ async fn an_unreachable_tenant_database_answers_503_with_retry_after() {
     assert_eq!(code, "unavailable");
 }
 
-/// Failed authentications cost their client a budget: a caller with a valid token that names
-/// random accounts makes a bounded number of catalog queries, then gets 429 `auth` (before its
-/// bearer is even looked at); other clients are unaffected. The same budget covers 401s.
-#[tokio::test]
-async fn a_client_naming_random_accounts_spends_its_failure_budget() {
-    const BUDGET: u32 = 20;
-    let app = TestApp::builder()
+const BUDGET: u32 = 20;
+
+/// An app with a failure budget of [`BUDGET`] a minute that trusts `127.0.0.1` to name the
+/// client (and serves the console, a route that checks nothing).
+async fn budget_app() -> TestApp {
+    TestApp::builder()
         .await
         .config(|c| {
             c.auth_failure_limit_per_minute = BUDGET;
             c.trusted_proxies = vec!["127.0.0.1".into()];
-            // For the console page at the end.
             c.dev_login = Some(true);
         })
         .spawn()
-        .await;
+        .await
+}
+
+/// `GET /test/tenant` in `account` with the bearer `token`, from `client`.
+async fn from(app: &TestApp, client: &str, account: &str, token: &str) -> Resp {
+    let req = app
+        .get("/test/tenant")
+        .header("X-Account-ID", account)
+        .bearer_auth(token);
+    send(from_client(req, client)).await
+}
+
+/// Spends `client`'s failure budget on bad bearers in `account`: the first is a 401, the last
+/// a 429.
+async fn spend_on_bad_bearers(app: &TestApp, client: &str, account: &str) {
+    let mut bad = Vec::new();
+    for _ in 0..(BUDGET + 5) {
+        bad.push(from(app, client, account, "not-a-token").await.status);
+    }
+    assert_eq!(bad[0], 401);
+    assert_eq!(*bad.last().unwrap(), 429);
+}
+
+/// Failed authentications cost their client a budget: a caller with a valid token that names
+/// random accounts makes a bounded number of catalog queries, then gets 429 `auth` (before its
+/// bearer is even looked at).
+#[tokio::test]
+async fn a_client_naming_random_accounts_spends_its_failure_budget() {
+    let app = budget_app().await;
     let acme = app.account_with_admin("budget", "alice").await;
     let token = app.token("alice");
     let misses =
@@ -235,19 +268,16 @@ async fn a_client_naming_random_accounts_spends_its_failure_budget() {
     let mut statuses = Vec::new();
     for _ in 0..200 {
         let slug = crate::support::unique_slug("nope");
-        let req = app
-            .get("/test/tenant")
-            .header("X-Account-ID", slug.as_str())
-            .bearer_auth(&token);
-        let resp = from_client(req, "203.0.113.9").send().await.unwrap();
-        statuses.push(error_code(resp).await);
+        let resp = from(&app, "203.0.113.9", slug.as_str(), &token).await;
+        statuses.push((resp.status, resp.code().to_owned()));
     }
     let queries = misses().await - before;
     println!("200 random accounts from one client: {queries} catalog queries");
     assert!(queries <= (BUDGET + 5) as f64, "{queries} queries");
     assert_eq!(statuses[0], (400, "invalid_account".into()));
     assert_eq!(statuses[199], (429, "rate_limited".into()));
-    // Blocked before the bearer is looked at: even a valid request from that client waits.
+    // Blocked before the bearer is looked at: even a valid request from that client waits
+    // (raw: the `Retry-After` header).
     let req = app
         .get("/test/tenant")
         .header("X-Account-ID", acme.slug.as_str())
@@ -261,25 +291,29 @@ async fn a_client_naming_random_accounts_spends_its_failure_budget() {
             .await
             >= 1.0
     );
+}
 
-    // Another client is unaffected, and spends its own budget on bad bearers.
-    let as_other = |bearer: &str| {
-        let req = app
-            .get("/test/tenant")
-            .header("X-Account-ID", acme.slug.as_str())
-            .bearer_auth(bearer);
-        from_client(req, "198.51.100.20").send()
-    };
-    assert_eq!(as_other(&token).await.unwrap().status(), 200);
-    let mut bad = Vec::new();
-    for _ in 0..(BUDGET + 5) {
-        bad.push(as_other("not-a-token").await.unwrap().status().as_u16());
-    }
-    assert_eq!(bad[0], 401);
-    assert_eq!(*bad.last().unwrap(), 429);
+/// Another client is unaffected by one that spent its budget, and the same budget covers
+/// 401s.
+#[tokio::test]
+async fn each_client_spends_its_own_failure_budget_on_bad_bearers() {
+    let app = budget_app().await;
+    let acme = app.account_with_admin("budget2", "alice").await;
+    let token = app.token("alice");
+    spend_on_bad_bearers(&app, "203.0.113.9", &acme.slug).await;
+    from(&app, "198.51.100.20", &acme.slug, &token)
+        .await
+        .ok(200);
+    spend_on_bad_bearers(&app, "198.51.100.20", &acme.slug).await;
+}
 
-    // The routes that check nothing still answer that client: health, readiness, metrics, the
-    // API document and its reference, the session JWKS and the console.
+/// The routes that check nothing still answer a client that spent its budget: health,
+/// readiness, metrics, the API document and its reference, the session JWKS and the console.
+#[tokio::test]
+async fn routes_that_check_nothing_answer_a_client_without_budget() {
+    let app = budget_app().await;
+    let acme = app.account_with_admin("budget3", "alice").await;
+    spend_on_bad_bearers(&app, "198.51.100.20", &acme.slug).await;
     for path in [
         "/healthz",
         "/readyz",
@@ -290,10 +324,7 @@ async fn a_client_naming_random_accounts_spends_its_failure_budget() {
         "/hub-api/.well-known/jwks.json",
         "/",
     ] {
-        let resp = from_client(app.get(path), "198.51.100.20")
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(resp.status(), 200, "{path}");
+        let resp = send(from_client(app.get(path), "198.51.100.20")).await;
+        assert_eq!(resp.status, 200, "{path}");
     }
 }

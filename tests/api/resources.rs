@@ -83,21 +83,21 @@ fn knowledge_body(kind: &str, name: &str, category: Option<&str>, text: &str) ->
 
 // ---- agents ----------------------------------------------------------------------------------
 
+/// Asserts that getting `agent` by its id answers it as it is.
+async fn assert_fetched_as(c: &Client<'_>, agent: &Value) {
+    let path = format!("/agents/{}", id(agent));
+    assert_eq!(c.get(&path).await.ok(200), agent, "{path}");
+}
+
 #[tokio::test]
 async fn an_agent_created_with_only_a_name_has_every_documented_default() {
     let app = roomy_app().await;
     let c = Client::new(&app, "agdef", "alice").await;
 
     let before = chrono::Utc::now();
-    let resp = c.post("/agents", json!({ "name": "Front desk" })).await;
-    let agent = resp.ok(201).clone();
+    let agent = c.agent("Front desk").await;
     let agent_id = id(&agent);
     assert!(Uuid::parse_str(&agent_id).is_ok(), "{agent_id}");
-    assert_eq!(
-        resp.location.as_deref(),
-        Some(format!("/api/v1/agents/{agent_id}").as_str())
-    );
-
     let expected = json!({
         "id": agent_id,
         "name": "Front desk",
@@ -128,43 +128,66 @@ async fn an_agent_created_with_only_a_name_has_every_documented_default() {
     assert!(created_at >= before - chrono::Duration::seconds(5));
     assert!(created_at <= chrono::Utc::now() + chrono::Duration::seconds(5));
     assert_eq!(agent["created_at"], agent["updated_at"]);
-
-    // The Location answers with the same agent.
-    let fetched = send(c.req(Method::GET, resp.location.as_deref().unwrap())).await;
-    assert_eq!(fetched.ok(200), &agent);
     assert_eq!(c.get(&format!("/agents/{agent_id}")).await.ok(200), &agent);
 }
 
 #[tokio::test]
-async fn every_agent_field_can_be_set_on_create_and_server_set_fields_are_ignored() {
+async fn a_created_agents_location_answers_with_the_same_agent() {
+    let app = roomy_app().await;
+    let c = Client::new(&app, "agloc", "alice").await;
+    let resp = c.post("/agents", json!({ "name": "Front desk" })).await;
+    let agent = resp.ok(201).clone();
+    let location = resp.location.as_deref();
+    assert_eq!(
+        location,
+        Some(format!("/api/v1/agents/{}", id(&agent)).as_str())
+    );
+    let fetched = send(c.req(Method::GET, location.unwrap())).await;
+    assert_eq!(fetched.ok(200), &agent);
+}
+
+#[tokio::test]
+async fn every_agent_field_can_be_set_on_create() {
     let app = roomy_app().await;
     let c = Client::new(&app, "agall", "alice").await;
     let template = Uuid::now_v7().to_string();
     let prompt = Uuid::now_v7().to_string();
-    let forged_id = Uuid::now_v7().to_string();
+    let fields = json!({
+        "name": "Sales bot",
+        "description": "Sells things",
+        "category": "sales",
+        "status": "active",
+        "system_prompt": "Be nice.",
+        "greeting_message": "Hello!",
+        "greeting_mode": "locked",
+        "llm_model": "gpt-4.1-mini",
+        "voice_provider": "elevenlabs",
+        "voice_id": "voice-42",
+        "auth_mode": "public",
+        "ringing_enabled": false,
+        "background_audio_enabled": true,
+        "background_audio_volume": 0.25,
+        "noise_suppression_enabled": false,
+        "template_id": template,
+        "active_prompt_id": prompt,
+    });
+    let agent = c.create("/agents", fields.clone()).await;
+    for (field, value) in fields.as_object().unwrap() {
+        assert_eq!(&agent[field], value, "{field}");
+    }
+    assert_fetched_as(&c, &agent).await;
+}
 
+#[tokio::test]
+async fn server_set_agent_fields_are_ignored_on_create() {
+    let app = roomy_app().await;
+    let c = Client::new(&app, "agforge", "alice").await;
+    let forged_id = Uuid::now_v7().to_string();
     let agent = c
         .create(
             "/agents",
             json!({
                 "name": "Sales bot",
-                "description": "Sells things",
-                "category": "sales",
-                "status": "active",
-                "system_prompt": "Be nice.",
-                "greeting_message": "Hello!",
-                "greeting_mode": "locked",
-                "llm_model": "gpt-4.1-mini",
-                "voice_provider": "elevenlabs",
-                "voice_id": "voice-42",
-                "auth_mode": "public",
-                "ringing_enabled": false,
-                "background_audio_enabled": true,
-                "background_audio_volume": 0.25,
-                "noise_suppression_enabled": false,
-                "template_id": template,
-                "active_prompt_id": prompt,
-                // Server-set: ignored.
                 "id": forged_id,
                 "created_by": "user:mallory",
                 "created_at": "2000-01-01T00:00:00Z",
@@ -174,53 +197,31 @@ async fn every_agent_field_can_be_set_on_create_and_server_set_fields_are_ignore
             }),
         )
         .await;
-    let agent_id = id(&agent);
-    assert_ne!(agent_id, forged_id);
+    assert_ne!(id(&agent), forged_id);
     assert_eq!(agent["created_by"], "user:alice");
     assert!(time(&agent["created_at"]).timestamp() > 1_700_000_000);
     assert!(time(&agent["updated_at"]).timestamp() > 1_700_000_000);
     assert_eq!(agent["playbooks"], json!([]));
     assert_eq!(agent["faqs"], json!([]));
-    for (field, value) in [
-        ("name", json!("Sales bot")),
-        ("description", json!("Sells things")),
-        ("category", json!("sales")),
-        ("status", json!("active")),
-        ("system_prompt", json!("Be nice.")),
-        ("greeting_message", json!("Hello!")),
-        ("greeting_mode", json!("locked")),
-        ("llm_model", json!("gpt-4.1-mini")),
-        ("voice_provider", json!("elevenlabs")),
-        ("voice_id", json!("voice-42")),
-        ("auth_mode", json!("public")),
-        ("ringing_enabled", json!(false)),
-        ("background_audio_enabled", json!(true)),
-        ("background_audio_volume", json!(0.25)),
-        ("noise_suppression_enabled", json!(false)),
-        ("template_id", json!(template)),
-        ("active_prompt_id", json!(prompt)),
-    ] {
-        assert_eq!(agent[field], value, "{field}");
-    }
-    assert_eq!(c.get(&format!("/agents/{agent_id}")).await.ok(200), &agent);
     // The forged id names nothing.
     c.get(&format!("/agents/{forged_id}"))
         .await
         .err(404, "not_found", None, "forged id");
+}
 
-    // Every enum value is accepted.
+#[tokio::test]
+async fn every_agent_enum_value_is_accepted() {
+    let app = roomy_app().await;
+    let c = Client::new(&app, "agenum", "alice").await;
     for (field, values) in [
         (
             "category",
             &["customer_support", "sales", "operations", "custom"][..],
         ),
-        ("status", &["draft", "active", "paused", "archived"][..]),
-        ("greeting_mode", &["interruptible", "locked"][..]),
-        (
-            "voice_provider",
-            &["cartesia", "elevenlabs", "deepgram"][..],
-        ),
-        ("auth_mode", &["public", "authenticated"][..]),
+        ("status", &["draft", "active", "paused", "archived"]),
+        ("greeting_mode", &["interruptible", "locked"]),
+        ("voice_provider", &["cartesia", "elevenlabs", "deepgram"]),
+        ("auth_mode", &["public", "authenticated"]),
     ] {
         for value in values {
             let agent = c
@@ -229,7 +230,12 @@ async fn every_agent_field_can_be_set_on_create_and_server_set_fields_are_ignore
             assert_eq!(agent[field], json!(value), "{field}");
         }
     }
-    // The volume's bounds are inclusive.
+}
+
+#[tokio::test]
+async fn the_agent_volume_bounds_are_inclusive() {
+    let app = roomy_app().await;
+    let c = Client::new(&app, "agvol", "alice").await;
     for volume in [0.0, 1.0] {
         let agent = c
             .create(
@@ -251,22 +257,25 @@ async fn agents_are_listed_newest_first() {
     for name in ["first", "second", "third", "fourth"] {
         created.push(c.agent(name).await);
     }
-    let listed = c.agents().await;
     let expected: Vec<Value> = created.iter().rev().cloned().collect();
-    assert_eq!(listed, expected);
-    // Agent names need not be unique.
-    c.agent("first").await;
-    let listed = c.agents().await;
-    assert_eq!(listed.len(), 5);
-    assert_eq!(listed[0]["name"], "first");
-    assert_eq!(listed[4]["name"], "first");
+    assert_eq!(c.agents().await, expected);
 }
 
 #[tokio::test]
-async fn patching_an_agent_changes_only_the_fields_sent() {
+async fn agent_names_need_not_be_unique() {
     let app = roomy_app().await;
-    let c = Client::new(&app, "agpatch", "alice").await;
-    let template = Uuid::now_v7().to_string();
+    let c = Client::new(&app, "agsame", "alice").await;
+    for name in ["first", "second", "first"] {
+        c.agent(name).await;
+    }
+    let listed = c.agents().await;
+    assert_eq!(listed.len(), 3);
+    assert_eq!(listed[0]["name"], "first");
+    assert_eq!(listed[2]["name"], "first");
+}
+
+/// An agent with a description, a voice and a template, and its path.
+async fn patchable_agent(c: &Client<'_>, template: &str) -> (Value, String) {
     let agent = c
         .create(
             "/agents",
@@ -279,6 +288,14 @@ async fn patching_an_agent_changes_only_the_fields_sent() {
         )
         .await;
     let path = format!("/agents/{}", id(&agent));
+    (agent, path)
+}
+
+#[tokio::test]
+async fn patching_an_agent_changes_only_the_fields_sent() {
+    let app = roomy_app().await;
+    let c = Client::new(&app, "agpatch", "alice").await;
+    let (agent, path) = patchable_agent(&c, &Uuid::now_v7().to_string()).await;
     tokio::time::sleep(std::time::Duration::from_millis(20)).await;
 
     let patched = c
@@ -298,8 +315,16 @@ async fn patching_an_agent_changes_only_the_fields_sent() {
     assert!(time(&patched["updated_at"]) > time(&agent["updated_at"]));
     assert_eq!(patched["created_at"], agent["created_at"]);
     assert_eq!(c.get(&path).await.ok(200), &patched);
+}
 
-    // Absent nullable fields keep their value; `null` clears them.
+#[tokio::test]
+async fn absent_nullable_agent_fields_keep_their_value_and_null_clears_them() {
+    let app = roomy_app().await;
+    let c = Client::new(&app, "agpnull", "alice").await;
+    let template = Uuid::now_v7().to_string();
+    let (_, path) = patchable_agent(&c, &template).await;
+    c.patch(&path, json!({ "status": "active" })).await.ok(200);
+
     let patched = c
         .patch(&path, json!({ "name": "Support 2" }))
         .await
@@ -320,8 +345,13 @@ async fn patching_an_agent_changes_only_the_fields_sent() {
     assert_eq!(patched["voice_id"], "voice-2");
     assert_eq!(patched["ringing_enabled"], false);
     assert_eq!(patched["name"], "Support 2");
+}
 
-    // Server-set fields are ignored on PATCH too.
+#[tokio::test]
+async fn server_set_agent_fields_are_ignored_on_patch() {
+    let app = roomy_app().await;
+    let c = Client::new(&app, "agpforge", "alice").await;
+    let (agent, path) = patchable_agent(&c, &Uuid::now_v7().to_string()).await;
     let patched = c
         .patch(
             &path,
@@ -339,8 +369,13 @@ async fn patching_an_agent_changes_only_the_fields_sent() {
     assert_eq!(patched["created_by"], "user:alice");
     assert_eq!(patched["created_at"], agent["created_at"]);
     assert_eq!(patched["playbooks"], json!([]));
+}
 
-    // An empty patch changes nothing but the timestamp.
+#[tokio::test]
+async fn an_empty_agent_patch_changes_nothing_but_the_timestamp() {
+    let app = roomy_app().await;
+    let c = Client::new(&app, "agpempty", "alice").await;
+    let (_, path) = patchable_agent(&c, &Uuid::now_v7().to_string()).await;
     let before = c.get(&path).await.ok(200).clone();
     let after = c.patch(&path, json!({})).await.ok(200).clone();
     let mut expected = before.clone();
@@ -460,16 +495,28 @@ async fn invalid_agent_bodies_answer_invalid_body_naming_the_field() {
             .await
             .err(400, "invalid_body", *field, case);
     }
+    // Nothing was created.
+    assert_eq!(c.agents().await, Vec::<Value>::new());
+}
 
-    // A missing `name` is named in the message (the `field` member: see the ignored test
-    // `a_missing_required_field_is_named_in_the_field_member`).
+/// The `field` member too: see `a_missing_required_field_is_named_in_the_field_member`.
+#[tokio::test]
+async fn a_missing_agent_name_is_named_in_the_message() {
+    let app = roomy_app().await;
+    let c = Client::new(&app, "agnoname", "alice").await;
     for body in [json!({}), json!({ "description": "no name" })] {
         let resp = c.post("/agents", body).await;
         assert_eq!((resp.status, resp.code()), (400, "invalid_body"));
         let message = resp.body["error"]["message"].as_str().unwrap();
         assert!(message.contains("`name`"), "{message}");
     }
-    // Bodies that are not objects.
+    assert_eq!(c.agents().await, Vec::<Value>::new());
+}
+
+#[tokio::test]
+async fn agent_bodies_that_are_not_objects_are_invalid() {
+    let app = roomy_app().await;
+    let c = Client::new(&app, "agnotobj", "alice").await;
     for body in [json!([]), json!("name"), json!(null), json!(42)] {
         c.post("/agents", body.clone()).await.err(
             400,
@@ -478,7 +525,6 @@ async fn invalid_agent_bodies_answer_invalid_body_naming_the_field() {
             &format!("body {body}"),
         );
     }
-    // Nothing was created.
     assert_eq!(c.agents().await, Vec::<Value>::new());
 }
 
@@ -548,13 +594,8 @@ async fn malformed_json_and_wrong_content_types_answer_invalid_body() {
     let c = Client::new(&app, "agjson", "alice").await;
     let agent = c.agent("Target").await;
     let agent_path = format!("{V1}/agents/{}", id(&agent));
-    let raw = |method: Method, path: &str, content_type: Option<&str>, body: &str| {
-        let mut rb = c.req(method, path).body(body.to_owned());
-        if let Some(ct) = content_type {
-            rb = rb.header("content-type", ct);
-        }
-        rb
-    };
+    let raw =
+        |method, path: &str, content_type, body| raw_body(&c, method, path, content_type, body);
     let agents = format!("{V1}/agents");
     let json_ct = Some("application/json");
 
@@ -623,22 +664,45 @@ async fn malformed_json_and_wrong_content_types_answer_invalid_body() {
             .await
             .err(400, "invalid_body", None, case);
     }
+    // Nothing was created; the target is unchanged.
+    assert_eq!(c.agents().await, vec![agent]);
+}
 
-    // `application/json` with parameters and `application/*+json` are JSON.
+#[tokio::test]
+async fn json_content_types_with_parameters_or_a_json_suffix_are_json() {
+    let app = roomy_app().await;
+    let c = Client::new(&app, "agjsonct", "alice").await;
     for ct in [
         "application/json; charset=utf-8",
         "Application/JSON",
         "application/vnd.kataven+json",
     ] {
-        let resp = send(raw(Method::POST, &agents, Some(ct), r#"{"name":"ct"}"#)).await;
+        let rb = raw_body(
+            &c,
+            Method::POST,
+            &format!("{V1}/agents"),
+            Some(ct),
+            r#"{"name":"ct"}"#,
+        );
+        let resp = send(rb).await;
         assert_eq!(resp.status, 201, "{ct}: {}", resp.text);
     }
-    // Only those three were created; the target is unchanged.
-    assert_eq!(c.agents().await.len(), 4);
-    assert_eq!(
-        c.get(&format!("/agents/{}", id(&agent))).await.ok(200),
-        &agent
-    );
+    assert_eq!(c.agents().await.len(), 3);
+}
+
+/// A request with `body` as it is, and `content_type` if any.
+fn raw_body(
+    c: &Client<'_>,
+    method: Method,
+    path: &str,
+    content_type: Option<&str>,
+    body: &str,
+) -> reqwest::RequestBuilder {
+    let rb = c.req(method, path).body(body.to_owned());
+    match content_type {
+        Some(ct) => rb.header("content-type", ct),
+        None => rb,
+    }
 }
 
 #[tokio::test]
@@ -769,372 +833,314 @@ async fn unknown_and_malformed_agent_ids_answer_not_found() {
 
 // ---- playbooks, FAQs, tools ------------------------------------------------------------------
 
-#[tokio::test]
-async fn playbooks_crud_by_uuid_and_by_name() {
-    let app = roomy_app().await;
-    let c = Client::new(&app, "pbcrud", "alice").await;
-
-    let created = c
-        .post(
-            "/playbooks",
-            json!({
-                "name": "refund_policy",
-                "display_name": "Refund policy",
-                "description": "How refunds work",
-                "tags": ["billing", "refunds"],
-                "tool_names": ["lookup_order"],
-                // Server-set: ignored.
-                "is_default": true,
-                "id": Uuid::now_v7(),
-            }),
-        )
-        .await;
-    let pb = created.ok(201).clone();
-    let pb_id = id(&pb);
-    assert_eq!(
-        pb,
-        json!({
-            "id": pb_id,
-            "name": "refund_policy",
-            "display_name": "Refund policy",
-            "category": "custom",
-            "description": "How refunds work",
-            "tags": ["billing", "refunds"],
-            "tool_names": ["lookup_order"],
-            "is_default": false,
-            "created_at": pb["created_at"],
-            "updated_at": pb["updated_at"],
-        })
-    );
-    time(&pb["created_at"]);
-
-    // Minimal body: defaults.
-    let minimal = c.create("/playbooks", json!({ "name": "minimal" })).await;
-    assert_eq!(minimal["display_name"], "");
-    assert_eq!(minimal["category"], "custom");
-    assert_eq!(minimal["tags"], json!([]));
-    assert_eq!(minimal["tool_names"], json!([]));
-
-    // Get by UUID and by name.
-    assert_eq!(c.get(&format!("/playbooks/{pb_id}")).await.ok(200), &pb);
-    assert_eq!(c.get("/playbooks/refund_policy").await.ok(200), &pb);
-
-    // Patch by name: only the fields sent change.
-    let patched = c
-        .patch(
-            "/playbooks/refund_policy",
-            json!({ "category": "billing", "tags": [], "is_default": true }),
-        )
-        .await
-        .ok(200)
-        .clone();
-    let mut expected = pb.clone();
-    expected["category"] = json!("billing");
-    expected["tags"] = json!([]);
-    expected["updated_at"] = patched["updated_at"].clone();
-    assert_eq!(patched, expected);
-    assert!(time(&patched["updated_at"]) >= time(&pb["updated_at"]));
-
-    // Rename by UUID; the old name no longer resolves.
-    let renamed = c
-        .patch(
-            &format!("/playbooks/{pb_id}"),
-            json!({ "name": "refunds_v2" }),
-        )
-        .await
-        .ok(200)
-        .clone();
-    assert_eq!(renamed["name"], "refunds_v2");
-    assert_eq!(renamed["id"], pb["id"]);
-    c.get("/playbooks/refund_policy")
-        .await
-        .err(404, "not_found", None, "old name");
-    assert_eq!(c.get("/playbooks/refunds_v2").await.ok(200), &renamed);
-
-    // Delete by name, then by UUID.
-    assert_eq!(c.delete("/playbooks/refunds_v2").await.status, 204);
-    c.get(&format!("/playbooks/{pb_id}"))
-        .await
-        .err(404, "not_found", None, "deleted");
-    c.delete(&format!("/playbooks/{pb_id}"))
-        .await
-        .err(404, "not_found", None, "deleted twice");
-    assert_eq!(
-        c.delete(&format!("/playbooks/{}", id(&minimal)))
-            .await
-            .status,
-        204
-    );
-    let page = c.get("/playbooks").await.ok(200).clone();
-    assert_eq!(page["total"], 0);
-
-    // Unknown UUIDs and names; names that cannot be names.
-    for missing in [
-        Uuid::now_v7().to_string(),
-        "nothing_here".into(),
-        "Not A Name".replace(' ', "%20"),
-    ] {
-        c.get(&format!("/playbooks/{missing}"))
-            .await
-            .err(404, "not_found", None, &missing);
-        c.patch(
-            &format!("/playbooks/{missing}"),
-            json!({ "description": "x" }),
-        )
-        .await
-        .err(404, "not_found", None, &missing);
-        c.delete(&format!("/playbooks/{missing}"))
-            .await
-            .err(404, "not_found", None, &missing);
-    }
+/// One kind of knowledge resource, as its behaviours' tests need it.
+struct Knowledge {
+    kind: &'static str,
+    /// A create body setting every field, plus server-set fields (which are ignored).
+    full: Value,
+    /// What `full` creates, but for `id` and the timestamps.
+    created: Value,
+    /// What a body with only a name creates, but for `id`, `name` and the timestamps.
+    defaults: Value,
+    /// A patch (server-set fields in it are ignored) and the fields it changes.
+    patch: Value,
+    patched: Value,
 }
 
-#[tokio::test]
-async fn faqs_crud_by_uuid_and_by_name() {
-    let app = roomy_app().await;
-    let c = Client::new(&app, "faqcrud", "alice").await;
-
-    let faq = c
-        .create(
-            "/faqs",
-            json!({
-                "name": "opening_hours",
-                "title": "When are you open?",
-                "summary": "Weekdays",
-                "content": "9 to 5, Monday to Friday.",
-                "category": "general",
-                "tags": ["hours"],
-                "id": Uuid::now_v7(),
-            }),
-        )
-        .await;
-    let faq_id = id(&faq);
-    assert_eq!(
-        faq,
-        json!({
-            "id": faq_id,
-            "name": "opening_hours",
-            "title": "When are you open?",
-            "summary": "Weekdays",
-            "content": "9 to 5, Monday to Friday.",
-            "category": "general",
-            "tags": ["hours"],
-            "created_at": faq["created_at"],
-            "updated_at": faq["updated_at"],
-        })
-    );
-    let minimal = c.create("/faqs", json!({ "name": "bare" })).await;
-    assert_eq!(
-        (
-            &minimal["title"],
-            &minimal["summary"],
-            &minimal["content"],
-            &minimal["category"],
-            &minimal["tags"]
-        ),
-        (
-            &json!(""),
-            &json!(""),
-            &json!(""),
-            &json!("custom"),
-            &json!([])
-        )
-    );
-
-    assert_eq!(c.get(&format!("/faqs/{faq_id}")).await.ok(200), &faq);
-    assert_eq!(c.get("/faqs/opening_hours").await.ok(200), &faq);
-
-    let patched = c
-        .patch("/faqs/opening_hours", json!({ "content": "Always." }))
-        .await
-        .ok(200)
-        .clone();
-    let mut expected = faq.clone();
-    expected["content"] = json!("Always.");
-    expected["updated_at"] = patched["updated_at"].clone();
-    assert_eq!(patched, expected);
-    let patched = c
-        .patch(&format!("/faqs/{faq_id}"), json!({ "name": "hours" }))
-        .await
-        .ok(200)
-        .clone();
-    assert_eq!(patched["name"], "hours");
-    assert_eq!(c.get("/faqs/hours").await.ok(200), &patched);
-    c.get("/faqs/opening_hours")
-        .await
-        .err(404, "not_found", None, "old name");
-
-    // FAQs have no built-ins: both go.
-    assert_eq!(c.delete("/faqs/hours").await.status, 204);
-    assert_eq!(
-        c.delete(&format!("/faqs/{}", id(&minimal))).await.status,
-        204
-    );
-    c.get(&format!("/faqs/{faq_id}"))
-        .await
-        .err(404, "not_found", None, "deleted");
-    c.delete("/faqs/hours")
-        .await
-        .err(404, "not_found", None, "deleted twice");
-}
-
-#[tokio::test]
-async fn tools_crud_by_uuid_and_by_name() {
-    let app = roomy_app().await;
-    let c = Client::new(&app, "toolcrud", "alice").await;
+/// Playbooks, FAQs and tools: each knowledge test runs over all three.
+fn knowledge() -> [Knowledge; 3] {
     let schema = json!({
         "type": "object",
         "properties": { "order_id": { "type": "string" } },
         "required": ["order_id"],
     });
-
-    let tool = c
-        .create(
-            "/tools",
-            json!({
-                "name": "lookup_order",
-                "display_name": "Look up an order",
-                "category": "commerce",
-                "description": "Finds an order by id",
-                "schema": schema,
-                "implementation_type": "python",
-                "implementation_config": { "timeout_s": 5 },
-                "implementation_code": "def run(order_id): ...",
-                "tags": ["orders"],
-                "is_default": true,
+    let playbook = json!({
+        "name": "refund_policy",
+        "display_name": "Refund policy",
+        "category": "custom",
+        "description": "How refunds work",
+        "tags": ["billing", "refunds"],
+        "tool_names": ["lookup_order"],
+    });
+    let faq = json!({
+        "name": "opening_hours",
+        "title": "When are you open?",
+        "summary": "Weekdays",
+        "content": "9 to 5, Monday to Friday.",
+        "category": "general",
+        "tags": ["hours"],
+    });
+    let tool = json!({
+        "name": "lookup_order",
+        "display_name": "Look up an order",
+        "category": "commerce",
+        "description": "Finds an order by id",
+        "schema": schema,
+        "implementation_type": "python",
+        "implementation_config": { "timeout_s": 5 },
+        "implementation_code": "def run(order_id): ...",
+        "tags": ["orders"],
+    });
+    let with = |body: &Value, extra: Value| {
+        let mut body = body.clone();
+        for (k, v) in extra.as_object().unwrap() {
+            body[k] = v.clone();
+        }
+        body
+    };
+    let server_set = |is_default: bool| {
+        let mut fields = json!({ "id": Uuid::now_v7() });
+        if is_default {
+            fields["is_default"] = json!(true);
+        }
+        fields
+    };
+    [
+        Knowledge {
+            kind: "playbooks",
+            full: with(&playbook, server_set(true)),
+            created: with(&playbook, json!({ "is_default": false })),
+            defaults: json!({
+                "display_name": "", "category": "custom", "description": "", "tags": [],
+                "tool_names": [], "is_default": false,
             }),
-        )
-        .await;
-    let tool_id = id(&tool);
-    assert_eq!(
-        tool,
-        json!({
-            "id": tool_id,
-            "name": "lookup_order",
-            "display_name": "Look up an order",
-            "category": "commerce",
-            "description": "Finds an order by id",
-            "schema": schema,
-            "implementation_type": "python",
-            "implementation_config": { "timeout_s": 5 },
-            "implementation_code": "def run(order_id): ...",
-            "tags": ["orders"],
-            "is_default": false,
-            "created_at": tool["created_at"],
-            "updated_at": tool["updated_at"],
-        })
-    );
-    let minimal = c.create("/tools", json!({ "name": "ping" })).await;
-    for (field, value) in [
-        ("display_name", json!("")),
-        ("category", json!("custom")),
-        ("description", json!("")),
-        ("schema", json!({})),
-        ("implementation_type", json!("http")),
-        ("implementation_config", json!({})),
-        ("implementation_code", Value::Null),
-        ("tags", json!([])),
-        ("is_default", json!(false)),
-    ] {
-        assert_eq!(minimal[field], value, "{field}");
+            patch: json!({ "category": "billing", "tags": [], "is_default": true }),
+            patched: json!({ "category": "billing", "tags": [] }),
+        },
+        Knowledge {
+            kind: "faqs",
+            full: with(&faq, server_set(false)),
+            created: faq,
+            defaults: json!({
+                "title": "", "summary": "", "content": "", "category": "custom", "tags": [],
+            }),
+            patch: json!({ "content": "Always." }),
+            patched: json!({ "content": "Always." }),
+        },
+        Knowledge {
+            kind: "tools",
+            full: with(&tool, server_set(true)),
+            created: with(&tool, json!({ "is_default": false })),
+            defaults: json!({
+                "display_name": "", "category": "custom", "description": "", "schema": {},
+                "implementation_type": "http", "implementation_config": {},
+                "implementation_code": null, "tags": [], "is_default": false,
+            }),
+            // `null` clears the code.
+            patch: json!({ "implementation_type": "http", "implementation_code": null }),
+            patched: json!({ "implementation_type": "http", "implementation_code": null }),
+        },
+    ]
+}
+
+impl Knowledge {
+    /// The collection's path, or one item's (`target`: a UUID or a name).
+    fn at(&self, target: &str) -> String {
+        match target {
+            "" => format!("/{}", self.kind),
+            _ => format!("/{}/{target}", self.kind),
+        }
     }
 
-    assert_eq!(c.get(&format!("/tools/{tool_id}")).await.ok(200), &tool);
-    assert_eq!(c.get("/tools/lookup_order").await.ok(200), &tool);
-
-    // Partial patch; `null` clears the code.
-    let patched = c
-        .patch(
-            "/tools/lookup_order",
-            json!({ "implementation_type": "http", "implementation_code": null }),
-        )
-        .await
-        .ok(200)
-        .clone();
-    let mut expected = tool.clone();
-    expected["implementation_type"] = json!("http");
-    expected["implementation_code"] = Value::Null;
-    expected["updated_at"] = patched["updated_at"].clone();
-    assert_eq!(patched, expected);
-
-    // Tool-specific validation.
-    for (case, body, field) in [
-        (
-            "array schema",
-            json!({ "name": "t1", "schema": [] }),
-            "schema",
-        ),
-        (
-            "string schema",
-            json!({ "name": "t1", "schema": "object" }),
-            "schema",
-        ),
-        (
-            "array config",
-            json!({ "name": "t1", "implementation_config": [1] }),
-            "implementation_config",
-        ),
-        (
-            "unknown implementation type",
-            json!({ "name": "t1", "implementation_type": "java" }),
-            "implementation_type",
-        ),
-        (
-            "tags not strings",
-            json!({ "name": "t1", "tags": [1] }),
-            "tags[0]",
-        ),
-        ("empty tag", json!({ "name": "t1", "tags": [""] }), "tags"),
-    ] {
-        c.post("/tools", body)
-            .await
-            .err(400, "invalid_body", Some(field), case);
+    fn name(&self) -> &str {
+        self.full["name"].as_str().unwrap()
     }
-    c.patch(&format!("/tools/{tool_id}"), json!({ "schema": 5 }))
-        .await
-        .err(400, "invalid_body", Some("schema"), "patch schema");
-    c.get("/tools/t1")
-        .await
-        .err(404, "not_found", None, "nothing created");
 
-    assert_eq!(c.delete(&format!("/tools/{tool_id}")).await.status, 204);
-    assert_eq!(c.delete("/tools/ping").await.status, 204);
-    c.get("/tools/lookup_order")
-        .await
-        .err(404, "not_found", None, "deleted");
+    /// `expected` with the server-set `id` and timestamps of `actual`.
+    fn as_created(&self, expected: &Value, actual: &Value) -> Value {
+        let mut expected = expected.clone();
+        for field in ["id", "created_at", "updated_at"] {
+            expected[field] = actual[field].clone();
+        }
+        expected
+    }
+
+    /// Creates the item of `full`, asserting 201.
+    async fn create(&self, c: &Client<'_>) -> Value {
+        c.create(&self.at(""), self.full.clone()).await
+    }
+
+    /// Creates an item with only a name, asserting 201.
+    async fn create_named(&self, c: &Client<'_>, name: &str) -> Value {
+        c.create(&self.at(""), json!({ "name": name })).await
+    }
+
+    async fn total(&self, c: &Client<'_>) -> Value {
+        c.get(&self.at("")).await.ok(200)["total"].clone()
+    }
 }
 
 #[tokio::test]
-async fn knowledge_names_are_unique_and_snake_case() {
+async fn knowledge_created_with_every_field_answers_them_and_ignores_server_set_ones() {
     let app = roomy_app().await;
-    let c = Client::new(&app, "names", "alice").await;
-    let too_long = "a".repeat(101);
+    let c = Client::new(&app, "kfull", "alice").await;
+    for k in knowledge() {
+        let item = k.create(&c).await;
+        assert_eq!(item, k.as_created(&k.created, &item), "{}", k.kind);
+        assert_ne!(item["id"], k.full["id"], "{}: the sent id", k.kind);
+        assert!(Uuid::parse_str(&id(&item)).is_ok(), "{item}");
+        time(&item["created_at"]);
+        time(&item["updated_at"]);
+    }
+}
 
-    for kind in KINDS {
-        let path = format!("/{kind}");
-        let first = c.create(&path, json!({ "name": "taken" })).await;
-        c.create(&path, json!({ "name": "free" })).await;
+#[tokio::test]
+async fn knowledge_created_with_only_a_name_has_the_documented_defaults() {
+    let app = roomy_app().await;
+    let c = Client::new(&app, "kdef", "alice").await;
+    for k in knowledge() {
+        let item = k.create_named(&c, "minimal").await;
+        let mut expected = k.defaults.clone();
+        expected["name"] = json!("minimal");
+        assert_eq!(item, k.as_created(&expected, &item), "{}", k.kind);
+    }
+}
+
+#[tokio::test]
+async fn knowledge_is_found_by_uuid_and_by_name() {
+    let app = roomy_app().await;
+    let c = Client::new(&app, "kget", "alice").await;
+    for k in knowledge() {
+        let item = k.create(&c).await;
+        assert_eq!(c.get(&k.at(&id(&item))).await.ok(200), &item, "{}", k.kind);
+        assert_eq!(c.get(&k.at(k.name())).await.ok(200), &item, "{}", k.kind);
+    }
+}
+
+#[tokio::test]
+async fn patching_knowledge_by_name_changes_only_the_fields_sent() {
+    let app = roomy_app().await;
+    let c = Client::new(&app, "kpatch", "alice").await;
+    for k in knowledge() {
+        let item = k.create(&c).await;
+        let patched = c
+            .patch(&k.at(k.name()), k.patch.clone())
+            .await
+            .ok(200)
+            .clone();
+        let mut expected = item.clone();
+        for (field, value) in k.patched.as_object().unwrap() {
+            expected[field] = value.clone();
+        }
+        expected["updated_at"] = patched["updated_at"].clone();
+        assert_eq!(patched, expected, "{}", k.kind);
+        assert!(time(&patched["updated_at"]) >= time(&item["updated_at"]));
+        assert_eq!(c.get(&k.at(&id(&item))).await.ok(200), &patched);
+    }
+}
+
+#[tokio::test]
+async fn renaming_knowledge_by_uuid_frees_the_old_name() {
+    let app = roomy_app().await;
+    let c = Client::new(&app, "krename", "alice").await;
+    for k in knowledge() {
+        let item = k.create(&c).await;
+        let renamed = c
+            .patch(&k.at(&id(&item)), json!({ "name": "renamed" }))
+            .await
+            .ok(200)
+            .clone();
+        assert_eq!(renamed["name"], "renamed", "{}", k.kind);
+        assert_eq!(renamed["id"], item["id"], "{}", k.kind);
+        assert_eq!(c.get(&k.at("renamed")).await.ok(200), &renamed);
+        c.get(&k.at(k.name()))
+            .await
+            .err(404, "not_found", None, &format!("{}: old name", k.kind));
+    }
+}
+
+#[tokio::test]
+async fn deleting_knowledge_by_name_or_uuid_answers_204_then_404() {
+    let app = roomy_app().await;
+    let c = Client::new(&app, "kdel", "alice").await;
+    for k in knowledge() {
+        let item = k.create(&c).await;
+        let minimal = k.create_named(&c, "minimal").await;
+        let case = |what: &str| format!("{}: {what}", k.kind);
+
+        c.delete(&k.at(k.name())).await.ok(204);
+        for target in [id(&item), k.name().to_owned()] {
+            c.get(&k.at(&target))
+                .await
+                .err(404, "not_found", None, &case("get deleted"));
+            c.delete(&k.at(&target))
+                .await
+                .err(404, "not_found", None, &case("deleted twice"));
+        }
+        c.delete(&k.at(&id(&minimal))).await.ok(204);
+        assert_eq!(k.total(&c).await, 0, "{}", k.kind);
+    }
+}
+
+/// Asserts that GET, PATCH and DELETE of `path` answer `not_found` to `c`.
+async fn assert_not_found(c: &Client<'_>, path: &str) {
+    let patch = json!({ "description": "pwned" });
+    for (method, body) in [
+        (Method::GET, None),
+        (Method::PATCH, Some(&patch)),
+        (Method::DELETE, None),
+    ] {
+        let case = format!("{method} {path}");
+        c.call(method, &format!("{V1}{path}"), body)
+            .await
+            .err(404, "not_found", None, &case);
+    }
+}
+
+#[tokio::test]
+async fn unknown_knowledge_uuids_and_names_answer_not_found() {
+    let app = roomy_app().await;
+    let c = Client::new(&app, "k404", "alice").await;
+    for k in knowledge() {
+        k.create(&c).await;
+        // Unknown UUIDs and names; names that cannot be names.
+        for missing in [
+            Uuid::now_v7().to_string(),
+            "nothing_here".into(),
+            "Not%20A%20Name".into(),
+        ] {
+            assert_not_found(&c, &k.at(&missing)).await;
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_duplicate_knowledge_name_is_a_conflict() {
+    let app = roomy_app().await;
+    let c = Client::new(&app, "kdup", "alice").await;
+    // Names are unique per table, not across tables: `taken` is in all three.
+    for k in knowledge() {
+        let taken = k.create_named(&c, "taken").await;
+        k.create_named(&c, "free").await;
+        let case = |what: &str| format!("{}: {what}", k.kind);
 
         // A duplicate name on create and on rename.
-        c.post(&path, json!({ "name": "taken" })).await.err(
+        c.post(&k.at(""), json!({ "name": "taken" })).await.err(
             409,
             "conflict",
             None,
-            &format!("{kind}: duplicate"),
+            &case("duplicate"),
         );
-        c.patch(&format!("{path}/free"), json!({ "name": "taken" }))
+        c.patch(&k.at("free"), json!({ "name": "taken" }))
             .await
-            .err(409, "conflict", None, &format!("{kind}: rename"));
+            .err(409, "conflict", None, &case("rename"));
         // Renaming to its own name is fine.
-        c.patch(&format!("{path}/taken"), json!({ "name": "taken" }))
+        c.patch(&k.at("taken"), json!({ "name": "taken" }))
             .await
             .ok(200);
-        assert_eq!(c.get(&format!("{path}/free")).await.ok(200)["name"], "free");
-        assert_eq!(
-            c.get(&format!("{path}/taken")).await.ok(200)["id"],
-            first["id"]
-        );
+        assert_eq!(c.get(&k.at("free")).await.ok(200)["name"], "free");
+        assert_eq!(c.get(&k.at("taken")).await.ok(200)["id"], taken["id"]);
+        assert_eq!(k.total(&c).await, 2, "{}", k.kind);
+    }
+}
 
+#[tokio::test]
+async fn knowledge_names_are_snake_case_and_at_most_100_characters() {
+    let app = roomy_app().await;
+    let c = Client::new(&app, "knames", "alice").await;
+    let too_long = "a".repeat(101);
+    for k in knowledge() {
+        k.create_named(&c, "free").await;
         for bad in [
             "",
             "Refund",
@@ -1146,43 +1152,52 @@ async fn knowledge_names_are_unique_and_snake_case() {
             "ok.dot",
             too_long.as_str(),
         ] {
-            c.post(&path, json!({ "name": bad })).await.err(
+            c.post(&k.at(""), json!({ "name": bad })).await.err(
                 400,
                 "invalid_body",
                 Some("name"),
-                &format!("{kind}: create `{bad}`"),
+                &format!("{}: create `{bad}`", k.kind),
             );
-            c.patch(&format!("{path}/free"), json!({ "name": bad }))
-                .await
-                .err(
-                    400,
-                    "invalid_body",
-                    Some("name"),
-                    &format!("{kind}: rename to `{bad}`"),
-                );
+            c.patch(&k.at("free"), json!({ "name": bad })).await.err(
+                400,
+                "invalid_body",
+                Some("name"),
+                &format!("{}: rename to `{bad}`", k.kind),
+            );
         }
-        // The longest valid name.
-        let longest = format!("a{}", "b".repeat(99));
-        c.create(&path, json!({ "name": longest })).await;
-        c.post(&path, json!({ "name": 7 })).await.err(
+        c.post(&k.at(""), json!({ "name": 7 })).await.err(
             400,
             "invalid_body",
             Some("name"),
-            &format!("{kind}: number"),
+            &format!("{}: number", k.kind),
         );
-        c.post(&path, json!({ "name": "fine", "category": "" }))
+        // The longest valid name.
+        k.create_named(&c, &format!("a{}", "b".repeat(99))).await;
+        assert_eq!(k.total(&c).await, 2, "{}", k.kind);
+    }
+}
+
+#[tokio::test]
+async fn an_empty_knowledge_category_is_invalid() {
+    let app = roomy_app().await;
+    let c = Client::new(&app, "kcat", "alice").await;
+    for k in knowledge() {
+        c.post(&k.at(""), json!({ "name": "fine", "category": "" }))
             .await
             .err(
                 400,
                 "invalid_body",
                 Some("category"),
-                &format!("{kind}: empty category"),
+                &format!("{}: empty category", k.kind),
             );
-        let page = c.get(&path).await.ok(200).clone();
-        assert_eq!(page["total"], 3, "{kind}: {page}");
+        assert_eq!(k.total(&c).await, 0, "{}", k.kind);
     }
-    // Names are unique per table, not across tables (already shown: `taken` in all three),
-    // and playbooks check their tool names' shape.
+}
+
+#[tokio::test]
+async fn playbook_tool_names_must_be_names() {
+    let app = roomy_app().await;
+    let c = Client::new(&app, "ktoolnames", "alice").await;
     c.post(
         "/playbooks",
         json!({ "name": "pb", "tool_names": ["Bad Name"] }),
@@ -1192,94 +1207,127 @@ async fn knowledge_names_are_unique_and_snake_case() {
 }
 
 #[tokio::test]
-async fn knowledge_lists_page_through_with_limit_and_offset() {
+async fn invalid_tool_bodies_answer_invalid_body_naming_the_field() {
     let app = roomy_app().await;
-    let c = &Client::new(&app, "paging", "alice").await;
+    let c = Client::new(&app, "toolval", "alice").await;
+    let tool = c.create("/tools", json!({ "name": "lookup_order" })).await;
+    for (case, body, field) in [
+        ("array schema", json!({ "schema": [] }), "schema"),
+        ("string schema", json!({ "schema": "object" }), "schema"),
+        (
+            "array config",
+            json!({ "implementation_config": [1] }),
+            "implementation_config",
+        ),
+        (
+            "unknown implementation type",
+            json!({ "implementation_type": "java" }),
+            "implementation_type",
+        ),
+        ("tags not strings", json!({ "tags": [1] }), "tags[0]"),
+        ("empty tag", json!({ "tags": [""] }), "tags"),
+    ] {
+        let mut body = body;
+        body["name"] = json!("t1");
+        c.post("/tools", body)
+            .await
+            .err(400, "invalid_body", Some(field), case);
+    }
+    c.patch(&format!("/tools/{}", id(&tool)), json!({ "schema": 5 }))
+        .await
+        .err(400, "invalid_body", Some("schema"), "patch schema");
+    c.get("/tools/t1")
+        .await
+        .err(404, "not_found", None, "nothing created");
+    assert_eq!(c.get("/tools/lookup_order").await.ok(200), &tool);
+}
 
+/// Twelve items per kind, created out of order (lists are sorted by name), and their names
+/// in order.
+async fn twelve_items(c: &Client<'_>, kind: &str) -> Vec<String> {
+    for i in [7, 0, 11, 3, 9, 1, 5, 10, 2, 8, 4, 6] {
+        c.create(
+            &format!("/{kind}"),
+            knowledge_body(kind, &format!("item_{i:02}"), None, "x"),
+        )
+        .await;
+    }
+    (0..12).map(|i| format!("item_{i:02}")).collect()
+}
+
+/// A page of `kind`'s list with the query `q`, asserting 200 and exactly the six members of
+/// a page.
+async fn page(c: &Client<'_>, kind: &str, q: &str) -> Value {
+    let p = c.get(&format!("/{kind}?{q}")).await.ok(200).clone();
+    let mut keys: Vec<&String> = p.as_object().unwrap().keys().collect();
+    keys.sort();
+    assert_eq!(
+        keys,
+        ["has_next", "has_prev", "items", "limit", "offset", "total"],
+        "{kind}?{q}"
+    );
+    p
+}
+
+#[tokio::test]
+async fn an_empty_knowledge_list_is_an_empty_first_page() {
+    let app = roomy_app().await;
+    let c = Client::new(&app, "kempty", "alice").await;
     for kind in KINDS {
-        let path = format!("/{kind}");
-        let empty = c.get(&path).await.ok(200).clone();
         assert_eq!(
-            empty,
+            page(&c, kind, "").await,
             json!({
                 "items": [], "total": 0, "limit": 10, "offset": 0,
                 "has_next": false, "has_prev": false,
             }),
             "{kind}"
         );
-        // Created out of order: lists are sorted by name.
-        for i in [7, 0, 11, 3, 9, 1, 5, 10, 2, 8, 4, 6] {
-            c.create(
-                &path,
-                knowledge_body(kind, &format!("item_{i:02}"), None, "x"),
-            )
-            .await;
+    }
+}
+
+#[tokio::test]
+async fn knowledge_lists_are_sorted_by_name_and_paged_by_limit_and_offset() {
+    let app = roomy_app().await;
+    let c = Client::new(&app, "paging", "alice").await;
+    for kind in KINDS {
+        let all = twelve_items(&c, kind).await;
+        // (query, limit, offset, has_next, has_prev, the items' range)
+        for (q, limit, offset, has_next, has_prev, range) in [
+            ("", 10, 0, true, false, 0..10),
+            ("limit=5", 5, 0, true, false, 0..5),
+            ("limit=5&offset=5", 5, 5, true, true, 5..10),
+            ("limit=5&offset=10", 5, 10, false, true, 10..12),
+            ("offset=11", 10, 11, false, true, 11..12),
+            ("offset=12", 10, 12, false, true, 12..12),
+            ("offset=1000", 10, 1000, false, true, 12..12),
+            ("limit=100", 100, 0, false, false, 0..12),
+            ("limit=12", 12, 0, false, false, 0..12),
+            ("limit=1&offset=0", 1, 0, true, false, 0..1),
+        ] {
+            let p = page(&c, kind, q).await;
+            assert_eq!(
+                p,
+                json!({
+                    "items": p["items"], "total": 12, "limit": limit, "offset": offset,
+                    "has_next": has_next, "has_prev": has_prev,
+                }),
+                "{kind}?{q}"
+            );
+            assert_eq!(names(&p["items"]), all[range], "{kind}?{q}");
         }
-        let all: Vec<String> = (0..12).map(|i| format!("item_{i:02}")).collect();
-        let page = |q: &str| {
-            let path = format!("{path}?{q}");
-            async move { c.get(&path).await.ok(200).clone() }
-        };
-        let shape = |p: &Value, limit: i64, offset: i64, has_next: bool, has_prev: bool| {
-            assert_eq!(
-                (
-                    &p["total"],
-                    &p["limit"],
-                    &p["offset"],
-                    &p["has_next"],
-                    &p["has_prev"]
-                ),
-                (
-                    &json!(12),
-                    &json!(limit),
-                    &json!(offset),
-                    &json!(has_next),
-                    &json!(has_prev)
-                ),
-                "{kind}: {p}"
-            );
-            let keys: Vec<&String> = p.as_object().unwrap().keys().collect();
-            assert_eq!(
-                keys.len(),
-                6,
-                "{kind}: exactly items,total,limit,offset,has_next,has_prev: {keys:?}"
-            );
-        };
+    }
+}
 
-        let p = page("").await;
-        shape(&p, 10, 0, true, false);
-        assert_eq!(names(&p["items"]), all[..10]);
-        let p = page("limit=5").await;
-        shape(&p, 5, 0, true, false);
-        assert_eq!(names(&p["items"]), all[..5]);
-        let p = page("limit=5&offset=5").await;
-        shape(&p, 5, 5, true, true);
-        assert_eq!(names(&p["items"]), all[5..10]);
-        let p = page("limit=5&offset=10").await;
-        shape(&p, 5, 10, false, true);
-        assert_eq!(names(&p["items"]), all[10..]);
-        let p = page("offset=11").await;
-        shape(&p, 10, 11, false, true);
-        assert_eq!(names(&p["items"]), all[11..]);
-        let p = page("offset=12").await;
-        shape(&p, 10, 12, false, true);
-        assert_eq!(names(&p["items"]), Vec::<String>::new());
-        let p = page("offset=1000").await;
-        shape(&p, 10, 1000, false, true);
-        assert_eq!(p["items"], json!([]));
-        let p = page("limit=100").await;
-        shape(&p, 100, 0, false, false);
-        assert_eq!(names(&p["items"]), all);
-        let p = page("limit=12").await;
-        shape(&p, 12, 0, false, false);
-        let p = page("limit=1&offset=0").await;
-        shape(&p, 1, 0, true, false);
-
-        // Walking pages of 3 visits every item exactly once, in order.
+#[tokio::test]
+async fn walking_knowledge_pages_visits_every_item_once_in_order() {
+    let app = roomy_app().await;
+    let c = Client::new(&app, "walking", "alice").await;
+    for kind in KINDS {
+        let all = twelve_items(&c, kind).await;
         let mut seen = Vec::new();
         let mut offset = 0;
         loop {
-            let p = page(&format!("limit=3&offset={offset}")).await;
+            let p = page(&c, kind, &format!("limit=3&offset={offset}")).await;
             seen.extend(names(&p["items"]));
             if !p["has_next"].as_bool().unwrap() {
                 break;
@@ -1290,93 +1338,115 @@ async fn knowledge_lists_page_through_with_limit_and_offset() {
     }
 }
 
+/// Five items per kind to filter: two in `sales`, one in `Sales`, two in `custom`, with `%`,
+/// `_` and `\` in their names or texts.
+async fn filter_items(c: &Client<'_>, kind: &str) {
+    for (name, category, text) in [
+        ("pct_doc", Some("sales"), "100% sure"),
+        ("plain_doc", Some("sales"), "100 sure"),
+        ("ab_cd", None, "nothing"),
+        ("abxcd", None, r"back\slash"),
+        ("upper_doc", Some("Sales"), "SHOUTING"),
+    ] {
+        c.create(
+            &format!("/{kind}"),
+            knowledge_body(kind, name, category, text),
+        )
+        .await;
+    }
+}
+
+/// The names `kind`'s list answers for the query `q` (which all fit one page).
+async fn found(c: &Client<'_>, kind: &str, q: &str) -> Vec<String> {
+    let p = page(c, kind, q).await;
+    assert_eq!(
+        p["total"].as_u64().unwrap() as usize,
+        p["items"].as_array().unwrap().len(),
+        "{kind}?{q}: {p}"
+    );
+    names(&p["items"])
+}
+
 #[tokio::test]
-async fn knowledge_lists_filter_by_category_and_literal_search() {
+async fn knowledge_lists_filter_by_exact_category() {
     let app = roomy_app().await;
-    let c = &Client::new(&app, "filter", "alice").await;
-
+    let c = Client::new(&app, "kcategory", "alice").await;
     for kind in KINDS {
-        let path = format!("/{kind}");
-        for (name, category, text) in [
-            ("pct_doc", Some("sales"), "100% sure"),
-            ("plain_doc", Some("sales"), "100 sure"),
-            ("ab_cd", None, "nothing"),
-            ("abxcd", None, r"back\slash"),
-            ("upper_doc", Some("Sales"), "SHOUTING"),
+        filter_items(&c, kind).await;
+        // Exact and case-sensitive.
+        for (category, want) in [
+            ("sales", &["pct_doc", "plain_doc"][..]),
+            ("Sales", &["upper_doc"]),
+            ("custom", &["ab_cd", "abxcd"]),
+            ("sal", &[]),
         ] {
-            c.create(&path, knowledge_body(kind, name, category, text))
-                .await;
+            let q = format!("category={category}");
+            assert_eq!(found(&c, kind, &q).await, want, "{kind}?{q}");
         }
-        let find = |query: String| {
-            let path = format!("{path}?{query}");
-            async move {
-                let p = c.get(&path).await.ok(200).clone();
-                assert_eq!(
-                    p["total"].as_u64().unwrap() as usize,
-                    p["items"].as_array().unwrap().len(),
-                    "{path}: {p}"
-                );
-                names(&p["items"])
-            }
-        };
-        let search = |term: &str| find(format!("search={}", enc(term)));
+    }
+}
 
-        // Category: exact and case-sensitive.
-        assert_eq!(
-            find("category=sales".into()).await,
-            ["pct_doc", "plain_doc"],
-            "{kind}"
-        );
-        assert_eq!(find("category=Sales".into()).await, ["upper_doc"], "{kind}");
-        assert_eq!(
-            find("category=custom".into()).await,
-            ["ab_cd", "abxcd"],
-            "{kind}"
-        );
-        assert_eq!(
-            find("category=sal".into()).await,
-            Vec::<String>::new(),
-            "{kind}"
-        );
-
-        // Search: case-insensitive substring of the name or text; `%`, `_` and `\` are literal.
-        assert_eq!(search("100").await, ["pct_doc", "plain_doc"], "{kind}");
-        assert_eq!(search("100%").await, ["pct_doc"], "{kind}");
-        assert_eq!(search("%").await, ["pct_doc"], "{kind}");
-        assert_eq!(search("0%").await, ["pct_doc"], "{kind}");
-        assert_eq!(search("100%sure").await, Vec::<String>::new(), "{kind}");
-        assert_eq!(search("b_c").await, ["ab_cd"], "{kind}");
-        assert_eq!(
-            search("_").await,
-            ["ab_cd", "pct_doc", "plain_doc", "upper_doc"],
-            "{kind}"
-        );
-        assert_eq!(search("a_cd").await, Vec::<String>::new(), "{kind}");
-        assert_eq!(search("\\").await, ["abxcd"], "{kind}");
-        assert_eq!(search("k\\s").await, ["abxcd"], "{kind}");
-        assert_eq!(search("shout").await, ["upper_doc"], "{kind}");
-        assert_eq!(search("UPPER").await, ["upper_doc"], "{kind}");
-        // The display name / title is searched too ("About <name>").
-        assert_eq!(search("about abx").await, ["abxcd"], "{kind}");
-        assert_eq!(search("no such text").await, Vec::<String>::new());
+#[tokio::test]
+async fn knowledge_search_is_a_case_insensitive_literal_substring() {
+    let app = roomy_app().await;
+    let c = Client::new(&app, "ksearch", "alice").await;
+    for kind in KINDS {
+        filter_items(&c, kind).await;
+        // Of the name or text; `%`, `_` and `\` are literal.
+        for (term, want) in [
+            ("100", &["pct_doc", "plain_doc"][..]),
+            ("100%", &["pct_doc"]),
+            ("%", &["pct_doc"]),
+            ("0%", &["pct_doc"]),
+            ("100%sure", &[]),
+            ("b_c", &["ab_cd"]),
+            ("_", &["ab_cd", "pct_doc", "plain_doc", "upper_doc"]),
+            ("a_cd", &[]),
+            ("\\", &["abxcd"]),
+            ("k\\s", &["abxcd"]),
+            ("shout", &["upper_doc"]),
+            ("UPPER", &["upper_doc"]),
+            // The display name / title is searched too ("About <name>").
+            ("about abx", &["abxcd"]),
+            ("no such text", &[]),
+        ] {
+            let q = format!("search={}", enc(term));
+            assert_eq!(found(&c, kind, &q).await, want, "{kind}?{q}");
+        }
         // An empty search does not filter.
-        assert_eq!(search("").await.len(), 5, "{kind}");
+        assert_eq!(found(&c, kind, "search=").await.len(), 5, "{kind}");
+    }
+}
 
-        // Filters combine with each other and with paging.
-        assert_eq!(
-            find(format!("category=sales&search={}", enc("%"))).await,
-            ["pct_doc"]
-        );
-        let p = c
-            .get(&format!("{path}?category=sales&limit=1&offset=1"))
-            .await
-            .ok(200)
-            .clone();
-        assert_eq!(names(&p["items"]), ["plain_doc"]);
+#[tokio::test]
+async fn knowledge_filters_combine_with_each_other_and_with_paging() {
+    let app = roomy_app().await;
+    let c = Client::new(&app, "kcombine", "alice").await;
+    for kind in KINDS {
+        filter_items(&c, kind).await;
+        let q = format!("category=sales&search={}", enc("%"));
+        assert_eq!(found(&c, kind, &q).await, ["pct_doc"], "{kind}?{q}");
+        let p = page(&c, kind, "category=sales&limit=1&offset=1").await;
+        assert_eq!(names(&p["items"]), ["plain_doc"], "{kind}");
         assert_eq!(
             (&p["total"], &p["has_next"], &p["has_prev"]),
-            (&json!(2), &json!(false), &json!(true))
+            (&json!(2), &json!(false), &json!(true)),
+            "{kind}"
         );
+    }
+}
+
+/// Asserts that each list query answers `invalid_query` naming its field, for every kind.
+async fn refuses_queries(c: &Client<'_>, cases: &[(&str, &str)]) {
+    for kind in KINDS {
+        for &(query, field) in cases {
+            c.get(&format!("/{kind}?{query}")).await.err(
+                400,
+                "invalid_query",
+                Some(field),
+                &format!("{kind}?{query}"),
+            );
+        }
     }
 }
 
@@ -1384,52 +1454,48 @@ async fn knowledge_lists_filter_by_category_and_literal_search() {
 async fn out_of_range_list_parameters_answer_invalid_query() {
     let app = roomy_app().await;
     let c = Client::new(&app, "query", "alice").await;
-    for kind in KINDS {
-        for (query, field) in [
+    refuses_queries(
+        &c,
+        &[
             ("limit=0", "limit"),
             ("limit=101", "limit"),
             ("limit=-1", "limit"),
             ("limit=1000000", "limit"),
             ("offset=-1", "offset"),
             ("limit=10&offset=-5", "offset"),
-        ] {
-            c.get(&format!("/{kind}?{query}")).await.err(
-                400,
-                "invalid_query",
-                Some(field),
-                &format!("{kind}?{query}"),
-            );
-        }
-        // Unknown parameters are ignored.
-        c.get(&format!("/{kind}?page=2&sort=name")).await.ok(200);
-    }
+        ],
+    )
+    .await;
 }
 
 #[tokio::test]
 async fn non_numeric_list_parameters_answer_json_invalid_query() {
     let app = roomy_app().await;
     let c = Client::new(&app, "nanq", "alice").await;
-    for kind in KINDS {
-        for (query, field) in [
+    refuses_queries(
+        &c,
+        &[
             ("limit=abc", "limit"),
             ("limit=1.5", "limit"),
             ("limit=", "limit"),
             ("offset=x", "offset"),
-        ] {
-            c.get(&format!("/{kind}?{query}")).await.err(
-                400,
-                "invalid_query",
-                Some(field),
-                &format!("{kind}?{query}"),
-            );
-        }
-    }
+        ],
+    )
+    .await;
 }
 
 #[tokio::test]
-async fn built_in_playbooks_and_tools_cannot_be_deleted() {
+async fn unknown_list_parameters_are_ignored() {
     let app = roomy_app().await;
-    let c = Client::new(&app, "builtin", "alice").await;
+    let c = Client::new(&app, "kunknownq", "alice").await;
+    for kind in KINDS {
+        c.get(&format!("/{kind}?page=2&sort=name")).await.ok(200);
+    }
+}
+
+/// A built-in playbook (`greeting`) and tool (`transfer_call`), as `(kind, item)`; the flag is
+/// server-set, so the database sets it.
+async fn built_ins(c: &Client<'_>) -> [(&'static str, Value); 2] {
     let pb = c.create("/playbooks", json!({ "name": "greeting" })).await;
     let tool = c.create("/tools", json!({ "name": "transfer_call" })).await;
     let mut db = c.db().await;
@@ -1442,10 +1508,24 @@ async fn built_in_playbooks_and_tools_cannot_be_deleted() {
         .await
         .unwrap();
     }
+    [("playbooks", pb), ("tools", tool)]
+}
 
-    for (kind, row) in [("playbooks", &pb), ("tools", &tool)] {
+/// How many deletes the account's audit log holds.
+async fn deletes_audited(c: &Client<'_>) -> i64 {
+    sqlx::query_scalar("SELECT count(*) FROM audit_log WHERE action = 'delete'")
+        .fetch_one(&mut c.db().await)
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn built_in_playbooks_and_tools_cannot_be_deleted() {
+    let app = roomy_app().await;
+    let c = Client::new(&app, "builtin", "alice").await;
+    for (kind, row) in built_ins(&c).await {
         let name = row["name"].as_str().unwrap();
-        for target in [id(row), name.to_owned()] {
+        for target in [id(&row), name.to_owned()] {
             c.delete(&format!("/{kind}/{target}")).await.err(
                 403,
                 "forbidden",
@@ -1455,39 +1535,59 @@ async fn built_in_playbooks_and_tools_cannot_be_deleted() {
         }
         let still = c.get(&format!("/{kind}/{name}")).await.ok(200).clone();
         assert_eq!(still["is_default"], true, "{kind}");
-        // A PATCH cannot clear the flag (it is server-set).
+    }
+    assert_eq!(deletes_audited(&c).await, 0);
+}
+
+#[tokio::test]
+async fn a_patch_cannot_clear_the_built_in_flag() {
+    let app = roomy_app().await;
+    let c = Client::new(&app, "builtinpatch", "alice").await;
+    for (kind, row) in built_ins(&c).await {
+        let path = format!("/{kind}/{}", row["name"].as_str().unwrap());
         let patched = c
-            .patch(&format!("/{kind}/{name}"), json!({ "is_default": false }))
+            .patch(&path, json!({ "is_default": false }))
             .await
             .ok(200)
             .clone();
         assert_eq!(patched["is_default"], true, "{kind}");
-        c.delete(&format!("/{kind}/{name}"))
-            .await
-            .err(403, "forbidden", None, kind);
+        c.delete(&path).await.err(403, "forbidden", None, kind);
     }
-    // Nothing was deleted, and nothing was audited as deleted.
-    let deletes: i64 = sqlx::query_scalar("SELECT count(*) FROM audit_log WHERE action = 'delete'")
-        .fetch_one(&mut db)
-        .await
-        .unwrap();
-    assert_eq!(deletes, 0);
+    assert_eq!(deletes_audited(&c).await, 0);
 }
 
 // ---- associations ----------------------------------------------------------------------------
 
-#[tokio::test]
-async fn agent_tools_are_upserted_per_tool_name() {
-    let app = roomy_app().await;
-    let c = Client::new(&app, "agtools", "alice").await;
+/// Attaches `target` (a UUID or a name) of `kind` (`playbooks` or `faqs`) to the agent `agent`
+/// (its id), asserting 200, and returns the agent.
+async fn attach(c: &Client<'_>, agent: &str, kind: &str, target: &str) -> Value {
+    let field = if kind == "playbooks" {
+        "playbook_id"
+    } else {
+        "faq_id"
+    };
+    c.post(&format!("/agents/{agent}/{kind}"), json!({ field: target }))
+        .await
+        .ok(200)
+        .clone()
+}
+
+/// An agent and the path of its tools, with the tools `lookup_order` and `send_sms`.
+async fn tooled_agent(c: &Client<'_>) -> (Value, String) {
     let agent = c.agent("Tooled").await;
-    let other = c.agent("Other").await;
     let tools = format!("/agents/{}/tools", id(&agent));
     c.create("/tools", json!({ "name": "lookup_order" })).await;
     c.create("/tools", json!({ "name": "send_sms" })).await;
+    (agent, tools)
+}
+
+#[tokio::test]
+async fn an_agents_first_tool_post_creates_it_enabled_with_an_empty_config() {
+    let app = roomy_app().await;
+    let c = Client::new(&app, "agtool1", "alice").await;
+    let (_, tools) = tooled_agent(&c).await;
     assert_eq!(c.get(&tools).await.ok(200), &json!([]));
 
-    // First POST: 201, defaults `{}` and enabled.
     let first = c
         .post(&tools, json!({ "tool_name": "lookup_order" }))
         .await
@@ -1497,9 +1597,20 @@ async fn agent_tools_are_upserted_per_tool_name() {
     assert_eq!(first["config"], json!({}));
     assert_eq!(first["enabled"], true);
     time(&first["created_at"]);
+}
+
+#[tokio::test]
+async fn posting_an_agent_tool_again_replaces_its_config_and_enabled() {
+    let app = roomy_app().await;
+    let c = Client::new(&app, "agtool2", "alice").await;
+    let (_, tools) = tooled_agent(&c).await;
+    let first = c
+        .post(&tools, json!({ "tool_name": "lookup_order" }))
+        .await
+        .ok(201)
+        .clone();
     tokio::time::sleep(std::time::Duration::from_millis(20)).await;
 
-    // Second: 200, config and enabled replaced.
     let second = c
         .post(
             &tools,
@@ -1512,9 +1623,22 @@ async fn agent_tools_are_upserted_per_tool_name() {
     assert_eq!(second["enabled"], false);
     assert_eq!(second["created_at"], first["created_at"]);
     assert!(time(&second["updated_at"]) > time(&first["updated_at"]));
+}
 
-    // PUT does the same: 200 on an existing one, 201 on a new one.
-    let third = c
+#[tokio::test]
+async fn put_upserts_an_agent_tool_as_post_does() {
+    let app = roomy_app().await;
+    let c = Client::new(&app, "agtool3", "alice").await;
+    let (_, tools) = tooled_agent(&c).await;
+    c.post(
+        &tools,
+        json!({ "tool_name": "lookup_order", "enabled": false }),
+    )
+    .await
+    .ok(201);
+
+    // 200 on an existing one, 201 on a new one.
+    let updated = c
         .put(
             &tools,
             json!({ "tool_name": "lookup_order", "config": { "region": "us", "n": [1, 2] } }),
@@ -1522,8 +1646,11 @@ async fn agent_tools_are_upserted_per_tool_name() {
         .await
         .ok(200)
         .clone();
-    assert_eq!(third["config"], json!({ "region": "us", "n": [1, 2] }));
-    assert_eq!(third["enabled"], true, "enabled defaults to true on update");
+    assert_eq!(updated["config"], json!({ "region": "us", "n": [1, 2] }));
+    assert_eq!(
+        updated["enabled"], true,
+        "enabled defaults to true on update"
+    );
     let sms = c
         .put(
             &tools,
@@ -1533,18 +1660,36 @@ async fn agent_tools_are_upserted_per_tool_name() {
         .ok(201)
         .clone();
     assert_eq!(sms["config"], json!({}));
+    assert_eq!(c.get(&tools).await.ok(200), &json!([updated, sms]));
+}
 
-    let listed = c.get(&tools).await.ok(200).clone();
-    assert_eq!(listed, json!([third, sms]));
-    // Per agent.
+#[tokio::test]
+async fn agent_tools_are_per_agent() {
+    let app = roomy_app().await;
+    let c = Client::new(&app, "agtool4", "alice").await;
+    let (_, tools) = tooled_agent(&c).await;
+    let other = c.agent("Other").await;
+    c.put(&tools, json!({ "tool_name": "send_sms" }))
+        .await
+        .ok(201);
     assert_eq!(
         c.get(&format!("/agents/{}/tools", id(&other)))
             .await
             .ok(200),
         &json!([])
     );
+}
 
-    // Validation.
+#[tokio::test]
+async fn invalid_agent_tool_bodies_answer_invalid_body_and_change_nothing() {
+    let app = roomy_app().await;
+    let c = Client::new(&app, "agtoolval", "alice").await;
+    let (_, tools) = tooled_agent(&c).await;
+    c.post(&tools, json!({ "tool_name": "send_sms" }))
+        .await
+        .ok(201);
+    let listed = c.get(&tools).await.ok(200).clone();
+
     for (case, body, field) in [
         (
             "unknown tool",
@@ -1587,8 +1732,17 @@ async fn agent_tools_are_upserted_per_tool_name() {
     let resp = c.post(&tools, json!({})).await;
     assert_eq!((resp.status, resp.code()), (400, "invalid_body"));
     assert_eq!(c.get(&tools).await.ok(200), &listed);
+}
 
-    // Renaming a tool follows through to its agents; deleting one removes it from them.
+#[tokio::test]
+async fn renaming_or_deleting_a_tool_shows_on_its_agents() {
+    let app = roomy_app().await;
+    let c = Client::new(&app, "agtoolren", "alice").await;
+    let (_, tools) = tooled_agent(&c).await;
+    for tool in ["lookup_order", "send_sms"] {
+        c.post(&tools, json!({ "tool_name": tool })).await.ok(201);
+    }
+
     c.patch("/tools/send_sms", json!({ "name": "send_text" }))
         .await
         .ok(200);
@@ -1602,127 +1756,142 @@ async fn agent_tools_are_upserted_per_tool_name() {
         .map(|t| t["tool_name"].as_str().unwrap().to_owned())
         .collect();
     assert_eq!(names_on_agent, ["lookup_order", "send_text"]);
-    assert_eq!(c.delete("/tools/lookup_order").await.status, 204);
+    c.delete("/tools/lookup_order").await.ok(204);
     let left = c.get(&tools).await.ok(200).clone();
     assert_eq!(left.as_array().unwrap().len(), 1);
     assert_eq!(left[0]["tool_name"], "send_text");
-    // Deleting the agent leaves the tool.
-    assert_eq!(
-        c.delete(&format!("/agents/{}", id(&agent))).await.status,
-        204
-    );
-    c.get("/tools/send_text").await.ok(200);
+}
+
+#[tokio::test]
+async fn deleting_an_agent_leaves_its_tools() {
+    let app = roomy_app().await;
+    let c = Client::new(&app, "agtooldel", "alice").await;
+    let (agent, tools) = tooled_agent(&c).await;
+    c.post(&tools, json!({ "tool_name": "send_sms" }))
+        .await
+        .ok(201);
+    c.delete(&format!("/agents/{}", id(&agent))).await.ok(204);
+    c.get("/tools/send_sms").await.ok(200);
     c.get(&tools)
         .await
         .err(404, "not_found", None, "gone agent");
 }
 
+/// Two agents, two playbooks and two FAQs, nothing attached.
+struct Shelf {
+    agent: Value,
+    other: Value,
+    alpha: Value,
+    beta: Value,
+    hours: Value,
+    address: Value,
+}
+
+impl Shelf {
+    async fn new(c: &Client<'_>) -> Self {
+        let playbook = |name: &str, display_name: &str| {
+            c.create(
+                "/playbooks",
+                json!({ "name": name, "display_name": display_name }),
+            )
+        };
+        let faq =
+            |name: &str, title: &str| c.create("/faqs", json!({ "name": name, "title": title }));
+        Self {
+            agent: c.agent("Knows things").await,
+            other: c.agent("Knows nothing").await,
+            alpha: playbook("alpha_book", "Alpha").await,
+            beta: playbook("beta_book", "Beta").await,
+            hours: faq("hours", "Opening hours").await,
+            address: faq("address", "Where we are").await,
+        }
+    }
+
+    /// Attaches both playbooks and both FAQs to `agent`; returns the agent.
+    async fn attach_all(&self, c: &Client<'_>) -> Value {
+        let a = id(&self.agent);
+        attach(c, &a, "playbooks", "alpha_book").await;
+        attach(c, &a, "playbooks", &id(&self.beta)).await;
+        attach(c, &a, "faqs", "hours").await;
+        attach(c, &a, "faqs", &id(&self.address)).await
+    }
+}
+
+/// How an agent shows an attached playbook.
+fn pref(p: &Value) -> Value {
+    json!({ "id": p["id"], "name": p["name"], "display_name": p["display_name"] })
+}
+
+/// How an agent shows an attached FAQ.
+fn fref(f: &Value) -> Value {
+    json!({ "id": f["id"], "name": f["name"], "title": f["title"] })
+}
+
 #[tokio::test]
-async fn playbooks_and_faqs_attach_and_detach_by_id_and_by_name() {
+async fn playbooks_attach_by_uuid_or_name_idempotently_and_list_by_name() {
     let app = roomy_app().await;
-    let c = Client::new(&app, "attach", "alice").await;
-    let agent = c.agent("Knows things").await;
-    let other = c.agent("Knows nothing").await;
-    let a = id(&agent);
-    let alpha = c
-        .create(
-            "/playbooks",
-            json!({ "name": "alpha_book", "display_name": "Alpha" }),
-        )
-        .await;
-    let beta = c
-        .create(
-            "/playbooks",
-            json!({ "name": "beta_book", "display_name": "Beta" }),
-        )
-        .await;
-    let hours = c
-        .create(
-            "/faqs",
-            json!({ "name": "hours", "title": "Opening hours" }),
-        )
-        .await;
-    let address = c
-        .create(
-            "/faqs",
-            json!({ "name": "address", "title": "Where we are" }),
-        )
-        .await;
-    let pref =
-        |p: &Value| json!({ "id": p["id"], "name": p["name"], "display_name": p["display_name"] });
-    let fref = |f: &Value| json!({ "id": f["id"], "name": f["name"], "title": f["title"] });
+    let c = Client::new(&app, "attachpb", "alice").await;
+    let s = Shelf::new(&c).await;
+    let a = id(&s.agent);
 
-    // Attach a playbook by UUID: the answer is the agent.
-    let got = c
-        .post(
-            &format!("/agents/{a}/playbooks"),
-            json!({ "playbook_id": id(&beta) }),
-        )
-        .await
-        .ok(200)
-        .clone();
-    assert_eq!(got["id"], agent["id"]);
-    assert_eq!(got["playbooks"], json!([pref(&beta)]));
-    // Idempotent.
-    let again = c
-        .post(
-            &format!("/agents/{a}/playbooks"),
-            json!({ "playbook_id": id(&beta) }),
-        )
-        .await
-        .ok(200)
-        .clone();
-    assert_eq!(again["playbooks"], json!([pref(&beta)]));
+    // By UUID: the answer is the agent.
+    let got = attach(&c, &a, "playbooks", &id(&s.beta)).await;
+    assert_eq!(got["id"], s.agent["id"]);
+    assert_eq!(got["playbooks"], json!([pref(&s.beta)]));
+    let again = attach(&c, &a, "playbooks", &id(&s.beta)).await;
+    assert_eq!(again["playbooks"], json!([pref(&s.beta)]));
     // By name; listed by name.
-    let got = c
-        .post(
-            &format!("/agents/{a}/playbooks"),
-            json!({ "playbook_id": "alpha_book" }),
-        )
-        .await
-        .ok(200)
-        .clone();
-    assert_eq!(got["playbooks"], json!([pref(&alpha), pref(&beta)]));
-    c.post(
-        &format!("/agents/{a}/playbooks"),
-        json!({ "playbook_id": "alpha_book" }),
-    )
-    .await
-    .ok(200);
+    let got = attach(&c, &a, "playbooks", "alpha_book").await;
+    assert_eq!(got["playbooks"], json!([pref(&s.alpha), pref(&s.beta)]));
+    let again = attach(&c, &a, "playbooks", "alpha_book").await;
+    assert_eq!(again["playbooks"], json!([pref(&s.alpha), pref(&s.beta)]));
+}
 
-    // FAQs the same way.
-    let got = c
-        .post(&format!("/agents/{a}/faqs"), json!({ "faq_id": "hours" }))
-        .await
-        .ok(200)
-        .clone();
-    assert_eq!(got["faqs"], json!([fref(&hours)]));
-    let got = c
-        .post(
-            &format!("/agents/{a}/faqs"),
-            json!({ "faq_id": id(&address) }),
-        )
-        .await
-        .ok(200)
-        .clone();
-    assert_eq!(got["faqs"], json!([fref(&address), fref(&hours)]));
-    c.post(&format!("/agents/{a}/faqs"), json!({ "faq_id": "hours" }))
-        .await
-        .ok(200);
+#[tokio::test]
+async fn faqs_attach_by_name_or_uuid_idempotently_and_list_by_name() {
+    let app = roomy_app().await;
+    let c = Client::new(&app, "attachfaq", "alice").await;
+    let s = Shelf::new(&c).await;
+    let a = id(&s.agent);
 
-    // Get and list reflect them; the other agent has none.
-    let fetched = c.get(&format!("/agents/{a}")).await.ok(200).clone();
-    assert_eq!(fetched["playbooks"], json!([pref(&alpha), pref(&beta)]));
-    assert_eq!(fetched["faqs"], json!([fref(&address), fref(&hours)]));
+    let got = attach(&c, &a, "faqs", "hours").await;
+    assert_eq!(got["id"], s.agent["id"]);
+    assert_eq!(got["faqs"], json!([fref(&s.hours)]));
+    let got = attach(&c, &a, "faqs", &id(&s.address)).await;
+    assert_eq!(got["faqs"], json!([fref(&s.address), fref(&s.hours)]));
+    let again = attach(&c, &a, "faqs", "hours").await;
+    assert_eq!(again["faqs"], json!([fref(&s.address), fref(&s.hours)]));
+}
+
+#[tokio::test]
+async fn an_agents_get_and_list_show_what_is_attached_to_it_alone() {
+    let app = roomy_app().await;
+    let c = Client::new(&app, "attachget", "alice").await;
+    let s = Shelf::new(&c).await;
+    s.attach_all(&c).await;
+
+    let fetched = c
+        .get(&format!("/agents/{}", id(&s.agent)))
+        .await
+        .ok(200)
+        .clone();
+    assert_eq!(fetched["playbooks"], json!([pref(&s.alpha), pref(&s.beta)]));
+    assert_eq!(fetched["faqs"], json!([fref(&s.address), fref(&s.hours)]));
     let listed = c.agents().await;
     assert_eq!(listed.len(), 2);
-    let in_list = listed.iter().find(|x| x["id"] == agent["id"]).unwrap();
+    let in_list = listed.iter().find(|x| x["id"] == s.agent["id"]).unwrap();
     assert_eq!(in_list, &fetched);
-    let other_listed = listed.iter().find(|x| x["id"] == other["id"]).unwrap();
+    let other_listed = listed.iter().find(|x| x["id"] == s.other["id"]).unwrap();
     assert_eq!(other_listed["playbooks"], json!([]));
     assert_eq!(other_listed["faqs"], json!([]));
+}
 
-    // Unknown targets and bad bodies.
+#[tokio::test]
+async fn attaching_unknown_knowledge_answers_not_found() {
+    let app = roomy_app().await;
+    let c = Client::new(&app, "attach404", "alice").await;
+    let s = Shelf::new(&c).await;
+    let a = id(&s.agent);
     for (case, path, body) in [
         (
             "unknown playbook uuid",
@@ -1751,6 +1920,13 @@ async fn playbooks_and_faqs_attach_and_detach_by_id_and_by_name() {
             .await
             .err(404, "not_found", None, case);
     }
+}
+
+#[tokio::test]
+async fn invalid_attach_bodies_answer_invalid_body() {
+    let app = roomy_app().await;
+    let c = Client::new(&app, "attachval", "alice").await;
+    let a = id(&c.agent("Knows things").await);
     for (case, path, body, field) in [
         (
             "playbook id of the wrong type",
@@ -1772,37 +1948,41 @@ async fn playbooks_and_faqs_attach_and_detach_by_id_and_by_name() {
     }
     let resp = c.post(&format!("/agents/{a}/playbooks"), json!({})).await;
     assert_eq!((resp.status, resp.code()), (400, "invalid_body"));
+}
 
-    // Detach by UUID and by name; a second detach and detaching from another agent are 404.
-    let resp = c
-        .delete(&format!("/agents/{a}/playbooks/{}", id(&beta)))
-        .await;
-    assert_eq!(resp.status, 204, "{}", resp.text);
-    c.delete(&format!("/agents/{a}/playbooks/{}", id(&beta)))
+#[tokio::test]
+async fn detaching_by_uuid_or_name_answers_204_then_404_and_leaves_the_knowledge() {
+    let app = roomy_app().await;
+    let c = Client::new(&app, "detach", "alice").await;
+    let s = Shelf::new(&c).await;
+    s.attach_all(&c).await;
+    let a = id(&s.agent);
+    let beta = id(&s.beta);
+
+    c.delete(&format!("/agents/{a}/playbooks/{beta}"))
         .await
-        .err(404, "not_found", None, "detached twice");
-    c.delete(&format!("/agents/{a}/playbooks/beta_book"))
-        .await
-        .err(404, "not_found", None, "detached twice by name");
-    c.delete(&format!("/agents/{}/playbooks/alpha_book", id(&other)))
-        .await
-        .err(404, "not_found", None, "never attached");
-    c.delete(&format!("/agents/{a}/playbooks/no_such_book"))
-        .await
-        .err(404, "not_found", None, "unknown playbook");
-    c.delete(&format!("/agents/{a}/playbooks/{}", Uuid::now_v7()))
-        .await
-        .err(404, "not_found", None, "unknown playbook uuid");
-    assert_eq!(
-        c.delete(&format!("/agents/{a}/playbooks/alpha_book"))
+        .ok(204);
+    for (case, path) in [
+        ("detached twice", format!("{a}/playbooks/{beta}")),
+        ("detached twice by name", format!("{a}/playbooks/beta_book")),
+        (
+            "never attached",
+            format!("{}/playbooks/alpha_book", id(&s.other)),
+        ),
+        ("unknown playbook", format!("{a}/playbooks/no_such_book")),
+        (
+            "unknown playbook uuid",
+            format!("{a}/playbooks/{}", Uuid::now_v7()),
+        ),
+    ] {
+        c.delete(&format!("/agents/{path}"))
             .await
-            .status,
-        204
-    );
-    assert_eq!(
-        c.delete(&format!("/agents/{a}/faqs/hours")).await.status,
-        204
-    );
+            .err(404, "not_found", None, case);
+    }
+    c.delete(&format!("/agents/{a}/playbooks/alpha_book"))
+        .await
+        .ok(204);
+    c.delete(&format!("/agents/{a}/faqs/hours")).await.ok(204);
     c.delete(&format!("/agents/{a}/faqs/hours")).await.err(
         404,
         "not_found",
@@ -1811,7 +1991,7 @@ async fn playbooks_and_faqs_attach_and_detach_by_id_and_by_name() {
     );
     let fetched = c.get(&format!("/agents/{a}")).await.ok(200).clone();
     assert_eq!(fetched["playbooks"], json!([]));
-    assert_eq!(fetched["faqs"], json!([fref(&address)]));
+    assert_eq!(fetched["faqs"], json!([fref(&s.address)]));
     // The playbooks and FAQs themselves are untouched.
     c.get("/playbooks/alpha_book").await.ok(200);
     c.get("/faqs/hours").await.ok(200);
@@ -1821,31 +2001,24 @@ async fn playbooks_and_faqs_attach_and_detach_by_id_and_by_name() {
 async fn deleting_or_renaming_a_playbook_or_faq_shows_on_its_agents() {
     let app = roomy_app().await;
     let c = Client::new(&app, "cascade", "alice").await;
-    let one = c.agent("one").await;
-    let two = c.agent("two").await;
     c.create("/playbooks", json!({ "name": "doomed" })).await;
     c.create("/playbooks", json!({ "name": "kept" })).await;
     c.create("/faqs", json!({ "name": "doomed_faq" })).await;
     c.create("/faqs", json!({ "name": "kept_faq", "title": "Kept" }))
         .await;
-    for agent in [&one, &two] {
-        let a = id(agent);
-        for pb in ["doomed", "kept"] {
-            c.post(
-                &format!("/agents/{a}/playbooks"),
-                json!({ "playbook_id": pb }),
-            )
-            .await
-            .ok(200);
-        }
-        for faq in ["doomed_faq", "kept_faq"] {
-            c.post(&format!("/agents/{a}/faqs"), json!({ "faq_id": faq }))
-                .await
-                .ok(200);
+    for agent in ["one", "two"] {
+        let a = id(&c.agent(agent).await);
+        for (kind, target) in [
+            ("playbooks", "doomed"),
+            ("playbooks", "kept"),
+            ("faqs", "doomed_faq"),
+            ("faqs", "kept_faq"),
+        ] {
+            attach(&c, &a, kind, target).await;
         }
     }
-    assert_eq!(c.delete("/playbooks/doomed").await.status, 204);
-    assert_eq!(c.delete("/faqs/doomed_faq").await.status, 204);
+    c.delete("/playbooks/doomed").await.ok(204);
+    c.delete("/faqs/doomed_faq").await.ok(204);
     // Renames show in the agents' references.
     c.patch(
         "/playbooks/kept",
@@ -1857,34 +2030,28 @@ async fn deleting_or_renaming_a_playbook_or_faq_shows_on_its_agents() {
         .await
         .ok(200);
 
-    for agent in c.agents().await {
+    let agents = c.agents().await;
+    assert_eq!(agents.len(), 2);
+    for agent in agents {
         assert_eq!(names(&agent["playbooks"]), ["kept_renamed"], "{agent}");
         assert_eq!(agent["playbooks"][0]["display_name"], "Kept!");
         assert_eq!(names(&agent["faqs"]), ["kept_faq"], "{agent}");
         assert_eq!(agent["faqs"][0]["title"], "Still here");
-        assert_eq!(
-            c.get(&format!("/agents/{}", id(&agent))).await.ok(200),
-            &agent
-        );
+        assert_fetched_as(&c, &agent).await;
     }
 }
 
 // ---- paths, tenants, audit -------------------------------------------------------------------
 
 #[tokio::test]
-async fn every_alias_answers_like_the_canonical_path() {
+async fn every_alias_reads_like_the_canonical_path() {
     let app = roomy_app().await;
     let c = Client::new(&app, "alias", "alice").await;
     let agent = c.agent("Canonical").await;
     let a = id(&agent);
     c.create("/playbooks", json!({ "name": "shared" })).await;
     c.create("/tools", json!({ "name": "shared_tool" })).await;
-    c.post(
-        &format!("/agents/{a}/playbooks"),
-        json!({ "playbook_id": "shared" }),
-    )
-    .await
-    .ok(200);
+    attach(&c, &a, "playbooks", "shared").await;
     c.post(
         &format!("/agents/{a}/tools"),
         json!({ "tool_name": "shared_tool" }),
@@ -1909,14 +2076,26 @@ async fn every_alias_answers_like_the_canonical_path() {
             assert_eq!(resp.ok(200), &canonical, "{prefix}{path}");
         }
     }
+}
+
+#[tokio::test]
+async fn every_alias_answers_not_found_like_the_canonical_path() {
+    let app = roomy_app().await;
+    let c = Client::new(&app, "alias404", "alice").await;
     for prefix in PREFIXES {
         let missing = format!("{prefix}/agents/{}", Uuid::now_v7());
         c.call(Method::GET, &missing, None)
             .await
             .err(404, "not_found", None, &missing);
     }
+}
 
-    // Writes work at every alias too.
+#[tokio::test]
+async fn writes_work_at_every_alias() {
+    let app = roomy_app().await;
+    let c = Client::new(&app, "aliasw", "alice").await;
+    c.agent("Canonical").await;
+    c.create("/playbooks", json!({ "name": "shared" })).await;
     let mut created = Vec::new();
     for prefix in PREFIXES {
         let resp = c
@@ -1973,12 +2152,7 @@ async fn another_tenants_resources_are_not_found() {
     let pb = a.create("/playbooks", json!({ "name": "a_book" })).await;
     let faq = a.create("/faqs", json!({ "name": "a_faq" })).await;
     let tool = a.create("/tools", json!({ "name": "a_tool" })).await;
-    a.post(
-        &format!("/agents/{ag}/playbooks"),
-        json!({ "playbook_id": "a_book" }),
-    )
-    .await
-    .ok(200);
+    attach(&a, &ag, "playbooks", "a_book").await;
     let agent = a.get(&format!("/agents/{ag}")).await.ok(200).clone();
     let b_agent = b.agent("B's agent").await;
     let bg = id(&b_agent);
@@ -2051,19 +2225,7 @@ async fn another_tenants_resources_are_not_found() {
     for (kind, row) in [("playbooks", &pb), ("faqs", &faq), ("tools", &tool)] {
         let name = row["name"].as_str().unwrap();
         for target in [id(row), name.to_owned()] {
-            let path = format!("/{kind}/{target}");
-            b.get(&path)
-                .await
-                .err(404, "not_found", None, &format!("get {path}"));
-            b.patch(&path, json!({ "description": "pwned" })).await.err(
-                404,
-                "not_found",
-                None,
-                &format!("patch {path}"),
-            );
-            b.delete(&path)
-                .await
-                .err(404, "not_found", None, &format!("delete {path}"));
+            assert_not_found(&b, &format!("/{kind}/{target}")).await;
         }
         let page = b.get(&format!("/{kind}")).await.ok(200).clone();
         assert_eq!(page["total"], 0, "{kind}: {page}");
@@ -2108,16 +2270,9 @@ async fn writes_are_recorded_in_the_tenant_audit_log() {
     .await
     .ok(200);
     let pb = c.create("/playbooks", json!({ "name": "book" })).await;
-    c.post(
-        &format!("/agents/{a}/playbooks"),
-        json!({ "playbook_id": "book" }),
-    )
-    .await
-    .ok(200);
+    attach(&c, &a, "playbooks", "book").await;
     let faq = c.create("/faqs", json!({ "name": "faq" })).await;
-    c.post(&format!("/agents/{a}/faqs"), json!({ "faq_id": id(&faq) }))
-        .await
-        .ok(200);
+    attach(&c, &a, "faqs", &id(&faq)).await;
     c.delete(&format!("/agents/{a}/playbooks/book"))
         .await
         .ok(204);
@@ -2213,11 +2368,10 @@ async fn writes_are_recorded_in_the_tenant_audit_log() {
 
 // ---- call limits ------------------------------------------------------------------------------
 
-#[tokio::test]
-async fn call_limits_are_the_defaults_unless_the_account_overrides_them() {
-    // The harness may configure other limits; run on the service's stock defaults.
+/// An app on the service's stock limits (the harness may configure others).
+async fn stock_limits_app() -> TestApp {
     let stock = kataven_hub::config::Config::defaults();
-    let app = TestApp::builder()
+    TestApp::builder()
         .await
         .config(|c| {
             c.limit_per_minute = stock.limit_per_minute;
@@ -2227,27 +2381,43 @@ async fn call_limits_are_the_defaults_unless_the_account_overrides_them() {
             c.limit_daily_minutes = stock.limit_daily_minutes;
         })
         .spawn()
-        .await;
-    let a = Client::new(&app, "limitsa", "alice").await;
-    let b = Client::new(&app, "limitsb", "bob").await;
-    let defaults = json!({
+        .await
+}
+
+/// The stock call limits, as `/call-limits` reports them.
+fn stock_call_limits() -> Value {
+    json!({
         "calls_per_minute": 60,
         "concurrent_max": 20,
         "daily_calls_max": 10000,
         "daily_minutes_max": 1440,
-    });
-    assert_eq!(a.get("/call-limits").await.ok(200), &defaults);
-    assert_eq!(b.get("/call-limits").await.ok(200), &defaults);
+    })
+}
 
-    let pool = app.state.catalog.pool();
-    sqlx::query(
+/// Runs `sql` (with `$1` the account) on the system database.
+async fn on_limits(app: &TestApp, sql: &str, account: &str) {
+    sqlx::query(sql)
+        .bind(account)
+        .execute(app.state.catalog.pool())
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn call_limits_are_the_defaults_unless_the_account_overrides_them() {
+    let app = stock_limits_app().await;
+    let a = Client::new(&app, "limitsa", "alice").await;
+    let b = Client::new(&app, "limitsb", "bob").await;
+    assert_eq!(a.get("/call-limits").await.ok(200), &stock_call_limits());
+    assert_eq!(b.get("/call-limits").await.ok(200), &stock_call_limits());
+
+    on_limits(
+        &app,
         "INSERT INTO account_limits (account, per_minute, concurrent, per_day, daily_minutes)
          VALUES ($1, 30, 5, 500, 90)",
+        &a.account,
     )
-    .bind(&a.account)
-    .execute(pool)
-    .await
-    .unwrap();
+    .await;
     assert_eq!(
         a.get("/call-limits").await.ok(200),
         &json!({
@@ -2257,38 +2427,50 @@ async fn call_limits_are_the_defaults_unless_the_account_overrides_them() {
             "daily_minutes_max": 90,
         })
     );
-    assert_eq!(b.get("/call-limits").await.ok(200), &defaults);
+    assert_eq!(b.get("/call-limits").await.ok(200), &stock_call_limits());
+}
 
-    // A partial override: the rest stays at the defaults. 0 is reported as is.
-    sqlx::query("INSERT INTO account_limits (account, daily_minutes) VALUES ($1, 0)")
-        .bind(&b.account)
-        .execute(pool)
-        .await
-        .unwrap();
-    assert_eq!(
-        b.get("/call-limits").await.ok(200),
-        &json!({
-            "calls_per_minute": 60,
-            "concurrent_max": 20,
-            "daily_calls_max": 10000,
-            "daily_minutes_max": 0,
-        })
-    );
-    // Changes show at once; removing the row restores the defaults.
-    sqlx::query("UPDATE account_limits SET per_minute = 45 WHERE account = $1")
-        .bind(&a.account)
-        .execute(pool)
-        .await
-        .unwrap();
-    assert_eq!(a.get("/call-limits").await.ok(200)["calls_per_minute"], 45);
-    sqlx::query("DELETE FROM account_limits WHERE account = $1")
-        .bind(&a.account)
-        .execute(pool)
-        .await
-        .unwrap();
-    assert_eq!(a.get("/call-limits").await.ok(200), &defaults);
+#[tokio::test]
+async fn a_partial_call_limits_override_keeps_the_other_defaults_and_reports_zero() {
+    let app = stock_limits_app().await;
+    let b = Client::new(&app, "limitsp", "bob").await;
+    on_limits(
+        &app,
+        "INSERT INTO account_limits (account, daily_minutes) VALUES ($1, 0)",
+        &b.account,
+    )
+    .await;
+    let mut expected = stock_call_limits();
+    expected["daily_minutes_max"] = json!(0);
+    assert_eq!(b.get("/call-limits").await.ok(200), &expected);
+}
 
-    // Read-only through the API.
+#[tokio::test]
+async fn call_limits_changes_show_at_once_and_removing_the_override_restores_the_defaults() {
+    let app = stock_limits_app().await;
+    let a = Client::new(&app, "limitsc", "alice").await;
+    for (sql, per_minute) in [
+        (
+            "INSERT INTO account_limits (account, per_minute) VALUES ($1, 30)",
+            30,
+        ),
+        (
+            "UPDATE account_limits SET per_minute = 45 WHERE account = $1",
+            45,
+        ),
+        ("DELETE FROM account_limits WHERE account = $1", 60),
+    ] {
+        on_limits(&app, sql, &a.account).await;
+        let limits = a.get("/call-limits").await.ok(200).clone();
+        assert_eq!(limits["calls_per_minute"], per_minute, "{sql}");
+    }
+    assert_eq!(a.get("/call-limits").await.ok(200), &stock_call_limits());
+}
+
+#[tokio::test]
+async fn call_limits_are_read_only_through_the_api() {
+    let app = stock_limits_app().await;
+    let a = Client::new(&app, "limitsro", "alice").await;
     for method in [Method::POST, Method::PUT, Method::PATCH, Method::DELETE] {
         let resp = a
             .call(
@@ -2299,7 +2481,7 @@ async fn call_limits_are_the_defaults_unless_the_account_overrides_them() {
             .await;
         resp.err(405, "method_not_allowed", None, method.as_str());
     }
-    assert_eq!(a.get("/call-limits").await.ok(200), &defaults);
+    assert_eq!(a.get("/call-limits").await.ok(200), &stock_call_limits());
 }
 
 #[tokio::test]
@@ -2376,17 +2558,10 @@ async fn the_agents_list_joins_every_agents_playbooks_and_faqs() {
             .collect();
         let fs: Vec<&Value> = faqs.iter().take(i % 3).rev().collect();
         for p in &pbs {
-            c.post(
-                &format!("/agents/{a}/playbooks"),
-                json!({ "playbook_id": id(p) }),
-            )
-            .await
-            .ok(200);
+            attach(&c, &a, "playbooks", &id(p)).await;
         }
         for f in &fs {
-            c.post(&format!("/agents/{a}/faqs"), json!({ "faq_id": f["name"] }))
-                .await
-                .ok(200);
+            attach(&c, &a, "faqs", f["name"].as_str().unwrap()).await;
         }
         let mut pb_names: Vec<String> = pbs
             .iter()
@@ -2422,10 +2597,7 @@ async fn the_agents_list_joins_every_agents_playbooks_and_faqs() {
             assert_eq!(f.as_object().unwrap().len(), 3, "{f}");
         }
         // The list and the single get agree.
-        assert_eq!(
-            c.get(&format!("/agents/{}", id(agent))).await.ok(200),
-            agent
-        );
+        assert_fetched_as(&c, agent).await;
     }
     // Some agent has every playbook, some none.
     assert!(expected.values().any(|(p, _)| p.len() == 3));

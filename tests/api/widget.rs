@@ -15,8 +15,8 @@ use reqwest::Method;
 use serde_json::{Value, json};
 use uuid::Uuid;
 
-use crate::support::client::{Client, Page, Resp, WIDGET, send};
-use crate::support::{TestApp, from_client, system_url_of};
+use crate::support::client::{Client, Page, Resp, WIDGET, second_instance, send};
+use crate::support::{TestApp, from_client};
 
 /// The page the widget runs on in most tests (allowlist `acme.com`).
 const SITE: &str = "https://acme.com";
@@ -129,20 +129,6 @@ async fn site<'a>(app: &'a TestApp, prefix: &str, pinned: bool) -> Site<'a> {
         created,
         page,
     }
-}
-
-/// Another instance of `one`'s deployment (its system database and issuer), configured by `f`.
-async fn second_instance(one: &TestApp, f: impl FnOnce(&mut Config)) -> TestApp {
-    let issuer = one.issuer.issuer();
-    TestApp::builder()
-        .await
-        .database_url(&system_url_of(one))
-        .config(|c| {
-            c.oidc_issuer = Some(issuer);
-            f(c);
-        })
-        .spawn()
-        .await
 }
 
 /// Asks `probe` until it answers with `code` (a catalog change propagating), at most 100

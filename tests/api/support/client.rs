@@ -419,3 +419,41 @@ impl Client<'_> {
         token(&resp, "user_token")
     }
 }
+
+// ---- for the api_keys, identity, public, limits and login tests ----------------------------
+
+impl Client<'_> {
+    /// Makes `subject` a member of this account with `role` (through the catalog, as the CLI
+    /// would) and returns them, not elevated.
+    pub async fn with_member(
+        &self,
+        subject: &str,
+        role: kataven_hub::tenancy::catalog::Role,
+    ) -> Self {
+        self.app
+            .state
+            .catalog
+            .upsert_member(&self.account.parse().expect("slug"), subject, role)
+            .await
+            .expect("member");
+        self.as_user(subject)
+    }
+}
+
+/// Another instance of `app`'s deployment: the same system database, trusting the same issuer,
+/// its configuration changed by `f`.
+pub async fn second_instance(
+    app: &TestApp,
+    f: impl FnOnce(&mut kataven_hub::config::Config),
+) -> TestApp {
+    let issuer = app.issuer.issuer();
+    TestApp::builder()
+        .await
+        .database_url(&super::system_url_of(app))
+        .config(|c| {
+            c.oidc_issuer = Some(issuer);
+            f(c);
+        })
+        .spawn()
+        .await
+}
