@@ -62,17 +62,26 @@ pub fn declare_ip_limit(doc: &mut utoipa::openapi::OpenApi) {
             &mut item.delete,
         ];
         for op in operations.into_iter().flatten() {
-            for (status, name) in [
-                ("400", "BadRequest"),
-                ("429", "TooManyRequests"),
-                ("503", "Unavailable"),
-            ] {
-                op.responses
-                    .responses
-                    .entry(status.to_owned())
-                    .or_insert_with(|| RefOr::Ref(Ref::from_response_name(name)));
-            }
+            declare_answers(
+                op,
+                &[
+                    ("400", "BadRequest"),
+                    ("429", "TooManyRequests"),
+                    ("503", "Unavailable"),
+                ],
+            );
         }
+    }
+}
+
+/// Adds the shared error answers `answers` (status, response name) to `op`, keeping those it
+/// declares itself.
+fn declare_answers(op: &mut Operation, answers: &[(&str, &str)]) {
+    for (status, name) in answers {
+        op.responses
+            .responses
+            .entry((*status).to_owned())
+            .or_insert_with(|| RefOr::Ref(Ref::from_response_name(*name)));
     }
 }
 
@@ -233,24 +242,19 @@ fn protect(op: &mut Operation) {
         let api_key = SecurityRequirement::new::<&str, [&str; 0], &str>("api_key", []);
         op.security = Some(vec![user, api_key]);
     }
-    for (status, name) in [
-        ("400", "BadRequest"),
-        ("401", "Unauthenticated"),
-        ("403", "Forbidden"),
-        ("404", "NotFound"),
-        ("429", "TooManyRequests"),
-        ("503", "Unavailable"),
-    ] {
-        op.responses
-            .responses
-            .entry(status.to_owned())
-            .or_insert_with(|| RefOr::Ref(Ref::from_response_name(name)));
-    }
+    declare_answers(
+        op,
+        &[
+            ("400", "BadRequest"),
+            ("401", "Unauthenticated"),
+            ("403", "Forbidden"),
+            ("404", "NotFound"),
+            ("429", "TooManyRequests"),
+            ("503", "Unavailable"),
+        ],
+    );
     if has_body {
-        op.responses
-            .responses
-            .entry("413".to_owned())
-            .or_insert_with(|| RefOr::Ref(Ref::from_response_name("PayloadTooLarge")));
+        declare_answers(op, &[("413", "PayloadTooLarge")]);
     }
 }
 
