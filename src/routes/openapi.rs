@@ -53,6 +53,20 @@ pub struct ApiDoc;
 /// public endpoints: 429, and 400 and 503 (they take input and read the catalog or a tenant).
 /// Called by the router for exactly the routes it puts behind the limit.
 pub fn declare_ip_limit(doc: &mut utoipa::openapi::OpenApi) {
+    for_each_operation(doc, |op| {
+        declare_answers(
+            op,
+            &[
+                ("400", "BadRequest"),
+                ("429", "TooManyRequests"),
+                ("503", "Unavailable"),
+            ],
+        );
+    });
+}
+
+/// Runs `f` on every operation of `doc`.
+fn for_each_operation(doc: &mut utoipa::openapi::OpenApi, mut f: impl FnMut(&mut Operation)) {
     for item in doc.paths.paths.values_mut() {
         let operations = [
             &mut item.get,
@@ -61,16 +75,7 @@ pub fn declare_ip_limit(doc: &mut utoipa::openapi::OpenApi) {
             &mut item.patch,
             &mut item.delete,
         ];
-        for op in operations.into_iter().flatten() {
-            declare_answers(
-                op,
-                &[
-                    ("400", "BadRequest"),
-                    ("429", "TooManyRequests"),
-                    ("503", "Unavailable"),
-                ],
-            );
-        }
+        operations.into_iter().flatten().for_each(&mut f);
     }
 }
 
@@ -94,18 +99,7 @@ impl ApiDoc {
         dev: utoipa::openapi::OpenApi,
     ) -> utoipa::openapi::OpenApi {
         let mut resources = resources;
-        for item in resources.paths.paths.values_mut() {
-            let operations = [
-                &mut item.get,
-                &mut item.post,
-                &mut item.put,
-                &mut item.patch,
-                &mut item.delete,
-            ];
-            for op in operations.into_iter().flatten() {
-                protect(op);
-            }
-        }
+        for_each_operation(&mut resources, protect);
         let mut doc = ApiDoc::openapi().nest("/api/v1", resources);
         doc.merge(public);
         doc.merge(dev);
