@@ -10,7 +10,7 @@ use utoipa::ToSchema;
 use crate::audit::{self, Action, Resource};
 use crate::auth::membership::CatalogChange;
 use crate::error::{ApiError, ApiResult};
-use crate::extract::{Admin, Tenant};
+use crate::extract::{Admin, Tenant, TenantDb};
 use crate::json::Json;
 use crate::state::AppState;
 use crate::tenancy::catalog::{Member, MemberChange, Role};
@@ -66,31 +66,8 @@ pub async fn upsert(
             "must be 1–255 characters",
         ));
     }
-    let change = state
-        .catalog
-        .change_member(&db.tenant.slug, subject, Some(body.role))
-        .await?;
-    state
-        .cache
-        .invalidate(&CatalogChange::Members(db.tenant.slug.to_string()));
-    match change {
-        MemberChange::Done(member) => {
-            let principal = &db.tenant.principal;
-            audit::record_committed(
-                &mut db.conn,
-                principal,
-                Action::Upsert,
-                Resource::Member,
-                subject,
-            )
-            .await;
-            Ok((StatusCode::CREATED, Json(member.into())))
-        }
-        MemberChange::LastAdmin => Err(last_admin()),
-        MemberChange::NotAMember => Err(ApiError::Internal(anyhow::anyhow!(
-            "upsert returned no row"
-        ))),
-    }
+    let member = change(&state, &mut db, subject, Some(body.role)).await?;
+    Ok((StatusCode::CREATED, Json(member.into())))
 }
 
 /// Admin only: remove a member. Removing the last admin is refused (409).
@@ -103,29 +80,37 @@ pub async fn remove(
     Admin(mut db): Admin,
     Path(subject): Path<String>,
 ) -> ApiResult<StatusCode> {
-    let change = state
-        .catalog
-        .change_member(&db.tenant.slug, &subject, None)
-        .await?;
+    change(&state, &mut db, &subject, None).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Gives `subject` the role `role`, or removes them (`None`), in the catalog; then every
+/// instance's caches drop the account's members, and the change is audited (after the
+/// commit, so that it never fails the request).
+async fn change(
+    state: &AppState,
+    db: &mut TenantDb,
+    subject: &str,
+    role: Option<Role>,
+) -> ApiResult<Member> {
+    let slug = &db.tenant.slug;
+    let change = state.catalog.change_member(slug, subject, role).await?;
     state
         .cache
-        .invalidate(&CatalogChange::Members(db.tenant.slug.to_string()));
-    match change {
-        MemberChange::Done(_) => {
-            let principal = &db.tenant.principal;
-            audit::record_committed(
-                &mut db.conn,
-                principal,
-                Action::Delete,
-                Resource::Member,
-                &subject,
-            )
-            .await;
-            Ok(StatusCode::NO_CONTENT)
-        }
-        MemberChange::NotAMember => Err(ApiError::not_found("no such member")),
-        MemberChange::LastAdmin => Err(last_admin()),
-    }
+        .invalidate(&CatalogChange::Members(slug.to_string()));
+    let member = match change {
+        MemberChange::Done(member) => member,
+        MemberChange::NotAMember => return Err(ApiError::not_found("no such member")),
+        MemberChange::LastAdmin => return Err(last_admin()),
+    };
+    let action = if role.is_some() {
+        Action::Upsert
+    } else {
+        Action::Delete
+    };
+    let principal = &db.tenant.principal;
+    audit::record_committed(&mut db.conn, principal, action, Resource::Member, subject).await;
+    Ok(member)
 }
 
 fn last_admin() -> ApiError {
