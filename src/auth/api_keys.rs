@@ -1,4 +1,4 @@
-//! `sk_live_` API keys: verification on the hot path, and their records in the catalog.
+//! `sk_live_` API keys: verification on the hot path (their catalog SQL is in `keys::store`).
 //!
 //! Verification: the format, checksum and tag are checked first (no database access for a
 //! mistyped or made-up key), then the HMAC of the key is looked up in the catalog cache (one
@@ -15,9 +15,10 @@ use dashmap::DashMap;
 use sqlx::PgPool;
 use uuid::Uuid;
 
-use super::keys::{KeyFormatError, KeyHasher, api_key_account};
+use super::keys::{KeyFormatError, KeyHasher, KeyKind, api_key_account};
 use super::membership::CatalogCache;
 use super::principal::{AuthRejection, Principal};
+use crate::keys::store;
 use crate::tenancy::slug::AccountSlug;
 
 /// What verification needs of a key's catalog row.
@@ -110,13 +111,15 @@ impl ApiKeys {
     /// Writes the pending `last_used_at` times of API keys and widget keys; `false` when some
     /// could not be written (they are kept for the next flush).
     pub async fn flush_last_used(&self) -> bool {
-        let keys = self.flush_table(&self.touched, "api_keys").await;
-        let widget_keys = self.flush_table(&self.touched_widget, "widget_keys").await;
+        let keys = self.flush_table(&self.touched, KeyKind::Api).await;
+        let widget_keys = self
+            .flush_table(&self.touched_widget, KeyKind::Widget)
+            .await;
         keys && widget_keys
     }
 
     /// One statement per table for all pending uses.
-    async fn flush_table(&self, touched: &DashMap<Uuid, DateTime<Utc>>, table: &str) -> bool {
+    async fn flush_table(&self, touched: &DashMap<Uuid, DateTime<Utc>>, table: KeyKind) -> bool {
         let pending: Vec<(Uuid, DateTime<Utc>)> =
             touched.iter().map(|e| (*e.key(), *e.value())).collect();
         if pending.is_empty() {
@@ -126,16 +129,9 @@ impl ApiKeys {
             touched.remove_if(id, |_, v| v == at);
         }
         let (ids, times): (Vec<Uuid>, Vec<DateTime<Utc>>) = pending.into_iter().unzip();
-        let written = sqlx::query(&format!(
-            "UPDATE {table} AS k SET last_used_at = GREATEST(k.last_used_at, u.at)
-             FROM unnest($1::uuid[], $2::timestamptz[]) AS u(id, at) WHERE k.id = u.id"
-        ))
-        .bind(&ids)
-        .bind(&times)
-        .execute(&self.pool)
-        .await;
+        let written = store::record_uses(&self.pool, table, &ids, &times).await;
         if let Err(e) = written {
-            tracing::warn!(error = %e, table, "could not record key use; retrying later");
+            tracing::warn!(error = %e, table = table.table(), "could not record key use; retrying later");
             for (id, at) in ids.into_iter().zip(times) {
                 touched.entry(id).or_insert(at);
             }
@@ -146,12 +142,7 @@ impl ApiKeys {
 
     /// Reads whether any usable untagged key is left (they are looked up until none is).
     pub async fn check_untagged_keys(&self) {
-        let left: sqlx::Result<bool> = sqlx::query_scalar(
-            "SELECT EXISTS (SELECT 1 FROM api_keys WHERE NOT tagged AND disabled_at IS NULL
-                              AND (expires_at IS NULL OR expires_at > now()))",
-        )
-        .fetch_one(&self.pool)
-        .await;
+        let left = store::untagged_keys_left(&self.pool).await;
         match left {
             Ok(left) => self.untagged_keys.store(left, Ordering::Relaxed),
             Err(e) => tracing::debug!(error = %e, "could not check for untagged API keys"),
@@ -173,18 +164,4 @@ impl ApiKeys {
             }
         })
     }
-}
-
-/// The catalog row of a key hash, for the cache; records the key's first use if it is usable.
-pub async fn load(pool: &PgPool, hash: &[u8; 32]) -> sqlx::Result<Option<ApiKeyRecord>> {
-    sqlx::query_as(
-        "WITH first_use AS (
-             UPDATE api_keys SET first_used_at = now()
-             WHERE key_hash = $1 AND first_used_at IS NULL AND disabled_at IS NULL
-               AND (expires_at IS NULL OR expires_at > now()))
-         SELECT id, account, expires_at, disabled_at FROM api_keys WHERE key_hash = $1",
-    )
-    .bind(&hash[..])
-    .fetch_optional(pool)
-    .await
 }

@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use sqlx::postgres::PgListener;
 
-use super::api_keys::{self, ApiKeyRecord};
+use super::api_keys::ApiKeyRecord;
 use super::signing::Purpose;
 use super::widget_keys::{self, WidgetKeyRecord};
 use crate::cache::{Cache, CacheName};
@@ -141,7 +141,10 @@ impl CatalogCache {
     pub async fn api_key(&self, hash: &[u8; 32]) -> sqlx::Result<Option<ApiKeyRecord>> {
         self.inner
             .api_keys
-            .get_or_load(*hash, api_keys::load(self.inner.catalog.pool(), hash))
+            .get_or_load(
+                *hash,
+                crate::keys::store::load_api_key(self.inner.catalog.pool(), hash),
+            )
             .await
     }
 

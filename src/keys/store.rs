@@ -2,6 +2,7 @@
 //! changing and removing an account's keys. Verification reads them through `auth::api_keys`
 //! and `auth::widget_keys` (cached).
 
+use chrono::{DateTime, Utc};
 use sqlx::PgPool;
 use sqlx::postgres::PgRow;
 use uuid::Uuid;
@@ -9,6 +10,7 @@ use uuid::Uuid;
 use super::api::{ApiKeyCreated, ApiKeyItem};
 use super::widget::{WidgetKeyCreated, WidgetKeyItem};
 use crate::audit::Action;
+use crate::auth::api_keys::ApiKeyRecord;
 use crate::auth::keys::KeyKind;
 use crate::store::{StoreError, StoreResult};
 
@@ -211,4 +213,47 @@ pub async fn delete_or_disable(
         action: Action::Disable,
         key_hash,
     })
+}
+
+/// The catalog row of a key hash, for the cache; records the key's first use if it is usable.
+pub async fn load_api_key(pool: &PgPool, hash: &[u8; 32]) -> sqlx::Result<Option<ApiKeyRecord>> {
+    sqlx::query_as(
+        "WITH first_use AS (
+             UPDATE api_keys SET first_used_at = now()
+             WHERE key_hash = $1 AND first_used_at IS NULL AND disabled_at IS NULL
+               AND (expires_at IS NULL OR expires_at > now()))
+         SELECT id, account, expires_at, disabled_at FROM api_keys WHERE key_hash = $1",
+    )
+    .bind(&hash[..])
+    .fetch_optional(pool)
+    .await
+}
+
+/// Records when keys of `kind` were last used (`ids[i]` at `times[i]`; a later use is kept).
+pub async fn record_uses(
+    pool: &PgPool,
+    kind: KeyKind,
+    ids: &[Uuid],
+    times: &[DateTime<Utc>],
+) -> sqlx::Result<()> {
+    sqlx::query(&format!(
+        "UPDATE {} AS k SET last_used_at = GREATEST(k.last_used_at, u.at)
+         FROM unnest($1::uuid[], $2::timestamptz[]) AS u(id, at) WHERE k.id = u.id",
+        kind.table()
+    ))
+    .bind(ids)
+    .bind(times)
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+/// Whether any usable API key without a tag is left.
+pub async fn untagged_keys_left(pool: &PgPool) -> sqlx::Result<bool> {
+    sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM api_keys WHERE NOT tagged AND disabled_at IS NULL
+                          AND (expires_at IS NULL OR expires_at > now()))",
+    )
+    .fetch_one(pool)
+    .await
 }
