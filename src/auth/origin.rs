@@ -73,9 +73,9 @@
 //!
 //! [`is_allowed`] takes the raw stored entries: an empty allowlist allows nothing, and an entry
 //! that does not parse (stored before validation tightened, say) never matches, while the others
-//! still do. A hand-built [`RequestOrigin`] is normalised the same way as entries before
-//! comparison (a missing port means the scheme's default); one that cannot be normalised is not
-//! allowed.
+//! still do. A hand-built [`RequestOrigin`] has its host normalised the same way as entries
+//! before comparison (a missing port means the scheme's default); one whose host cannot be
+//! normalised, or whose port is 0, is not allowed.
 
 use std::fmt;
 use std::str::FromStr;
@@ -402,13 +402,13 @@ impl EntryError {
 
 /// The origin of a widget request, from [`request_origin`].
 ///
-/// Values built by [`request_origin`] are normalised: `scheme` is `http` or `https`, `host` is
-/// lower case ASCII (punycode) without a trailing dot (IPv4 dotted, IPv6 in brackets: `[::1]`),
-/// and `port` is always `Some` (the explicit port, else the scheme's default). Hand-built values
-/// are normalised again when matched; a `None` port means the scheme's default.
+/// Values built by [`request_origin`] are normalised: `host` is lower case ASCII (punycode)
+/// without a trailing dot (IPv4 dotted, IPv6 in brackets: `[::1]`), and `port` is always `Some`
+/// (the explicit port, else the scheme's default). Hand-built values have their host normalised
+/// again when matched; a `None` port means the scheme's default.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct RequestOrigin {
-    pub scheme: String,
+    pub scheme: Scheme,
     pub host: String,
     pub port: Option<u16>,
 }
@@ -418,9 +418,8 @@ pub struct RequestOrigin {
 impl fmt::Display for RequestOrigin {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}://{}", self.scheme, self.host)?;
-        let default = Scheme::parse(&self.scheme).map(Scheme::default_port);
         match self.port {
-            Some(port) if Some(port) != default => write!(f, ":{port}"),
+            Some(port) if port != self.scheme.default_port() => write!(f, ":{port}"),
             _ => Ok(()),
         }
     }
@@ -460,7 +459,7 @@ struct NormalOrigin {
 
 impl NormalOrigin {
     fn of(origin: &RequestOrigin) -> Option<Self> {
-        let scheme = Scheme::parse(&origin.scheme)?;
+        let scheme = origin.scheme;
         let host = match normalize_host(&origin.host) {
             Ok(NormalHost::Domain(host) | NormalHost::Ip(host)) => host,
             Err(_) => return None,
@@ -503,8 +502,8 @@ fn origin_of_url(url: &Url) -> Option<RequestOrigin> {
         Err(_) => return None,
     };
     let port = url.port_or_known_default()?;
-    (port != 0).then(|| RequestOrigin {
-        scheme: scheme.as_str().to_owned(),
+    (port != 0).then_some(RequestOrigin {
+        scheme,
         host,
         port: Some(port),
     })
@@ -834,9 +833,9 @@ mod tests {
         }
     }
 
-    fn ro(scheme: &str, host: &str, port: u16) -> Option<RequestOrigin> {
+    fn ro(scheme: Scheme, host: &str, port: u16) -> Option<RequestOrigin> {
         Some(RequestOrigin {
-            scheme: scheme.to_owned(),
+            scheme,
             host: host.to_owned(),
             port: Some(port),
         })
@@ -847,60 +846,72 @@ mod tests {
         // (Origin, Referer, expected)
         let cases: &[(Option<&str>, Option<&str>, Option<RequestOrigin>)] = &[
             // Origin header.
-            (Some("https://acme.com"), None, ro("https", "acme.com", 443)),
-            (Some("http://acme.com"), None, ro("http", "acme.com", 80)),
+            (
+                Some("https://acme.com"),
+                None,
+                ro(Scheme::Https, "acme.com", 443),
+            ),
+            (
+                Some("http://acme.com"),
+                None,
+                ro(Scheme::Http, "acme.com", 80),
+            ),
             (
                 Some("https://acme.com:443"),
                 None,
-                ro("https", "acme.com", 443),
+                ro(Scheme::Https, "acme.com", 443),
             ),
             (
                 Some("https://acme.com:8443"),
                 None,
-                ro("https", "acme.com", 8443),
+                ro(Scheme::Https, "acme.com", 8443),
             ),
             (
                 Some("HTTPS://WWW.Acme.COM"),
                 None,
-                ro("https", "www.acme.com", 443),
+                ro(Scheme::Https, "www.acme.com", 443),
             ),
             (
                 Some("https://acme.com."),
                 None,
-                ro("https", "acme.com", 443),
+                ro(Scheme::Https, "acme.com", 443),
             ),
             (
                 Some("https://acme.com/"),
                 None,
-                ro("https", "acme.com", 443),
+                ro(Scheme::Https, "acme.com", 443),
             ),
             (
                 Some(" https://acme.com\t"),
                 None,
-                ro("https", "acme.com", 443),
+                ro(Scheme::Https, "acme.com", 443),
             ),
             (
                 Some("https://bücher.example"),
                 None,
-                ro("https", "xn--bcher-kva.example", 443),
+                ro(Scheme::Https, "xn--bcher-kva.example", 443),
             ),
             (
                 Some("http://127.0.0.1:3000"),
                 None,
-                ro("http", "127.0.0.1", 3000),
+                ro(Scheme::Http, "127.0.0.1", 3000),
             ),
-            (Some("http://[::1]:3000"), None, ro("http", "[::1]", 3000)),
-            (Some("http://[0:0::1]"), None, ro("http", "[::1]", 80)),
+            (
+                Some("http://[::1]:3000"),
+                None,
+                ro(Scheme::Http, "[::1]", 3000),
+            ),
+            (Some("http://[0:0::1]"), None, ro(Scheme::Http, "[::1]", 80)),
             (
                 Some("http://localhost:5173"),
                 None,
-                ro("http", "localhost", 5173),
+                ro(Scheme::Http, "localhost", 5173),
             ),
             // The Origin header wins over Referer.
             (
                 Some("https://acme.com"),
                 Some("https://other.example/page"),
-                ro("https", "acme.com", 443),
+                ro(Scheme::Https, "acme.com", 443),
             ),
             // Opaque origin: refused, no fallback to Referer.
             (Some("null"), None, None),
@@ -933,29 +944,37 @@ mod tests {
             (
                 None,
                 Some("https://acme.com/page?x=1#frag"),
-                ro("https", "acme.com", 443),
+                ro(Scheme::Https, "acme.com", 443),
             ),
             (
                 None,
                 Some("https://acme.com:8443/a/b?q=2"),
-                ro("https", "acme.com", 8443),
+                ro(Scheme::Https, "acme.com", 8443),
             ),
             (
                 None,
                 Some("http://Shop.Acme.com/"),
-                ro("http", "shop.acme.com", 80),
+                ro(Scheme::Http, "shop.acme.com", 80),
             ),
-            (None, Some("https://acme.com"), ro("https", "acme.com", 443)),
+            (
+                None,
+                Some("https://acme.com"),
+                ro(Scheme::Https, "acme.com", 443),
+            ),
             (
                 None,
                 Some("http://localhost:3000/app/index.html"),
-                ro("http", "localhost", 3000),
+                ro(Scheme::Http, "localhost", 3000),
             ),
-            (None, Some("http://[::1]:8080/x"), ro("http", "[::1]", 8080)),
+            (
+                None,
+                Some("http://[::1]:8080/x"),
+                ro(Scheme::Http, "[::1]", 8080),
+            ),
             (
                 None,
                 Some("https://user:pw@acme.com/x"),
-                ro("https", "acme.com", 443),
+                ro(Scheme::Https, "acme.com", 443),
             ),
             (None, Some("/relative/path"), None),
             (None, Some("acme.com/page"), None),
@@ -991,22 +1010,21 @@ mod tests {
     fn hand_built_origins_are_normalised() {
         let allowlist = list(&["https://bücher.example", "acme.com:8443", "[::1]"]);
         let cases = [
-            ("HTTPS", "XN--BCHER-KVA.EXAMPLE.", None, true),
-            ("https", "bücher.example", Some(443), true),
-            ("https", "bücher.example", Some(444), false),
-            ("http", "bücher.example", None, false),
-            ("https", "ACME.com", Some(8443), true),
-            ("https", "acme.com", None, false),
-            ("http", "[0::1]", None, true),
-            ("ftp", "acme.com", Some(8443), false),
-            ("https", "", Some(8443), false),
-            ("https", "acme.com", Some(0), false),
-            ("https", "*.acme.com", Some(8443), false),
-            ("https", "acme.com/x", Some(8443), false),
+            (Scheme::Https, "XN--BCHER-KVA.EXAMPLE.", None, true),
+            (Scheme::Https, "bücher.example", Some(443), true),
+            (Scheme::Https, "bücher.example", Some(444), false),
+            (Scheme::Http, "bücher.example", None, false),
+            (Scheme::Https, "ACME.com", Some(8443), true),
+            (Scheme::Https, "acme.com", None, false),
+            (Scheme::Http, "[0::1]", None, true),
+            (Scheme::Https, "", Some(8443), false),
+            (Scheme::Https, "acme.com", Some(0), false),
+            (Scheme::Https, "*.acme.com", Some(8443), false),
+            (Scheme::Https, "acme.com/x", Some(8443), false),
         ];
         for (scheme, host, port, expected) in cases {
             let origin = RequestOrigin {
-                scheme: scheme.to_owned(),
+                scheme,
                 host: host.to_owned(),
                 port,
             };
@@ -1599,9 +1617,9 @@ mod tests {
                 prop_assert_eq!(parsed.matches(&request), expected);
                 // The canonical entry allows the same origins.
                 prop_assert_eq!(is_allowed(&[parsed.to_string()], &request), expected);
-                // And a hand-built origin with the raw parts is normalised to the same answer.
+                // And a hand-built origin with the raw host is normalised to the same answer.
                 let hand_built = RequestOrigin {
-                    scheme: origin.header.split("://").next().unwrap().to_owned(),
+                    scheme: origin.scheme,
                     host: origin.header.split("://").nth(1).unwrap().rsplit_once(':')
                         .filter(|(_, port)| origin.port.is_some() && !port.contains(']'))
                         .map_or(origin.header.split("://").nth(1).unwrap(), |(host, _)| host)
@@ -1627,7 +1645,6 @@ mod tests {
                 }
                 for (origin, referer) in [(Some(text.as_str()), None), (None, Some(text.as_str()))] {
                     if let Some(found) = request_origin(origin, referer) {
-                        prop_assert!(found.scheme == "http" || found.scheme == "https");
                         prop_assert!(found.port.is_some_and(|p| p != 0));
                         // What was found serialises to an Origin header that gives it back.
                         prop_assert_eq!(
