@@ -2,8 +2,10 @@
 //!
 //! A widget key carries a `domain_allowlist`: a list of raw entries, validated with
 //! [`Entry::parse`] when the key is created or updated and stored in its normalised form (the
-//! entry's `Display`). On every public widget request the handler derives the calling page's
-//! origin with [`request_origin`] and asks [`is_allowed`]. This module is pure: no I/O, no configuration, no clock.
+//! entry's `Display`). When the key is loaded (into the catalog cache, or by id for a refresh)
+//! its stored entries are parsed once, with [`parse_allowlist`]; on every public widget request
+//! the handler derives the calling page's origin with [`request_origin`] and asks [`is_allowed`]
+//! of those parsed entries. This module is pure: no I/O, no configuration, no clock.
 //!
 //! # Entries
 //!
@@ -71,11 +73,12 @@
 //!
 //! # Matching
 //!
-//! [`is_allowed`] takes the raw stored entries: an empty allowlist allows nothing, and an entry
-//! that does not parse (stored before validation tightened, say) never matches, while the others
-//! still do. A hand-built [`RequestOrigin`] has its host normalised the same way as entries
-//! before comparison (a missing port means the scheme's default); one whose host cannot be
-//! normalised, or whose port is 0, is not allowed.
+//! [`is_allowed`] takes parsed entries: an empty allowlist allows nothing. [`parse_allowlist`]
+//! turns the stored entries into them, setting aside those that do not parse (stored before
+//! validation tightened, say): they never match, while the others still do. A hand-built
+//! [`RequestOrigin`] has its host normalised the same way as entries before comparison (a missing
+//! port means the scheme's default); one whose host cannot be normalised, or whose port is 0, is
+//! not allowed.
 
 use std::fmt;
 use std::str::FromStr;
@@ -438,16 +441,26 @@ pub fn request_origin(origin: Option<&str>, referer: Option<&str>) -> Option<Req
     }
 }
 
-/// Whether `origin` is allowed by `allowlist` (raw entries as stored). An empty allowlist allows
-/// nothing; entries that do not parse never match.
-pub fn is_allowed(allowlist: &[String], origin: &RequestOrigin) -> bool {
+/// Parses a key's stored allowlist, once, when the key is loaded: the entries that parse, in
+/// order, and the errors of those that do not (they could never match, so they are left out).
+pub fn parse_allowlist<S: AsRef<str>>(stored: &[S]) -> (Vec<Entry>, Vec<EntryError>) {
+    let (mut entries, mut refused) = (Vec::new(), Vec::new());
+    for raw in stored {
+        match Entry::parse(raw.as_ref()) {
+            Ok(entry) => entries.push(entry),
+            Err(error) => refused.push(error),
+        }
+    }
+    (entries, refused)
+}
+
+/// Whether `origin` is allowed by `allowlist` (parsed with [`parse_allowlist`]). An empty
+/// allowlist allows nothing.
+pub fn is_allowed(allowlist: &[Entry], origin: &RequestOrigin) -> bool {
     let Some(origin) = NormalOrigin::of(origin) else {
         return false;
     };
-    allowlist
-        .iter()
-        .filter_map(|raw| Entry::parse(raw).ok())
-        .any(|entry| entry.matches_normal(&origin))
+    allowlist.iter().any(|entry| entry.matches_normal(&origin))
 }
 
 /// An origin ready for comparison.
@@ -647,8 +660,9 @@ mod tests {
             .unwrap_or_else(|| panic!("{value:?} should be a usable origin"))
     }
 
-    fn list(entries: &[&str]) -> Vec<String> {
-        entries.iter().map(|entry| (*entry).to_owned()).collect()
+    /// The allowlist a key with these stored entries is loaded with.
+    fn list(entries: &[&str]) -> Vec<Entry> {
+        parse_allowlist(entries).0
     }
 
     /// (allowlist, Origin header, allowed?)
@@ -1004,6 +1018,26 @@ mod tests {
         assert!(is_allowed(&allowlist, &from_referer));
         let other = request_origin(None, Some("https://evilacme.com/acme.com")).unwrap();
         assert!(!is_allowed(&allowlist, &other));
+    }
+
+    #[test]
+    fn parse_allowlist_keeps_valid_entries_and_reports_the_rest() {
+        let stored = [
+            "*.com",
+            "Acme.COM",
+            "https://acme.com/app",
+            "*.shop.example",
+        ];
+        let (entries, errors) = parse_allowlist(&stored);
+        assert_eq!(
+            entries,
+            [
+                Entry::parse("acme.com").unwrap(),
+                Entry::parse("*.shop.example").unwrap()
+            ]
+        );
+        let refused: Vec<_> = errors.iter().map(EntryError::entry).collect();
+        assert_eq!(refused, ["*.com", "https://acme.com/app"]);
     }
 
     #[test]
@@ -1599,7 +1633,7 @@ mod tests {
             }
 
             /// A generated origin is allowed by an entry exactly when the documented rule says
-            /// so, whether matched through the raw allowlist or the parsed entry.
+            /// so, whether matched through the allowlist it is loaded into or the entry alone.
             #[test]
             fn origins_match_entries_by_the_documented_rule(
                 (entry, origin) in entry_and_origin(),
@@ -1610,13 +1644,16 @@ mod tests {
                 let request = request.unwrap();
                 let expected = entry.allows(&origin);
                 prop_assert_eq!(
-                    is_allowed(std::slice::from_ref(&entry.raw), &request),
+                    is_allowed(&parse_allowlist(&[&entry.raw]).0, &request),
                     expected,
                     "{} vs {}", entry.raw, origin.header
                 );
                 prop_assert_eq!(parsed.matches(&request), expected);
-                // The canonical entry allows the same origins.
-                prop_assert_eq!(is_allowed(&[parsed.to_string()], &request), expected);
+                // The canonical entry, as stored, allows the same origins.
+                prop_assert_eq!(
+                    is_allowed(&parse_allowlist(&[parsed.to_string()]).0, &request),
+                    expected
+                );
                 // And a hand-built origin with the raw host is normalised to the same answer.
                 let hand_built = RequestOrigin {
                     scheme: origin.scheme,
@@ -1652,7 +1689,7 @@ mod tests {
                             Some(found.clone())
                         );
                         prop_assert!(!is_allowed(&[], &found));
-                        let _ = is_allowed(std::slice::from_ref(&text), &found);
+                        let _ = is_allowed(&parse_allowlist(&[&text]).0, &found);
                     }
                 }
             }
