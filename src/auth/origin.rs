@@ -2,8 +2,10 @@
 //!
 //! A widget key carries a `domain_allowlist`: a list of raw entries, validated with
 //! [`Entry::parse`] when the key is created or updated and stored in its normalised form (the
-//! entry's `Display`). On every public widget request the handler derives the calling page's
-//! origin with [`request_origin`] and asks [`is_allowed`]. This module is pure: no I/O, no configuration, no clock.
+//! entry's `Display`). When the key is loaded (into the catalog cache, or by id for a refresh)
+//! its stored entries are parsed once, with [`parse_allowlist`]; on every public widget request
+//! the handler derives the calling page's origin with [`request_origin`] and asks [`is_allowed`]
+//! of those parsed entries. This module is pure: no I/O, no configuration, no clock.
 //!
 //! # Entries
 //!
@@ -71,11 +73,12 @@
 //!
 //! # Matching
 //!
-//! [`is_allowed`] takes the raw stored entries: an empty allowlist allows nothing, and an entry
-//! that does not parse (stored before validation tightened, say) never matches, while the others
-//! still do. A hand-built [`RequestOrigin`] is normalised the same way as entries before
-//! comparison (a missing port means the scheme's default); one that cannot be normalised is not
-//! allowed.
+//! [`is_allowed`] takes parsed entries: an empty allowlist allows nothing. [`parse_allowlist`]
+//! turns the stored entries into them, setting aside those that do not parse (stored before
+//! validation tightened, say): they never match, while the others still do. A hand-built
+//! [`RequestOrigin`] has its host normalised the same way as entries before comparison (a missing
+//! port means the scheme's default); one whose host cannot be normalised, or whose port is 0, is
+//! not allowed.
 
 use std::fmt;
 use std::str::FromStr;
@@ -402,13 +405,13 @@ impl EntryError {
 
 /// The origin of a widget request, from [`request_origin`].
 ///
-/// Values built by [`request_origin`] are normalised: `scheme` is `http` or `https`, `host` is
-/// lower case ASCII (punycode) without a trailing dot (IPv4 dotted, IPv6 in brackets: `[::1]`),
-/// and `port` is always `Some` (the explicit port, else the scheme's default). Hand-built values
-/// are normalised again when matched; a `None` port means the scheme's default.
+/// Values built by [`request_origin`] are normalised: `host` is lower case ASCII (punycode)
+/// without a trailing dot (IPv4 dotted, IPv6 in brackets: `[::1]`), and `port` is always `Some`
+/// (the explicit port, else the scheme's default). Hand-built values have their host normalised
+/// again when matched; a `None` port means the scheme's default.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct RequestOrigin {
-    pub scheme: String,
+    pub scheme: Scheme,
     pub host: String,
     pub port: Option<u16>,
 }
@@ -418,9 +421,8 @@ pub struct RequestOrigin {
 impl fmt::Display for RequestOrigin {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}://{}", self.scheme, self.host)?;
-        let default = Scheme::parse(&self.scheme).map(Scheme::default_port);
         match self.port {
-            Some(port) if Some(port) != default => write!(f, ":{port}"),
+            Some(port) if port != self.scheme.default_port() => write!(f, ":{port}"),
             _ => Ok(()),
         }
     }
@@ -439,16 +441,26 @@ pub fn request_origin(origin: Option<&str>, referer: Option<&str>) -> Option<Req
     }
 }
 
-/// Whether `origin` is allowed by `allowlist` (raw entries as stored). An empty allowlist allows
-/// nothing; entries that do not parse never match.
-pub fn is_allowed(allowlist: &[String], origin: &RequestOrigin) -> bool {
+/// Parses a key's stored allowlist, once, when the key is loaded: the entries that parse, in
+/// order, and the errors of those that do not (they could never match, so they are left out).
+pub fn parse_allowlist<S: AsRef<str>>(stored: &[S]) -> (Vec<Entry>, Vec<EntryError>) {
+    let (mut entries, mut refused) = (Vec::new(), Vec::new());
+    for raw in stored {
+        match Entry::parse(raw.as_ref()) {
+            Ok(entry) => entries.push(entry),
+            Err(error) => refused.push(error),
+        }
+    }
+    (entries, refused)
+}
+
+/// Whether `origin` is allowed by `allowlist` (parsed with [`parse_allowlist`]). An empty
+/// allowlist allows nothing.
+pub fn is_allowed(allowlist: &[Entry], origin: &RequestOrigin) -> bool {
     let Some(origin) = NormalOrigin::of(origin) else {
         return false;
     };
-    allowlist
-        .iter()
-        .filter_map(|raw| Entry::parse(raw).ok())
-        .any(|entry| entry.matches_normal(&origin))
+    allowlist.iter().any(|entry| entry.matches_normal(&origin))
 }
 
 /// An origin ready for comparison.
@@ -460,7 +472,7 @@ struct NormalOrigin {
 
 impl NormalOrigin {
     fn of(origin: &RequestOrigin) -> Option<Self> {
-        let scheme = Scheme::parse(&origin.scheme)?;
+        let scheme = origin.scheme;
         let host = match normalize_host(&origin.host) {
             Ok(NormalHost::Domain(host) | NormalHost::Ip(host)) => host,
             Err(_) => return None,
@@ -503,8 +515,8 @@ fn origin_of_url(url: &Url) -> Option<RequestOrigin> {
         Err(_) => return None,
     };
     let port = url.port_or_known_default()?;
-    (port != 0).then(|| RequestOrigin {
-        scheme: scheme.as_str().to_owned(),
+    (port != 0).then_some(RequestOrigin {
+        scheme,
         host,
         port: Some(port),
     })
@@ -648,8 +660,9 @@ mod tests {
             .unwrap_or_else(|| panic!("{value:?} should be a usable origin"))
     }
 
-    fn list(entries: &[&str]) -> Vec<String> {
-        entries.iter().map(|entry| (*entry).to_owned()).collect()
+    /// The allowlist a key with these stored entries is loaded with.
+    fn list(entries: &[&str]) -> Vec<Entry> {
+        parse_allowlist(entries).0
     }
 
     /// (allowlist, Origin header, allowed?)
@@ -834,9 +847,9 @@ mod tests {
         }
     }
 
-    fn ro(scheme: &str, host: &str, port: u16) -> Option<RequestOrigin> {
+    fn ro(scheme: Scheme, host: &str, port: u16) -> Option<RequestOrigin> {
         Some(RequestOrigin {
-            scheme: scheme.to_owned(),
+            scheme,
             host: host.to_owned(),
             port: Some(port),
         })
@@ -847,60 +860,72 @@ mod tests {
         // (Origin, Referer, expected)
         let cases: &[(Option<&str>, Option<&str>, Option<RequestOrigin>)] = &[
             // Origin header.
-            (Some("https://acme.com"), None, ro("https", "acme.com", 443)),
-            (Some("http://acme.com"), None, ro("http", "acme.com", 80)),
+            (
+                Some("https://acme.com"),
+                None,
+                ro(Scheme::Https, "acme.com", 443),
+            ),
+            (
+                Some("http://acme.com"),
+                None,
+                ro(Scheme::Http, "acme.com", 80),
+            ),
             (
                 Some("https://acme.com:443"),
                 None,
-                ro("https", "acme.com", 443),
+                ro(Scheme::Https, "acme.com", 443),
             ),
             (
                 Some("https://acme.com:8443"),
                 None,
-                ro("https", "acme.com", 8443),
+                ro(Scheme::Https, "acme.com", 8443),
             ),
             (
                 Some("HTTPS://WWW.Acme.COM"),
                 None,
-                ro("https", "www.acme.com", 443),
+                ro(Scheme::Https, "www.acme.com", 443),
             ),
             (
                 Some("https://acme.com."),
                 None,
-                ro("https", "acme.com", 443),
+                ro(Scheme::Https, "acme.com", 443),
             ),
             (
                 Some("https://acme.com/"),
                 None,
-                ro("https", "acme.com", 443),
+                ro(Scheme::Https, "acme.com", 443),
             ),
             (
                 Some(" https://acme.com\t"),
                 None,
-                ro("https", "acme.com", 443),
+                ro(Scheme::Https, "acme.com", 443),
             ),
             (
                 Some("https://bücher.example"),
                 None,
-                ro("https", "xn--bcher-kva.example", 443),
+                ro(Scheme::Https, "xn--bcher-kva.example", 443),
             ),
             (
                 Some("http://127.0.0.1:3000"),
                 None,
-                ro("http", "127.0.0.1", 3000),
+                ro(Scheme::Http, "127.0.0.1", 3000),
             ),
-            (Some("http://[::1]:3000"), None, ro("http", "[::1]", 3000)),
-            (Some("http://[0:0::1]"), None, ro("http", "[::1]", 80)),
+            (
+                Some("http://[::1]:3000"),
+                None,
+                ro(Scheme::Http, "[::1]", 3000),
+            ),
+            (Some("http://[0:0::1]"), None, ro(Scheme::Http, "[::1]", 80)),
             (
                 Some("http://localhost:5173"),
                 None,
-                ro("http", "localhost", 5173),
+                ro(Scheme::Http, "localhost", 5173),
             ),
             // The Origin header wins over Referer.
             (
                 Some("https://acme.com"),
                 Some("https://other.example/page"),
-                ro("https", "acme.com", 443),
+                ro(Scheme::Https, "acme.com", 443),
             ),
             // Opaque origin: refused, no fallback to Referer.
             (Some("null"), None, None),
@@ -933,29 +958,37 @@ mod tests {
             (
                 None,
                 Some("https://acme.com/page?x=1#frag"),
-                ro("https", "acme.com", 443),
+                ro(Scheme::Https, "acme.com", 443),
             ),
             (
                 None,
                 Some("https://acme.com:8443/a/b?q=2"),
-                ro("https", "acme.com", 8443),
+                ro(Scheme::Https, "acme.com", 8443),
             ),
             (
                 None,
                 Some("http://Shop.Acme.com/"),
-                ro("http", "shop.acme.com", 80),
+                ro(Scheme::Http, "shop.acme.com", 80),
             ),
-            (None, Some("https://acme.com"), ro("https", "acme.com", 443)),
+            (
+                None,
+                Some("https://acme.com"),
+                ro(Scheme::Https, "acme.com", 443),
+            ),
             (
                 None,
                 Some("http://localhost:3000/app/index.html"),
-                ro("http", "localhost", 3000),
+                ro(Scheme::Http, "localhost", 3000),
             ),
-            (None, Some("http://[::1]:8080/x"), ro("http", "[::1]", 8080)),
+            (
+                None,
+                Some("http://[::1]:8080/x"),
+                ro(Scheme::Http, "[::1]", 8080),
+            ),
             (
                 None,
                 Some("https://user:pw@acme.com/x"),
-                ro("https", "acme.com", 443),
+                ro(Scheme::Https, "acme.com", 443),
             ),
             (None, Some("/relative/path"), None),
             (None, Some("acme.com/page"), None),
@@ -988,25 +1021,44 @@ mod tests {
     }
 
     #[test]
+    fn parse_allowlist_keeps_valid_entries_and_reports_the_rest() {
+        let stored = [
+            "*.com",
+            "Acme.COM",
+            "https://acme.com/app",
+            "*.shop.example",
+        ];
+        let (entries, errors) = parse_allowlist(&stored);
+        assert_eq!(
+            entries,
+            [
+                Entry::parse("acme.com").unwrap(),
+                Entry::parse("*.shop.example").unwrap()
+            ]
+        );
+        let refused: Vec<_> = errors.iter().map(EntryError::entry).collect();
+        assert_eq!(refused, ["*.com", "https://acme.com/app"]);
+    }
+
+    #[test]
     fn hand_built_origins_are_normalised() {
         let allowlist = list(&["https://bücher.example", "acme.com:8443", "[::1]"]);
         let cases = [
-            ("HTTPS", "XN--BCHER-KVA.EXAMPLE.", None, true),
-            ("https", "bücher.example", Some(443), true),
-            ("https", "bücher.example", Some(444), false),
-            ("http", "bücher.example", None, false),
-            ("https", "ACME.com", Some(8443), true),
-            ("https", "acme.com", None, false),
-            ("http", "[0::1]", None, true),
-            ("ftp", "acme.com", Some(8443), false),
-            ("https", "", Some(8443), false),
-            ("https", "acme.com", Some(0), false),
-            ("https", "*.acme.com", Some(8443), false),
-            ("https", "acme.com/x", Some(8443), false),
+            (Scheme::Https, "XN--BCHER-KVA.EXAMPLE.", None, true),
+            (Scheme::Https, "bücher.example", Some(443), true),
+            (Scheme::Https, "bücher.example", Some(444), false),
+            (Scheme::Http, "bücher.example", None, false),
+            (Scheme::Https, "ACME.com", Some(8443), true),
+            (Scheme::Https, "acme.com", None, false),
+            (Scheme::Http, "[0::1]", None, true),
+            (Scheme::Https, "", Some(8443), false),
+            (Scheme::Https, "acme.com", Some(0), false),
+            (Scheme::Https, "*.acme.com", Some(8443), false),
+            (Scheme::Https, "acme.com/x", Some(8443), false),
         ];
         for (scheme, host, port, expected) in cases {
             let origin = RequestOrigin {
-                scheme: scheme.to_owned(),
+                scheme,
                 host: host.to_owned(),
                 port,
             };
@@ -1581,7 +1633,7 @@ mod tests {
             }
 
             /// A generated origin is allowed by an entry exactly when the documented rule says
-            /// so, whether matched through the raw allowlist or the parsed entry.
+            /// so, whether matched through the allowlist it is loaded into or the entry alone.
             #[test]
             fn origins_match_entries_by_the_documented_rule(
                 (entry, origin) in entry_and_origin(),
@@ -1592,16 +1644,19 @@ mod tests {
                 let request = request.unwrap();
                 let expected = entry.allows(&origin);
                 prop_assert_eq!(
-                    is_allowed(std::slice::from_ref(&entry.raw), &request),
+                    is_allowed(&parse_allowlist(&[&entry.raw]).0, &request),
                     expected,
                     "{} vs {}", entry.raw, origin.header
                 );
                 prop_assert_eq!(parsed.matches(&request), expected);
-                // The canonical entry allows the same origins.
-                prop_assert_eq!(is_allowed(&[parsed.to_string()], &request), expected);
-                // And a hand-built origin with the raw parts is normalised to the same answer.
+                // The canonical entry, as stored, allows the same origins.
+                prop_assert_eq!(
+                    is_allowed(&parse_allowlist(&[parsed.to_string()]).0, &request),
+                    expected
+                );
+                // And a hand-built origin with the raw host is normalised to the same answer.
                 let hand_built = RequestOrigin {
-                    scheme: origin.header.split("://").next().unwrap().to_owned(),
+                    scheme: origin.scheme,
                     host: origin.header.split("://").nth(1).unwrap().rsplit_once(':')
                         .filter(|(_, port)| origin.port.is_some() && !port.contains(']'))
                         .map_or(origin.header.split("://").nth(1).unwrap(), |(host, _)| host)
@@ -1627,7 +1682,6 @@ mod tests {
                 }
                 for (origin, referer) in [(Some(text.as_str()), None), (None, Some(text.as_str()))] {
                     if let Some(found) = request_origin(origin, referer) {
-                        prop_assert!(found.scheme == "http" || found.scheme == "https");
                         prop_assert!(found.port.is_some_and(|p| p != 0));
                         // What was found serialises to an Origin header that gives it back.
                         prop_assert_eq!(
@@ -1635,7 +1689,7 @@ mod tests {
                             Some(found.clone())
                         );
                         prop_assert!(!is_allowed(&[], &found));
-                        let _ = is_allowed(std::slice::from_ref(&text), &found);
+                        let _ = is_allowed(&parse_allowlist(&[&text]).0, &found);
                     }
                 }
             }

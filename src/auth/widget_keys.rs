@@ -5,14 +5,49 @@ use chrono::{DateTime, Utc};
 use sqlx::PgPool;
 use uuid::Uuid;
 
-/// What the widget endpoints need of a key's catalog row.
-#[derive(Debug, Clone, sqlx::FromRow)]
+use super::origin::{Entry, parse_allowlist};
+
+/// What the widget endpoints need of a key's catalog row, its allowlist parsed.
+#[derive(Debug, Clone)]
 pub struct WidgetKeyRecord {
     pub id: Uuid,
     pub account: String,
-    pub domain_allowlist: Vec<String>,
+    /// The stored `domain_allowlist`, parsed once when the key is loaded. Entries that do not
+    /// parse (stored before validation tightened, say) are left out: they never match.
+    pub allowlist: Vec<Entry>,
     pub agent_id: Option<Uuid>,
     pub disabled_at: Option<DateTime<Utc>>,
+}
+
+/// The row as stored.
+#[derive(sqlx::FromRow)]
+struct WidgetKeyRow {
+    id: Uuid,
+    account: String,
+    domain_allowlist: Vec<String>,
+    agent_id: Option<Uuid>,
+    disabled_at: Option<DateTime<Utc>>,
+}
+
+impl From<WidgetKeyRow> for WidgetKeyRecord {
+    fn from(row: WidgetKeyRow) -> Self {
+        let (allowlist, refused) = parse_allowlist(&row.domain_allowlist);
+        if let Some(first) = refused.first() {
+            tracing::warn!(
+                key = %row.id,
+                refused = refused.len(),
+                first = %first,
+                "widget key allowlist entries that do not parse are ignored"
+            );
+        }
+        Self {
+            id: row.id,
+            account: row.account,
+            allowlist,
+            agent_id: row.agent_id,
+            disabled_at: row.disabled_at,
+        }
+    }
 }
 
 const COLUMNS: &str = "id, account, domain_allowlist, agent_id, disabled_at";
@@ -20,7 +55,7 @@ const COLUMNS: &str = "id, account, domain_allowlist, agent_id, disabled_at";
 /// The key with this HMAC (the widget endpoints, through the catalog cache); records the
 /// key's first use if it is enabled.
 pub async fn load(pool: &PgPool, hash: &[u8; 32]) -> sqlx::Result<Option<WidgetKeyRecord>> {
-    sqlx::query_as(&format!(
+    let row: Option<WidgetKeyRow> = sqlx::query_as(&format!(
         "WITH first_use AS (
              UPDATE widget_keys SET first_used_at = now()
              WHERE key_hash = $1 AND first_used_at IS NULL AND disabled_at IS NULL)
@@ -28,13 +63,65 @@ pub async fn load(pool: &PgPool, hash: &[u8; 32]) -> sqlx::Result<Option<WidgetK
     ))
     .bind(&hash[..])
     .fetch_optional(pool)
-    .await
+    .await?;
+    Ok(row.map(Into::into))
 }
 
 /// The key with this id (a session refresh names its key by id).
 pub async fn load_by_id(pool: &PgPool, id: uuid::Uuid) -> sqlx::Result<Option<WidgetKeyRecord>> {
-    sqlx::query_as(&format!("SELECT {COLUMNS} FROM widget_keys WHERE id = $1"))
-        .bind(id)
-        .fetch_optional(pool)
-        .await
+    let row: Option<WidgetKeyRow> =
+        sqlx::query_as(&format!("SELECT {COLUMNS} FROM widget_keys WHERE id = $1"))
+            .bind(id)
+            .fetch_optional(pool)
+            .await?;
+    Ok(row.map(Into::into))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::auth::origin::{is_allowed, request_origin};
+
+    /// The record a row with these stored entries loads as.
+    fn loaded(stored: &[&str]) -> WidgetKeyRecord {
+        WidgetKeyRecord::from(WidgetKeyRow {
+            id: Uuid::nil(),
+            account: "acme".to_owned(),
+            domain_allowlist: stored.iter().map(|entry| (*entry).to_owned()).collect(),
+            agent_id: None,
+            disabled_at: None,
+        })
+    }
+
+    #[test]
+    fn allowlist_is_parsed_when_the_row_is_read() {
+        let key = loaded(&["*.com", "HTTPS://Acme.COM.:443/", "shop.example:8443"]);
+        // Parsed in order, normalised; the unparsable `*.com` is dropped.
+        assert_eq!(
+            key.allowlist,
+            [
+                Entry::parse("https://acme.com").unwrap(),
+                Entry::parse("shop.example:8443").unwrap()
+            ]
+        );
+        let allowed = |header: &str| {
+            let origin = request_origin(Some(header), None).expect("a usable origin");
+            is_allowed(&key.allowlist, &origin)
+        };
+        assert!(allowed("https://acme.com"));
+        assert!(allowed("http://shop.example:8443"));
+        assert!(!allowed("http://acme.com"));
+        assert!(!allowed("https://shop.example"));
+        // The dropped entry never matches, not even as a suffix.
+        assert!(!allowed("https://www.com"));
+        assert!(!allowed("https://acme.com:8443"));
+    }
+
+    #[test]
+    fn a_key_with_only_unparsable_entries_allows_nothing() {
+        let key = loaded(&["*", "https://acme.com/app", "acme.com "]);
+        assert!(key.allowlist.is_empty());
+        let origin = request_origin(Some("https://acme.com"), None).unwrap();
+        assert!(!is_allowed(&key.allowlist, &origin));
+    }
 }

@@ -90,7 +90,7 @@ impl WidgetCaller {
             .ok_or(ApiError::InvalidClientKey)?;
         // Step 2.
         let origin = head.origin.ok_or(ApiError::OriginNotAllowed)?;
-        if !is_allowed(&key.domain_allowlist, &origin) {
+        if !is_allowed(&key.allowlist, &origin) {
             return Err(ApiError::OriginNotAllowed);
         }
         // Step 3.
