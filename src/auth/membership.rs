@@ -16,7 +16,7 @@ use sqlx::postgres::PgListener;
 
 use super::api_keys::ApiKeyRecord;
 use super::signing::Purpose;
-use super::widget_keys::{self, WidgetKeyRecord};
+use super::widget_keys::WidgetKeyRecord;
 use crate::cache::{Cache, CacheName};
 use crate::tenancy::catalog::{Account, Catalog, Limits, Role};
 use crate::tenancy::slug::AccountSlug;
@@ -151,7 +151,10 @@ impl CatalogCache {
     pub async fn widget_key(&self, hash: &[u8; 32]) -> sqlx::Result<Option<WidgetKeyRecord>> {
         self.inner
             .widget_keys
-            .get_or_load(*hash, widget_keys::load(self.inner.catalog.pool(), hash))
+            .get_or_load(
+                *hash,
+                crate::keys::store::load_widget_key(self.inner.catalog.pool(), hash),
+            )
             .await
     }
 

@@ -1,8 +1,7 @@
 //! `pk_live_` widget keys: public identifiers of an account's embedded widget, guarded by a
-//! per-key origin allowlist.
+//! per-key origin allowlist. Their catalog SQL is in `keys::store`.
 
 use chrono::{DateTime, Utc};
-use sqlx::PgPool;
 use uuid::Uuid;
 
 use super::origin::{Entry, parse_allowlist};
@@ -19,9 +18,9 @@ pub struct WidgetKeyRecord {
     pub disabled_at: Option<DateTime<Utc>>,
 }
 
-/// The row as stored.
+/// The row as stored (read by `keys::store`).
 #[derive(sqlx::FromRow)]
-struct WidgetKeyRow {
+pub(crate) struct WidgetKeyRow {
     id: Uuid,
     account: String,
     domain_allowlist: Vec<String>,
@@ -48,33 +47,6 @@ impl From<WidgetKeyRow> for WidgetKeyRecord {
             disabled_at: row.disabled_at,
         }
     }
-}
-
-const COLUMNS: &str = "id, account, domain_allowlist, agent_id, disabled_at";
-
-/// The key with this HMAC (the widget endpoints, through the catalog cache); records the
-/// key's first use if it is enabled.
-pub async fn load(pool: &PgPool, hash: &[u8; 32]) -> sqlx::Result<Option<WidgetKeyRecord>> {
-    let row: Option<WidgetKeyRow> = sqlx::query_as(&format!(
-        "WITH first_use AS (
-             UPDATE widget_keys SET first_used_at = now()
-             WHERE key_hash = $1 AND first_used_at IS NULL AND disabled_at IS NULL)
-         SELECT {COLUMNS} FROM widget_keys WHERE key_hash = $1"
-    ))
-    .bind(&hash[..])
-    .fetch_optional(pool)
-    .await?;
-    Ok(row.map(Into::into))
-}
-
-/// The key with this id (a session refresh names its key by id).
-pub async fn load_by_id(pool: &PgPool, id: uuid::Uuid) -> sqlx::Result<Option<WidgetKeyRecord>> {
-    let row: Option<WidgetKeyRow> =
-        sqlx::query_as(&format!("SELECT {COLUMNS} FROM widget_keys WHERE id = $1"))
-            .bind(id)
-            .fetch_optional(pool)
-            .await?;
-    Ok(row.map(Into::into))
 }
 
 #[cfg(test)]

@@ -12,6 +12,7 @@ use super::widget::{WidgetKeyCreated, WidgetKeyItem};
 use crate::audit::Action;
 use crate::auth::api_keys::ApiKeyRecord;
 use crate::auth::keys::KeyKind;
+use crate::auth::widget_keys::{WidgetKeyRecord, WidgetKeyRow};
 use crate::store::{StoreError, StoreResult};
 
 /// The account's keys of `kind`, newest first, as `columns` of the kind's table.
@@ -256,4 +257,38 @@ pub async fn untagged_keys_left(pool: &PgPool) -> sqlx::Result<bool> {
     )
     .fetch_one(pool)
     .await
+}
+
+const WIDGET_KEY_RECORD: &str = "id, account, domain_allowlist, agent_id, disabled_at";
+
+/// The key with this HMAC (the widget endpoints, through the catalog cache); records the
+/// key's first use if it is enabled.
+pub async fn load_widget_key(
+    pool: &PgPool,
+    hash: &[u8; 32],
+) -> sqlx::Result<Option<WidgetKeyRecord>> {
+    let row: Option<WidgetKeyRow> = sqlx::query_as(&format!(
+        "WITH first_use AS (
+             UPDATE widget_keys SET first_used_at = now()
+             WHERE key_hash = $1 AND first_used_at IS NULL AND disabled_at IS NULL)
+         SELECT {WIDGET_KEY_RECORD} FROM widget_keys WHERE key_hash = $1"
+    ))
+    .bind(&hash[..])
+    .fetch_optional(pool)
+    .await?;
+    Ok(row.map(Into::into))
+}
+
+/// The key with this id (a session refresh names its key by id).
+pub async fn load_widget_key_by_id(
+    pool: &PgPool,
+    id: Uuid,
+) -> sqlx::Result<Option<WidgetKeyRecord>> {
+    let row: Option<WidgetKeyRow> = sqlx::query_as(&format!(
+        "SELECT {WIDGET_KEY_RECORD} FROM widget_keys WHERE id = $1"
+    ))
+    .bind(id)
+    .fetch_optional(pool)
+    .await?;
+    Ok(row.map(Into::into))
 }

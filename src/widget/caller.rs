@@ -82,7 +82,7 @@ impl WidgetCaller {
                 state.cache.widget_key(&hash).await?
             }
             KeyName::Session(claims) => {
-                crate::auth::widget_keys::load_by_id(state.catalog.pool(), claims.wk).await?
+                crate::keys::store::load_widget_key_by_id(state.catalog.pool(), claims.wk).await?
             }
         };
         let key = key
