@@ -7,7 +7,9 @@
 //! `wrk`, runs `pgbench` on the same query, and prints one Markdown table. Nothing here asserts
 //! a time: the numbers are for people (README, `docs/performance.md`).
 //!
-//! Settings (environment): `BENCH_SECS` (per case, default 8), `BENCH_CONNECTIONS` (wrk
+//! Settings (environment): `BENCH_SECS` (per case, default 8), `BENCH_ROUNDS` (the hub and
+//! bare request cases run interleaved in this many rounds of `BENCH_SECS / BENCH_ROUNDS`
+//! seconds, default 4), `BENCH_CONNECTIONS` (wrk
 //! connections, default 64), `BENCH_THREADS` (wrk threads, default 2), `BENCH_STORM_ACCOUNTS`
 //! (117), `BENCH_STORM_BUDGET` (24), `BENCH_STORM_CLIENTS` (16), `BENCH_COLD_ACCOUNTS` (100),
 //! `BENCH_MEMORY=1` to also measure memory (2,000 idle pools; 100,000 cached credentials),
@@ -93,11 +95,32 @@ fn parse_duration_ms(s: &str) -> Option<f64> {
     })
 }
 
+/// An interleaved request case: its name, URL, headers and the hub's pid (for perf).
+type Case<'a> = (&'a str, &'a str, &'a [(&'a str, &'a str)], Option<u32>);
+
+#[derive(Clone, Copy)]
 struct Wrk {
     rate: f64,
     p50_ms: f64,
     p99_ms: f64,
     errors: u64,
+}
+
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values[values.len() / 2]
+}
+
+/// The round with the median rate (its latencies belong to it).
+fn median_run(rounds: &[Wrk]) -> Wrk {
+    let mut sorted = rounds.to_vec();
+    sorted.sort_by(|a, b| a.rate.total_cmp(&b.rate));
+    sorted[sorted.len() / 2]
+}
+
+/// The median over the rounds of `a`'s rate over `b`'s in the same round.
+fn paired_ratio(a: &[Wrk], b: &[Wrk]) -> f64 {
+    median(a.iter().zip(b).map(|(a, b)| a.rate / b.rate).collect())
 }
 
 fn parse_wrk(out: &str) -> anyhow::Result<Wrk> {
@@ -133,6 +156,8 @@ fn parse_wrk(out: &str) -> anyhow::Result<Wrk> {
 struct Bench {
     work: PathBuf,
     secs: u64,
+    /// Rounds of the interleaved request cases (each `secs / rounds` long, at least 2 s).
+    rounds: u64,
     connections: u32,
     threads: u32,
     perf_case: Option<String>,
@@ -185,12 +210,33 @@ impl Bench {
         parse_wrk(&String::from_utf8_lossy(&out.stdout))
     }
 
+    /// One round of an interleaved case: `secs / rounds` seconds (at least 2) of `url`.
+    fn round(
+        &self,
+        case: &str,
+        url: &str,
+        headers: &[(&str, &str)],
+        connections: u32,
+        hub_pid: Option<u32>,
+    ) -> anyhow::Result<Wrk> {
+        let round = Bench {
+            work: self.work.clone(),
+            secs: (self.secs / self.rounds).max(2),
+            rounds: 1,
+            connections,
+            threads: self.threads,
+            perf_case: self.perf_case.clone(),
+        };
+        round.wrk(case, url, headers, None, connections, hub_pid)
+    }
+
     /// Two seconds of the same load, not measured, so that the cases measure the steady state:
     /// the server has opened its database connections and filled its caches.
     fn warm_up(&self, url: &str, headers: &[(&str, &str)], connections: u32) -> anyhow::Result<()> {
         let warm = Bench {
             work: self.work.clone(),
             secs: 2,
+            rounds: 1,
             connections,
             threads: self.threads,
             perf_case: None,
@@ -377,6 +423,7 @@ async fn main() -> anyhow::Result<()> {
         Bench {
             work: work.clone(),
             secs,
+            rounds: setting("BENCH_ROUNDS", 4),
             connections,
             threads,
             perf_case: std::env::var("BENCH_PERF").ok(),
@@ -547,40 +594,46 @@ async fn run(
         c,
     )?;
     bench.warm_up(&format!("{bare_url}/agents/{agent_id}"), &[], c)?;
-    let jwt = bench.wrk(
-        "jwt",
-        &one,
-        &[("Authorization", &bearer), ("X-Account-ID", "bench")],
-        None,
-        c,
-        Some(hub.pid()),
-    )?;
+    // The four request cases run interleaved, in rounds (jwt, api_key, list, bare, jwt, …), so
+    // that a drift of the shared machine (the scheduler's split of two cores between wrk, the
+    // servers and PostgreSQL) hits every case alike; each case reports its median round, and
+    // each ratio is the median of the rounds' ratios.
     let key_bearer = format!("Bearer {api_key}");
-    let key = bench.wrk(
-        "api_key",
-        &one,
-        &[("Authorization", &key_bearer)],
-        None,
-        c,
-        Some(hub.pid()),
-    )?;
-    let list = bench.wrk(
-        "list",
-        &format!("{hub_url}/api/v1/agents"),
-        &[("Authorization", &bearer), ("X-Account-ID", "bench")],
-        None,
-        c,
-        Some(hub.pid()),
-    )?;
-    let bare_run = bench.wrk(
-        "bare",
-        &format!("{bare_url}/agents/{agent_id}"),
-        &[],
-        None,
-        c,
-        None,
-    )?;
-    let errors = jwt.errors + key.errors + list.errors + bare_run.errors;
+    let (list_url, bare_url_one) = (
+        format!("{hub_url}/api/v1/agents"),
+        format!("{bare_url}/agents/{agent_id}"),
+    );
+    let user = [
+        ("Authorization", bearer.as_str()),
+        ("X-Account-ID", "bench"),
+    ];
+    let cases: [Case; 4] = [
+        ("jwt", &one, &user, Some(hub.pid())),
+        (
+            "api_key",
+            &one,
+            &[("Authorization", &key_bearer)],
+            Some(hub.pid()),
+        ),
+        ("list", &list_url, &user, Some(hub.pid())),
+        ("bare", &bare_url_one, &[], None),
+    ];
+    let mut rounds: [Vec<Wrk>; 4] = Default::default();
+    for round in 0..bench.rounds {
+        for (i, (case, url, headers, pid)) in cases.iter().enumerate() {
+            // perf, when asked for, records the first round of its case.
+            let pid = pid.filter(|_| round == 0);
+            rounds[i].push(bench.round(case, url, headers, c, pid)?);
+        }
+    }
+    let [jwt_rounds, key_rounds, list_rounds, bare_rounds] = &rounds;
+    let errors: u64 = rounds.iter().flatten().map(|w| w.errors).sum();
+    let (jwt, key, list, bare_run) = (
+        median_run(jwt_rounds),
+        median_run(key_rounds),
+        median_run(list_rounds),
+        median_run(bare_rounds),
+    );
 
     // pgbench on the hub's own query for one agent.
     let select = format!(
@@ -666,7 +719,7 @@ async fn run(
         unit: "req/s",
         p50_ms: Some(jwt.p50_ms),
         p99_ms: Some(jwt.p99_ms),
-        ratio: Some((ratio(jwt.rate, bare_run.rate), "× bare")),
+        ratio: Some((paired_ratio(jwt_rounds, bare_rounds), "× bare")),
         note: "target ≥ 1.0× bare".into(),
     });
     rows.push(Row {
@@ -675,7 +728,7 @@ async fn run(
         unit: "req/s",
         p50_ms: Some(key.p50_ms),
         p99_ms: Some(key.p99_ms),
-        ratio: Some((ratio(key.rate, jwt.rate), "× JWT")),
+        ratio: Some((paired_ratio(key_rounds, jwt_rounds), "× JWT")),
         note: "target ≥ 1.0× JWT".into(),
     });
     rows.push(Row {
@@ -684,7 +737,7 @@ async fn run(
         unit: "req/s",
         p50_ms: Some(list.p50_ms),
         p99_ms: Some(list.p99_ms),
-        ratio: Some((ratio(list.rate, bare_run.rate), "× bare")),
+        ratio: Some((paired_ratio(list_rounds, bare_rounds), "× bare")),
         note: String::new(),
     });
     rows.push(Row {

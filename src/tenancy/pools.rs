@@ -742,9 +742,14 @@ impl TenantPool {
         let pool = self.clone();
         runtime.spawn(async move {
             let mut conn = conn;
-            // The check drains whatever a cancelled request left (unread rows, the queued
-            // ROLLBACK of a dropped transaction) and waits for the server to be ready.
-            let checked = timeout(pool.shared.check_timeout, conn.ping()).await;
+            // The check drains whatever a cancelled or failed request left (unread rows, the
+            // queued ROLLBACK of a dropped transaction, the answer of a server that is going
+            // away) and waits for the server to be ready. A connection whose last exchange
+            // completed has nothing pending and costs no round trip: `flush` reads only what
+            // is owed (sqlx's `wait_until_ready`; its own pool pings instead, a round trip per
+            // request). `flush` is hidden from sqlx's documentation: the pinned version is
+            // checked by the fault and pool tests.
+            let checked = timeout(pool.shared.check_timeout, Connection::flush(&mut conn)).await;
             let healthy = matches!(checked, Ok(Ok(()))) && !conn.is_in_transaction();
             let contended = pool.shared.waiters.load(Ordering::Acquire) > 0;
             if !healthy {
