@@ -10,28 +10,10 @@ use reqwest::Method;
 use serde_json::{Value, json};
 use uuid::Uuid;
 
-use crate::support::client::{Client, Resp, V1, send};
-use crate::support::{TestApp, system_url_of};
+use crate::support::client::{Client, Resp, V1, id, send};
+use crate::support::{TestApp, roomy_app, system_url_of};
 
 const LOG: &str = "/audit-log";
-
-/// An app whose request limits cannot get in the way of tests that make many requests.
-async fn roomy_app() -> TestApp {
-    TestApp::builder()
-        .await
-        .config(|c| {
-            c.limit_per_minute = 1_000_000;
-            c.limit_per_hour = 1_000_000;
-            c.limit_per_day = 1_000_000;
-            c.limit_concurrent = 10_000;
-        })
-        .spawn()
-        .await
-}
-
-fn id(v: &Value) -> String {
-    v["id"].as_str().expect("id").to_owned()
-}
 
 /// The entries of one page read by `admin` (elevated) with `query`, asserting 200.
 async fn entries(admin: &Client<'_>, query: &str) -> Vec<Value> {
@@ -461,13 +443,18 @@ async fn stored(c: &Client<'_>, id: Uuid) -> bool {
         .unwrap()
 }
 
-#[tokio::test]
-async fn the_retention_sweep_deletes_old_entries() {
-    let app = TestApp::builder()
+/// An app that keeps audit entries 30 days.
+async fn thirty_days_kept() -> TestApp {
+    TestApp::builder()
         .await
         .config(|c| c.audit_retention_days = 30)
         .spawn()
-        .await;
+        .await
+}
+
+#[tokio::test]
+async fn the_retention_sweep_deletes_old_entries() {
+    let app = thirty_days_kept().await;
     let alice = Client::new(&app, "auditsweep", "alice").await;
     alice.agent("Recent").await; // its pool is open: the sweep visits the account
     let expired = old_entry(&alice, 31).await;
@@ -485,11 +472,7 @@ async fn the_retention_sweep_deletes_old_entries() {
 
 #[tokio::test]
 async fn entries_past_retention_are_never_answered() {
-    let app = TestApp::builder()
-        .await
-        .config(|c| c.audit_retention_days = 30)
-        .spawn()
-        .await;
+    let app = thirty_days_kept().await;
     let alice = Client::new(&app, "auditpast", "alice").await;
     old_entry(&alice, 31).await;
     assert_eq!(entries(&alice.elevated(), "").await, Vec::<Value>::new());
