@@ -9,10 +9,11 @@ use secrecy::{ExposeSecret, SecretString};
 use sqlx::{ConnectOptions, Connection};
 use tokio::net::TcpListener;
 
+use crate::audit::{self, Action, Change, Resource};
 use crate::auth::dev_issuer::upsert_dev_user;
 use crate::config::Config;
 use crate::server;
-use crate::tenancy::catalog::{AccountStatus, Role};
+use crate::tenancy::catalog::{Account, AccountStatus, Role};
 use crate::tenancy::embedded_pg::{self, EmbeddedPostgres};
 use crate::tenancy::provision::{ProvisionError, Provisioner};
 use crate::tenancy::slug::{AccountSlug, SYSTEM_DATABASE};
@@ -161,9 +162,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 .clone()
                 .context("KATAVEN_KEY_PEPPER is required: keys are stored as its HMAC")?;
             let provisioner = server::provisioner(&config).await?;
-            if provisioner.catalog().account(&slug).await?.is_none() {
-                bail!("no account `{slug}`");
-            }
+            let account = existing(&provisioner, &slug).await?;
             let hasher = crate::auth::keys::KeyHasher::new(pepper);
             let created = crate::keys::api::create_key(
                 provisioner.catalog().pool(),
@@ -174,6 +173,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 "cli",
             )
             .await?;
+            let id = created.id.to_string();
+            let change = Change::of(Action::Create, Resource::ApiKey, &id);
+            audit::record_operator(&provisioner, &account, &change).await;
             let expires = created
                 .expires_at
                 .map_or_else(|| "never".to_owned(), |t| t.to_rfc3339());
@@ -576,10 +578,8 @@ async fn accounts(config: &Config, cmd: AccountsCommand) -> anyhow::Result<()> {
         } => {
             let slug = slug_arg(&slug)?;
             let provisioner = provisioner().await?;
+            let account = existing(&provisioner, &slug).await?;
             let catalog = provisioner.catalog();
-            if catalog.account(&slug).await?.is_none() {
-                bail!("no account `{slug}`");
-            }
             if clear {
                 catalog.clear_limits(&slug).await?;
             }
@@ -590,7 +590,11 @@ async fn accounts(config: &Config, cmd: AccountsCommand) -> anyhow::Result<()> {
                 ("concurrent", concurrent),
                 ("daily_minutes", daily_minutes),
             ];
+            let mut changed = Vec::new();
             for (column, change) in changes {
+                if clear || change.is_some() {
+                    changed.push(column);
+                }
                 if let Some(change) = change {
                     let value = match change {
                         LimitArg::Set(n) => Some(n as i32),
@@ -598,6 +602,15 @@ async fn accounts(config: &Config, cmd: AccountsCommand) -> anyhow::Result<()> {
                     };
                     catalog.set_limit(&slug, column, value).await?;
                 }
+            }
+            if !changed.is_empty() {
+                let change = Change {
+                    action: Action::Update,
+                    resource: Resource::Limits,
+                    resource_id: None,
+                    fields: &changed,
+                };
+                audit::record_operator(&provisioner, &account, &change).await;
             }
             let l = catalog.limits(&slug, &config.default_limits()).await?;
             println!(
@@ -612,25 +625,24 @@ async fn accounts(config: &Config, cmd: AccountsCommand) -> anyhow::Result<()> {
         }) => {
             let slug = slug_arg(&slug)?;
             let provisioner = provisioner().await?;
-            if provisioner.catalog().account(&slug).await?.is_none() {
-                bail!("no account `{slug}`");
-            }
+            let account = existing(&provisioner, &slug).await?;
             provisioner
                 .catalog()
                 .upsert_member(&slug, &subject, role)
                 .await?;
+            let change = Change::of(Action::Upsert, Resource::Member, &subject);
+            audit::record_operator(&provisioner, &account, &change).await;
             println!("{subject} is now {role:?} of {slug}");
         }
         AccountsCommand::Members(MembersCommand::Remove { slug, subject }) => {
             let slug = slug_arg(&slug)?;
-            if !provisioner()
-                .await?
-                .catalog()
-                .remove_member(&slug, &subject)
-                .await?
-            {
+            let provisioner = provisioner().await?;
+            let account = existing(&provisioner, &slug).await?;
+            if !provisioner.catalog().remove_member(&slug, &subject).await? {
                 bail!("{subject} is not a member of {slug}");
             }
+            let change = Change::of(Action::Delete, Resource::Member, &subject);
+            audit::record_operator(&provisioner, &account, &change).await;
             println!("removed {subject} from {slug}");
         }
     }
@@ -645,8 +657,24 @@ async fn set_status(
     if !provisioner.catalog().set_status(slug, status).await? {
         bail!("no account `{slug}`");
     }
+    let account = existing(provisioner, slug).await?;
+    let action = match status {
+        AccountStatus::Suspended => Action::Suspend,
+        AccountStatus::Active => Action::Resume,
+    };
+    let change = Change::of(action, Resource::Account, slug.as_str());
+    audit::record_operator(provisioner, &account, &change).await;
     println!("account {slug} is now {status:?}");
     Ok(())
+}
+
+/// The account `slug`, or the error that there is none.
+async fn existing(provisioner: &Provisioner, slug: &AccountSlug) -> anyhow::Result<Account> {
+    provisioner
+        .catalog()
+        .account(slug)
+        .await?
+        .with_context(|| format!("no account `{slug}`"))
 }
 
 fn provision_error(e: ProvisionError) -> anyhow::Error {

@@ -279,6 +279,17 @@ pub struct Config {
     )]
     pub shutdown_timeout_secs: u64,
 
+    /// Audit log entries older than this many days are deleted (swept hourly; see
+    /// docs/resources.md) and never answered by `GET /api/v1/audit-log`.
+    #[arg(
+        long,
+        env = "KATAVEN_AUDIT_RETENTION_DAYS",
+        default_value_t = 365,
+        value_parser = clap::value_parser!(u32).range(1..=36_500),
+        global = true
+    )]
+    pub audit_retention_days: u32,
+
     /// Tenants migrated at once by `migrate`.
     #[arg(
         long,
@@ -320,6 +331,11 @@ impl Config {
 
     pub fn request_timeout(&self) -> Duration {
         Duration::from_secs(self.request_timeout_secs)
+    }
+
+    /// How long audit log entries are kept.
+    pub fn audit_retention(&self) -> chrono::Duration {
+        chrono::Duration::days(i64::from(self.audit_retention_days))
     }
 
     pub fn shutdown_timeout(&self) -> Duration {

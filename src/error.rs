@@ -158,6 +158,14 @@ impl ApiError {
         }
     }
 
+    /// 400 `invalid_query`: query parameter `field` is malformed or out of range.
+    pub fn invalid_param(field: &str, problem: impl std::fmt::Display) -> Self {
+        Self::InvalidQuery {
+            message: format!("`{field}` {problem}"),
+            field: Some(field.to_owned()),
+        }
+    }
+
     /// The kind of this error (what decides its status and code).
     pub fn kind(&self) -> ErrorKind {
         self.into()

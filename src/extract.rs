@@ -10,6 +10,7 @@ use axum::http::{HeaderMap, HeaderName};
 
 use std::sync::Arc;
 
+use crate::audit::{Actor, Origin};
 use crate::auth::Principal;
 use crate::auth::api_keys::KeyRejection;
 use crate::auth::keys::{API_KEY_PREFIX, api_key_named_account};
@@ -34,6 +35,15 @@ pub struct Tenant {
     /// The request's place within the account's limits (its in-flight slot is held until the
     /// handler returns).
     pub admitted: Admitted,
+    /// Where the request came from, for the audit rows of its changes.
+    pub origin: Origin,
+}
+
+impl Tenant {
+    /// The caller as the audit log records it.
+    pub fn actor(&self) -> Actor<'_> {
+        Actor::of(&self.principal, &self.origin)
+    }
 }
 
 /// An admitted request (pipeline step 9 passed).
@@ -118,6 +128,7 @@ impl Authorized {
             admitted: Admitted {
                 _admission: Arc::new(admission),
             },
+            origin: Origin::of(parts, state),
         })
     }
 }
@@ -162,7 +173,7 @@ impl TenantDb {
 
     /// Begins a change to the tenant database: the one door for writes (see [`TenantWrite`]).
     pub async fn write(&mut self) -> sqlx::Result<TenantWrite<'_>> {
-        TenantWrite::begin(&mut self.conn, &self.tenant.principal).await
+        TenantWrite::begin(&mut self.conn, self.tenant.actor()).await
     }
 }
 

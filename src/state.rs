@@ -137,7 +137,7 @@ impl AppState {
     }
 
     /// Starts the background tasks: the pool reaper, the catalog listener, the key
-    /// refreshers, the readiness prober and the flushers. Abort the handles to stop them.
+    /// refreshers, the readiness prober, the flushers and the audit retention sweep. Abort the handles to stop them.
     pub fn spawn_background(&self) -> Vec<tokio::task::JoinHandle<()>> {
         let mut tasks = vec![self.pools.spawn_reaper(), self.cache.spawn_listener()];
         tasks.extend(self.identity.issuers().iter().map(|i| i.spawn_refresher()));
@@ -148,6 +148,7 @@ impl AppState {
             tasks.push(memory.spawn_flusher());
         }
         tasks.push(self.spawn_widget_maintenance());
+        tasks.push(crate::audit::retention::spawn(self));
         tasks
     }
 

@@ -11,8 +11,7 @@ use std::ops::{Deref, DerefMut};
 
 use sqlx::{Connection, PgConnection, Postgres, Transaction};
 
-use crate::audit::{self, Action, Resource};
-use crate::auth::Principal;
+use crate::audit::{self, Action, Actor, Change, Resource};
 
 /// What a store can answer besides its rows.
 #[derive(Debug, thiserror::Error)]
@@ -59,15 +58,22 @@ impl StoreError {
 /// commits only together with its audit row. Derefs to the connection, for the stores.
 pub struct TenantWrite<'a> {
     tx: Transaction<'a, Postgres>,
-    principal: &'a Principal,
+    actor: Actor<'a>,
+    fields: Vec<&'static str>,
 }
 
 impl<'a> TenantWrite<'a> {
-    pub async fn begin(conn: &'a mut PgConnection, principal: &'a Principal) -> sqlx::Result<Self> {
+    pub async fn begin(conn: &'a mut PgConnection, actor: Actor<'a>) -> sqlx::Result<Self> {
         Ok(Self {
             tx: conn.begin().await?,
-            principal,
+            actor,
+            fields: Vec::new(),
         })
+    }
+
+    /// Names the fields an update sets, for its audit row (names only, never values).
+    pub fn set_fields(&mut self, fields: Vec<&'static str>) {
+        self.fields = fields;
     }
 
     /// Records who did `action` to `resource` (`id`), then commits: the last fallible step of
@@ -90,9 +96,15 @@ impl<'a> TenantWrite<'a> {
         mut self,
         action: Action,
         resource: Resource,
-        id: Option<&str>,
+        resource_id: Option<&str>,
     ) -> sqlx::Result<()> {
-        audit::record(&mut self.tx, self.principal, action, resource, id).await?;
+        let change = Change {
+            action,
+            resource,
+            resource_id,
+            fields: &self.fields,
+        };
+        audit::record(&mut self.tx, &self.actor, &change).await?;
         self.tx.commit().await
     }
 }

@@ -6,7 +6,7 @@ use utoipa::ToSchema;
 use uuid::Uuid;
 
 use crate::error::ApiError;
-use crate::model::{check_required_text, check_text, non_null, nullable};
+use crate::model::{check_required_text, check_text, non_null, nullable, patch};
 
 macro_rules! text_enum {
     ($(#[$m:meta])* $name:ident { $($(#[$vm:meta])* $variant:ident),+ $(,)? } default $default:ident) => {
@@ -190,6 +190,26 @@ pub struct AgentPatch {
     pub active_prompt_id: Option<Option<Uuid>>,
 }
 
+patch!(AgentPatch => Agent {
+    name,
+    description,
+    category,
+    status,
+    system_prompt,
+    greeting_message,
+    greeting_mode,
+    llm_model,
+    voice_provider,
+    voice_id,
+    auth_mode,
+    ringing_enabled,
+    background_audio_enabled,
+    background_audio_volume,
+    noise_suppression_enabled,
+    template_id,
+    active_prompt_id
+});
+
 impl Agent {
     /// Checks the fields a client may set.
     pub fn validate(&self) -> Result<(), ApiError> {
@@ -238,31 +258,6 @@ impl Agent {
             playbooks: Vec::new(),
             faqs: Vec::new(),
         }
-    }
-
-    pub fn apply(&mut self, p: AgentPatch) {
-        macro_rules! set {
-            ($($f:ident),*) => { $( if let Some(v) = p.$f { self.$f = v; } )* };
-        }
-        set!(
-            name,
-            description,
-            category,
-            status,
-            system_prompt,
-            greeting_message,
-            greeting_mode,
-            llm_model,
-            voice_provider,
-            voice_id,
-            auth_mode,
-            ringing_enabled,
-            background_audio_enabled,
-            background_audio_volume,
-            noise_suppression_enabled,
-            template_id,
-            active_prompt_id
-        );
     }
 }
 

@@ -14,7 +14,7 @@ use crate::audit::{Action, Resource};
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{TenantDb, path_id};
 use crate::json::Json;
-use crate::model::IdOrName;
+use crate::model::{IdOrName, PatchFields};
 
 /// The agent named by the path's `{id}`. Agent ids are UUIDs; anything else names no agent
 /// (404, like an unknown UUID).
@@ -83,6 +83,7 @@ pub async fn patch(
     let mut write = db.write().await?;
     store::lock(&mut write, id).await?;
     let mut agent = store::load(&mut write, id).await?;
+    write.set_fields(body.fields());
     agent.apply(body);
     agent.validate()?;
     store::save(&mut write, &agent).await?;

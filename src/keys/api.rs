@@ -16,7 +16,7 @@ use crate::extract::{KeyManager, Tenant};
 use crate::json::Json;
 use crate::keys::store::{self, API_KEY_COLUMNS, Origin};
 use crate::keys::{self, ApiKeyId, KeyChange};
-use crate::model::{check_required_text, non_null};
+use crate::model::{PatchFields, check_required_text, non_null, patch};
 use crate::state::AppState;
 use crate::store::StoreResult;
 
@@ -98,6 +98,8 @@ pub struct ApiKeyPatch {
     pub disabled: Option<bool>,
 }
 
+patch!(ApiKeyPatch { name, disabled });
+
 /// Creates a key for `account`; returns the record and the plaintext. Shared with the
 /// `api-keys create` command.
 pub async fn create_key(
@@ -166,6 +168,7 @@ pub async fn create(
         action: Action::Create,
         id: created.id,
         key_hash: None,
+        fields: &[],
     };
     keys::changed(&state, &mut db, change).await;
     Ok((StatusCode::CREATED, Json(created)))
@@ -184,6 +187,7 @@ pub async fn patch(
     if let Some(name) = &body.name {
         check_required_text("name", name, 200)?;
     }
+    let fields = body.fields();
     let name = body.name.as_deref().map(str::trim);
     let account = db.tenant.slug.as_str();
     let (item, key_hash) =
@@ -193,6 +197,7 @@ pub async fn patch(
         action: Action::Update,
         id,
         key_hash: Some(&key_hash),
+        fields: &fields,
     };
     keys::changed(&state, &mut db, change).await;
     Ok(Json(item))

@@ -13,7 +13,7 @@ use axum::http::StatusCode;
 use axum::http::request::Parts;
 use uuid::Uuid;
 
-use crate::audit::{self, Action, Resource};
+use crate::audit::{self, Action, Change, Resource};
 use crate::auth::keys::KeyKind;
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{TenantDb, path_id};
@@ -52,13 +52,14 @@ impl<S: Send + Sync> FromRequestParts<S> for WidgetKeyId {
     }
 }
 
-/// What a key change is: its kind, what was done, to which key, and (when the key existed
-/// before) its hash, which the caches know it by.
+/// What a key change is: its kind, what was done, to which key, (when the key existed
+/// before) its hash, which the caches know it by, and for an update the fields it set.
 pub struct KeyChange<'a> {
     pub kind: KeyKind,
     pub action: Action,
     pub id: Uuid,
     pub key_hash: Option<&'a [u8]>,
+    pub fields: &'a [&'static str],
 }
 
 /// After a committed change to a key: every instance's caches drop it (this one at once), and
@@ -69,19 +70,17 @@ pub async fn changed(state: &AppState, db: &mut TenantDb, change: KeyChange<'_>)
         action,
         id,
         key_hash,
+        fields,
     } = change;
     if let Some(hash) = key_hash {
         state.cache.invalidate(&kind.invalidation(hash));
     }
-    let resource = kind.audit_resource();
-    audit::record_committed(
-        &mut db.conn,
-        &db.tenant.principal,
-        action,
-        resource,
-        &id.to_string(),
-    )
-    .await;
+    let id = id.to_string();
+    let change = Change {
+        fields,
+        ..Change::of(action, kind.audit_resource(), &id)
+    };
+    audit::record_committed(&mut db.conn, &db.tenant.actor(), &change).await;
 }
 
 /// `DELETE`: a key never used is deleted; a key that ever authenticated, on any instance, is
@@ -102,6 +101,7 @@ pub async fn remove(
         action: removal.action,
         id,
         key_hash: Some(&removal.key_hash),
+        fields: &[],
     };
     changed(state, db, change).await;
     Ok(StatusCode::NO_CONTENT)

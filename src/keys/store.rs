@@ -34,6 +34,20 @@ where
     .await?)
 }
 
+/// The names of the account's API keys among `ids` (for the audit log's actors); a key that
+/// no longer exists has none.
+pub async fn api_key_names(
+    pool: &PgPool,
+    account: &str,
+    ids: &[Uuid],
+) -> sqlx::Result<Vec<(Uuid, String)>> {
+    sqlx::query_as("SELECT id, name FROM api_keys WHERE account = $1 AND id = ANY($2)")
+        .bind(account)
+        .bind(ids)
+        .fetch_all(pool)
+        .await
+}
+
 /// Who created a key and with which hash.
 pub struct Origin<'a> {
     pub account: &'a str,

@@ -18,7 +18,7 @@ use crate::extract::{Tenant, TenantDb};
 use crate::json::Json;
 use crate::keys::store::{self, Origin, WIDGET_KEY_COLUMNS, WidgetKeyChange};
 use crate::keys::{self, KeyChange, WidgetKeyId};
-use crate::model::{check_required_text, non_null, nullable};
+use crate::model::{PatchFields, check_required_text, non_null, nullable, patch};
 use crate::state::AppState;
 
 #[derive(Debug, Deserialize, ToSchema)]
@@ -72,6 +72,13 @@ pub struct WidgetKeyPatch {
     #[serde(default, deserialize_with = "non_null")]
     pub disabled: Option<bool>,
 }
+
+patch!(WidgetKeyPatch {
+    name,
+    domain_allowlist,
+    agent_id,
+    disabled
+});
 
 /// Validates entries and stores them in their normal spelling.
 fn normalize_allowlist(entries: &[String]) -> ApiResult<Vec<String>> {
@@ -152,6 +159,7 @@ pub async fn create(
         action: Action::Create,
         id: created.id,
         key_hash: None,
+        fields: &[],
     };
     keys::changed(&state, &mut db, change).await;
     Ok((StatusCode::CREATED, Json(created)))
@@ -178,6 +186,7 @@ pub async fn patch(
     if let Some(agent) = body.agent_id {
         check_agent(&mut db.conn, agent).await?;
     }
+    let fields = body.fields();
     let change = WidgetKeyChange {
         name: body.name.as_deref().map(str::trim),
         domain_allowlist: allowlist,
@@ -192,6 +201,7 @@ pub async fn patch(
         action: Action::Update,
         id,
         key_hash: Some(&key_hash),
+        fields: &fields,
     };
     keys::changed(&state, &mut db, change).await;
     Ok(Json(item))

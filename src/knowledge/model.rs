@@ -6,7 +6,7 @@ use utoipa::ToSchema;
 use uuid::Uuid;
 
 use crate::error::ApiError;
-use crate::model::{check_required_text, check_snake_name, check_text, non_null, nullable};
+use crate::model::{check_required_text, check_snake_name, check_text, non_null, nullable, patch};
 
 fn check_tags(field: &str, tags: &[String]) -> Result<(), ApiError> {
     if tags.len() > 50 {
@@ -70,6 +70,15 @@ pub struct PlaybookPatch {
     pub tool_names: Option<Vec<String>>,
 }
 
+patch!(PlaybookPatch => Playbook {
+    name,
+    display_name,
+    category,
+    description,
+    tags,
+    tool_names
+});
+
 impl Playbook {
     pub fn new(b: PlaybookCreate) -> Self {
         let now = Utc::now();
@@ -85,11 +94,6 @@ impl Playbook {
             created_at: now,
             updated_at: now,
         }
-    }
-
-    pub fn apply(&mut self, p: PlaybookPatch) {
-        macro_rules! set { ($($f:ident),*) => { $( if let Some(v) = p.$f { self.$f = v; } )* }; }
-        set!(name, display_name, category, description, tags, tool_names);
     }
 
     pub fn validate(&self) -> Result<(), ApiError> {
@@ -152,6 +156,15 @@ pub struct FaqPatch {
     pub tags: Option<Vec<String>>,
 }
 
+patch!(FaqPatch => Faq {
+    name,
+    title,
+    summary,
+    content,
+    category,
+    tags
+});
+
 impl Faq {
     pub fn new(b: FaqCreate) -> Self {
         let now = Utc::now();
@@ -166,11 +179,6 @@ impl Faq {
             created_at: now,
             updated_at: now,
         }
-    }
-
-    pub fn apply(&mut self, p: FaqPatch) {
-        macro_rules! set { ($($f:ident),*) => { $( if let Some(v) = p.$f { self.$f = v; } )* }; }
-        set!(name, title, summary, content, category, tags);
     }
 
     pub fn validate(&self) -> Result<(), ApiError> {
@@ -265,6 +273,18 @@ pub struct ToolPatch {
     pub tags: Option<Vec<String>>,
 }
 
+patch!(ToolPatch => Tool {
+    name,
+    display_name,
+    category,
+    description,
+    schema,
+    implementation_type,
+    implementation_config,
+    implementation_code,
+    tags
+});
+
 impl Tool {
     pub fn new(b: ToolCreate) -> Self {
         let now = Utc::now();
@@ -285,21 +305,6 @@ impl Tool {
             created_at: now,
             updated_at: now,
         }
-    }
-
-    pub fn apply(&mut self, p: ToolPatch) {
-        macro_rules! set { ($($f:ident),*) => { $( if let Some(v) = p.$f { self.$f = v; } )* }; }
-        set!(
-            name,
-            display_name,
-            category,
-            description,
-            schema,
-            implementation_type,
-            implementation_config,
-            implementation_code,
-            tags
-        );
     }
 
     pub fn validate(&self) -> Result<(), ApiError> {

@@ -14,7 +14,7 @@ use crate::audit::Action;
 use crate::error::ApiResult;
 use crate::extract::TenantDb;
 use crate::json::Json;
-use crate::model::{IdOrName, ListQuery, Page};
+use crate::model::{IdOrName, ListQuery, Page, PatchFields};
 use crate::query::Query;
 use crate::tenancy::pools::TenantConn;
 
@@ -39,6 +39,7 @@ async fn patch<R: Resource + serde::Serialize>(
 ) -> ApiResult<Json<R>> {
     let mut write = db.write().await?;
     let mut item: R = store::fetch(&mut write, &target, true).await?;
+    write.set_fields(body.fields());
     item.apply(body);
     item.validate()?;
     let saved = store::save(&mut write, &item, false).await?;

@@ -11,7 +11,7 @@ use super::model::{
 };
 use crate::audit;
 use crate::error::ApiResult;
-use crate::model::{IdOrName, ListQuery, Page};
+use crate::model::{IdOrName, ListQuery, Page, PatchFields};
 use crate::store::{StoreError, StoreResult};
 
 /// What the shared list/get/delete code needs to know about a resource table.
@@ -28,7 +28,7 @@ pub trait Resource: for<'r> FromRow<'r, PgRow> + Send + Unpin {
     const INSERT: &'static str;
     const UPDATE: &'static str;
     type Create: Send;
-    type Patch: Send;
+    type Patch: Send + PatchFields;
     fn create(body: Self::Create) -> Self;
     fn apply(&mut self, patch: Self::Patch);
     fn validate(&self) -> ApiResult<()>;

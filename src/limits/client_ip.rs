@@ -243,11 +243,19 @@ impl IpLimiter {
         extensions: &axum::http::Extensions,
         headers: &HeaderMap,
     ) -> Option<IpAddr> {
+        let client = self.client_address(extensions, headers)?;
+        Some(limit_key(client, self.ipv6_prefix_len))
+    }
+
+    /// The client's whole address (behind trusted proxies), as the audit log records it.
+    /// `None` without connection information.
+    pub fn client_address(
+        &self,
+        extensions: &axum::http::Extensions,
+        headers: &HeaderMap,
+    ) -> Option<IpAddr> {
         let peer = extensions.get::<ConnectInfo<SocketAddr>>()?.0.ip();
-        Some(limit_key(
-            self.proxies.client_ip(peer, headers),
-            self.ipv6_prefix_len,
-        ))
+        Some(self.proxies.client_ip(peer, headers))
     }
 
     /// `Err(seconds to wait)` when the client is over its quota (counted under its

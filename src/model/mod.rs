@@ -28,6 +28,35 @@ where
     }
 }
 
+/// A PATCH body: the names of the fields it sets, for the audit log (names, never values).
+pub trait PatchFields {
+    fn fields(&self) -> Vec<&'static str>;
+}
+
+/// Implements [`PatchFields`] for a PATCH body from the names of its fields (each an
+/// `Option`); with `=> Row`, also `Row::apply`, which sets each field present on the row.
+macro_rules! patch {
+    ($patch:ty { $($f:ident),+ $(,)? }) => {
+        impl $crate::model::PatchFields for $patch {
+            fn fields(&self) -> Vec<&'static str> {
+                let mut names = Vec::new();
+                $( if self.$f.is_some() { names.push(stringify!($f)); } )+
+                names
+            }
+        }
+    };
+    ($patch:ty => $row:ty { $($f:ident),+ $(,)? }) => {
+        $crate::model::patch!($patch { $($f),+ });
+        impl $row {
+            /// Sets each field present in the PATCH.
+            pub fn apply(&mut self, p: $patch) {
+                $( if let Some(v) = p.$f { self.$f = v; } )+
+            }
+        }
+    };
+}
+pub(crate) use patch;
+
 /// A page of a list.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct Page<T> {
@@ -73,17 +102,14 @@ impl ListQuery {
     pub fn validate(&self) -> Result<(), ApiError> {
         if let Some(limit) = self.limit {
             if !(1..=100).contains(&limit) {
-                return Err(ApiError::InvalidQuery {
-                    message: "`limit` must be between 1 and 100".into(),
-                    field: Some("limit".into()),
-                });
+                return Err(ApiError::invalid_param(
+                    "limit",
+                    "must be between 1 and 100",
+                ));
             }
         }
         if self.offset.is_some_and(|o| o < 0) {
-            return Err(ApiError::InvalidQuery {
-                message: "`offset` must not be negative".into(),
-                field: Some("offset".into()),
-            });
+            return Err(ApiError::invalid_param("offset", "must not be negative"));
         }
         Ok(())
     }

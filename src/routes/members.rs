@@ -108,8 +108,8 @@ async fn change(
     } else {
         Action::Delete
     };
-    let principal = &db.tenant.principal;
-    audit::record_committed(&mut db.conn, principal, action, Resource::Member, subject).await;
+    let change = audit::Change::of(action, Resource::Member, subject);
+    audit::record_committed(&mut db.conn, &db.tenant.actor(), &change).await;
     Ok(member)
 }
 

@@ -40,6 +40,7 @@ use crate::error::{ApiError, ErrorBody};
         (name = "playbooks"), (name = "faqs"), (name = "tools"),
         (name = "members", description = "Who may act in the account"),
         (name = "limits"),
+        (name = "audit-log", description = "Who changed what in the account, and from where"),
         (name = "api-keys", description = "`sk_live_` keys for machines"),
         (name = "widget", description = "Widget keys, settings, and the public widget endpoints"),
         (name = "public", description = "No account header and no ID token needed"),

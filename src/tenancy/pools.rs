@@ -321,6 +321,17 @@ impl TenantPools {
         stats
     }
 
+    /// The accounts whose pools are open now (what background work that should not open pools
+    /// of its own may visit).
+    pub fn open_accounts(&self) -> Vec<String> {
+        self.inner
+            .map
+            .iter()
+            .filter(|e| e.value().get().is_some())
+            .map(|e| e.key().clone())
+            .collect()
+    }
+
     /// Drops a tenant's pool (its account changed: deleted, moved, suspended). Idle connections
     /// close now, connections in use when they are returned; the next request opens a new pool.
     pub fn forget(&self, slug: &str) {

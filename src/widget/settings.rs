@@ -12,7 +12,7 @@ use crate::audit::{Action, Resource};
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{Admin, TenantDb};
 use crate::json::Json;
-use crate::model::{check_text, non_null, nullable};
+use crate::model::{PatchFields, check_text, non_null, nullable, patch};
 
 /// Where the launcher sits: bottom-left, bottom-right, top-left, top-right.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema, sqlx::Type)]
@@ -55,6 +55,15 @@ pub struct WidgetSettingsPatch {
     #[serde(default, deserialize_with = "non_null")]
     pub privacy_notice: Option<String>,
 }
+
+patch!(WidgetSettingsPatch {
+    primary_color,
+    accent_color,
+    logo_url,
+    launcher_position,
+    launcher_label,
+    privacy_notice
+});
 
 /// `#rgb` or `#rrggbb`.
 fn check_color(field: &str, value: &str) -> ApiResult<()> {
@@ -107,6 +116,7 @@ pub async fn patch(
         check_text("privacy_notice", p, 2000)?;
     }
     let mut write = db.write().await?;
+    write.set_fields(body.fields());
     store::update_settings(&mut write, &body).await?;
     let settings = store::settings(&mut write).await?;
     write
@@ -133,6 +143,11 @@ pub struct AgentWidgetSettingsPatch {
     pub auth_mode: Option<WidgetAuthMode>,
 }
 
+patch!(AgentWidgetSettingsPatch {
+    widget_enabled,
+    auth_mode
+});
+
 /// An agent's widget policy.
 #[utoipa::path(get, path = "/agents/{id}/widget-settings", tag = "widget", operation_id = "get_agent_widget_settings",
     params(("id" = Uuid, Path, description = "The agent's id")),
@@ -155,6 +170,7 @@ pub async fn patch_agent(
     Json(body): Json<AgentWidgetSettingsPatch>,
 ) -> ApiResult<Json<AgentWidgetSettings>> {
     let mut write = db.write().await?;
+    write.set_fields(body.fields());
     store::update_agent_settings(&mut write, id, body.widget_enabled, body.auth_mode).await?;
     let settings = store::agent_settings(&mut write, id).await?;
     write

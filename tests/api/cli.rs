@@ -517,18 +517,24 @@ fn dev_keeps_a_reachable_cluster_in_its_data_directory() {
 /// A migrator with only the first `n` embedded tenant migrations, as an older release had.
 async fn older_migrator(n: usize) -> (tempfile::TempDir, sqlx::migrate::Migrator) {
     let dir = tempfile::tempdir().unwrap();
-    let mut files: Vec<_> =
-        std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/migrations/tenant"))
-            .unwrap()
-            .map(|e| e.unwrap().path())
-            .collect();
-    files.sort();
+    let files = tenant_migrations();
     assert!(files.len() > n, "no newer migration to leave out");
     for f in &files[..n] {
         std::fs::copy(f, dir.path().join(f.file_name().unwrap())).unwrap();
     }
     let migrator = sqlx::migrate::Migrator::new(dir.path()).await.unwrap();
     (dir, migrator)
+}
+
+/// The tenant migration files, oldest first.
+fn tenant_migrations() -> Vec<std::path::PathBuf> {
+    let mut files: Vec<_> =
+        std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/migrations/tenant"))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
+    files.sort();
+    files
 }
 
 /// `migrate` over a few hundred tenants, not on a terminal: a progress line every 5 % on
@@ -540,8 +546,9 @@ async fn migrate_over_many_tenants_shows_progress_and_a_summary() {
     const BEHIND: usize = 80;
     const CURRENT: usize = 120;
     let url = system_db_url();
-    // An older release made the template and the first tenants ...
-    let (_dir, old_migrator) = older_migrator(2).await;
+    // An older release (without the newest migration) made the template and the first
+    // tenants ...
+    let (_dir, old_migrator) = older_migrator(tenant_migrations().len() - 1).await;
     let old = crate::support::provisioner(&url, Some(old_migrator)).await;
     let create = |p: kataven_hub::tenancy::provision::Provisioner, prefix: &'static str, n| async move {
         futures::stream::iter(0..n)
@@ -773,9 +780,11 @@ async fn doctor_says_what_is_broken_and_what_to_do() {
     );
     assert!(!database_exists(&name).await, "doctor created the database");
 
-    // An older release made the template and a tenant: both are behind this binary. That is
-    // a warning (they are migrated by `migrate`, or on first use), not a failure.
-    let (_dir, old_migrator) = older_migrator(2).await;
+    // An older release made the template and a tenant: both are behind this binary (by its
+    // newest migration). That is a warning (they are migrated by `migrate`, or on first use),
+    // not a failure.
+    let newest_left_out = tenant_migrations().len() - 1;
+    let (_dir, old_migrator) = older_migrator(newest_left_out).await;
     let old = crate::support::provisioner(&url, Some(old_migrator)).await;
     let behind = unique_slug("behind");
     old.create_account(&behind, "Behind", None, None)

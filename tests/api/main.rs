@@ -1,6 +1,7 @@
 //! Integration tests: one binary, real PostgreSQL, real HTTP on a real port.
 
 mod api_keys;
+mod audit_log;
 mod browser;
 mod cli;
 mod client;

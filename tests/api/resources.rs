@@ -8,8 +8,8 @@ use reqwest::Method;
 use serde_json::{Value, json};
 use uuid::Uuid;
 
-use crate::support::client::{Client, V1, send};
-use crate::support::{TestApp, error_code};
+use crate::support::client::{Client, V1, id, send};
+use crate::support::{TestApp, error_code, roomy_app};
 
 /// Every prefix the protected resources answer at (SPEC §7).
 const PREFIXES: [&str; 6] = [
@@ -23,25 +23,6 @@ const PREFIXES: [&str; 6] = [
 
 /// The knowledge resources that share list, get-by-id-or-name and delete code.
 const KINDS: [&str; 3] = ["playbooks", "faqs", "tools"];
-
-/// An app whose request limits (SPEC §9) cannot get in the way of tests that make many
-/// requests, whatever the harness configures. The call-limits test sets its own.
-async fn roomy_app() -> TestApp {
-    TestApp::builder()
-        .await
-        .config(|c| {
-            c.limit_per_minute = 1_000_000;
-            c.limit_per_hour = 1_000_000;
-            c.limit_per_day = 1_000_000;
-            c.limit_concurrent = 10_000;
-        })
-        .spawn()
-        .await
-}
-
-fn id(v: &Value) -> String {
-    v["id"].as_str().expect("id").to_owned()
-}
 
 fn time(v: &Value) -> DateTime<FixedOffset> {
     DateTime::parse_from_rfc3339(v.as_str().expect("timestamp")).expect("RFC 3339")

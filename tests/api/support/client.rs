@@ -60,6 +60,11 @@ impl Resp {
     }
 }
 
+/// The `id` of a created resource.
+pub fn id(v: &Value) -> String {
+    v["id"].as_str().expect("id").to_owned()
+}
+
 /// Sends `rb` and reads the whole answer.
 pub async fn send(rb: reqwest::RequestBuilder) -> Resp {
     let resp = rb.send().await.expect("request");

@@ -362,6 +362,21 @@ impl TestApp {
     }
 }
 
+/// An app whose request limits (SPEC §9) cannot get in the way of tests that make many
+/// requests, whatever the harness configures.
+pub async fn roomy_app() -> TestApp {
+    TestApp::builder()
+        .await
+        .config(|c| {
+            c.limit_per_minute = 1_000_000;
+            c.limit_per_hour = 1_000_000;
+            c.limit_per_day = 1_000_000;
+            c.limit_concurrent = 10_000;
+        })
+        .spawn()
+        .await
+}
+
 /// The system database URL an app runs on (to start a second instance of the same deployment).
 pub fn system_url_of(app: &TestApp) -> String {
     use secrecy::ExposeSecret;
