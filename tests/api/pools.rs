@@ -430,7 +430,9 @@ async fn a_transaction_abandoned_by_a_cancelled_request_is_rolled_back() {
     let started = std::time::Instant::now();
     loop {
         let states: Vec<String> = sqlx::query_scalar(
-            "SELECT state FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid()",
+            // A backend still starting up has no state yet: polled again, like any other.
+            "SELECT coalesce(state, 'starting') FROM pg_stat_activity
+             WHERE datname = $1 AND pid <> pg_backend_pid()",
         )
         .bind(acme.slug.as_str())
         .fetch_all(&mut tenant)
