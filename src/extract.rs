@@ -443,11 +443,19 @@ impl FromRequestParts<AppState> for Admin {
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
         let authorized = Authorized::from_request_parts(parts, state).await?;
-        if !is_elevated(&parts.headers) || authorized.role != Role::Admin {
+        Ok(Admin(authorized.elevated(parts, state).await?))
+    }
+}
+
+impl Authorized {
+    /// Step 8 and on: an admin acting with `X-Admin: true` (else 403 `admin_required`),
+    /// admitted, with a connection.
+    async fn elevated(self, parts: &mut Parts, state: &AppState) -> Result<TenantDb, ApiError> {
+        if !is_elevated(&parts.headers) || self.role != Role::Admin {
             return Err(ApiError::AdminRequired);
         }
-        let tenant = authorized.admit(parts, state).await?;
-        Ok(Admin(TenantDb::open(tenant, state).await?))
+        let tenant = self.admit(parts, state).await?;
+        TenantDb::open(tenant, state).await
     }
 }
 
@@ -464,11 +472,7 @@ impl FromRequestParts<AppState> for KeyManager {
         if matches!(authorized.principal, Principal::ApiKey { .. }) {
             return Err(ApiError::ApiKeyNotAllowed);
         }
-        if !is_elevated(&parts.headers) || authorized.role != Role::Admin {
-            return Err(ApiError::AdminRequired);
-        }
-        let tenant = authorized.admit(parts, state).await?;
-        Ok(KeyManager(TenantDb::open(tenant, state).await?))
+        Ok(KeyManager(authorized.elevated(parts, state).await?))
     }
 }
 
