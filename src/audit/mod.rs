@@ -117,16 +117,19 @@ impl Origin {
 
     /// The origin of the request whose head is `parts`.
     pub fn of(parts: &Parts, state: &AppState) -> Self {
-        let user_agent = parts
-            .headers
-            .get(USER_AGENT)
-            .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
+        // Cut from the header's text as it is (borrowed when it is UTF-8): one copy, bounded.
+        let user_agent = parts.headers.get(USER_AGENT).map(|v| {
+            bounded(
+                &String::from_utf8_lossy(v.as_bytes()),
+                Self::USER_AGENT_MAX_CHARS,
+            )
+        });
         Self {
             request_id: parts.extensions.get::<RequestId>().map(|id| id.0.clone()),
             ip: state
                 .ip_limiter
                 .client_address(&parts.extensions, &parts.headers),
-            user_agent: user_agent.map(|ua| bounded(&ua, Self::USER_AGENT_MAX_CHARS)),
+            user_agent,
         }
     }
 }
