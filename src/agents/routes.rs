@@ -41,8 +41,7 @@ pub async fn list(TenantDb { mut conn, .. }: TenantDb) -> ApiResult<Json<Vec<Age
     responses((status = 201, description = "Created", body = Agent,
                headers(("Location" = String, description = "The new agent's URL")))))]
 pub async fn create(mut db: TenantDb, Json(body): Json<AgentCreate>) -> ApiResult<Response> {
-    let principal = &db.tenant.principal;
-    let agent = Agent::from_create(body, format!("{}:{}", principal.kind(), principal.id()));
+    let agent = Agent::from_create(body, db.tenant.principal.created_by());
     agent.validate()?;
     let location = HeaderValue::from_str(&format!("/api/v1/agents/{}", agent.id))
         .map_err(|e| ApiError::Internal(e.into()))?;

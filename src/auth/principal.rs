@@ -38,6 +38,11 @@ impl Principal {
         }
     }
 
+    /// `kind:id`, as the `created_by` columns record who made a row.
+    pub fn created_by(&self) -> String {
+        format!("{}:{}", self.kind(), self.id())
+    }
+
     /// The account a credential is bound to, if it is bound to one.
     pub fn bound_account(&self) -> Option<&AccountSlug> {
         match self {

@@ -152,8 +152,7 @@ pub async fn create(
     Json(body): Json<ApiKeyCreate>,
 ) -> ApiResult<(StatusCode, Json<ApiKeyCreated>)> {
     check_required_text("name", &body.name, 200)?;
-    let principal = &db.tenant.principal;
-    let created_by = format!("{}:{}", principal.kind(), principal.id());
+    let created_by = db.tenant.principal.created_by();
     let created = create_key(
         state.catalog.pool(),
         state.api_keys.hasher(),

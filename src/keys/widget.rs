@@ -147,11 +147,10 @@ pub async fn create(
         created_at: Utc::now(),
         key,
     };
-    let principal = &db.tenant.principal;
     let origin = Origin {
         account,
         key_hash: &state.api_keys.hasher().hash(&created.key),
-        created_by: &format!("{}:{}", principal.kind(), principal.id()),
+        created_by: &db.tenant.principal.created_by(),
     };
     store::insert_widget_key(state.catalog.pool(), &created, origin).await?;
     let change = KeyChange {
