@@ -210,12 +210,14 @@ impl Bench {
         parse_wrk(&String::from_utf8_lossy(&out.stdout))
     }
 
-    /// One round of an interleaved case: `secs / rounds` seconds (at least 2) of `url`.
+    /// One round of an interleaved case: `secs / rounds` seconds (at least 2) of `url` (or
+    /// the requests of a Lua `script`).
     fn round(
         &self,
         case: &str,
         url: &str,
         headers: &[(&str, &str)],
+        script: Option<&Path>,
         connections: u32,
         hub_pid: Option<u32>,
     ) -> anyhow::Result<Wrk> {
@@ -227,7 +229,7 @@ impl Bench {
             threads: self.threads,
             perf_case: self.perf_case.clone(),
         };
-        round.wrk(case, url, headers, None, connections, hub_pid)
+        round.wrk(case, url, headers, script, connections, hub_pid)
     }
 
     /// Two seconds of the same load, not measured, so that the cases measure the steady state:
@@ -486,7 +488,7 @@ async fn run(
     )
     .await?;
     let api_key = kataven_hub::keys::api::create_key(
-        &pool,
+        &mut *pool.acquire().await?,
         &hasher,
         account.as_str(),
         "bench",
@@ -623,11 +625,48 @@ async fn run(
         for (i, (case, url, headers, pid)) in cases.iter().enumerate() {
             // perf, when asked for, records the first round of its case.
             let pid = pid.filter(|_| round == 0);
-            rounds[i].push(bench.round(case, url, headers, c, pid)?);
+            rounds[i].push(bench.round(case, url, headers, None, c, pid)?);
         }
     }
+    // Writes: `POST /api/v1/agents` without and with an `Idempotency-Key` (a new one per
+    // request), interleaved in rounds like the reads: the ratio is what keeping the answer for
+    // retries costs a write.
+    let write_script = |round: u64, keyed: bool| -> anyhow::Result<PathBuf> {
+        let path = work.join(format!("create-{round}-{keyed}.lua"));
+        let key = if keyed {
+            format!("headers[\"Idempotency-Key\"] = \"r{round}-\" .. id .. \"-\" .. n")
+        } else {
+            String::new()
+        };
+        std::fs::write(
+            &path,
+            format!(
+                "local threads = 0\nfunction setup(thread)\n  threads = threads + 1\n  thread:set(\"id\", threads)\nend\n\
+                 local n = 0\nrequest = function()\n  n = n + 1\n\
+                 local headers = {{[\"Authorization\"] = \"{bearer}\", [\"X-Account-ID\"] = \"bench\", [\"Content-Type\"] = \"application/json\"}}\n\
+                 {key}\n  return wrk.format(\"POST\", \"/api/v1/agents\", headers, '{{\"name\": \"Load\"}}')\nend\n"
+            ),
+        )?;
+        Ok(path)
+    };
+    let mut write_rounds: [Vec<Wrk>; 2] = Default::default();
+    for round in 0..bench.rounds {
+        for (i, keyed) in [false, true].into_iter().enumerate() {
+            let script = write_script(round, keyed)?;
+            let case = if keyed { "create_keyed" } else { "create" };
+            let pid = Some(hub.pid()).filter(|_| round == 0);
+            write_rounds[i].push(bench.round(case, &list_url, &[], Some(&script), c, pid)?);
+        }
+    }
+    let [create_rounds, keyed_rounds] = &write_rounds;
+    let errors: u64 = rounds
+        .iter()
+        .chain(&write_rounds)
+        .flatten()
+        .map(|w| w.errors)
+        .sum();
+    let (create, create_keyed) = (median_run(create_rounds), median_run(keyed_rounds));
     let [jwt_rounds, key_rounds, list_rounds, bare_rounds] = &rounds;
-    let errors: u64 = rounds.iter().flatten().map(|w| w.errors).sum();
     let (jwt, key, list, bare_run) = (
         median_run(jwt_rounds),
         median_run(key_rounds),
@@ -739,6 +778,23 @@ async fn run(
         p99_ms: Some(list.p99_ms),
         ratio: Some((paired_ratio(list_rounds, bare_rounds), "× bare")),
         note: String::new(),
+    });
+    rows.push(Row {
+        case: "hub `POST /api/v1/agents`, JWT".into(),
+        rate: Some(create.rate),
+        unit: "req/s",
+        p50_ms: Some(create.p50_ms),
+        p99_ms: Some(create.p99_ms),
+        ..Row::default()
+    });
+    rows.push(Row {
+        case: "the same with an `Idempotency-Key` (a new one per request)".into(),
+        rate: Some(create_keyed.rate),
+        unit: "req/s",
+        p50_ms: Some(create_keyed.p50_ms),
+        p99_ms: Some(create_keyed.p99_ms),
+        ratio: Some((paired_ratio(keyed_rounds, create_rounds), "× without")),
+        note: "the cost of keeping the answer".into(),
     });
     rows.push(Row {
         case: "bare axum + sqlx (`PgPool` of 16), same query".into(),

@@ -164,8 +164,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             let provisioner = server::provisioner(&config).await?;
             let account = existing(&provisioner, &slug).await?;
             let hasher = crate::auth::keys::KeyHasher::new(pepper);
+            let mut conn = provisioner.catalog().pool().acquire().await?;
             let created = crate::keys::api::create_key(
-                provisioner.catalog().pool(),
+                &mut conn,
                 &hasher,
                 slug.as_str(),
                 &name,

@@ -290,6 +290,17 @@ pub struct Config {
     )]
     pub audit_retention_days: u32,
 
+    /// How long the answer of a write made with an `Idempotency-Key` is kept for retries
+    /// (hours; swept hourly; see docs/idempotency.md).
+    #[arg(
+        long,
+        env = "KATAVEN_IDEMPOTENCY_TTL_HOURS",
+        default_value_t = 24,
+        value_parser = clap::value_parser!(u32).range(1..=720),
+        global = true
+    )]
+    pub idempotency_ttl_hours: u32,
+
     /// Tenants migrated at once by `migrate`.
     #[arg(
         long,
@@ -336,6 +347,11 @@ impl Config {
     /// How long audit log entries are kept.
     pub fn audit_retention(&self) -> chrono::Duration {
         chrono::Duration::days(i64::from(self.audit_retention_days))
+    }
+
+    /// How long an idempotent write's answer is kept.
+    pub fn idempotency_ttl(&self) -> Duration {
+        Duration::from_secs(u64::from(self.idempotency_ttl_hours) * 3600)
     }
 
     pub fn shutdown_timeout(&self) -> Duration {

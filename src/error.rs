@@ -91,6 +91,21 @@ pub enum ApiError {
     /// exists: an operator has to act; other accounts are unaffected.
     #[error("this account's database is unavailable; retry later")]
     AccountUnavailable { retry_after_secs: u64 },
+    /// An `Idempotency-Key` header that is not 1–255 visible ASCII characters, or more than one.
+    #[error("Idempotency-Key must be one value of 1–255 visible ASCII characters")]
+    InvalidIdempotencyKey,
+    /// The key was used before, by this caller, for another request.
+    #[error("this Idempotency-Key was used for another request; use a new key for a new request")]
+    IdempotencyKeyReused,
+    /// A request with the same key is still running.
+    #[error("a request with this Idempotency-Key is still running; retry after it finishes")]
+    IdempotencyKeyInUse,
+    /// Not an error: the stored answer of an earlier request with the same `Idempotency-Key`,
+    /// given again (see `idempotency`). Raised by a write's door, so that the handler stops
+    /// there; never listed among the error codes.
+    #[error("replayed")]
+    #[strum_discriminants(strum(disabled))]
+    Replayed(Box<crate::idempotency::Replay>),
     /// Something we did not expect. The cause is logged, the client sees a generic message.
     #[error("internal error")]
     Internal(#[source] anyhow::Error),
@@ -109,7 +124,9 @@ pub struct ErrorDetail {
     /// `unauthenticated`, `account_suspended`, `forbidden`, `account_mismatch`,
     /// `admin_required`, `api_key_not_allowed`, `invalid_client_key`, `origin_not_allowed`,
     /// `widget_not_allowed`, `not_found`, `invalid_body`, `invalid_query`, `conflict`, `rate_limited`,
-    /// `payload_too_large`, `method_not_allowed`, `unavailable`, `account_unavailable`, `internal`.
+    /// `payload_too_large`, `method_not_allowed`, `invalid_idempotency_key`,
+    /// `idempotency_key_reused`, `idempotency_key_in_use`, `unavailable`, `account_unavailable`,
+    /// `internal`.
     pub code: String,
     /// For people; may change.
     pub message: String,
@@ -188,7 +205,8 @@ impl ErrorKind {
             | Self::UnknownAccount
             | Self::AccountMismatch
             | Self::InvalidBody
-            | Self::InvalidQuery => StatusCode::BAD_REQUEST,
+            | Self::InvalidQuery
+            | Self::InvalidIdempotencyKey => StatusCode::BAD_REQUEST,
             Self::Unauthenticated => StatusCode::UNAUTHORIZED,
             Self::ReservedAccount
             | Self::AccountSuspended
@@ -200,7 +218,9 @@ impl ErrorKind {
             Self::InvalidClientKey => StatusCode::UNAUTHORIZED,
             Self::OriginNotAllowed | Self::WidgetNotAllowed => StatusCode::FORBIDDEN,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
-            Self::Conflict => StatusCode::CONFLICT,
+            Self::Conflict | Self::IdempotencyKeyInUse => StatusCode::CONFLICT,
+            Self::IdempotencyKeyReused => StatusCode::UNPROCESSABLE_ENTITY,
+            Self::Replayed => StatusCode::OK,
             Self::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Self::Unavailable | Self::AccountUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             Self::Internal => StatusCode::INTERNAL_SERVER_ERROR,
@@ -231,6 +251,10 @@ impl ErrorKind {
             Self::MethodNotAllowed => "method_not_allowed",
             Self::Unavailable => "unavailable",
             Self::AccountUnavailable => "account_unavailable",
+            Self::InvalidIdempotencyKey => "invalid_idempotency_key",
+            Self::IdempotencyKeyReused => "idempotency_key_reused",
+            Self::IdempotencyKeyInUse => "idempotency_key_in_use",
+            Self::Replayed => "replayed",
             Self::Internal => "internal",
         }
     }
@@ -314,6 +338,9 @@ pub fn is_unavailable(err: &sqlx::Error) -> bool {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
+        if let Self::Replayed(replay) = self {
+            return replay.into_response();
+        }
         let status = self.status();
         if let Self::Internal(cause) = &self {
             tracing::error!(error = ?cause, "internal error");
@@ -368,6 +395,9 @@ impl IntoResponse for ApiError {
                     "ratelimit",
                     crate::limits::ratelimit_header(r.dimension, 0, r.retry_after_secs),
                 );
+            }
+            Self::IdempotencyKeyInUse => {
+                headers.insert(header::RETRY_AFTER, HeaderValue::from(1));
             }
             _ => {}
         }

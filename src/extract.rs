@@ -14,10 +14,11 @@ use crate::audit::{Actor, Origin};
 use crate::auth::Principal;
 use crate::auth::api_keys::KeyRejection;
 use crate::auth::keys::{API_KEY_PREFIX, api_key_named_account};
-use crate::error::ApiError;
+use crate::error::{ApiError, ApiResult};
+use crate::idempotency::{Door, Pending, Store};
 use crate::limits::Admission;
 use crate::state::AppState;
-use crate::store::{StoreError, TenantWrite};
+use crate::store::{CatalogWrite, StoreError, TenantWrite};
 use crate::tenancy::catalog::{Account, AccountStatus, Role};
 use crate::tenancy::pools::TenantConn;
 use crate::tenancy::slug::SYSTEM_DATABASE;
@@ -161,19 +162,47 @@ pub async fn rate_limit_headers(
 pub struct TenantDb {
     pub tenant: Tenant,
     pub conn: TenantConn,
+    /// The request's `Idempotency-Key`, for the door of its write.
+    keyed: Option<(Arc<Pending>, AppState)>,
 }
 
 impl TenantDb {
     /// A connection for a caller whose pipeline has passed (never before: no pool is opened
     /// for a caller who may be refused).
-    async fn open(tenant: Tenant, state: &AppState) -> Result<Self, ApiError> {
+    async fn open(tenant: Tenant, parts: &Parts, state: &AppState) -> Result<Self, ApiError> {
         let conn = state.pools.acquire(&tenant.account).await?;
-        Ok(TenantDb { tenant, conn })
+        let keyed = Pending::of(&parts.extensions).map(|pending| (pending, state.clone()));
+        Ok(TenantDb {
+            tenant,
+            conn,
+            keyed,
+        })
     }
 
     /// Begins a change to the tenant database: the one door for writes (see [`TenantWrite`]).
-    pub async fn write(&mut self) -> sqlx::Result<TenantWrite<'_>> {
-        TenantWrite::begin(&mut self.conn, self.tenant.actor()).await
+    /// With an `Idempotency-Key`, the door may answer for the handler (a replay, 409, 422).
+    pub async fn write(&mut self) -> ApiResult<TenantWrite<'_>> {
+        let door = self.keyed.as_ref().map(|(pending, state)| Door {
+            pending: pending.clone(),
+            store: Store::Tenant(state.clone(), self.tenant.account.clone()),
+            owner: self.tenant.principal.created_by(),
+        });
+        TenantWrite::begin(&mut self.conn, self.tenant.actor(), door).await
+    }
+
+    /// Begins a change to the catalog on behalf of this caller (keys, members; see
+    /// [`CatalogWrite`]). The key of an idempotent request is the caller's in this account.
+    pub async fn catalog_write(&self, state: &AppState) -> ApiResult<CatalogWrite> {
+        let door = self.keyed.as_ref().map(|(pending, _)| Door {
+            pending: pending.clone(),
+            store: Store::Catalog(state.clone()),
+            owner: format!(
+                "{} {}",
+                self.tenant.slug,
+                self.tenant.principal.created_by()
+            ),
+        });
+        CatalogWrite::begin(state.catalog.pool(), door).await
     }
 }
 
@@ -299,7 +328,7 @@ impl FromRequestParts<AppState> for TenantDb {
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
         let tenant = Tenant::from_request_parts(parts, state).await?;
-        TenantDb::open(tenant, state).await
+        TenantDb::open(tenant, parts, state).await
     }
 }
 
@@ -455,7 +484,7 @@ impl Authorized {
             return Err(ApiError::AdminRequired);
         }
         let tenant = self.admit(parts, state).await?;
-        TenantDb::open(tenant, state).await
+        TenantDb::open(tenant, parts, state).await
     }
 }
 

@@ -138,7 +138,7 @@ pub(crate) fn field_of(path: &str, message: &str, is_data_error: bool) -> Option
     }
 }
 
-fn bytes_error(rejection: BytesRejection) -> ApiError {
+pub(crate) fn bytes_error(rejection: BytesRejection) -> ApiError {
     if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
         ApiError::PayloadTooLarge {
             message: "the request body is too large".into(),

@@ -11,6 +11,8 @@ pub mod config;
 pub mod doctor;
 pub mod error;
 pub mod extract;
+pub mod housekeeping;
+pub mod idempotency;
 pub mod json;
 pub mod keys;
 pub mod knowledge;

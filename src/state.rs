@@ -148,7 +148,7 @@ impl AppState {
             tasks.push(memory.spawn_flusher());
         }
         tasks.push(self.spawn_widget_maintenance());
-        tasks.push(crate::audit::retention::spawn(self));
+        tasks.push(crate::housekeeping::spawn(self));
         tasks
     }
 

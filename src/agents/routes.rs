@@ -3,7 +3,7 @@
 use axum::extract::{FromRequestParts, Path};
 use axum::http::request::Parts;
 use axum::http::{HeaderValue, StatusCode, header};
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use uuid::Uuid;
 
 use super::model::{
@@ -48,15 +48,14 @@ pub async fn create(mut db: TenantDb, Json(body): Json<AgentCreate>) -> ApiResul
     let mut write = db.write().await?;
     store::save(&mut write, &agent).await?;
     let created = store::load(&mut write, agent.id).await?;
-    write
-        .commit(Action::Create, Resource::Agent, agent.id)
-        .await?;
-    Ok((
+    let answer = (
         StatusCode::CREATED,
         [(header::LOCATION, location)],
         Json(created),
-    )
-        .into_response())
+    );
+    write
+        .commit(Action::Create, Resource::Agent, agent.id, answer)
+        .await
 }
 
 /// Get one agent.
@@ -78,7 +77,7 @@ pub async fn patch(
     mut db: TenantDb,
     AgentId(id): AgentId,
     Json(body): Json<AgentPatch>,
-) -> ApiResult<Json<Agent>> {
+) -> ApiResult<Response> {
     let mut write = db.write().await?;
     store::lock(&mut write, id).await?;
     let mut agent = store::load(&mut write, id).await?;
@@ -87,19 +86,21 @@ pub async fn patch(
     agent.validate()?;
     store::save(&mut write, &agent).await?;
     let updated = store::load(&mut write, id).await?;
-    write.commit(Action::Update, Resource::Agent, id).await?;
-    Ok(Json(updated))
+    write
+        .commit(Action::Update, Resource::Agent, id, Json(updated))
+        .await
 }
 
 /// Delete an agent and its associations.
 #[utoipa::path(delete, operation_id = "delete_agent", path = "/agents/{id}", tag = "agents",
     params(("id" = Uuid, Path, description = "The agent's id")),
     responses((status = 204, description = "Deleted")))]
-pub async fn delete(mut db: TenantDb, AgentId(id): AgentId) -> ApiResult<StatusCode> {
+pub async fn delete(mut db: TenantDb, AgentId(id): AgentId) -> ApiResult<Response> {
     let mut write = db.write().await?;
     store::delete(&mut write, id).await?;
-    write.commit(Action::Delete, Resource::Agent, id).await?;
-    Ok(StatusCode::NO_CONTENT)
+    write
+        .commit(Action::Delete, Resource::Agent, id, StatusCode::NO_CONTENT)
+        .await
 }
 
 /// The tools enabled on an agent.
@@ -122,7 +123,7 @@ pub async fn upsert_tool(
     mut db: TenantDb,
     AgentId(id): AgentId,
     Json(body): Json<AgentToolUpsert>,
-) -> ApiResult<(StatusCode, Json<AgentTool>)> {
+) -> ApiResult<Response> {
     let config = body.config.unwrap_or_else(|| serde_json::json!({}));
     if !config.is_object() {
         return Err(ApiError::invalid_field("config", "must be an object"));
@@ -134,15 +135,19 @@ pub async fn upsert_tool(
     let (tool, inserted) =
         store::upsert_tool(&mut write, id, &body.tool_name, &config, enabled).await?;
     let audited = format!("{id}/{}", tool.tool_name);
-    write
-        .commit(Action::Upsert, Resource::AgentTool, audited)
-        .await?;
     let status = if inserted {
         StatusCode::CREATED
     } else {
         StatusCode::OK
     };
-    Ok((status, Json(tool)))
+    write
+        .commit(
+            Action::Upsert,
+            Resource::AgentTool,
+            audited,
+            (status, Json(tool)),
+        )
+        .await
 }
 
 /// The same as `POST /agents/{id}/tools`.
@@ -154,7 +159,7 @@ pub async fn put_tool(
     db: TenantDb,
     id: AgentId,
     body: Json<AgentToolUpsert>,
-) -> ApiResult<(StatusCode, Json<AgentTool>)> {
+) -> ApiResult<Response> {
     upsert_tool(db, id, body).await
 }
 
@@ -166,7 +171,7 @@ pub async fn attach_playbook(
     db: TenantDb,
     id: AgentId,
     Json(body): Json<AttachPlaybook>,
-) -> ApiResult<Json<Agent>> {
+) -> ApiResult<Response> {
     attach(db, id, &PLAYBOOKS, &body.playbook_id).await
 }
 
@@ -178,7 +183,7 @@ pub async fn attach_faq(
     db: TenantDb,
     id: AgentId,
     Json(body): Json<AttachFaq>,
-) -> ApiResult<Json<Agent>> {
+) -> ApiResult<Response> {
     attach(db, id, &FAQS, &body.faq_id).await
 }
 
@@ -187,15 +192,15 @@ async fn attach(
     AgentId(id): AgentId,
     assoc: &Association,
     target: &str,
-) -> ApiResult<Json<Agent>> {
+) -> ApiResult<Response> {
     let mut write = db.write().await?;
     store::lock(&mut write, id).await?;
     let target = assoc.link(&mut write, id, &IdOrName::parse(target)).await?;
     let agent = store::load(&mut write, id).await?;
+    let audited = format!("{id}/{target}");
     write
-        .commit(Action::Attach, assoc.audit, format!("{id}/{target}"))
-        .await?;
-    Ok(Json(agent))
+        .commit(Action::Attach, assoc.audit, audited, Json(agent))
+        .await
 }
 
 async fn detach(
@@ -203,16 +208,16 @@ async fn detach(
     AgentId(id): AgentId,
     assoc: &Association,
     target: &str,
-) -> ApiResult<StatusCode> {
+) -> ApiResult<Response> {
     let mut write = db.write().await?;
     store::lock(&mut write, id).await?;
     let target = assoc
         .unlink(&mut write, id, &IdOrName::parse(target))
         .await?;
+    let audited = format!("{id}/{target}");
     write
-        .commit(Action::Detach, assoc.audit, format!("{id}/{target}"))
-        .await?;
-    Ok(StatusCode::NO_CONTENT)
+        .commit(Action::Detach, assoc.audit, audited, StatusCode::NO_CONTENT)
+        .await
 }
 
 /// Detach a playbook from an agent.
@@ -224,7 +229,7 @@ pub async fn detach_playbook(
     db: TenantDb,
     id: AgentId,
     Path((_agent, playbook)): Path<(String, String)>,
-) -> ApiResult<StatusCode> {
+) -> ApiResult<Response> {
     detach(db, id, &PLAYBOOKS, &playbook).await
 }
 
@@ -237,6 +242,6 @@ pub async fn detach_faq(
     db: TenantDb,
     id: AgentId,
     Path((_agent, faq)): Path<(String, String)>,
-) -> ApiResult<StatusCode> {
+) -> ApiResult<Response> {
     detach(db, id, &FAQS, &faq).await
 }

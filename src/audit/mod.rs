@@ -3,7 +3,7 @@
 //!
 //! `mod.rs` holds the vocabulary (`Action`, `Resource`, `ActorKind`) and the writing side
 //! ([`Actor`], [`Change`], [`record`]); `store.rs` the table's SQL; `routes.rs` the readable
-//! log (`GET /api/v1/audit-log`); `retention.rs` the background sweep of old rows.
+//! log (`GET /api/v1/audit-log`); `retention.rs` how long rows are kept (swept by `housekeeping`).
 
 pub mod retention;
 pub mod routes;

@@ -3,7 +3,7 @@
 //! (an API key gets 403 `api_key_not_allowed`).
 
 use axum::extract::State;
-use axum::http::StatusCode;
+use axum::response::Response;
 use chrono::{DateTime, Duration, Utc};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
@@ -15,7 +15,7 @@ use crate::error::ApiResult;
 use crate::extract::{KeyManager, Tenant};
 use crate::json::Json;
 use crate::keys::store::{self, API_KEY_COLUMNS, Origin};
-use crate::keys::{self, ApiKeyId, KeyChange};
+use crate::keys::{self, ApiKeyId, KeyChange, created_answer, shown_once};
 use crate::model::{PatchFields, check_required_text, non_null, patch};
 use crate::state::AppState;
 use crate::store::StoreResult;
@@ -72,6 +72,9 @@ pub struct ApiKeyCreate {
 pub struct ApiKeyCreated {
     pub id: Uuid,
     pub name: String,
+    /// The plaintext key, shown this once; `null` when this answer is an idempotent replay
+    /// (`Idempotent-Replayed: true`), which never shows it again.
+    #[schema(value_type = Option<String>)]
     pub key: String,
     pub last8: String,
     pub expires_at: Option<DateTime<Utc>>,
@@ -103,7 +106,7 @@ patch!(ApiKeyPatch { name, disabled });
 /// Creates a key for `account`; returns the record and the plaintext. Shared with the
 /// `api-keys create` command.
 pub async fn create_key(
-    pool: &sqlx::PgPool,
+    conn: &mut sqlx::PgConnection,
     hasher: &crate::auth::keys::KeyHasher,
     account: &str,
     name: &str,
@@ -125,7 +128,7 @@ pub async fn create_key(
         key_hash: &hasher.hash(&created.key),
         created_by,
     };
-    store::insert_api_key(pool, &created, origin).await?;
+    store::insert_api_key(conn, &created, origin).await?;
     Ok(created)
 }
 
@@ -150,11 +153,12 @@ pub async fn create(
     State(state): State<AppState>,
     KeyManager(mut db): KeyManager,
     Json(body): Json<ApiKeyCreate>,
-) -> ApiResult<(StatusCode, Json<ApiKeyCreated>)> {
+) -> ApiResult<Response> {
     check_required_text("name", &body.name, 200)?;
     let created_by = db.tenant.principal.created_by();
+    let mut write = db.catalog_write(&state).await?;
     let created = create_key(
-        state.catalog.pool(),
+        &mut write,
         state.api_keys.hasher(),
         db.tenant.slug.as_str(),
         body.name.trim(),
@@ -162,15 +166,19 @@ pub async fn create(
         &created_by,
     )
     .await?;
+    let id = created.id;
+    let answer = write
+        .commit_keeping(created_answer(&created), shown_once(&created))
+        .await?;
     let change = KeyChange {
         kind: KeyKind::Api,
         action: Action::Create,
-        id: created.id,
+        id,
         key_hash: None,
         fields: &[],
     };
     keys::changed(&state, &mut db, change).await;
-    Ok((StatusCode::CREATED, Json(created)))
+    Ok(answer)
 }
 
 /// Admin only (users): rename, disable or enable a key.
@@ -182,15 +190,17 @@ pub async fn patch(
     KeyManager(mut db): KeyManager,
     ApiKeyId(id): ApiKeyId,
     Json(body): Json<ApiKeyPatch>,
-) -> ApiResult<Json<ApiKeyItem>> {
+) -> ApiResult<Response> {
     if let Some(name) = &body.name {
         check_required_text("name", name, 200)?;
     }
     let fields = body.fields();
     let name = body.name.as_deref().map(str::trim);
+    let mut write = db.catalog_write(&state).await?;
     let account = db.tenant.slug.as_str();
     let (item, key_hash) =
-        store::update_api_key(state.catalog.pool(), account, id, name, body.disabled).await?;
+        store::update_api_key(&mut write, account, id, name, body.disabled).await?;
+    let answer = write.commit(Json(item)).await?;
     let change = KeyChange {
         kind: KeyKind::Api,
         action: Action::Update,
@@ -199,7 +209,7 @@ pub async fn patch(
         fields: &fields,
     };
     keys::changed(&state, &mut db, change).await;
-    Ok(Json(item))
+    Ok(answer)
 }
 
 /// Admin only (users): delete a key. A key never used is deleted; a key that ever
@@ -212,6 +222,6 @@ pub async fn delete(
     State(state): State<AppState>,
     KeyManager(mut db): KeyManager,
     ApiKeyId(id): ApiKeyId,
-) -> ApiResult<StatusCode> {
+) -> ApiResult<Response> {
     keys::remove(&state, &mut db, KeyKind::Api, id).await
 }

@@ -11,13 +11,32 @@ pub mod widget;
 use axum::extract::FromRequestParts;
 use axum::http::StatusCode;
 use axum::http::request::Parts;
+use axum::response::Response;
+use serde::Serialize;
 use uuid::Uuid;
 
 use crate::audit::{self, Action, Change, Resource};
 use crate::auth::keys::KeyKind;
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{TenantDb, path_id};
+use crate::json::Json;
 use crate::state::AppState;
+
+/// The answer to a key's creation: 201 with the key (its plaintext `key` included).
+pub fn created_answer<T: Serialize>(created: &T) -> (StatusCode, Json<&T>) {
+    (StatusCode::CREATED, Json(created))
+}
+
+/// The answer a retry of a key's creation with the same `Idempotency-Key` gets instead: the
+/// same, with `key` null. A key is shown once: its plaintext is never stored, not even for a
+/// replay (see docs/idempotency.md).
+pub fn shown_once<T: Serialize>(created: &T) -> (StatusCode, Json<serde_json::Value>) {
+    let mut kept = serde_json::to_value(created).unwrap_or_default();
+    if let Some(key) = kept.get_mut("key") {
+        *key = serde_json::Value::Null;
+    }
+    (StatusCode::CREATED, Json(kept))
+}
 
 impl KeyKind {
     fn audit_resource(self) -> Resource {
@@ -90,12 +109,14 @@ pub async fn remove(
     db: &mut TenantDb,
     kind: KeyKind,
     id: Uuid,
-) -> ApiResult<StatusCode> {
+) -> ApiResult<Response> {
     // Not for the decision (`first_used_at` is), but so that the kept record shows this
     // instance's latest use.
     state.api_keys.flush_last_used().await;
+    let mut write = db.catalog_write(state).await?;
     let account = db.tenant.slug.as_str();
-    let removal = store::delete_or_disable(state.catalog.pool(), kind, account, id).await?;
+    let removal = store::delete_or_disable(&mut write, kind, account, id).await?;
+    let answer = write.commit(StatusCode::NO_CONTENT).await?;
     let change = KeyChange {
         kind,
         action: removal.action,
@@ -104,5 +125,5 @@ pub async fn remove(
         fields: &[],
     };
     changed(state, db, change).await;
-    Ok(StatusCode::NO_CONTENT)
+    Ok(answer)
 }

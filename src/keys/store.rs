@@ -3,8 +3,8 @@
 //! and `auth::widget_keys` (cached).
 
 use chrono::{DateTime, Utc};
-use sqlx::PgPool;
 use sqlx::postgres::PgRow;
+use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
 use super::api::{ApiKeyCreated, ApiKeyItem};
@@ -56,7 +56,7 @@ pub struct Origin<'a> {
 }
 
 pub async fn insert_api_key(
-    pool: &PgPool,
+    conn: &mut PgConnection,
     key: &ApiKeyCreated,
     origin: Origin<'_>,
 ) -> StoreResult<()> {
@@ -72,13 +72,13 @@ pub async fn insert_api_key(
     .bind(key.expires_at)
     .bind(origin.created_by)
     .bind(key.created_at)
-    .execute(pool)
+    .execute(&mut *conn)
     .await?;
     Ok(())
 }
 
 pub async fn insert_widget_key(
-    pool: &PgPool,
+    conn: &mut PgConnection,
     key: &WidgetKeyCreated,
     origin: Origin<'_>,
 ) -> StoreResult<()> {
@@ -95,7 +95,7 @@ pub async fn insert_widget_key(
     .bind(key.agent_id)
     .bind(origin.created_by)
     .bind(key.created_at)
-    .execute(pool)
+    .execute(&mut *conn)
     .await?;
     Ok(())
 }
@@ -126,7 +126,7 @@ pub const API_KEY_COLUMNS: &str =
 
 /// Renames, disables or enables an API key (`None`: unchanged).
 pub async fn update_api_key(
-    pool: &PgPool,
+    conn: &mut PgConnection,
     account: &str,
     id: Uuid,
     name: Option<&str>,
@@ -141,7 +141,7 @@ pub async fn update_api_key(
     .bind(id)
     .bind(name)
     .bind(disabled)
-    .fetch_optional(pool)
+    .fetch_optional(&mut *conn)
     .await?;
     let updated = StoreError::found(updated, KeyKind::Api.noun())?;
     Ok((updated.item, updated.key_hash))
@@ -159,7 +159,7 @@ pub struct WidgetKeyChange<'a> {
 }
 
 pub async fn update_widget_key(
-    pool: &PgPool,
+    conn: &mut PgConnection,
     account: &str,
     id: Uuid,
     change: WidgetKeyChange<'_>,
@@ -178,7 +178,7 @@ pub async fn update_widget_key(
     .bind(change.agent_id.is_some())
     .bind(change.agent_id.flatten())
     .bind(change.disabled)
-    .fetch_optional(pool)
+    .fetch_optional(&mut *conn)
     .await?;
     let updated = StoreError::found(updated, KeyKind::Widget.noun())?;
     Ok((updated.item, updated.key_hash))
@@ -196,7 +196,7 @@ pub struct Removal {
 /// verification on any instance records at once (in the same statement that reads the key), so
 /// every instance agrees; the batched `last_used_at` may lag by seconds.
 pub async fn delete_or_disable(
-    pool: &PgPool,
+    conn: &mut PgConnection,
     kind: KeyKind,
     account: &str,
     id: Uuid,
@@ -207,7 +207,7 @@ pub async fn delete_or_disable(
     ))
     .bind(account)
     .bind(id)
-    .fetch_optional(pool)
+    .fetch_optional(&mut *conn)
     .await?;
     if let Some(key_hash) = deleted {
         return Ok(Removal {
@@ -221,7 +221,7 @@ pub async fn delete_or_disable(
     ))
     .bind(account)
     .bind(id)
-    .fetch_optional(pool)
+    .fetch_optional(&mut *conn)
     .await?;
     let key_hash = StoreError::found(disabled, kind.noun())?;
     Ok(Removal {

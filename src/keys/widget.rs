@@ -2,7 +2,7 @@
 //! and optional agent pin. Any principal of the account may manage them.
 
 use axum::extract::State;
-use axum::http::StatusCode;
+use axum::response::Response;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use sqlx::PgConnection;
@@ -17,7 +17,7 @@ use crate::error::{ApiError, ApiResult};
 use crate::extract::{Tenant, TenantDb};
 use crate::json::Json;
 use crate::keys::store::{self, Origin, WIDGET_KEY_COLUMNS, WidgetKeyChange};
-use crate::keys::{self, KeyChange, WidgetKeyId};
+use crate::keys::{self, KeyChange, WidgetKeyId, created_answer, shown_once};
 use crate::model::{PatchFields, check_required_text, non_null, nullable, patch};
 use crate::state::AppState;
 
@@ -38,6 +38,9 @@ pub struct WidgetKeyCreate {
 pub struct WidgetKeyCreated {
     pub id: Uuid,
     pub name: String,
+    /// The key, shown this once; `null` when this answer is an idempotent replay
+    /// (`Idempotent-Replayed: true`), which never shows it again.
+    #[schema(value_type = Option<String>)]
     pub key: String,
     pub last8: String,
     pub domain_allowlist: Vec<String>,
@@ -132,7 +135,7 @@ pub async fn create(
     State(state): State<AppState>,
     mut db: TenantDb,
     Json(body): Json<WidgetKeyCreate>,
-) -> ApiResult<(StatusCode, Json<WidgetKeyCreated>)> {
+) -> ApiResult<Response> {
     check_required_text("name", &body.name, 200)?;
     let allowlist = normalize_allowlist(&body.domain_allowlist)?;
     check_agent(&mut db.conn, body.agent_id).await?;
@@ -152,16 +155,21 @@ pub async fn create(
         key_hash: &state.api_keys.hasher().hash(&created.key),
         created_by: &db.tenant.principal.created_by(),
     };
-    store::insert_widget_key(state.catalog.pool(), &created, origin).await?;
+    let mut write = db.catalog_write(&state).await?;
+    store::insert_widget_key(&mut write, &created, origin).await?;
+    let id = created.id;
+    let answer = write
+        .commit_keeping(created_answer(&created), shown_once(&created))
+        .await?;
     let change = KeyChange {
         kind: KeyKind::Widget,
         action: Action::Create,
-        id: created.id,
+        id,
         key_hash: None,
         fields: &[],
     };
     keys::changed(&state, &mut db, change).await;
-    Ok((StatusCode::CREATED, Json(created)))
+    Ok(answer)
 }
 
 /// Change a widget key: name, allowlist, agent pin, or disable it.
@@ -173,7 +181,7 @@ pub async fn patch(
     mut db: TenantDb,
     WidgetKeyId(id): WidgetKeyId,
     Json(body): Json<WidgetKeyPatch>,
-) -> ApiResult<Json<WidgetKeyItem>> {
+) -> ApiResult<Response> {
     if let Some(name) = &body.name {
         check_required_text("name", name, 200)?;
     }
@@ -192,9 +200,10 @@ pub async fn patch(
         agent_id: body.agent_id,
         disabled: body.disabled,
     };
+    let mut write = db.catalog_write(&state).await?;
     let account = db.tenant.slug.as_str();
-    let (item, key_hash) =
-        store::update_widget_key(state.catalog.pool(), account, id, change).await?;
+    let (item, key_hash) = store::update_widget_key(&mut write, account, id, change).await?;
+    let answer = write.commit(Json(item)).await?;
     let change = KeyChange {
         kind: KeyKind::Widget,
         action: Action::Update,
@@ -203,7 +212,7 @@ pub async fn patch(
         fields: &fields,
     };
     keys::changed(&state, &mut db, change).await;
-    Ok(Json(item))
+    Ok(answer)
 }
 
 /// Delete a widget key: hard-deleted if never used, otherwise disabled.
@@ -214,6 +223,6 @@ pub async fn delete(
     State(state): State<AppState>,
     mut db: TenantDb,
     WidgetKeyId(id): WidgetKeyId,
-) -> ApiResult<StatusCode> {
+) -> ApiResult<Response> {
     keys::remove(&state, &mut db, KeyKind::Widget, id).await
 }

@@ -5,6 +5,7 @@
 
 use axum::extract::Path;
 use axum::http::StatusCode;
+use axum::response::Response;
 
 use super::model::{
     Faq, FaqCreate, FaqPatch, Playbook, PlaybookCreate, PlaybookPatch, Tool, ToolCreate, ToolPatch,
@@ -22,13 +23,15 @@ use crate::tenancy::pools::TenantConn;
 async fn create<R: Resource + serde::Serialize>(
     mut db: TenantDb,
     body: R::Create,
-) -> ApiResult<(StatusCode, Json<R>)> {
+) -> ApiResult<Response> {
     let item = R::create(body);
     item.validate()?;
     let mut write = db.write().await?;
     let saved = store::save(&mut write, &item, true).await?;
-    write.commit(Action::Create, R::AUDIT, item.id()).await?;
-    Ok((StatusCode::CREATED, Json(saved)))
+    let answer = (StatusCode::CREATED, Json(saved));
+    write
+        .commit(Action::Create, R::AUDIT, item.id(), answer)
+        .await
 }
 
 /// `PATCH`: reads the row locked, applies the change, validates, saves and audits in one write.
@@ -36,23 +39,25 @@ async fn patch<R: Resource + serde::Serialize>(
     mut db: TenantDb,
     target: IdOrName,
     body: R::Patch,
-) -> ApiResult<Json<R>> {
+) -> ApiResult<Response> {
     let mut write = db.write().await?;
     let mut item: R = store::fetch(&mut write, &target, true).await?;
     write.set_fields(body.fields());
     item.apply(body);
     item.validate()?;
     let saved = store::save(&mut write, &item, false).await?;
-    write.commit(Action::Update, R::AUDIT, item.id()).await?;
-    Ok(Json(saved))
+    write
+        .commit(Action::Update, R::AUDIT, item.id(), Json(saved))
+        .await
 }
 
 /// `DELETE`: built-in entries are refused.
-async fn delete<R: Resource>(mut db: TenantDb, target: IdOrName) -> ApiResult<StatusCode> {
+async fn delete<R: Resource>(mut db: TenantDb, target: IdOrName) -> ApiResult<Response> {
     let mut write = db.write().await?;
     let id = store::delete::<R>(&mut write, &target).await?;
-    write.commit(Action::Delete, R::AUDIT, id).await?;
-    Ok(StatusCode::NO_CONTENT)
+    write
+        .commit(Action::Delete, R::AUDIT, id, StatusCode::NO_CONTENT)
+        .await
 }
 
 /// `GET` of a list: one page.
@@ -85,8 +90,8 @@ pub async fn list_playbooks(
 pub async fn create_playbook(
     db: TenantDb,
     Json(body): Json<PlaybookCreate>,
-) -> ApiResult<(StatusCode, Json<Playbook>)> {
-    create(db, body).await
+) -> ApiResult<Response> {
+    create::<Playbook>(db, body).await
 }
 
 /// Get a playbook by UUID or name.
@@ -109,15 +114,15 @@ pub async fn patch_playbook(
     db: TenantDb,
     Path(id): Path<IdOrName>,
     Json(body): Json<PlaybookPatch>,
-) -> ApiResult<Json<Playbook>> {
-    patch(db, id, body).await
+) -> ApiResult<Response> {
+    patch::<Playbook>(db, id, body).await
 }
 
 /// Delete a playbook (built-in ones: 403).
 #[utoipa::path(delete, path = "/playbooks/{id}", tag = "playbooks",
     params(("id" = String, Path, description = "UUID or name")),
     responses((status = 204, description = "Deleted")))]
-pub async fn delete_playbook(db: TenantDb, Path(id): Path<IdOrName>) -> ApiResult<StatusCode> {
+pub async fn delete_playbook(db: TenantDb, Path(id): Path<IdOrName>) -> ApiResult<Response> {
     delete::<Playbook>(db, id).await
 }
 
@@ -137,11 +142,8 @@ pub async fn list_faqs(
 #[utoipa::path(post, path = "/faqs", tag = "faqs", request_body = FaqCreate,
     responses((status = 201, description = "Created", body = Faq),
                (status = 409, description = "A FAQ with this name exists (`conflict`)", body = crate::error::ErrorBody)))]
-pub async fn create_faq(
-    db: TenantDb,
-    Json(body): Json<FaqCreate>,
-) -> ApiResult<(StatusCode, Json<Faq>)> {
-    create(db, body).await
+pub async fn create_faq(db: TenantDb, Json(body): Json<FaqCreate>) -> ApiResult<Response> {
+    create::<Faq>(db, body).await
 }
 
 /// Get a FAQ by UUID or name.
@@ -164,15 +166,15 @@ pub async fn patch_faq(
     db: TenantDb,
     Path(id): Path<IdOrName>,
     Json(body): Json<FaqPatch>,
-) -> ApiResult<Json<Faq>> {
-    patch(db, id, body).await
+) -> ApiResult<Response> {
+    patch::<Faq>(db, id, body).await
 }
 
 /// Delete a FAQ.
 #[utoipa::path(delete, path = "/faqs/{id}", tag = "faqs",
     params(("id" = String, Path, description = "UUID or name")),
     responses((status = 204, description = "Deleted")))]
-pub async fn delete_faq(db: TenantDb, Path(id): Path<IdOrName>) -> ApiResult<StatusCode> {
+pub async fn delete_faq(db: TenantDb, Path(id): Path<IdOrName>) -> ApiResult<Response> {
     delete::<Faq>(db, id).await
 }
 
@@ -192,11 +194,8 @@ pub async fn list_tools(
 #[utoipa::path(post, path = "/tools", tag = "tools", request_body = ToolCreate,
     responses((status = 201, description = "Created", body = Tool),
                (status = 409, description = "A tool with this name exists (`conflict`)", body = crate::error::ErrorBody)))]
-pub async fn create_tool(
-    db: TenantDb,
-    Json(body): Json<ToolCreate>,
-) -> ApiResult<(StatusCode, Json<Tool>)> {
-    create(db, body).await
+pub async fn create_tool(db: TenantDb, Json(body): Json<ToolCreate>) -> ApiResult<Response> {
+    create::<Tool>(db, body).await
 }
 
 /// Get a tool by UUID or name.
@@ -219,14 +218,14 @@ pub async fn patch_tool(
     db: TenantDb,
     Path(id): Path<IdOrName>,
     Json(body): Json<ToolPatch>,
-) -> ApiResult<Json<Tool>> {
-    patch(db, id, body).await
+) -> ApiResult<Response> {
+    patch::<Tool>(db, id, body).await
 }
 
 /// Delete a tool (built-in ones: 403). Agents using it lose it.
 #[utoipa::path(delete, path = "/tools/{id}", tag = "tools",
     params(("id" = String, Path, description = "UUID or name")),
     responses((status = 204, description = "Deleted")))]
-pub async fn delete_tool(db: TenantDb, Path(id): Path<IdOrName>) -> ApiResult<StatusCode> {
+pub async fn delete_tool(db: TenantDb, Path(id): Path<IdOrName>) -> ApiResult<Response> {
     delete::<Tool>(db, id).await
 }

@@ -3,6 +3,7 @@
 
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
@@ -13,7 +14,7 @@ use crate::error::{ApiError, ApiResult};
 use crate::extract::{Admin, Tenant, TenantDb};
 use crate::json::Json;
 use crate::state::AppState;
-use crate::tenancy::catalog::{Member, MemberChange, Role};
+use crate::tenancy::catalog::{Catalog, Member, MemberChange, Role};
 
 #[derive(Debug, Serialize, ToSchema)]
 pub struct MemberOut {
@@ -58,7 +59,7 @@ pub async fn upsert(
     State(state): State<AppState>,
     Admin(mut db): Admin,
     Json(body): Json<NewMember>,
-) -> ApiResult<(StatusCode, Json<MemberOut>)> {
+) -> ApiResult<Response> {
     let subject = body.subject.trim();
     if subject.is_empty() || subject.chars().count() > 255 {
         return Err(ApiError::invalid_field(
@@ -66,8 +67,10 @@ pub async fn upsert(
             "must be 1–255 characters",
         ));
     }
-    let member = change(&state, &mut db, subject, Some(body.role)).await?;
-    Ok((StatusCode::CREATED, Json(member.into())))
+    change(&state, &mut db, subject, Some(body.role), |member| {
+        (StatusCode::CREATED, Json(MemberOut::from(member))).into_response()
+    })
+    .await
 }
 
 /// Admin only: remove a member. Removing the last admin is refused (409).
@@ -79,30 +82,34 @@ pub async fn remove(
     State(state): State<AppState>,
     Admin(mut db): Admin,
     Path(subject): Path<String>,
-) -> ApiResult<StatusCode> {
-    change(&state, &mut db, &subject, None).await?;
-    Ok(StatusCode::NO_CONTENT)
+) -> ApiResult<Response> {
+    change(&state, &mut db, &subject, None, |_| {
+        StatusCode::NO_CONTENT.into_response()
+    })
+    .await
 }
 
-/// Gives `subject` the role `role`, or removes them (`None`), in the catalog; then every
-/// instance's caches drop the account's members, and the change is audited (after the
-/// commit, so that it never fails the request).
+/// Gives `subject` the role `role`, or removes them (`None`), in the catalog, answering
+/// `answer(member)`; then every instance's caches drop the account's members, and the change
+/// is audited (after the commit, so that it never fails the request).
 async fn change(
     state: &AppState,
     db: &mut TenantDb,
     subject: &str,
     role: Option<Role>,
-) -> ApiResult<Member> {
+    answer: impl FnOnce(Member) -> Response,
+) -> ApiResult<Response> {
+    let mut write = db.catalog_write(state).await?;
     let slug = &db.tenant.slug;
-    let change = state.catalog.change_member(slug, subject, role).await?;
-    state
-        .cache
-        .invalidate(&CatalogChange::Members(slug.to_string()));
-    let member = match change {
+    let member = match Catalog::change_member(&mut write, slug, subject, role).await? {
         MemberChange::Done(member) => member,
         MemberChange::NotAMember => return Err(ApiError::not_found("no such member")),
         MemberChange::LastAdmin => return Err(last_admin()),
     };
+    let answer = write.commit(answer(member)).await?;
+    state
+        .cache
+        .invalidate(&CatalogChange::Members(slug.to_string()));
     let action = if role.is_some() {
         Action::Upsert
     } else {
@@ -110,7 +117,7 @@ async fn change(
     };
     let change = audit::Change::of(action, Resource::Member, subject);
     audit::record_committed(&mut db.conn, &db.tenant.actor(), &change).await;
-    Ok(member)
+    Ok(answer)
 }
 
 fn last_admin() -> ApiError {

@@ -38,7 +38,7 @@ use crate::widget::settings as widget_settings;
 /// The protected resources, relative to a version prefix. One definition, mounted at the
 /// canonical `/api/v1` and at the `/api` (legacy) and `/v1` (api host) aliases.
 fn resources() -> OpenApiRouter<AppState> {
-    OpenApiRouter::new()
+    let routes = OpenApiRouter::new()
         .routes(routes!(agents::list, agents::create))
         .routes(routes!(agents::get, agents::patch, agents::delete))
         .routes(routes!(
@@ -83,9 +83,18 @@ fn resources() -> OpenApiRouter<AppState> {
         .routes(routes!(
             widget_settings::get_agent,
             widget_settings::patch_agent
-        ))
+        ));
+    // Inside the failure budget: a spent client is refused before its body is read.
+    idempotent(routes)
         .layer(middleware::from_fn(rate_limit_headers))
         .layer(middleware::from_fn(auth_failures::budget))
+}
+
+/// `router`'s writes take an `Idempotency-Key`, and are documented so: one place decides both.
+fn idempotent(router: OpenApiRouter<AppState>) -> OpenApiRouter<AppState> {
+    let mut router = router.layer(middleware::from_fn(crate::idempotency::middleware));
+    openapi::declare_idempotency(router.get_openapi_mut());
+    router
 }
 
 /// Public routes (no account, no normal bearer). Those a browser or a stranger calls are

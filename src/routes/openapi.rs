@@ -66,6 +66,71 @@ pub fn declare_ip_limit(doc: &mut utoipa::openapi::OpenApi) {
     });
 }
 
+/// Declares, on every write (POST, PUT, PATCH, DELETE) of `doc`, the optional
+/// `Idempotency-Key` header, the `Idempotent-Replayed` header of its successful answers, and
+/// the answers that come with a key: 409 `idempotency_key_in_use`, 422
+/// `idempotency_key_reused` (400 `invalid_idempotency_key` is one of `BadRequest`'s). Called by
+/// the router for exactly the routes it puts behind `idempotency::middleware`.
+pub fn declare_idempotency(doc: &mut utoipa::openapi::OpenApi) {
+    use utoipa::openapi::path::{ParameterBuilder, ParameterIn};
+    use utoipa::openapi::{ObjectBuilder, Required, Type};
+    for item in doc.paths.paths.values_mut() {
+        let writes = [
+            &mut item.post,
+            &mut item.put,
+            &mut item.patch,
+            &mut item.delete,
+        ];
+        for op in writes.into_iter().flatten() {
+            let key = ParameterBuilder::new()
+                .name("Idempotency-Key")
+                .parameter_in(ParameterIn::Header)
+                .required(Required::False)
+                .description(Some(
+                    "Makes a retry safe: the first request with a key runs; a retry with the same \
+                     key and the same request gets the stored answer again, with \
+                     `Idempotent-Replayed: true`, for 24 hours. 1–255 visible ASCII characters \
+                     (a UUID is a good key). See docs/idempotency.md.",
+                ))
+                .schema(Some(
+                    ObjectBuilder::new()
+                        .schema_type(Type::String)
+                        .min_length(Some(1))
+                        .max_length(Some(crate::idempotency::MAX_KEY_LEN))
+                        .pattern(Some("^[!-~]+$")),
+                ))
+                .build();
+            op.parameters.get_or_insert_with(Vec::new).push(key);
+            for (status, answer) in op.responses.responses.iter_mut() {
+                if let (true, RefOr::T(answer)) = (status.starts_with('2'), answer) {
+                    answer.headers.insert(
+                        "Idempotent-Replayed".to_owned(),
+                        string_header(
+                            "`true` when this is the stored answer of an earlier request with the \
+                             same `Idempotency-Key`",
+                        ),
+                    );
+                }
+            }
+            declare_answers(
+                op,
+                &[
+                    ("409", "IdempotencyKeyInUse"),
+                    ("422", "IdempotencyKeyReused"),
+                ],
+            );
+        }
+    }
+}
+
+/// A response header holding a string.
+fn string_header(description: &str) -> utoipa::openapi::Header {
+    utoipa::openapi::HeaderBuilder::new()
+        .schema(utoipa::openapi::ObjectBuilder::new().schema_type(utoipa::openapi::Type::String))
+        .description(Some(description))
+        .build()
+}
+
 /// Runs `f` on every operation of `doc`.
 fn for_each_operation(doc: &mut utoipa::openapi::OpenApi, mut f: impl FnMut(&mut Operation)) {
     for item in doc.paths.paths.values_mut() {
@@ -147,7 +212,13 @@ impl ApiDoc {
         let errors = [
             (
                 "BadRequest",
-                "`missing_account_header`, `invalid_account`, `account_mismatch`, `invalid_body` or `invalid_query`",
+                "`missing_account_header`, `invalid_account`, `account_mismatch`, `invalid_body`, \
+                 `invalid_query` or `invalid_idempotency_key`",
+            ),
+            (
+                "IdempotencyKeyReused",
+                "`idempotency_key_reused`: this `Idempotency-Key` was used for another request \
+                 (another method, path or body); use a new key",
             ),
             (
                 "Unauthenticated",
@@ -169,15 +240,7 @@ impl ApiDoc {
                  account's database is missing; retry after `Retry-After` seconds",
             ),
         ];
-        let header = |description: &str| {
-            utoipa::openapi::HeaderBuilder::new()
-                .schema(
-                    utoipa::openapi::ObjectBuilder::new()
-                        .schema_type(utoipa::openapi::Type::String),
-                )
-                .description(Some(description))
-                .build()
-        };
+        let header = string_header;
         components.responses.insert(
             "TooManyRequests".to_owned(),
             RefOr::T(
@@ -193,6 +256,22 @@ impl ApiDoc {
                         header("The account's limits (IETF httpapi draft), e.g. `\"minute\";q=60;w=60, \"hour\";q=1000;w=3600`"),
                     )
                     .header("RateLimit", header("The tripped limit: `\"minute\";r=0;t=<seconds to reset>`"))
+                    .content(
+                        "application/json",
+                        ContentBuilder::new().schema(Some(Ref::from_schema_name("ErrorBody"))).build(),
+                    )
+                    .build(),
+            ),
+        );
+        components.responses.insert(
+            "IdempotencyKeyInUse".to_owned(),
+            RefOr::T(
+                ResponseBuilder::new()
+                    .description(
+                        "`idempotency_key_in_use`: a request with this `Idempotency-Key` is still \
+                         running (or `conflict`: see the operation); retry after `Retry-After` seconds",
+                    )
+                    .header("Retry-After", header("Seconds to wait before retrying"))
                     .content(
                         "application/json",
                         ContentBuilder::new().schema(Some(Ref::from_schema_name("ErrorBody"))).build(),

@@ -2,7 +2,7 @@
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
-use sqlx::{PgExecutor, PgPool};
+use sqlx::{PgConnection, PgExecutor, PgPool};
 
 use super::slug::AccountSlug;
 
@@ -159,14 +159,14 @@ impl Catalog {
 
     /// Sets a member's role (`Some`) or removes the member (`None`), unless that would take the
     /// account's last admin away. The account row is locked so that concurrent changes cannot
-    /// remove the last two admins at once.
+    /// remove the last two admins at once. Runs on `tx`, the caller's transaction, which the
+    /// caller commits after `Done` and rolls back otherwise.
     pub async fn change_member(
-        &self,
+        tx: &mut PgConnection,
         slug: &AccountSlug,
         subject: &str,
         role: Option<Role>,
     ) -> sqlx::Result<MemberChange> {
-        let mut tx = self.pool.begin().await?;
         sqlx::query("SELECT 1 FROM accounts WHERE slug = $1 FOR UPDATE")
             .bind(slug.as_str())
             .execute(&mut *tx)
@@ -206,10 +206,8 @@ impl Catalog {
             .fetch_one(&mut *tx)
             .await?;
         if admins_before > 0 && admins_after == 0 {
-            // Rolled back on drop.
             return Ok(MemberChange::LastAdmin);
         }
-        tx.commit().await?;
         Ok(match changed {
             Some(member) => MemberChange::Done(member),
             None => MemberChange::NotAMember,

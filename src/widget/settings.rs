@@ -1,6 +1,7 @@
 //! Widget settings: the account's branding (`/api/v1/widget-settings`, admin-only writes) and
 //! each agent's widget policy (`/api/v1/agents/{id}/widget-settings`).
 
+use axum::response::Response;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
@@ -99,7 +100,7 @@ pub async fn get(TenantDb { mut conn, .. }: TenantDb) -> ApiResult<Json<WidgetSe
 pub async fn patch(
     Admin(mut db): Admin,
     Json(body): Json<WidgetSettingsPatch>,
-) -> ApiResult<Json<WidgetSettings>> {
+) -> ApiResult<Response> {
     if let Some(c) = &body.primary_color {
         check_color("primary_color", c)?;
     }
@@ -120,9 +121,8 @@ pub async fn patch(
     store::update_settings(&mut write, &body).await?;
     let settings = store::settings(&mut write).await?;
     write
-        .commit_unnamed(Action::Update, Resource::WidgetSettings)
-        .await?;
-    Ok(Json(settings))
+        .commit_unnamed(Action::Update, Resource::WidgetSettings, Json(settings))
+        .await
 }
 
 /// An agent's widget policy.
@@ -168,13 +168,13 @@ pub async fn patch_agent(
     mut db: TenantDb,
     AgentId(id): AgentId,
     Json(body): Json<AgentWidgetSettingsPatch>,
-) -> ApiResult<Json<AgentWidgetSettings>> {
+) -> ApiResult<Response> {
     let mut write = db.write().await?;
     write.set_fields(body.fields());
     store::update_agent_settings(&mut write, id, body.widget_enabled, body.auth_mode).await?;
     let settings = store::agent_settings(&mut write, id).await?;
+    let answer = Json(settings);
     write
-        .commit(Action::Update, Resource::AgentWidgetSettings, id)
-        .await?;
-    Ok(Json(settings))
+        .commit(Action::Update, Resource::AgentWidgetSettings, id, answer)
+        .await
 }

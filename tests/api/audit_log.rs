@@ -460,8 +460,8 @@ async fn the_retention_sweep_deletes_old_entries() {
     let expired = old_entry(&alice, 31).await;
     let kept = old_entry(&alice, 29).await;
 
-    let deleted = kataven_hub::audit::retention::sweep(&app.state).await;
-    assert!(deleted >= 1);
+    let swept = kataven_hub::housekeeping::sweep(&app.state).await;
+    assert!(swept.audit_entries >= 1);
     assert!(!stored(&alice, expired).await, "an expired entry was kept");
     assert!(
         stored(&alice, kept).await,

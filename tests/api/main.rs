@@ -10,6 +10,7 @@ mod console;
 mod docs;
 mod faults;
 mod hostile;
+mod idempotency;
 mod identity;
 mod limits;
 mod login;

@@ -191,7 +191,9 @@ fn test_routes(dev_login: bool) -> Router<AppState> {
         sleep_ms: Option<u64>,
     }
     async fn tenant(
-        TenantDb { tenant, mut conn }: TenantDb,
+        TenantDb {
+            tenant, mut conn, ..
+        }: TenantDb,
         Query(p): Query<Params>,
     ) -> Result<Json<Value>, kataven_hub::error::ApiError> {
         if let Some(ms) = p.sleep_ms {
