@@ -34,6 +34,8 @@ TOKEN=$(curl -fsS "$URL/api/login" -H 'Content-Type: application/json' \
     -d "{\"account\":\"acme\",\"email\":\"admin@acme.test\",\"password\":\"$PASSWORD\"}" \
     | python3 -c 'import json, sys; print(json.load(sys.stdin)["token"])')
 
+# hooks.py: a fresh Idempotency-Key per generated request (see there).
+PYTHONPATH="$PWD/tests/contract${PYTHONPATH:+:$PYTHONPATH}" SCHEMATHESIS_HOOKS=hooks \
 schemathesis run "$URL/api/v1/openapi.json" --url "$URL" \
     -H "Authorization: Bearer $TOKEN" -H "X-Account-ID: acme" -H "X-Admin: true" \
     --checks not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance \
