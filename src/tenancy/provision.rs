@@ -304,6 +304,33 @@ impl Provisioner {
         oidc_org_id: Option<&str>,
         server: Option<&str>,
     ) -> Result<Account, ProvisionError> {
+        let new = NewAccount {
+            slug,
+            display_name,
+            oidc_org_id,
+            server,
+        };
+        self.create_account_with(new, Start::Template, async |_, _| Ok(()))
+            .await
+    }
+
+    /// Creates an account whose database `fill` fills before anything commits (an import):
+    /// `fill` gets the new database (cloned from the template, or empty) and the catalog's
+    /// transaction, which holds the account's uncommitted row (for member rows and the like).
+    /// Then the database is migrated to the newest schema and the catalog commits. Any failure
+    /// leaves neither a catalog row nor a database, as for [`Self::create_account`].
+    pub async fn create_account_with(
+        &self,
+        new: NewAccount<'_>,
+        start: Start,
+        fill: impl AsyncFnOnce(&mut PgConnection, &mut PgConnection) -> anyhow::Result<()>,
+    ) -> Result<Account, ProvisionError> {
+        let NewAccount {
+            slug,
+            display_name,
+            oidc_org_id,
+            server,
+        } = new;
         let name = slug.as_str();
         if NAMES_NOT_FOR_ACCOUNTS.contains(&name)
             || name == self.template_name()
@@ -343,14 +370,19 @@ impl Provisioner {
         }
         inserted?;
 
-        clone_template(&mut admin, name, &self.template_name()).await?;
+        match start {
+            Start::Template => clone_template(&mut admin, name, &self.template_name()).await?,
+            Start::Empty => create_empty(&mut admin, name).await?,
+        }
         let created = async {
-            // The clone is as new as the template; bring it up to date if the template lagged.
             let opts = server_opts.clone().database(name);
             let mut conn = opts
                 .connect()
                 .await
                 .context("connecting to the new tenant")?;
+            fill(&mut conn, &mut tx).await?;
+            // A clone is as new as the template, a filled database as its fill left it: bring
+            // it up to date.
             self.migrator
                 .run(&mut conn)
                 .await
@@ -409,6 +441,32 @@ impl Provisioner {
     /// The tenant migrations this binary carries.
     pub fn tenant_migrations(&self) -> &Migrator {
         &self.migrator
+    }
+
+    /// Applies the tenant migrations up to `version` (included) to a database that has none
+    /// yet: a database made [`Start::Empty`], brought to the schema of the data it receives.
+    /// Refuses a version that is not one of the migrations this binary carries.
+    pub async fn migrate_empty_to(
+        &self,
+        conn: &mut PgConnection,
+        version: i64,
+    ) -> anyhow::Result<()> {
+        use sqlx::migrate::Migrate;
+        let ups = || {
+            self.migrator
+                .iter()
+                .filter(|m| !m.migration_type.is_down_migration())
+        };
+        if !ups().any(|m| m.version == version) {
+            anyhow::bail!("schema version {version} is not a tenant migration of this binary");
+        }
+        conn.ensure_migrations_table().await?;
+        for migration in ups().filter(|m| m.version <= version) {
+            conn.apply(migration)
+                .await
+                .with_context(|| format!("applying tenant migration {}", migration.version))?;
+        }
+        Ok(())
     }
 
     /// Migrates one tenant database and records its version in the catalog.
@@ -497,6 +555,34 @@ impl Provisioner {
             })
             .buffer_unordered(concurrency.max(1))
     }
+}
+
+/// What a new account is made of (see [`Provisioner::create_account_with`]).
+#[derive(Debug, Clone, Copy)]
+pub struct NewAccount<'a> {
+    pub slug: &'a AccountSlug,
+    pub display_name: &'a str,
+    pub oidc_org_id: Option<&'a str>,
+    /// The database server's URL (`None`: the system database's server).
+    pub server: Option<&'a str>,
+}
+
+/// How a new account's database starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Start {
+    /// A clone of the template, at the template's schema.
+    Template,
+    /// Empty, without any schema: the fill migrates it to the version it needs.
+    Empty,
+}
+
+/// `CREATE DATABASE` without a template of ours (as the template itself is created).
+async fn create_empty(admin: &mut PgConnection, name: &str) -> anyhow::Result<()> {
+    sqlx::query(&format!("CREATE DATABASE {}", quote_ident(name)))
+        .execute(admin)
+        .await
+        .with_context(|| format!("creating database `{name}`"))?;
+    Ok(())
 }
 
 /// `CREATE DATABASE … TEMPLATE …`, retried briefly while the template is in use
