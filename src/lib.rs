@@ -10,6 +10,7 @@ pub mod cli;
 pub mod config;
 pub mod doctor;
 pub mod error;
+pub mod export;
 pub mod extract;
 pub mod housekeeping;
 pub mod idempotency;
