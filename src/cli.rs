@@ -58,15 +58,24 @@ pub enum AccountsCommand {
     /// Create an account and its database (cloned from the tenant template).
     Create {
         slug: String,
-        /// Display name (default: the slug).
+        #[command(flatten)]
+        new: NewAccountArgs,
+    },
+    /// Write the account's data as one archive (JSON lines with a manifest; docs/export.md):
+    /// tenant tables, members, key metadata (never a key), widget settings, limit overrides.
+    Export {
+        slug: String,
+        /// The file to write (default: standard output).
         #[arg(long)]
-        name: Option<String>,
-        /// The account's OIDC organisation id (Zitadel org).
-        #[arg(long)]
-        org_id: Option<String>,
-        /// PostgreSQL server URL for the tenant database (default: the system database's server).
-        #[arg(long)]
-        server: Option<String>,
+        out: Option<std::path::PathBuf>,
+    },
+    /// Create a new account from an archive of `accounts export`, all or nothing.
+    Import {
+        slug: String,
+        /// The archive (`-`: standard input).
+        file: std::path::PathBuf,
+        #[command(flatten)]
+        new: NewAccountArgs,
     },
     /// List every account.
     List,
@@ -101,6 +110,21 @@ pub enum AccountsCommand {
         #[arg(long)]
         clear: bool,
     },
+}
+
+/// What `accounts create` and `accounts import` may say of the new account.
+#[derive(Debug, clap::Args)]
+pub struct NewAccountArgs {
+    /// Display name (default: the slug; for an import, the exported account's).
+    #[arg(long)]
+    name: Option<String>,
+    /// The account's OIDC organisation id (Zitadel org; for an import, default: the exported
+    /// account's).
+    #[arg(long)]
+    org_id: Option<String>,
+    /// PostgreSQL server URL for the tenant database (default: the system database's server).
+    #[arg(long)]
+    server: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -502,9 +526,12 @@ async fn accounts(config: &Config, cmd: AccountsCommand) -> anyhow::Result<()> {
     match cmd {
         AccountsCommand::Create {
             slug,
-            name,
-            org_id,
-            server,
+            new:
+                NewAccountArgs {
+                    name,
+                    org_id,
+                    server,
+                },
         } => {
             let slug = slug_arg(&slug)?;
             let provisioner = provisioner().await?;
@@ -519,6 +546,46 @@ async fn accounts(config: &Config, cmd: AccountsCommand) -> anyhow::Result<()> {
                 account.slug,
                 account.database_name,
                 account.schema_version,
+                started.elapsed().as_millis()
+            );
+        }
+        AccountsCommand::Export { slug, out } => {
+            let slug = slug_arg(&slug)?;
+            let provisioner = provisioner().await?;
+            let account = existing(&provisioner, &slug).await?;
+            let change = Change::of(Action::Export, Resource::Account, slug.as_str());
+            audit::record_operator(&provisioner, &account, &change).await;
+            let summary = crate::export::to_path(&provisioner, &account, out.as_deref()).await?;
+            eprintln!(
+                "exported account {slug} (schema version {}): {} rows, {} bytes in {} ms{}; sha256 {}",
+                summary.manifest.schema_version,
+                summary.manifest.rows,
+                summary.bytes,
+                summary.elapsed.as_millis(),
+                out.map(|p| format!(" to {}", p.display()))
+                    .unwrap_or_default(),
+                summary.manifest.sha256,
+            );
+        }
+        AccountsCommand::Import { slug, file, new } => {
+            let slug = slug_arg(&slug)?;
+            let provisioner = provisioner().await?;
+            let started = Instant::now();
+            let options = crate::export::import::ImportOptions {
+                display_name: new.name.as_deref(),
+                oidc_org_id: new.org_id.as_deref(),
+                server: new.server.as_deref(),
+            };
+            let imported =
+                crate::export::import::from_path(&provisioner, &slug, &file, options).await?;
+            let change = Change::of(Action::Import, Resource::Account, slug.as_str());
+            audit::record_operator(&provisioner, &imported.account, &change).await;
+            let rows: u64 = imported.rows.iter().map(|(_, n)| n).sum();
+            println!(
+                "imported account {slug} from the export of {} (schema version {} → {}): {rows} rows in {} ms",
+                imported.source.slug,
+                imported.from_version,
+                imported.account.schema_version,
                 started.elapsed().as_millis()
             );
         }

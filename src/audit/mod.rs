@@ -44,6 +44,10 @@ pub enum Action {
     /// An operator suspended or resumed the account (`kataven-hub accounts suspend|resume`).
     Suspend,
     Resume,
+    /// The account's data was exported (`GET /export`, `kataven-hub accounts export`).
+    Export,
+    /// The account was created from an archive (`kataven-hub accounts import`).
+    Import,
 }
 
 /// To what (stored in the `resource` column; an attach or detach names the link table).
@@ -267,6 +271,8 @@ mod tests {
             (Action::Detach, "detach"),
             (Action::Suspend, "suspend"),
             (Action::Resume, "resume"),
+            (Action::Export, "export"),
+            (Action::Import, "import"),
         ];
         for (action, word) in actions {
             assert_eq!(serde_json::to_value(action).unwrap(), word);

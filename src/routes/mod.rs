@@ -23,6 +23,7 @@ use utoipa_axum::routes;
 use crate::agents::routes as agents;
 use crate::audit::routes as audit_log;
 use crate::error::ApiError;
+use crate::export::routes as export;
 use crate::extract::rate_limit_headers;
 use crate::keys::api as api_keys;
 use crate::keys::widget as widget_keys;
@@ -75,6 +76,7 @@ fn resources() -> OpenApiRouter<AppState> {
         .routes(routes!(members::remove))
         .routes(routes!(call_limits::get))
         .routes(routes!(audit_log::list))
+        .routes(routes!(export::export))
         .routes(routes!(api_keys::list, api_keys::create))
         .routes(routes!(api_keys::patch, api_keys::delete))
         .routes(routes!(widget_keys::list, widget_keys::create))

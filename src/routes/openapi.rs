@@ -41,6 +41,7 @@ use crate::error::{ApiError, ErrorBody};
         (name = "members", description = "Who may act in the account"),
         (name = "limits"),
         (name = "audit-log", description = "Who changed what in the account, and from where"),
+        (name = "export", description = "The account's data as one archive"),
         (name = "api-keys", description = "`sk_live_` keys for machines"),
         (name = "widget", description = "Widget keys, settings, and the public widget endpoints"),
         (name = "public", description = "No account header and no ID token needed"),
