@@ -9,7 +9,7 @@ use crate::support::{TestApp, admin_conn, database_exists, system_db_url, unique
 
 pub(crate) const BIN: &str = env!("CARGO_BIN_EXE_kataven-hub");
 
-fn hub(database_url: &str, args: &[&str]) -> Output {
+pub(crate) fn hub(database_url: &str, args: &[&str]) -> Output {
     Command::new(BIN)
         .args(args)
         .env("KATAVEN_DATABASE_URL", database_url)
@@ -18,11 +18,11 @@ fn hub(database_url: &str, args: &[&str]) -> Output {
         .expect("run kataven-hub")
 }
 
-fn stdout(o: &Output) -> String {
+pub(crate) fn stdout(o: &Output) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
 }
 
-fn stderr(o: &Output) -> String {
+pub(crate) fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
@@ -515,7 +515,7 @@ fn dev_keeps_a_reachable_cluster_in_its_data_directory() {
 }
 
 /// A migrator with only the first `n` embedded tenant migrations, as an older release had.
-async fn older_migrator(n: usize) -> (tempfile::TempDir, sqlx::migrate::Migrator) {
+pub(crate) async fn older_migrator(n: usize) -> (tempfile::TempDir, sqlx::migrate::Migrator) {
     let dir = tempfile::tempdir().unwrap();
     let files = tenant_migrations();
     assert!(files.len() > n, "no newer migration to leave out");
@@ -527,7 +527,7 @@ async fn older_migrator(n: usize) -> (tempfile::TempDir, sqlx::migrate::Migrator
 }
 
 /// The tenant migration files, oldest first.
-fn tenant_migrations() -> Vec<std::path::PathBuf> {
+pub(crate) fn tenant_migrations() -> Vec<std::path::PathBuf> {
     let mut files: Vec<_> =
         std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/migrations/tenant"))
             .unwrap()

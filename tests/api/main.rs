@@ -8,6 +8,7 @@ mod client;
 mod compose;
 mod console;
 mod docs;
+mod export;
 mod faults;
 mod hostile;
 mod idempotency;
