@@ -128,6 +128,12 @@ async fn run(
 fn api_error(e: ExportError) -> ApiError {
     match e {
         ExportError::Store(e) => e.into(),
+        // An instance older than the account's database (a deploy in progress): a newer
+        // instance can answer.
+        ExportError::NewerSchema { .. } => {
+            tracing::warn!(error = %e, "export refused");
+            ApiError::unavailable("this instance is older than the account's database")
+        }
         other => ApiError::Internal(other.into()),
     }
 }

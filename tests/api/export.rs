@@ -804,3 +804,21 @@ async fn a_large_account_exports_and_imports_in_flat_memory() {
     }
     assert_eq!(alice.agents().await.len(), 25_000);
 }
+
+/// An instance older than the account's database (a deploy in progress) leaves the export to a
+/// newer one: 503 with `Retry-After`, never a 500.
+#[tokio::test]
+async fn an_instance_older_than_the_database_answers_503() {
+    let app = TestApp::spawn().await;
+    let alice = Client::new(&app, "exnewer", "alice").await;
+    sqlx::query(
+        "INSERT INTO _sqlx_migrations (version, description, success, checksum, execution_time)
+         VALUES (99991231000000, 'from a newer binary', true, '\\x00', 0)",
+    )
+    .execute(&mut alice.db().await)
+    .await
+    .unwrap();
+    let resp = alice.elevated().get("/export").await;
+    resp.err(503, "unavailable", None, "a newer database");
+    assert!(resp.header("retry-after").is_some());
+}
