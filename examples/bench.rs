@@ -4,7 +4,8 @@
 //! It starts a PostgreSQL cluster of its own, provisions the accounts, starts `kataven-hub
 //! serve` (the default configuration, and a second instance with a small connection budget for
 //! the many-tenant storm) and the bare baseline (`examples/bench_bare.rs`), drives them with
-//! `wrk`, runs `pgbench` on the same query, and prints one Markdown table. Nothing here asserts
+//! `wrk` (reads, then writes without and with an `Idempotency-Key`, each pair interleaved),
+//! runs `pgbench` on the same query, and prints one Markdown table. Nothing here asserts
 //! a time: the numbers are for people (README, `docs/performance.md`).
 //!
 //! Settings (environment): `BENCH_SECS` (per case, default 8), `BENCH_ROUNDS` (the hub and
@@ -14,7 +15,8 @@
 //! (117), `BENCH_STORM_BUDGET` (24), `BENCH_STORM_CLIENTS` (16), `BENCH_COLD_ACCOUNTS` (100),
 //! `BENCH_MEMORY=1` to also measure memory (2,000 idle pools; 100,000 cached credentials),
 //! `BENCH_HUB_ENV` (extra `KEY=VALUE,…` for the hub under test), `BENCH_PERF=<case>` to record
-//! `perf` profiles of the hub during that case (`jwt`, `api_key`, `list`, `storm`); its working
+//! `perf` profiles of the hub during that case (`jwt`, `api_key`, `list`, `create`,
+//! `create_keyed`, `storm`); its working
 //! directory is then kept for them, and removed otherwise.
 
 use std::collections::BTreeMap;
