@@ -17,7 +17,7 @@ use crate::tenancy::slug::AccountSlug;
 /// How often an instance sweeps.
 const PERIOD: std::time::Duration = std::time::Duration::from_secs(3600);
 
-/// Expired idempotency answers deleted by one statement.
+/// Rows deleted by one statement.
 const BATCH: i64 = 1000;
 
 /// What one pass deleted.
@@ -27,14 +27,35 @@ pub struct Swept {
     pub idempotency_keys: u64,
 }
 
-/// Deletes every expired idempotency answer of one database (an account's or the catalog).
-async fn idempotency_keys(conn: &mut PgConnection) -> sqlx::Result<u64> {
-    let mut deleted = 0;
-    loop {
-        let n = crate::idempotency::delete_expired(conn, BATCH).await?;
-        deleted += n;
-        if n < BATCH as u64 {
-            return Ok(deleted);
+/// What a sweep deletes.
+enum Expired {
+    /// Audit log entries older than the retention's cutoff.
+    AuditEntries(chrono::DateTime<chrono::Utc>),
+    /// Idempotency answers past their expiry.
+    IdempotencyKeys,
+}
+
+impl Expired {
+    /// Deletes at most `batch` rows; answers how many.
+    async fn delete_batch(&self, conn: &mut PgConnection, batch: i64) -> sqlx::Result<u64> {
+        match self {
+            Self::AuditEntries(before) => {
+                crate::audit::store::delete_older(conn, *before, batch).await
+            }
+            Self::IdempotencyKeys => crate::idempotency::delete_expired(conn, batch).await,
+        }
+    }
+
+    /// Deletes all of them from one database, [`BATCH`] rows a statement so that no statement
+    /// runs long; answers how many.
+    async fn delete(self, conn: &mut PgConnection) -> sqlx::Result<u64> {
+        let mut deleted = 0;
+        loop {
+            let n = self.delete_batch(conn, BATCH).await?;
+            deleted += n;
+            if n < BATCH as u64 {
+                return Ok(deleted);
+            }
         }
     }
 }
@@ -42,9 +63,10 @@ async fn idempotency_keys(conn: &mut PgConnection) -> sqlx::Result<u64> {
 /// Sweeps one account's database.
 pub async fn sweep_account(state: &AppState, account: &Account) -> anyhow::Result<Swept> {
     let mut conn = state.pools.acquire(account).await?;
+    let cutoff = crate::audit::retention::cutoff(&state.config);
     Ok(Swept {
-        audit_entries: crate::audit::retention::delete_expired(&mut conn, &state.config).await?,
-        idempotency_keys: idempotency_keys(&mut conn).await?,
+        audit_entries: Expired::AuditEntries(cutoff).delete(&mut conn).await?,
+        idempotency_keys: Expired::IdempotencyKeys.delete(&mut conn).await?,
     })
 }
 
@@ -53,7 +75,7 @@ pub async fn sweep_account(state: &AppState, account: &Account) -> anyhow::Resul
 pub async fn sweep(state: &AppState) -> Swept {
     let mut swept = Swept::default();
     match state.catalog.pool().acquire().await {
-        Ok(mut conn) => match idempotency_keys(&mut conn).await {
+        Ok(mut conn) => match Expired::IdempotencyKeys.delete(&mut conn).await {
             Ok(n) => swept.idempotency_keys += n,
             Err(e) => tracing::warn!(error = %e, "housekeeping: the catalog sweep failed"),
         },
