@@ -190,7 +190,7 @@ pub struct Config {
     )]
     pub tenant_pool_max: u32,
 
-    /// Maximum connections this instance opens across all tenant pools.
+    /// Maximum connections this instance opens to each database server, across its tenant pools.
     #[arg(
         long,
         env = "KATAVEN_DB_CONNECTION_BUDGET",

@@ -19,7 +19,8 @@ pub enum PoolError {
     NoAnswer,
     /// Every connection the account may have is in use until the request's deadline.
     AccountBusy,
-    /// The instance's connection budget stayed spent until the request's deadline.
+    /// The connection budget of the account's database server stayed spent until the
+    /// request's deadline.
     BudgetSpent,
     /// Migrating the account's database on first use failed.
     Upgrading,

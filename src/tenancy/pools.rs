@@ -3,11 +3,15 @@
 //! * A pool is created once per tenant, even under concurrent first requests: the map holds a
 //!   `OnceCell` per tenant and every request awaits the same initialisation (single-flight).
 //!   Opening a pool of a tenant whose schema is behind migrates it first, once.
-//! * Every open tenant connection holds a permit of one instance-wide semaphore sized by
-//!   `KATAVEN_DB_CONNECTION_BUDGET`, so the instance never has more connections open than the
-//!   budget. A permit is returned only after its connection is closed. When the budget is spent,
-//!   a request closes the least recently used idle connection of another tenant, or waits until
-//!   its deadline and then answers 503 `unavailable`.
+//! * The connection budget (`KATAVEN_DB_CONNECTION_BUDGET`) applies per database server: every
+//!   open tenant connection holds a permit of its server's semaphore ([`ServerSlot`]), so the
+//!   instance never has more connections open to a server than the budget. A permit is
+//!   returned only after its connection is closed. When a server's budget is spent, a request
+//!   closes the least recently used idle connection of another tenant on that server, or waits
+//!   until its deadline and then answers 503 `unavailable`. Per server because what the budget
+//!   protects is each server's `max_connections`: accounts on one saturated server never wait
+//!   for, nor evict, anything on another, and everything that coordinates the budget (waiters,
+//!   closing connections, the reserve, borrowing beyond a pool's share) is per server too.
 //! * A reaper closes connections idle for longer than the idle timeout and drops pools that
 //!   have no connection left.
 //! * No map guard is ever held across an `.await`: entries are `Arc`s cloned out of the map.
@@ -72,7 +76,7 @@ const RESERVE_DIVISOR: usize = 10;
 pub struct PoolSettings {
     /// Connections per tenant pool.
     pub pool_max: usize,
-    /// Connections across all tenant pools.
+    /// Connections to one database server, across the tenant pools on it.
     pub budget: usize,
     /// How long a request waits for a connection before 503.
     pub acquire_timeout: Duration,
@@ -118,23 +122,34 @@ pub struct TenantPools {
 
 struct Inner {
     map: DashMap<String, Arc<OnceCell<Arc<TenantPool>>>>,
-    /// One gate per database server (`host:port`), shared by the pools of its tenants.
-    servers: DashMap<String, Arc<Gate>>,
-    budget: Arc<Semaphore>,
+    /// One slot per database server (see [`Inner::server_of`]), shared by the pools of its
+    /// tenants. Slots are never removed: there are only as many as servers in use.
+    servers: DashMap<String, Arc<ServerSlot>>,
     settings: PoolSettings,
     provisioner: Provisioner,
     shared: Arc<Shared>,
 }
 
-/// Shared by the map and every pool.
-struct Shared {
-    /// Requests waiting for a budget permit, and connections being closed whose permits are
-    /// about to return: a waiter evicts an idle connection only while the first outnumbers
-    /// the second, so one waiter costs at most one eviction.
+/// A database server as the pool map sees it: the gate of its connection attempts, and its
+/// connection budget with what coordinates it. Pools on other servers never touch it.
+struct ServerSlot {
+    gate: Gate,
+    /// A permit per connection open to this server.
+    budget: Arc<Semaphore>,
+    /// The budget's size (see [`Inner::keep_reserve`]).
+    budget_size: usize,
+    /// Requests waiting for a permit of this budget, and connections to this server being
+    /// closed whose permits are about to return: a waiter evicts an idle connection only while
+    /// the first outnumbers the second, so one waiter costs at most one eviction.
     waiters: AtomicUsize,
     closing: AtomicUsize,
-    /// Signalled when a connection turns idle while requests wait for the budget.
+    /// Signalled when a connection to this server turns idle while requests wait for its
+    /// budget.
     idle_returned: Notify,
+}
+
+/// Shared by the map and every pool, whatever their server.
+struct Shared {
     /// Raised whenever a broken connection is seen (or the catalog listener lost its
     /// connection): idle connections checked before the current value are checked again
     /// before they are handed out.
@@ -158,10 +173,11 @@ struct TenantPool {
     slug: String,
     options: PgConnectOptions,
     shared: Arc<Shared>,
-    server_gate: Arc<Gate>,
+    /// The server the tenant's database is on: its gate and its budget.
+    server: Arc<ServerSlot>,
     database_gate: Gate,
     /// Connections this pool may always have (`KATAVEN_TENANT_POOL_MAX`); beyond it only
-    /// while the budget has headroom.
+    /// while its server's budget has headroom.
     share: usize,
     /// Signalled when one of this pool's connections turns idle.
     returned: Notify,
@@ -197,22 +213,23 @@ impl From<PoolError> for AcquireError {
 impl TenantPools {
     pub fn new(provisioner: Provisioner, settings: PoolSettings, counters: PoolCounters) -> Self {
         let shared = Arc::new(Shared {
-            waiters: AtomicUsize::new(0),
-            closing: AtomicUsize::new(0),
-            idle_returned: Notify::new(),
             suspicion: AtomicU64::new(0),
             check_timeout: settings.acquire_timeout,
             counters,
         });
+        let inner = Inner {
+            map: DashMap::new(),
+            servers: DashMap::new(),
+            settings,
+            provisioner,
+            shared,
+        };
+        // The system database's server (where tenants without a server of their own live) is
+        // known from the start, so that the budget gauge shows its budget before any request.
+        let (key, budget) = inner.server_of(inner.provisioner.system_options());
+        inner.slot_for(key, budget);
         Self {
-            inner: Arc::new(Inner {
-                map: DashMap::new(),
-                servers: DashMap::new(),
-                budget: Arc::new(Semaphore::new(settings.budget)),
-                settings,
-                provisioner,
-                shared,
-            }),
+            inner: Arc::new(inner),
         }
     }
 
@@ -263,18 +280,14 @@ impl TenantPools {
         if let Some(limit) = inner.settings.statement_timeout {
             options = options.options([("statement_timeout", format!("{}ms", limit.as_millis()))]);
         }
-        let server = format!("{}:{}", options.get_host(), options.get_port());
-        let server_gate = inner
-            .servers
-            .entry(server.clone())
-            .or_insert_with(|| Arc::new(Gate::new(Scope::Server, server)))
-            .clone();
+        let (key, budget) = inner.server_of(&options);
+        let server = inner.slot_for(key, budget);
         let pool = Arc::new(TenantPool {
             slug: account.slug.clone(),
             options,
             shared: inner.shared.clone(),
             database_gate: Gate::new(Scope::Database, account.slug.clone()),
-            server_gate,
+            server,
             share: inner.settings.pool_max,
             returned: Notify::new(),
             idle: Mutex::new(Vec::new()),
@@ -304,12 +317,18 @@ impl TenantPools {
         Ok(pool)
     }
 
+    /// `budget_available` is the sum over the servers in use.
     pub fn stats(&self) -> PoolStats {
         let mut stats = PoolStats {
             pools: 0,
             connections_open: 0,
             connections_in_use: 0,
-            budget_available: self.inner.budget.available_permits(),
+            budget_available: self
+                .inner
+                .servers
+                .iter()
+                .map(|s| s.value().budget.available_permits())
+                .sum(),
         };
         for entry in self.inner.map.iter() {
             if let Some(pool) = entry.value().get() {
@@ -420,15 +439,20 @@ impl TenantPools {
         futures::future::join_all(closing).await;
     }
 
-    /// Starts closing an idle connection of any pool but `except`: of a pool beyond its share
-    /// if there is one, else of the pool used least recently. Returns whether one was found.
+    /// Starts closing an idle connection of any pool but `except` on the same server (only
+    /// that frees a permit of its budget): of a pool beyond its share if there is one, else of
+    /// the pool used least recently. Returns whether one was found.
     fn evict_one_idle(&self, except: &TenantPool) -> bool {
         let victim = self
             .inner
             .map
             .iter()
             .filter_map(|e| e.value().get().cloned())
-            .filter(|p| !std::ptr::eq(Arc::as_ptr(p), except) && !p.idle.lock().is_empty())
+            .filter(|p| {
+                Arc::ptr_eq(&p.server, &except.server)
+                    && !std::ptr::eq(Arc::as_ptr(p), except)
+                    && !p.idle.lock().is_empty()
+            })
             .min_by_key(|p| {
                 (
                     p.open.load(Ordering::Acquire) <= p.share,
@@ -450,34 +474,61 @@ impl TenantPools {
 }
 
 impl Inner {
-    /// A budget permit for one new connection. When the budget is spent, idle connections of
-    /// other tenants are closed to make room (at most one per waiting request); otherwise the
-    /// request waits for a permit, or for a connection to turn idle, until its deadline.
+    /// The server a tenant's connections count against, and that server's budget: the
+    /// `host:port` of its connection options, every server with `KATAVEN_DB_CONNECTION_BUDGET`.
+    /// The one place that decides both.
+    fn server_of(&self, options: &PgConnectOptions) -> (String, usize) {
+        let key = format!("{}:{}", options.get_host(), options.get_port());
+        (key, self.settings.budget)
+    }
+
+    /// The slot of server `key`, created with a budget of `budget` connections on first use
+    /// (an existing slot keeps its own).
+    fn slot_for(&self, key: String, budget: usize) -> Arc<ServerSlot> {
+        self.servers
+            .entry(key.clone())
+            .or_insert_with(|| {
+                Arc::new(ServerSlot {
+                    gate: Gate::new(Scope::Server, key),
+                    budget: Arc::new(Semaphore::new(budget)),
+                    budget_size: budget,
+                    waiters: AtomicUsize::new(0),
+                    closing: AtomicUsize::new(0),
+                    idle_returned: Notify::new(),
+                })
+            })
+            .clone()
+    }
+
+    /// A permit of the requester's server's budget for one new connection. When that budget is
+    /// spent, idle connections of other tenants on the same server are closed to make room (at
+    /// most one per waiting request); otherwise the request waits for a permit, or for a
+    /// connection to that server to turn idle, until its deadline.
     async fn budget_permit(
         self: &Inner,
         pools: &TenantPools,
         requester: &TenantPool,
         deadline: Instant,
     ) -> Result<OwnedSemaphorePermit, PoolError> {
-        if let Ok(permit) = self.budget.clone().try_acquire_owned() {
+        let server = &requester.server;
+        if let Ok(permit) = server.budget.clone().try_acquire_owned() {
             self.keep_reserve(pools, requester);
             return Ok(permit);
         }
-        let shared = &self.shared;
-        shared.waiters.fetch_add(1, Ordering::AcqRel);
+        server.waiters.fetch_add(1, Ordering::AcqRel);
         let _waiting = scopeguard(|| {
-            shared.waiters.fetch_sub(1, Ordering::AcqRel);
+            server.waiters.fetch_sub(1, Ordering::AcqRel);
         });
         loop {
-            let notified = shared.idle_returned.notified();
+            let notified = server.idle_returned.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            if shared.closing.load(Ordering::Acquire) < shared.waiters.load(Ordering::Acquire) {
+            if server.closing.load(Ordering::Acquire) < server.waiters.load(Ordering::Acquire) {
                 pools.evict_one_idle(requester);
             }
             tokio::select! {
                 biased;
-                permit = self.budget.clone().acquire_owned() => {
+                permit = server.budget.clone().acquire_owned() => {
                     let permit = permit
                         .map_err(|_| PoolError::ShuttingDown)?;
                     self.keep_reserve(pools, requester);
@@ -493,15 +544,17 @@ impl Inner {
 }
 
 impl Inner {
-    /// Keeps a tenth of the budget free for accounts that need a new connection: when a permit
-    /// taken leaves less than that free (counting connections already closing), the least
-    /// recently used idle connections of other accounts start closing. Without the reserve, once
-    /// idle connections fill the budget, every account's first request waits for one of them
-    /// to close and for its backend to exit ([`BACKEND_EXIT_GRACE`]): 50 ms and more, where a
-    /// new connection takes a few. Idle connections only are closed; busy ones keep working.
+    /// Keeps a tenth of each server's budget free for accounts that need a new connection: when
+    /// a permit taken leaves less than that free (counting connections already closing), the
+    /// least recently used idle connections of other accounts on the same server start closing.
+    /// Without the reserve, once idle connections fill the budget, every account's first
+    /// request waits for one of them to close and for its backend to exit
+    /// ([`BACKEND_EXIT_GRACE`]): 50 ms and more, where a new connection takes a few. Idle
+    /// connections only are closed; busy ones keep working.
     fn keep_reserve(&self, pools: &TenantPools, requester: &TenantPool) {
-        let reserve = (self.settings.budget / RESERVE_DIVISOR).max(1);
-        let free = self.budget.available_permits() + self.shared.closing.load(Ordering::Acquire);
+        let server = &requester.server;
+        let reserve = (server.budget_size / RESERVE_DIVISOR).max(1);
+        let free = server.budget.available_permits() + server.closing.load(Ordering::Acquire);
         for _ in free..reserve {
             if !pools.evict_one_idle(requester) {
                 break;
@@ -553,9 +606,9 @@ impl TenantPool {
                     }
                 };
             }
-            // Beyond it: only while the budget has headroom nobody else is waiting for.
-            if self.shared.waiters.load(Ordering::Acquire) == 0 {
-                if let Ok(permit) = inner.budget.clone().try_acquire_owned() {
+            // Beyond it: only while the server's budget has headroom nobody else is waiting for.
+            if self.server.waiters.load(Ordering::Acquire) == 0 {
+                if let Ok(permit) = self.server.budget.clone().try_acquire_owned() {
                     self.open.fetch_add(1, Ordering::AcqRel);
                     return match self.connect_with(permit, deadline).await {
                         Ok(conn) => Ok(self.checked_out(conn)),
@@ -650,7 +703,7 @@ impl TenantPool {
         permit: OwnedSemaphorePermit,
         deadline: Instant,
     ) -> Result<(PgConnection, OwnedSemaphorePermit), PoolError> {
-        let server = self.server_gate.pass(deadline).await?;
+        let server = self.server.gate.pass(deadline).await?;
         let database = self.database_gate.pass(deadline).await?;
         let started = Instant::now();
         let result = timeout_at(deadline, self.options.connect()).await;
@@ -670,11 +723,11 @@ impl TenantPool {
             .inc();
         match outcome.scope() {
             Scope::Server => {
-                self.server_gate.record(server, outcome);
+                self.server.gate.record(server, outcome);
                 drop(database);
             }
             Scope::Database => {
-                self.server_gate.record(server, ConnectOutcome::Ok);
+                self.server.gate.record(server, ConnectOutcome::Ok);
                 self.database_gate.record(database, outcome);
             }
         }
@@ -714,8 +767,8 @@ impl TenantPool {
         graceful: bool,
     ) {
         self.open.fetch_sub(1, Ordering::AcqRel);
-        let shared = self.shared.clone();
-        shared.closing.fetch_add(1, Ordering::AcqRel);
+        let server = self.server.clone();
+        server.closing.fetch_add(1, Ordering::AcqRel);
         let closing = async move {
             if graceful {
                 let _ = timeout(CLOSE_TIMEOUT, conn.close()).await;
@@ -724,7 +777,7 @@ impl TenantPool {
             }
             tokio::time::sleep(BACKEND_EXIT_GRACE).await;
             drop(permit);
-            shared.closing.fetch_sub(1, Ordering::AcqRel);
+            server.closing.fetch_sub(1, Ordering::AcqRel);
         };
         match tokio::runtime::Handle::try_current() {
             Ok(runtime) => {
@@ -732,14 +785,15 @@ impl TenantPool {
             }
             // No runtime left (process exit): the socket closes with the process.
             Err(_) => {
-                self.shared.closing.fetch_sub(1, Ordering::AcqRel);
+                self.server.closing.fetch_sub(1, Ordering::AcqRel);
             }
         }
     }
 
     /// Takes back a connection after use: it is checked (and a transaction a cancelled request
     /// left behind is rolled back) in the background, and turns idle only if healthy. A
-    /// connection beyond the pool's share is closed instead while others wait for the budget.
+    /// connection beyond the pool's share is closed instead while others wait for its server's
+    /// budget.
     fn release(self: &Arc<Self>, conn: PgConnection, permit: OwnedSemaphorePermit) {
         self.in_use.fetch_sub(1, Ordering::AcqRel);
         if self.retired.load(Ordering::Acquire) {
@@ -762,14 +816,14 @@ impl TenantPool {
             // checked by the fault and pool tests.
             let checked = timeout(pool.shared.check_timeout, Connection::flush(&mut conn)).await;
             let healthy = matches!(checked, Ok(Ok(()))) && !conn.is_in_transaction();
-            let contended = pool.shared.waiters.load(Ordering::Acquire) > 0;
+            let contended = pool.server.waiters.load(Ordering::Acquire) > 0;
             if !healthy {
                 tracing::debug!(account = %pool.slug, "returned tenant connection broken; dropped");
                 pool.discard(conn, permit);
             } else if pool.retired.load(Ordering::Acquire)
                 || (contended && pool.open.load(Ordering::Acquire) > pool.share)
             {
-                // Beyond its share while others wait: the permit goes to them.
+                // Beyond its share while others on its server wait: the permit goes to them.
                 pool.close_in_background(conn, permit, true);
             } else {
                 pool.idle.lock().push(IdleConn {
@@ -780,7 +834,7 @@ impl TenantPool {
                 });
                 pool.returned.notify_one();
                 if contended {
-                    pool.shared.idle_returned.notify_waiters();
+                    pool.server.idle_returned.notify_waiters();
                 }
             }
         });

@@ -6,7 +6,9 @@ use std::time::Duration;
 
 use futures::StreamExt;
 
-use crate::support::{TestApp, admin_conn, backends, error_code};
+use kataven_hub::tenancy::catalog::Role;
+
+use crate::support::{TestApp, admin_conn, backends, cluster, error_code, unique_slug};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fifty_concurrent_first_requests_open_one_pool() {
@@ -185,6 +187,96 @@ async fn a_spent_budget_answers_503_after_a_brief_wait() {
     );
     let mut admin = admin_conn().await;
     assert!(backends(&mut admin, &[busy.slug.as_str(), other.slug.as_str()]).await <= 1);
+}
+
+/// The budget applies per database server: while one account holds all of its server's budget,
+/// an account on another server still gets a connection at once, and the saturated server's
+/// budget still holds for the accounts on it. One cluster stands for two servers here: the
+/// pools key a server by `host:port`, so `127.0.0.1` and `localhost` are two of them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_saturated_server_does_not_starve_accounts_on_another() {
+    const BUDGET: u32 = 4;
+    let app = TestApp::builder()
+        .await
+        .config(|c| {
+            c.db_connection_budget = BUDGET;
+            c.tenant_pool_max = BUDGET;
+            c.db_acquire_timeout_ms = 1_500;
+        })
+        .spawn()
+        .await;
+    let saturated = cluster().pg.url("postgres");
+    let other = saturated.replacen("@127.0.0.1:", "@localhost:", 1);
+    assert_ne!(saturated, other);
+    let account_on = |prefix: &'static str, server: String| {
+        let app = &app;
+        async move {
+            let slug = unique_slug(prefix);
+            let account = app
+                .provisioner()
+                .create_account(&slug, prefix, None, Some(&server))
+                .await
+                .expect("create account");
+            app.state
+                .catalog
+                .upsert_member(&slug, "alice", Role::Admin)
+                .await
+                .unwrap();
+            account
+        }
+    };
+    let busy = account_on("busy", saturated.clone()).await;
+    let neighbour = account_on("neighbour", saturated).await;
+    let elsewhere = account_on("elsewhere", other).await;
+
+    // The busy account takes the whole budget of its server and keeps it.
+    let mut held = Vec::new();
+    for _ in 0..BUDGET {
+        held.push(app.state.pools.acquire(&busy).await.unwrap());
+    }
+    let mut admin = admin_conn().await;
+    assert_eq!(
+        backends(&mut admin, &[busy.slug.as_str()]).await,
+        BUDGET as i64
+    );
+
+    // An account on the other server is not held up by it.
+    let started = std::time::Instant::now();
+    let status = app.tenant_status(&elsewhere.slug, "alice").await;
+    let waited = started.elapsed();
+    assert_eq!(status, 200, "the other server's account waited {waited:?}");
+    assert!(waited < Duration::from_millis(1_000), "{waited:?}");
+    // The gauge sums the servers: nothing left on the saturated one, one taken on the other.
+    assert_eq!(
+        app.state.pools.stats().budget_available,
+        BUDGET as usize - 1
+    );
+
+    // On the saturated server the budget still holds: the busy account's next request and its
+    // neighbour's first both answer 503 after the acquire timeout, and no connection is opened.
+    let request = |slug: &str| {
+        let resp = app.tenant_get(slug, "alice").send();
+        async move {
+            let started = std::time::Instant::now();
+            let resp = resp.await.unwrap();
+            let waited = started.elapsed();
+            assert_eq!(resp.headers()["retry-after"], "1");
+            (error_code(resp).await, waited)
+        }
+    };
+    let (own, beside) = tokio::join!(request(&busy.slug), request(&neighbour.slug));
+    for ((answer, waited), who) in [(own, "busy"), (beside, "neighbour")] {
+        assert_eq!(answer, (503, "unavailable".to_owned()), "{who}");
+        assert!(waited >= Duration::from_millis(1_400), "{who}: {waited:?}");
+    }
+    assert_eq!(
+        backends(&mut admin, &[busy.slug.as_str(), neighbour.slug.as_str()]).await,
+        BUDGET as i64
+    );
+
+    // Once the busy account lets go, its server serves again.
+    drop(held);
+    assert_eq!(app.tenant_status(&neighbour.slug, "alice").await, 200);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
