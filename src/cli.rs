@@ -12,6 +12,7 @@ use tokio::net::TcpListener;
 use crate::audit::{self, Action, Change, Resource};
 use crate::auth::dev_issuer::upsert_dev_user;
 use crate::config::Config;
+use crate::fleet::moves::{self, Move, MoveOptions, Mover};
 use crate::server;
 use crate::tenancy::catalog::{Account, AccountStatus, Role};
 use crate::tenancy::embedded_pg::{self, EmbeddedPostgres};
@@ -46,6 +47,9 @@ pub enum Command {
     /// Manage accounts (tenants).
     #[command(subcommand)]
     Accounts(AccountsCommand),
+    /// Manage the database servers tenant databases live on (docs/fleet.md).
+    #[command(subcommand)]
+    Servers(ServersCommand),
     /// Manage API keys.
     #[command(subcommand, name = "api-keys")]
     ApiKeys(ApiKeysCommand),
@@ -76,6 +80,33 @@ pub enum AccountsCommand {
         file: std::path::PathBuf,
         #[command(flatten)]
         new: NewAccountArgs,
+    },
+    /// Move an account's database to another server while the account stays in use
+    /// (docs/fleet.md); run again to resume an interrupted move.
+    #[command(group(clap::ArgGroup::new("what").required(true)
+        .args(["to", "status", "abort", "finish", "revert"])))]
+    Move {
+        slug: String,
+        /// The server to move to (`servers list`).
+        #[arg(long)]
+        to: Option<String>,
+        /// Show the account's move, if any.
+        #[arg(long)]
+        status: bool,
+        /// Undo a move that has not switched: the account stays where it is.
+        #[arg(long)]
+        abort: bool,
+        /// Drop the old database of a switched move (kept until then, fenced).
+        #[arg(long)]
+        finish: bool,
+        /// Point a switched account back at its old database, losing the writes made since
+        /// the cut-over (for a lost target server).
+        #[arg(long)]
+        revert: bool,
+        /// Accept a copy with pg_dump, which pauses the account's writes for the whole copy,
+        /// when the source server has no wal_level = logical.
+        #[arg(long)]
+        allow_write_pause: bool,
     },
     /// List every account.
     List,
@@ -122,9 +153,36 @@ pub struct NewAccountArgs {
     /// account's).
     #[arg(long)]
     org_id: Option<String>,
-    /// PostgreSQL server URL for the tenant database (default: the system database's server).
+    /// The server for the tenant database (`servers list`; default: the active server with
+    /// the fewest accounts per weight).
     #[arg(long)]
     server: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ServersCommand {
+    /// Add a database server (it must be reachable; the tenant template is prepared there).
+    Add {
+        /// Its id (`db2`): 1–63 of a-z, 0-9, `-`, `_`.
+        id: String,
+        /// `postgres://[user@]host[:port][?sslmode=…]`, without a password (the password is
+        /// read from KATAVEN_SERVER_SECRETS_DIR/<id>, else the system database's is used).
+        url: String,
+        /// Placement weight (default 100): a server of weight 200 gets twice the accounts.
+        #[arg(long)]
+        weight: Option<i32>,
+        /// Connections one instance opens to it at most (default: KATAVEN_DB_CONNECTION_BUDGET).
+        #[arg(long)]
+        connection_budget: Option<i32>,
+    },
+    /// List the servers: state, accounts, size, connections, schema versions.
+    List,
+    /// Stop placing new accounts on a server (its accounts stay).
+    Drain { id: String },
+    /// Place new accounts on a server again.
+    Activate { id: String },
+    /// Retire a server that holds no account any more.
+    Retire { id: String },
 }
 
 #[derive(Debug, Subcommand)]
@@ -179,6 +237,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Migrate => migrate(&config).await,
         Command::Doctor => doctor(&config).await,
         Command::Accounts(cmd) => accounts(&config, cmd).await,
+        Command::Servers(cmd) => servers(&config, cmd).await,
         Command::ApiKeys(ApiKeysCommand::Create { slug, name, expiry }) => {
             let slug = slug_arg(&slug)?;
             let pepper = config
@@ -357,7 +416,11 @@ async fn seed_demo(provisioner: &Provisioner, config: &Config) -> anyhow::Result
         .create_account(&slug, "Acme Corp", None, None)
         .await?;
     // Sample agents and knowledge, so that the printed curl shows something real.
-    let mut conn = provisioner.tenant_options(&account)?.connect().await?;
+    let mut conn = provisioner
+        .tenant_options(&account)
+        .await?
+        .connect()
+        .await?;
     sqlx::raw_sql(include_str!("seed/demo_acme.sql"))
         .execute(&mut conn)
         .await?;
@@ -516,6 +579,101 @@ impl MigrateProgress {
     }
 }
 
+fn print_move(m: &Move) {
+    println!(
+        "{}: {:?} from server `{}` (database `{}`) to server `{}` (database `{}`) by {:?},          started {}{}",
+        m.account,
+        m.phase,
+        m.source_server,
+        m.source_database,
+        m.target_server,
+        m.target_database,
+        m.method,
+        m.started_at.to_rfc3339(),
+        match (m.switched_at, m.pause_ms) {
+            (Some(at), Some(ms)) => format!(
+                "; switched {} (writes paused {ms} ms); old database kept until --finish",
+                at.to_rfc3339()
+            ),
+            _ => String::new(),
+        }
+    );
+}
+
+async fn servers(config: &Config, cmd: ServersCommand) -> anyhow::Result<()> {
+    use crate::fleet::ServerState;
+    use crate::fleet::servers as fleet;
+    let provisioner = server::provisioner(config).await?;
+    let pool = provisioner.catalog().pool();
+    let (id, state) = match cmd {
+        ServersCommand::Add {
+            id,
+            url,
+            weight,
+            connection_budget,
+        } => {
+            let new = fleet::NewServer {
+                id: &id,
+                url: &url,
+                weight,
+                connection_budget,
+            };
+            let added = fleet::add(&provisioner, new).await?;
+            println!(
+                "added server `{id}` (PostgreSQL {}, wal_level {}{}): active, weight {}",
+                added.version,
+                added.wal_level,
+                if added.wal_level == "logical" {
+                    ""
+                } else {
+                    "; moves away from it pause writes for the copy"
+                },
+                added.server.weight
+            );
+            return Ok(());
+        }
+        ServersCommand::List => {
+            println!(
+                "{:<16} {:<9} {:>6} {:>6} {:>8} {:>10} {:>6} {:<8}  SCHEMA VERSIONS",
+                "SERVER", "STATE", "WEIGHT", "BUDGET", "ACCOUNTS", "SIZE", "CONNS", "WAL"
+            );
+            for u in fleet::list(&provisioner).await? {
+                let (size, conns, wal) = match &u.live {
+                    Ok(live) => (
+                        format!("{:.1} MB", live.bytes as f64 / 1e6),
+                        live.connections.to_string(),
+                        live.wal_level.clone(),
+                    ),
+                    Err(e) => (format!("unreachable: {e}"), "-".into(), "-".into()),
+                };
+                let versions: Vec<String> =
+                    u.schema_versions.iter().map(|v| v.to_string()).collect();
+                println!(
+                    "{:<16} {:<9} {:>6} {:>6} {:>8} {:>10} {:>6} {:<8}  {}",
+                    u.server.id,
+                    u.server.state.as_str(),
+                    u.server.weight,
+                    u.server
+                        .connection_budget
+                        .map_or_else(|| "-".to_owned(), |b| b.to_string()),
+                    u.accounts,
+                    size,
+                    conns,
+                    wal,
+                    versions.join(", ")
+                );
+            }
+            return Ok(());
+        }
+        ServersCommand::Drain { id } => (id, ServerState::Draining),
+        ServersCommand::Activate { id } => (id, ServerState::Active),
+        ServersCommand::Retire { id } => (id, ServerState::Retired),
+    };
+    let server = fleet::set_state(pool, &id, state).await?;
+    println!("server `{}` is now {}", server.id, server.state.as_str());
+    Ok(())
+}
+
 fn slug_arg(raw: &str) -> anyhow::Result<AccountSlug> {
     AccountSlug::parse(raw).map_err(|e| anyhow::anyhow!("`{raw}`: {e}"))
 }
@@ -588,6 +746,66 @@ async fn accounts(config: &Config, cmd: AccountsCommand) -> anyhow::Result<()> {
                 imported.account.schema_version,
                 started.elapsed().as_millis()
             );
+        }
+        AccountsCommand::Move {
+            slug,
+            to,
+            status,
+            abort,
+            finish,
+            revert,
+            allow_write_pause,
+        } => {
+            let slug = slug_arg(&slug)?;
+            let provisioner = provisioner().await?;
+            let account = existing(&provisioner, &slug).await?;
+            let say = |line: &str| eprintln!("{line}");
+            let mover = Mover::new(&provisioner, &say);
+            if status {
+                match moves::status(&provisioner, &slug).await? {
+                    None => println!("{slug}: on server `{}`, no move", account.server),
+                    Some(m) => print_move(&m),
+                }
+                return Ok(());
+            }
+            if abort {
+                let m = mover.abort(&slug).await?;
+                println!(
+                    "aborted the move of {slug} to `{}`: it stays on server `{}`",
+                    m.target_server, m.source_server
+                );
+            } else if finish {
+                let m = mover.finish(&slug).await?;
+                println!(
+                    "finished the move of {slug}: dropped its old database `{}` on server `{}`",
+                    m.source_database, m.source_server
+                );
+            } else if revert {
+                let m = mover.revert(&slug).await?;
+                println!(
+                    "{slug} runs on its old database `{}` on server `{}` again; database `{}` on                      server `{}` is left as it was",
+                    m.source_database, m.source_server, m.target_database, m.target_server
+                );
+            } else if let Some(to) = &to {
+                let options = MoveOptions { allow_write_pause };
+                let done = mover.run(&slug, to, options).await?;
+                println!(
+                    "moved {slug} to server `{to}` (database `{}`): {} rows; copy {} ms, writes                      paused {} ms; the old database is kept until `accounts move {slug} --finish`",
+                    done.the_move.target_database,
+                    done.rows,
+                    done.copy.as_millis(),
+                    done.pause.as_millis()
+                );
+            }
+            if abort || finish || revert || to.is_some() {
+                let change = Change::of(Action::Move, Resource::Account, slug.as_str());
+                audit::record_operator(
+                    &provisioner,
+                    &existing(&provisioner, &slug).await?,
+                    &change,
+                )
+                .await;
+            }
         }
         AccountsCommand::List => {
             let provisioner = provisioner().await?;

@@ -310,6 +310,24 @@ pub struct Config {
     )]
     pub migrate_concurrency: usize,
 
+    /// Passwords of the database servers other than the system database's: one file per
+    /// server id holding its password (docs/fleet.md). A server without a file is reached with
+    /// the system database's credentials.
+    #[arg(long, env = "KATAVEN_SERVER_SECRETS_DIR", global = true)]
+    pub server_secrets_dir: Option<PathBuf>,
+
+    /// How long the database of an account moved to another server is kept on its old server
+    /// (fenced: it refuses writes) before the hourly housekeeping drops it (hours; `accounts
+    /// move --finish` drops it at once).
+    #[arg(
+        long,
+        env = "KATAVEN_MOVE_GRACE_HOURS",
+        default_value_t = 168,
+        value_parser = clap::value_parser!(u32).range(1..=8760),
+        global = true
+    )]
+    pub move_grace_hours: u32,
+
     /// Directory of the PostgreSQL server binaries (`initdb`, `pg_ctl`) for `dev`.
     /// Default: the newest `/usr/lib/postgresql/*/bin`, else `PATH`.
     #[arg(long, env = "KATAVEN_PG_BIN", global = true)]

@@ -525,7 +525,7 @@ async fn tenant_state(
     provisioner: &Provisioner,
     account: &Account,
 ) -> Result<SchemaState, (String, String)> {
-    let opts = provisioner.tenant_options(account).map_err(|e| {
+    let opts = provisioner.tenant_options(account).await.map_err(|e| {
         (
             format!("{e:#}"),
             "correct the account's server URL".to_owned(),

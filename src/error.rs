@@ -91,6 +91,10 @@ pub enum ApiError {
     /// exists: an operator has to act; other accounts are unaffected.
     #[error("this account's database is unavailable; retry later")]
     AccountUnavailable { retry_after_secs: u64 },
+    /// The account's database is being moved to another server and its writes are paused for
+    /// the cut-over (`docs/fleet.md`); retry in a moment.
+    #[error("this account is moving to another database server; retry in a moment")]
+    AccountMoving,
     /// An `Idempotency-Key` header that is not 1–255 visible ASCII characters, or more than one.
     #[error("Idempotency-Key must be one value of 1–255 visible ASCII characters")]
     InvalidIdempotencyKey,
@@ -126,7 +130,7 @@ pub struct ErrorDetail {
     /// `widget_not_allowed`, `not_found`, `invalid_body`, `invalid_query`, `conflict`, `rate_limited`,
     /// `payload_too_large`, `method_not_allowed`, `invalid_idempotency_key`,
     /// `idempotency_key_reused`, `idempotency_key_in_use`, `unavailable`, `account_unavailable`,
-    /// `internal`.
+    /// `account_moving`, `internal`.
     pub code: String,
     /// For people; may change.
     pub message: String,
@@ -222,7 +226,9 @@ impl ErrorKind {
             Self::IdempotencyKeyReused => StatusCode::UNPROCESSABLE_ENTITY,
             Self::Replayed => StatusCode::OK,
             Self::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
-            Self::Unavailable | Self::AccountUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Unavailable | Self::AccountUnavailable | Self::AccountMoving => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             Self::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -251,6 +257,7 @@ impl ErrorKind {
             Self::MethodNotAllowed => "method_not_allowed",
             Self::Unavailable => "unavailable",
             Self::AccountUnavailable => "account_unavailable",
+            Self::AccountMoving => "account_moving",
             Self::InvalidIdempotencyKey => "invalid_idempotency_key",
             Self::IdempotencyKeyReused => "idempotency_key_reused",
             Self::IdempotencyKeyInUse => "idempotency_key_in_use",
@@ -292,6 +299,10 @@ impl From<sqlx::Error> for ApiError {
             // 57014 query_canceled: the statement ran into `statement_timeout`.
             if db.code().as_deref() == Some("57014") {
                 return Self::unavailable("the database took too long to answer");
+            }
+            // The fence of a database whose account moved to another server.
+            if db.code().as_deref() == Some(crate::fleet::moves::FENCE_SQLSTATE) {
+                return Self::AccountMoving;
             }
         }
         if is_unavailable(&err) {
@@ -396,7 +407,7 @@ impl IntoResponse for ApiError {
                     crate::limits::ratelimit_header(r.dimension, 0, r.retry_after_secs),
                 );
             }
-            Self::IdempotencyKeyInUse => {
+            Self::IdempotencyKeyInUse | Self::AccountMoving => {
                 headers.insert(header::RETRY_AFTER, HeaderValue::from(1));
             }
             _ => {}

@@ -169,7 +169,11 @@ pub struct TenantDb {
 impl TenantDb {
     /// A connection for a caller whose pipeline has passed (never before: no pool is opened
     /// for a caller who may be refused).
-    async fn open(tenant: Tenant, parts: &Parts, state: &AppState) -> Result<Self, ApiError> {
+    async fn open(mut tenant: Tenant, parts: &Parts, state: &AppState) -> Result<Self, ApiError> {
+        // A write waits out the cut-over of a move, then goes to where the account is now.
+        if !parts.method.is_safe() && tenant.account.writes_paused() {
+            tenant.account = crate::fleet::moves::writable(state, &tenant.slug).await?;
+        }
         let conn = state.pools.acquire(&tenant.account).await?;
         let keyed = Pending::of(&parts.extensions).map(|pending| (pending, state.clone()));
         Ok(TenantDb {

@@ -1,5 +1,6 @@
 //! The hourly sweep: audit log entries past retention (`audit::retention`) and expired
-//! `Idempotency-Key` answers (`idempotency`), in the account databases and the catalog.
+//! `Idempotency-Key` answers (`idempotency`), in the account databases and the catalog; and
+//! the old databases of account moves past their grace period (`fleet::moves`).
 //!
 //! Each instance sweeps the accounts whose tenant pools it has open — the accounts in use —
 //! one account at a time on one connection of its pool (within the connection budget, like any
@@ -25,6 +26,8 @@ const BATCH: i64 = 1000;
 pub struct Swept {
     pub audit_entries: u64,
     pub idempotency_keys: u64,
+    /// Moves finished: their old databases dropped.
+    pub moves_finished: u64,
 }
 
 /// What a sweep deletes.
@@ -67,6 +70,7 @@ pub async fn sweep_account(state: &AppState, account: &Account) -> anyhow::Resul
     Ok(Swept {
         audit_entries: Expired::AuditEntries(cutoff).delete(&mut conn).await?,
         idempotency_keys: Expired::IdempotencyKeys.delete(&mut conn).await?,
+        moves_finished: 0,
     })
 }
 
@@ -80,6 +84,11 @@ pub async fn sweep(state: &AppState) -> Swept {
             Err(e) => tracing::warn!(error = %e, "housekeeping: the catalog sweep failed"),
         },
         Err(e) => tracing::warn!(error = %e, "housekeeping: the catalog could not be reached"),
+    }
+    let grace = std::time::Duration::from_secs(u64::from(state.config.move_grace_hours) * 3600);
+    match crate::fleet::moves::finish_expired(&state.provisioner, grace).await {
+        Ok(n) => swept.moves_finished += n as u64,
+        Err(e) => tracing::warn!(error = %e, "housekeeping: finishing moves failed"),
     }
     for slug in state.pools.open_accounts() {
         let Ok(slug) = AccountSlug::parse(&slug) else {
@@ -107,6 +116,7 @@ pub async fn sweep(state: &AppState) -> Swept {
         tracing::info!(
             audit_entries = swept.audit_entries,
             idempotency_keys = swept.idempotency_keys,
+            moves_finished = swept.moves_finished,
             "housekeeping: expired rows deleted"
         );
     }

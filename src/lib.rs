@@ -12,6 +12,7 @@ pub mod doctor;
 pub mod error;
 pub mod export;
 pub mod extract;
+pub mod fleet;
 pub mod housekeeping;
 pub mod idempotency;
 pub mod json;

@@ -61,6 +61,13 @@ pub async fn provisioner(config: &Config) -> anyhow::Result<Provisioner> {
         Catalog::new(pool),
         system,
         Arc::new(provision::tenant_migrator()),
+    )
+    .with_credentials(
+        config
+            .database_url
+            .as_ref()
+            .and_then(|url| crate::fleet::password_of(url.expose_secret())),
+        config.server_secrets_dir.clone(),
     ))
 }
 
@@ -200,7 +207,12 @@ pub async fn build_state(
         hasher,
         widget,
     };
-    Ok(AppState::new(config, provisioner, services))
+    let state = AppState::new(config, provisioner, services);
+    // The system database's server is known from the start (its budget in the gauge).
+    if let Err(e) = state.pools.know_server(crate::fleet::MAIN_SERVER).await {
+        tracing::warn!(error = %e, "the system database's server is not in the catalog");
+    }
+    Ok(state)
 }
 
 /// Completes when SIGTERM or SIGINT (Ctrl-C) arrives.

@@ -48,6 +48,9 @@ pub enum Action {
     Export,
     /// The account was created from an archive (`kataven-hub accounts import`).
     Import,
+    /// The account's database moved to another server, or a move was aborted, finished or
+    /// reverted (`kataven-hub accounts move`).
+    Move,
 }
 
 /// To what (stored in the `resource` column; an attach or detach names the link table).
@@ -223,7 +226,7 @@ pub fn operator_name() -> String {
 /// does not fail the command: the change was made.
 pub async fn record_operator(provisioner: &Provisioner, account: &Account, change: &Change<'_>) {
     let recorded = async {
-        let mut conn = provisioner.tenant_options(account)?.connect().await?;
+        let mut conn = provisioner.tenant_options(account).await?.connect().await?;
         if account.schema_version < provisioner.latest_tenant_version() {
             provisioner
                 .migrate_tenant_on(&mut conn, &account.slug)
@@ -273,6 +276,7 @@ mod tests {
             (Action::Resume, "resume"),
             (Action::Export, "export"),
             (Action::Import, "import"),
+            (Action::Move, "move"),
         ];
         for (action, word) in actions {
             assert_eq!(serde_json::to_value(action).unwrap(), word);

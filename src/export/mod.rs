@@ -188,7 +188,7 @@ pub async fn to_path(
     out: Option<&Path>,
 ) -> anyhow::Result<Summary> {
     use anyhow::Context;
-    let mut conn = provisioner.tenant_options(account)?.connect().await?;
+    let mut conn = provisioner.tenant_options(account).await?.connect().await?;
     if account.schema_version < provisioner.latest_tenant_version() {
         provisioner
             .migrate_tenant_on(&mut conn, &account.slug)

@@ -79,9 +79,14 @@ pub const TENANT_TABLES: [TenantTable; 8] = [
 
 /// The tenant tables that are not exported: the audit log (the history of the exported
 /// account, not part of its state; see docs/export.md), the stored answers of
-/// `Idempotency-Key` writes (a replay cache of the old account's callers and ids) and sqlx's
-/// migration record.
-pub const NOT_EXPORTED: [&str; 3] = ["audit_log", "idempotency_keys", "_sqlx_migrations"];
+/// `Idempotency-Key` writes (a replay cache of the old account's callers and ids), the markers
+/// of account moves (`fleet::moves`) and sqlx's migration record.
+pub const NOT_EXPORTED: [&str; 4] = [
+    "audit_log",
+    "idempotency_keys",
+    "kataven_move_markers",
+    "_sqlx_migrations",
+];
 
 /// The tenant table of `section` (`None` for the catalog's sections).
 pub fn tenant_table(section: Section) -> Option<&'static TenantTable> {

@@ -42,10 +42,21 @@ pub struct Account {
     pub display_name: String,
     pub status: AccountStatus,
     pub database_name: String,
-    pub database_server: Option<String>,
+    /// The server its database lives on (`servers.id`; `main`: the system database's).
+    pub server: String,
     pub oidc_org_id: Option<String>,
     pub schema_version: i64,
     pub created_at: DateTime<Utc>,
+    /// Its writes wait until then (the cut-over of a move; see `fleet::moves`).
+    pub writes_paused_until: Option<DateTime<Utc>>,
+}
+
+impl Account {
+    /// Whether its writes are paused now (a move is cutting over).
+    pub fn writes_paused(&self) -> bool {
+        self.writes_paused_until
+            .is_some_and(|until| until > Utc::now())
+    }
 }
 
 #[derive(Debug, Clone, sqlx::FromRow, Serialize)]
@@ -74,8 +85,8 @@ pub enum MemberChange {
     LastAdmin,
 }
 
-const ACCOUNT_COLUMNS: &str = "slug, display_name, status, database_name, database_server, \
-                               oidc_org_id, schema_version, created_at";
+pub(crate) const ACCOUNT_COLUMNS: &str = "slug, display_name, status, database_name, server, \
+                               oidc_org_id, schema_version, created_at, writes_paused_until";
 
 /// The catalog, backed by the system database's pool.
 #[derive(Clone, Debug)]

@@ -56,6 +56,7 @@ use super::catalog::Account;
 use super::gate::{ConnectOutcome, Gate, Scope};
 use super::pool_error::PoolError;
 use super::provision::Provisioner;
+use crate::fleet::Endpoint;
 
 /// An idle connection idle for this long is checked before it is handed out.
 const PING_IDLE_AFTER: Duration = Duration::from_secs(1);
@@ -224,13 +225,18 @@ impl TenantPools {
             provisioner,
             shared,
         };
-        // The system database's server (where tenants without a server of their own live) is
-        // known from the start, so that the budget gauge shows its budget before any request.
-        let (key, budget) = inner.server_of(inner.provisioner.system_options());
-        inner.slot_for(key, budget);
         Self {
             inner: Arc::new(inner),
         }
+    }
+
+    /// Makes server `id` known before any of its accounts is used, so that the budget gauge
+    /// shows its budget from the start (the instance does this for the system database's).
+    pub async fn know_server(&self, id: &str) -> anyhow::Result<()> {
+        let endpoint = self.inner.provisioner.servers().get(id).await?;
+        let (key, budget) = self.inner.server_of(&endpoint);
+        self.inner.slot_for(key, budget);
+        Ok(())
     }
 
     /// Every idle connection is checked before its next use: something (the catalog
@@ -273,14 +279,21 @@ impl TenantPools {
 
     async fn open_pool(&self, account: &Account) -> Result<Arc<TenantPool>, PoolError> {
         let inner = &self.inner;
-        let mut options = inner
+        let endpoint = inner
             .provisioner
-            .tenant_options(account)
-            .map_err(PoolError::Internal)?;
+            .servers()
+            .get(&account.server)
+            .await
+            .map_err(|e| match e.downcast_ref::<sqlx::Error>() {
+                // The catalog cannot say where the server is (read once per server).
+                Some(db) if crate::error::is_unavailable(db) => PoolError::ServerRefused,
+                _ => PoolError::Internal(e),
+            })?;
+        let mut options = endpoint.database(&account.database_name);
         if let Some(limit) = inner.settings.statement_timeout {
             options = options.options([("statement_timeout", format!("{}ms", limit.as_millis()))]);
         }
-        let (key, budget) = inner.server_of(&options);
+        let (key, budget) = inner.server_of(&endpoint);
         let server = inner.slot_for(key, budget);
         let pool = Arc::new(TenantPool {
             slug: account.slug.clone(),
@@ -474,12 +487,12 @@ impl TenantPools {
 }
 
 impl Inner {
-    /// The server a tenant's connections count against, and that server's budget: the
-    /// `host:port` of its connection options, every server with `KATAVEN_DB_CONNECTION_BUDGET`.
+    /// The server a tenant's connections count against, and that server's budget: its id in
+    /// the catalog's `servers`, and its `connection_budget` or else `KATAVEN_DB_CONNECTION_BUDGET`.
     /// The one place that decides both.
-    fn server_of(&self, options: &PgConnectOptions) -> (String, usize) {
-        let key = format!("{}:{}", options.get_host(), options.get_port());
-        (key, self.settings.budget)
+    fn server_of(&self, endpoint: &Endpoint) -> (String, usize) {
+        let budget = endpoint.connection_budget.unwrap_or(self.settings.budget);
+        (endpoint.id.clone(), budget)
     }
 
     /// The slot of server `key`, created with a budget of `budget` connections on first use

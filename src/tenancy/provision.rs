@@ -1,6 +1,5 @@
 //! Databases: the system database, the tenant template, provisioning and migration fan-out.
 
-use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -10,8 +9,9 @@ use sqlx::migrate::Migrator;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{ConnectOptions, Connection, PgConnection, PgPool};
 
-use super::catalog::{self, Account, Catalog};
+use super::catalog::{self, ACCOUNT_COLUMNS, Account, Catalog};
 use super::slug::{AccountSlug, NAMES_NOT_FOR_ACCOUNTS};
+use crate::fleet::{self, Servers};
 
 pub static SYSTEM_MIGRATOR: Migrator = sqlx::migrate!("./migrations/system");
 /// The tenant migrations embedded in the binary. A function rather than a static because the
@@ -111,7 +111,7 @@ pub async fn prepare_system_database_with(
         .with_context(|| format!("connecting to the system database `{name}`"))
 }
 
-async fn maintenance(server: &PgConnectOptions) -> anyhow::Result<PgConnection> {
+pub(crate) async fn maintenance(server: &PgConnectOptions) -> anyhow::Result<PgConnection> {
     server
         .clone()
         .database(MAINTENANCE_DB)
@@ -120,7 +120,7 @@ async fn maintenance(server: &PgConnectOptions) -> anyhow::Result<PgConnection> 
         .context("connecting to the server's `postgres` database")
 }
 
-async fn database_exists(conn: &mut PgConnection, name: &str) -> sqlx::Result<bool> {
+pub(crate) async fn database_exists(conn: &mut PgConnection, name: &str) -> sqlx::Result<bool> {
     sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
         .bind(name)
         .fetch_one(conn)
@@ -154,8 +154,10 @@ async fn create_database_if_missing(
 #[derive(Clone)]
 pub struct Provisioner {
     catalog: Catalog,
-    /// Options of the system database; tenants without a server live on this server.
+    /// Options of the system database (on server `main`).
     system: PgConnectOptions,
+    /// The servers tenant databases live on.
+    servers: Servers,
     migrator: Arc<Migrator>,
 }
 
@@ -232,11 +234,35 @@ impl SchemaState {
 
 impl Provisioner {
     pub fn new(catalog: Catalog, system: PgConnectOptions, migrator: Arc<Migrator>) -> Self {
+        let servers = Servers::new(catalog.pool().clone(), system.clone(), None, None);
         Self {
             catalog,
             system,
+            servers,
             migrator,
         }
+    }
+
+    /// The credentials of the fleet's servers: the system database's password (the one in
+    /// its options, which cannot be read back from them) and the directory of the other
+    /// servers' passwords (`KATAVEN_SERVER_SECRETS_DIR`, one file per server id).
+    pub fn with_credentials(
+        mut self,
+        system_password: Option<secrecy::SecretString>,
+        secrets_dir: Option<std::path::PathBuf>,
+    ) -> Self {
+        self.servers = Servers::new(
+            self.catalog.pool().clone(),
+            self.system.clone(),
+            system_password,
+            secrets_dir,
+        );
+        self
+    }
+
+    /// The fleet's servers and how to reach them.
+    pub fn servers(&self) -> &Servers {
+        &self.servers
     }
 
     pub fn catalog(&self) -> &Catalog {
@@ -260,21 +286,18 @@ impl Provisioner {
         )
     }
 
-    /// Connection options for a database on `server` (a URL) or on the system database's server.
-    pub fn server_options(&self, server: Option<&str>) -> anyhow::Result<PgConnectOptions> {
-        match server {
-            None => Ok(self.system.clone()),
-            Some(url) => PgConnectOptions::from_str(url)
-                .map_err(|e| anyhow::anyhow!("invalid database server URL: {e}")),
-        }
+    /// Connection options of server `id` (without a database).
+    pub async fn server_options(&self, id: &str) -> anyhow::Result<PgConnectOptions> {
+        Ok(self.servers.get(id).await?.options.clone())
     }
 
     /// Connection options for an account's tenant database.
-    pub fn tenant_options(&self, account: &Account) -> anyhow::Result<PgConnectOptions> {
+    pub async fn tenant_options(&self, account: &Account) -> anyhow::Result<PgConnectOptions> {
         Ok(self
-            .server_options(account.database_server.as_deref())?
-            .database(&account.database_name)
-            .application_name("kataven-hub"))
+            .servers
+            .get(&account.server)
+            .await?
+            .database(&account.database_name))
     }
 
     /// Creates the template database on `server` if missing and migrates it to the newest schema.
@@ -338,7 +361,8 @@ impl Provisioner {
         {
             return Err(ProvisionError::NameTaken(name.to_owned()));
         }
-        let server_opts = self.server_options(server)?;
+        let server = fleet::place(self.catalog.pool(), server).await?;
+        let server_opts = self.server_options(&server).await?;
         let mut admin = maintenance(&server_opts).await?;
         if !database_exists(&mut admin, &self.template_name()).await? {
             self.prepare_template(&server_opts).await?;
@@ -354,7 +378,7 @@ impl Provisioner {
         // exists; a concurrent create of the same slug waits on the primary key meanwhile.
         let mut tx = self.catalog.pool().begin().await?;
         let inserted = sqlx::query(
-            "INSERT INTO accounts (slug, display_name, database_name, database_server, oidc_org_id)
+            "INSERT INTO accounts (slug, display_name, database_name, server, oidc_org_id)
              VALUES ($1, $2, $1, $3, $4)",
         )
         .bind(name)
@@ -420,17 +444,15 @@ impl Provisioner {
         purge: bool,
     ) -> Result<(), ProvisionError> {
         let mut tx = self.catalog.pool().begin().await?;
-        let account: Option<Account> = sqlx::query_as(
-            "DELETE FROM accounts WHERE slug = $1
-             RETURNING slug, display_name, status, database_name, database_server, oidc_org_id,
-                       schema_version, created_at",
-        )
+        let account: Option<Account> = sqlx::query_as(&format!(
+            "DELETE FROM accounts WHERE slug = $1 RETURNING {ACCOUNT_COLUMNS}"
+        ))
         .bind(slug.as_str())
         .fetch_optional(&mut *tx)
         .await?;
         let account = account.ok_or_else(|| ProvisionError::NoSuchAccount(slug.to_string()))?;
         if purge {
-            let server = self.server_options(account.database_server.as_deref())?;
+            let server = self.server_options(&account.server).await?;
             let mut admin = maintenance(&server).await?;
             drop_database(&mut admin, &account.database_name).await?;
         }
@@ -471,7 +493,7 @@ impl Provisioner {
 
     /// Migrates one tenant database and records its version in the catalog.
     pub async fn migrate_tenant(&self, account: &Account) -> anyhow::Result<Migrated> {
-        let mut conn = self.tenant_options(account)?.connect().await?;
+        let mut conn = self.tenant_options(account).await?.connect().await?;
         let before = SchemaState::of(&mut conn, &self.migrator).await?;
         self.migrate_tenant_on(&mut conn, &account.slug).await?;
         conn.close().await?;
@@ -521,19 +543,18 @@ impl Provisioner {
     /// accounts whose databases are to be migrated.
     pub async fn prepare_migration(&self) -> anyhow::Result<Vec<Account>> {
         let accounts = self.catalog.all_accounts().await?;
-        let mut servers: Vec<Option<String>> =
-            accounts.iter().map(|a| a.database_server.clone()).collect();
-        servers.push(None);
-        servers.sort();
-        servers.dedup();
+        // Every server that holds an account or may receive one.
+        let servers: Vec<String> = sqlx::query_scalar(
+            "SELECT id FROM servers
+             WHERE state <> 'retired' OR id IN (SELECT server FROM accounts) ORDER BY id",
+        )
+        .fetch_all(self.catalog.pool())
+        .await?;
         for server in servers {
-            let opts = self.server_options(server.as_deref())?;
-            self.prepare_template(&opts).await.with_context(|| {
-                format!(
-                    "template on {}",
-                    server.as_deref().unwrap_or("the system server")
-                )
-            })?;
+            let opts = self.server_options(&server).await?;
+            self.prepare_template(&opts)
+                .await
+                .with_context(|| format!("template on server `{server}`"))?;
         }
         Ok(accounts)
     }
@@ -563,7 +584,7 @@ pub struct NewAccount<'a> {
     pub slug: &'a AccountSlug,
     pub display_name: &'a str,
     pub oidc_org_id: Option<&'a str>,
-    /// The database server's URL (`None`: the system database's server).
+    /// The server's id (`None`: where placement puts it, see [`fleet::place`]).
     pub server: Option<&'a str>,
 }
 
@@ -587,7 +608,7 @@ async fn create_empty(admin: &mut PgConnection, name: &str) -> anyhow::Result<()
 
 /// `CREATE DATABASE … TEMPLATE …`, retried briefly while the template is in use
 /// (another provisioning or a template migration holds a connection to it).
-async fn clone_template(
+pub(crate) async fn clone_template(
     admin: &mut PgConnection,
     name: &str,
     template: &str,
@@ -617,7 +638,7 @@ async fn clone_template(
     unreachable!("the loop returns")
 }
 
-async fn drop_database(admin: &mut PgConnection, name: &str) -> anyhow::Result<()> {
+pub(crate) async fn drop_database(admin: &mut PgConnection, name: &str) -> anyhow::Result<()> {
     sqlx::query(&format!(
         "DROP DATABASE IF EXISTS {} WITH (FORCE)",
         quote_ident(name)

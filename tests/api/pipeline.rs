@@ -198,9 +198,13 @@ async fn an_unreachable_tenant_database_answers_503_with_retry_after() {
         .await;
     // An account placed on a server that does not answer (nothing listens on port 1).
     let slug = crate::support::unique_slug("gone");
+    sqlx::query("INSERT INTO servers (id, url) VALUES ('gone', 'postgres://kataven@127.0.0.1:1')")
+        .execute(app.state.catalog.pool())
+        .await
+        .unwrap();
     sqlx::query(
-        "INSERT INTO accounts (slug, display_name, database_name, database_server, schema_version)
-         VALUES ($1, 'Gone', $1, 'postgres://kataven@127.0.0.1:1', 1)",
+        "INSERT INTO accounts (slug, display_name, database_name, server, schema_version)
+         VALUES ($1, 'Gone', $1, 'gone', 1)",
     )
     .bind(slug.as_str())
     .execute(app.state.catalog.pool())

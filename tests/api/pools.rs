@@ -191,8 +191,8 @@ async fn a_spent_budget_answers_503_after_a_brief_wait() {
 
 /// The budget applies per database server: while one account holds all of its server's budget,
 /// an account on another server still gets a connection at once, and the saturated server's
-/// budget still holds for the accounts on it. One cluster stands for two servers here: the
-/// pools key a server by `host:port`, so `127.0.0.1` and `localhost` are two of them.
+/// budget still holds for the accounts on it. One cluster stands for two servers here: server
+/// `main` (the system database's, at `127.0.0.1`) and server `other` at `localhost`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_saturated_server_does_not_starve_accounts_on_another() {
     const BUDGET: u32 = 4;
@@ -205,16 +205,23 @@ async fn a_saturated_server_does_not_starve_accounts_on_another() {
         })
         .spawn()
         .await;
-    let saturated = cluster().pg.url("postgres");
-    let other = saturated.replacen("@127.0.0.1:", "@localhost:", 1);
-    assert_ne!(saturated, other);
-    let account_on = |prefix: &'static str, server: String| {
+    let url = format!("postgres://localhost:{}", cluster().pg.port());
+    let other = kataven_hub::fleet::servers::NewServer {
+        id: "other",
+        url: &url,
+        weight: None,
+        connection_budget: None,
+    };
+    kataven_hub::fleet::servers::add(app.provisioner(), other)
+        .await
+        .expect("add server");
+    let account_on = |prefix: &'static str, server: &'static str| {
         let app = &app;
         async move {
             let slug = unique_slug(prefix);
             let account = app
                 .provisioner()
-                .create_account(&slug, prefix, None, Some(&server))
+                .create_account(&slug, prefix, None, Some(server))
                 .await
                 .expect("create account");
             app.state
@@ -225,9 +232,9 @@ async fn a_saturated_server_does_not_starve_accounts_on_another() {
             account
         }
     };
-    let busy = account_on("busy", saturated.clone()).await;
-    let neighbour = account_on("neighbour", saturated).await;
-    let elsewhere = account_on("elsewhere", other).await;
+    let busy = account_on("busy", "main").await;
+    let neighbour = account_on("neighbour", "main").await;
+    let elsewhere = account_on("elsewhere", "other").await;
 
     // The busy account takes the whole budget of its server and keeps it.
     let mut held = Vec::new();

@@ -91,6 +91,7 @@ pub async fn provisioner_with(
         system,
         Arc::new(migrator),
     )
+    .with_credentials(kataven_hub::fleet::password_of(database_url), None)
 }
 
 pub struct TestApp {
