@@ -107,6 +107,10 @@ pub enum AccountsCommand {
         /// when the source server has no wal_level = logical.
         #[arg(long)]
         allow_write_pause: bool,
+        /// With --to: copy and leave the target following the source, without cutting over
+        /// (run again without it to cut over, e.g. in a quiet hour).
+        #[arg(long, requires = "to")]
+        copy_only: bool,
     },
     /// List every account.
     List,
@@ -755,6 +759,7 @@ async fn accounts(config: &Config, cmd: AccountsCommand) -> anyhow::Result<()> {
             finish,
             revert,
             allow_write_pause,
+            copy_only,
         } => {
             let slug = slug_arg(&slug)?;
             let provisioner = provisioner().await?;
@@ -786,6 +791,14 @@ async fn accounts(config: &Config, cmd: AccountsCommand) -> anyhow::Result<()> {
                     "{slug} runs on its old database `{}` on server `{}` again; database `{}` on                      server `{}` is left as it was",
                     m.source_database, m.source_server, m.target_database, m.target_server
                 );
+            } else if let Some(to) = to.as_deref().filter(|_| copy_only) {
+                let options = MoveOptions { allow_write_pause };
+                let m = mover.copy(&slug, to, options).await?;
+                println!(
+                    "copied {slug} to server `{to}` (database `{}`); it keeps following: run                      `accounts move {slug} --to {to}` to cut over",
+                    m.target_database
+                );
+                return Ok(());
             } else if let Some(to) = &to {
                 let options = MoveOptions { allow_write_pause };
                 let done = mover.run(&slug, to, options).await?;

@@ -198,6 +198,30 @@ impl<'a> Mover<'a> {
         options: MoveOptions,
     ) -> anyhow::Result<Summary> {
         let started = Instant::now();
+        let the_move = self.copy(slug, to, options).await?;
+        let copy = started.elapsed();
+        let (pause, rows) = self.cut_over(&the_move).await?;
+        let the_move = load(self.pool(), slug.as_str())
+            .await?
+            .context("the move's row vanished")?;
+        self.clean_up_after_switch(&the_move).await;
+        Ok(Summary {
+            the_move,
+            copy,
+            pause,
+            rows,
+        })
+    }
+
+    /// The copy half of [`Self::run`] (`accounts move --copy-only`): starts or resumes the move
+    /// and returns once the target follows the source; the account runs on the source until a
+    /// later `run` cuts over. A dump move has nothing to copy ahead: its copy is the cut-over.
+    pub async fn copy(
+        &self,
+        slug: &AccountSlug,
+        to: &str,
+        options: MoveOptions,
+    ) -> anyhow::Result<Move> {
         let the_move = match load(self.pool(), slug.as_str()).await? {
             Some(m) if m.phase == Phase::Switched => bail!(
                 "`{slug}` moved to server `{}` at {}; its old database is kept until \
@@ -231,18 +255,7 @@ impl<'a> Mover<'a> {
             Method::Replication => self.replicate(&the_move).await?,
             Method::Dump => self.prepare_target(&the_move).await?,
         }
-        let copy = started.elapsed();
-        let (pause, rows) = self.cut_over(&the_move).await?;
-        let the_move = load(self.pool(), slug.as_str())
-            .await?
-            .context("the move's row vanished")?;
-        self.clean_up_after_switch(&the_move).await;
-        Ok(Summary {
-            the_move,
-            copy,
-            pause,
-            rows,
-        })
+        Ok(the_move)
     }
 
     /// Checks the move and records it (phase `copying`).
@@ -685,12 +698,14 @@ impl<'a> Mover<'a> {
     /// After the switch: the subscription, the publication (and with them the replication
     /// slot) go; the marker row goes. Failures are reported, not fatal: `--finish` retries.
     async fn clean_up_after_switch(&self, m: &Move) {
-        if let Err(e) = self.drop_replication(m).await {
-            (self.say)(&format!(
+        match self.drop_replication(m).await {
+            Ok(None) => {}
+            Ok(Some(todo)) => (self.say)(&format!("warning: {todo}")),
+            Err(e) => (self.say)(&format!(
                 "warning: could not drop the move's replication objects ({e:#}); \
                  `accounts move {} --finish` tries again",
                 m.account
-            ));
+            )),
         }
         if let Ok(mut target) = self.connect(&m.target_server, &m.target_database).await {
             let _ = sqlx::query("DELETE FROM kataven_move_markers")
@@ -720,13 +735,14 @@ impl<'a> Mover<'a> {
 
     /// Drops the subscription (on the target), the publication and the replication slot (on
     /// the source), whichever exist. Works when the target is gone: the slot is dropped on
-    /// the source directly (left behind, it would keep the source's WAL forever).
-    async fn drop_replication(&self, m: &Move) -> anyhow::Result<()> {
+    /// the source directly (left behind, it would keep the source's WAL forever), and the
+    /// answer says what to run on the target once it is back.
+    async fn drop_replication(&self, m: &Move) -> anyhow::Result<Option<String>> {
         if m.method != Method::Replication {
-            return Ok(());
+            return Ok(None);
         }
         let channel = m.channel();
-        let mut problems = Vec::new();
+        let mut target_down = None;
         match self.connect(&m.target_server, &m.target_database).await {
             Ok(mut target) => {
                 let exists: bool = sqlx::query_scalar(
@@ -747,7 +763,14 @@ impl<'a> Mover<'a> {
                 }
                 target.close().await.ok();
             }
-            Err(e) => problems.push(format!("target: {e:#}")),
+            Err(e) => {
+                target_down = Some(format!(
+                    "server `{}` cannot be reached ({e:#}); once it is back, run in its database \
+                     `{}`: ALTER SUBSCRIPTION {channel} DISABLE; ALTER SUBSCRIPTION {channel} SET \
+                     (slot_name = NONE); DROP SUBSCRIPTION {channel};",
+                    m.target_server, m.target_database
+                ))
+            }
         }
         match self.connect(&m.source_server, &m.source_database).await {
             Ok(mut source) => {
@@ -775,12 +798,14 @@ impl<'a> Mover<'a> {
                 }
                 source.close().await.ok();
             }
-            Err(e) => problems.push(format!("source: {e:#}")),
+            Err(e) => {
+                return Err(e.context(format!(
+                    "the replication slot `{channel}` on server `{}` could not be dropped",
+                    m.source_server
+                )));
+            }
         }
-        if !problems.is_empty() {
-            bail!("{}", problems.join("; "));
-        }
-        Ok(())
+        Ok(target_down)
     }
 
     /// `--abort`: undoes a move that has not switched. The account stays where it is; the
@@ -798,7 +823,9 @@ impl<'a> Mover<'a> {
             );
         }
         self.resume_writes(slug.as_str()).await?;
-        self.drop_replication(&m).await?;
+        if let Some(todo) = self.drop_replication(&m).await? {
+            (self.say)(&format!("warning: {todo}"));
+        }
         let mut source = self.connect(&m.source_server, &m.source_database).await?;
         unfence(&mut source).await?;
         source.close().await.ok();
@@ -830,7 +857,9 @@ impl<'a> Mover<'a> {
         if m.phase != Phase::Switched {
             bail!("the move of `{slug}` has not switched yet: resume it, or --abort it");
         }
-        self.drop_replication(&m).await?;
+        if let Some(todo) = self.drop_replication(&m).await? {
+            (self.say)(&format!("warning: {todo}"));
+        }
         let source = self.endpoint(&m.source_server).await?;
         let mut admin = maintenance(&source.options).await?;
         drop_database(&mut admin, &m.source_database).await?;
@@ -955,7 +984,7 @@ async fn tenant_tables(conn: &mut PgConnection) -> anyhow::Result<Vec<String>> {
 /// tenant table a trigger that refuses any write with [`FENCE_SQLSTATE`] (and, for a move,
 /// writes its marker row before the fence, the last write the target receives). Writes that
 /// waited for the lock meet the fence once it commits.
-async fn fence(conn: &mut PgConnection, marker: Option<Uuid>) -> anyhow::Result<()> {
+pub async fn fence(conn: &mut PgConnection, marker: Option<Uuid>) -> anyhow::Result<()> {
     let tables = tenant_tables(conn).await?;
     let mut tx = conn.begin().await?;
     sqlx::query(&format!(

@@ -15,6 +15,7 @@ mod idempotency;
 mod identity;
 mod limits;
 mod login;
+mod moves;
 mod openapi;
 mod pipeline;
 mod pools;

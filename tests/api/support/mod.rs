@@ -148,7 +148,12 @@ impl Builder {
             statement_timeout: self.config.db_statement_timeout(),
             ..provision::SystemPool::default()
         };
-        let provisioner = provisioner_with(&self.database_url, self.migrator, &system_pool).await;
+        let provisioner = provisioner_with(&self.database_url, self.migrator, &system_pool)
+            .await
+            .with_credentials(
+                kataven_hub::fleet::password_of(&self.database_url),
+                self.config.server_secrets_dir.clone(),
+            );
         provisioner
             .prepare_template(&PgConnectOptions::from_str(&self.database_url).unwrap())
             .await
