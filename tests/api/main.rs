@@ -21,5 +21,6 @@ mod pools;
 mod provisioning;
 mod public;
 mod resources;
+mod servers;
 mod support;
 mod widget;
