@@ -281,7 +281,19 @@ pub fn check_url(url: &str) -> anyhow::Result<()> {
     if !matches!(parsed.scheme(), "postgres" | "postgresql") {
         bail!("a server URL starts with postgres://");
     }
-    if parsed.password().is_some() || parsed.query_pairs().any(|(k, _)| k == "password") {
+    // As the catalog's check has it: `user:@host` (an empty password) counts, and `password=`
+    // in any case.
+    let userinfo = url
+        .split_once("://")
+        .and_then(|(_, rest)| rest.split(['/', '?', '#']).next())
+        .and_then(|authority| authority.split_once('@'))
+        .map(|(userinfo, _)| userinfo);
+    if parsed.password().is_some()
+        || userinfo.is_some_and(|u| u.contains(':'))
+        || parsed
+            .query_pairs()
+            .any(|(k, _)| k.eq_ignore_ascii_case("password"))
+    {
         bail!(
             "the URL carries a password, and the catalog keeps no secret: put the password into \
              KATAVEN_SERVER_SECRETS_DIR/<id> and give the URL without it"
@@ -306,6 +318,8 @@ mod tests {
         for bad in [
             "postgres://kataven:hunter2@db2.internal",
             "postgres://db2.internal/?password=hunter2",
+            "postgres://kataven:@db2.internal",
+            "postgres://db2.internal/?sslmode=require&Password=hunter2",
             "postgres://db2.internal/kataven-admin",
             "mysql://db2.internal",
             "db2.internal:5432",

@@ -41,6 +41,12 @@ pub async fn add(provisioner: &Provisioner, new: NewServer<'_>) -> anyhow::Resul
             new.id
         );
     }
+    // Before touching the server (the template), as the catalog's checks will have it.
+    if !(1..=10_000).contains(&new.weight.unwrap_or(100))
+        || new.connection_budget.is_some_and(|b| b < 1)
+    {
+        bail!("weight is 1–10000, the connection budget at least 1");
+    }
     let pool = provisioner.catalog().pool();
     if server(pool, new.id).await?.is_some() {
         bail!("server `{}` exists already", new.id);
@@ -80,7 +86,13 @@ pub async fn add(provisioner: &Provisioner, new: NewServer<'_>) -> anyhow::Resul
         sqlx::Error::Database(db) if db.is_unique_violation() => {
             anyhow::anyhow!("a server with this id or URL exists already")
         }
-        sqlx::Error::Database(db) if db.is_check_violation() => {
+        sqlx::Error::Database(db)
+            if db.is_check_violation()
+                && matches!(
+                    db.constraint(),
+                    Some("servers_weight_check" | "servers_connection_budget_check")
+                ) =>
+        {
             anyhow::anyhow!("weight is 1–10000, the connection budget at least 1")
         }
         _ => e.into(),

@@ -22,5 +22,6 @@ mod pools;
 mod provisioning;
 mod public;
 mod resources;
+mod servers;
 mod support;
 mod widget;
