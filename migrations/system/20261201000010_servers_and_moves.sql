@@ -22,15 +22,23 @@ INSERT INTO servers (id, url) VALUES ('main', NULL);
 -- Accounts placed with `accounts create --server URL` before this table existed: one server
 -- each, named server-1, server-2, … and kept without the password (put it into
 -- KATAVEN_SERVER_SECRETS_DIR/<id> unless it is the system database's).
+-- The URL without its password: the userinfo's (up to the last `@` of the authority, so that an
+-- unescaped `@` in a password goes too) and a `password=` parameter's; and without a database.
+CREATE FUNCTION pg_temp.without_secrets(url text) RETURNS text LANGUAGE sql IMMUTABLE AS $$
+    SELECT regexp_replace(regexp_replace(regexp_replace(regexp_replace(url,
+        '^([a-z]+://[^/:@]*):[^/]*@', '\1@'),
+        '([?&])password=[^&]*&?', '\1', 'gi'),
+        '[?&]$', ''),
+        '^([a-z]+://[^/?]*)/[^?]*', '\1')
+$$;
 INSERT INTO servers (id, url)
 SELECT 'server-' || row_number() OVER (ORDER BY url), url
-FROM (SELECT DISTINCT regexp_replace(database_server, '^([a-z]+://[^/@:]*):[^/@]*@', '\1@') AS url
+FROM (SELECT DISTINCT pg_temp.without_secrets(database_server) AS url
       FROM accounts WHERE database_server IS NOT NULL) legacy;
 
 ALTER TABLE accounts ADD COLUMN server text NOT NULL DEFAULT 'main' REFERENCES servers (id);
 UPDATE accounts a SET server = s.id FROM servers s
-WHERE a.database_server IS NOT NULL
-  AND s.url = regexp_replace(a.database_server, '^([a-z]+://[^/@:]*):[^/@]*@', '\1@');
+WHERE a.database_server IS NOT NULL AND s.url = pg_temp.without_secrets(a.database_server);
 CREATE INDEX accounts_server ON accounts (server);
 
 -- Writes of the account wait (then answer 503 account_moving) until then: the cut-over of a

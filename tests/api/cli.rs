@@ -256,6 +256,13 @@ fn serve_exits_zero_on_sigterm() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
+    // Read as it comes: a full pipe would make the non-blocking log writer drop lines.
+    let mut stderr = child.stderr.take().unwrap();
+    let reading = std::thread::spawn(move || {
+        let mut log = String::new();
+        std::io::Read::read_to_string(&mut stderr, &mut log).unwrap();
+        log
+    });
     wait_healthy(port, &mut child);
     let body = raw_http::get(&format!("http://127.0.0.1:{port}/readyz"), &[]);
     assert_eq!(body.0, 200, "{}", body.1);
@@ -278,8 +285,7 @@ fn serve_exits_zero_on_sigterm() {
     assert_eq!(status, 401);
     signal(&child, libc::SIGTERM);
     let status = wait_exit(&mut child);
-    let mut log = String::new();
-    std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut log).unwrap();
+    let log = reading.join().unwrap();
     assert!(status.success(), "exit {status}: {log}");
     assert!(log.contains("stopped"), "{log}");
     // Neither the pepper nor the tokens reach the logs (which did log the requests).

@@ -651,3 +651,55 @@ async fn without_logical_replication_a_move_pauses_writes_for_a_dump_copy_when_a
         summary.pause.as_millis()
     );
 }
+
+/// The copy time of an account of about 100 MB (the issue's yardstick), by hand:
+/// `cargo test --test api moves::a_100_mb_account -- --ignored --nocapture`. Not in CI: it
+/// measures, it asserts no time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a measurement, run by hand"]
+async fn a_100_mb_account_moves_and_reports_its_copy_time() {
+    let (a, b) = tokio::join!(
+        tokio::task::spawn_blocking(logical_cluster),
+        tokio::task::spawn_blocking(logical_cluster)
+    );
+    let (a, b) = (a.unwrap(), b.unwrap());
+    let Fleet {
+        one,
+        two: _,
+        _secrets,
+    } = fleet(&a, &b).await;
+    let acme = one.account_with_admin("large", "alice").await;
+    add_server(&one, "b", &b).await;
+    // 100,000 FAQs of about 1 kB.
+    let mut conn = connect(&a, &acme.database_name).await;
+    sqlx::query(
+        "INSERT INTO faqs (id, name, title, content)
+         SELECT gen_random_uuid(), 'seed_' || i, 'Seed ' || i, md5(i::text) || repeat('y', 900)
+         FROM generate_series(1, 100000) i",
+    )
+    .execute(&mut conn)
+    .await
+    .unwrap();
+    let size: i64 = sqlx::query_scalar("SELECT pg_database_size(current_database())")
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+    let say = |line: &str| eprintln!("move: {line}");
+    let summary = Mover::new(one.provisioner(), &say)
+        .run(&acme.slug.parse().unwrap(), "b", MoveOptions::default())
+        .await
+        .expect("the move");
+    let mut target = connect(&b, &summary.the_move.target_database).await;
+    let faqs: i64 = sqlx::query_scalar("SELECT count(*) FROM faqs")
+        .fetch_one(&mut target)
+        .await
+        .unwrap();
+    assert_eq!(faqs, 100_000);
+    eprintln!(
+        "a {:.0} MB account: copy {} ms, writes paused {} ms, {} rows",
+        size as f64 / 1e6,
+        summary.copy.as_millis(),
+        summary.pause.as_millis(),
+        summary.rows
+    );
+}

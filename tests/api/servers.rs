@@ -653,6 +653,9 @@ async fn the_upgrade_turns_legacy_server_urls_into_servers_without_passwords() {
         "INSERT INTO accounts (slug, display_name, database_name, database_server) VALUES
            ('legacy-a', 'Legacy A', 'legacy-a', 'postgres://kataven:secret@db9.internal:5433'),
            ('legacy-b', 'Legacy B', 'legacy-b', 'postgres://kataven:secret@db9.internal:5433'),
+           ('legacy-c', 'Legacy C', 'legacy-c',
+            'postgres://db8.internal:5432/postgres?user=kataven&password=secret3&sslmode=require'),
+           ('legacy-d', 'Legacy D', 'legacy-d', 'postgres://kataven:p@ss-secret@db7.internal'),
            ('local', 'Local', 'local', NULL)",
     )
     .execute(&mut conn)
@@ -672,6 +675,16 @@ async fn the_upgrade_turns_legacy_server_urls_into_servers_without_passwords() {
             ("main".to_owned(), None, "active".to_owned()),
             (
                 "server-1".to_owned(),
+                Some("postgres://db8.internal:5432?user=kataven&sslmode=require".to_owned()),
+                "active".to_owned()
+            ),
+            (
+                "server-2".to_owned(),
+                Some("postgres://kataven@db7.internal".to_owned()),
+                "active".to_owned()
+            ),
+            (
+                "server-3".to_owned(),
                 Some("postgres://kataven@db9.internal:5433".to_owned()),
                 "active".to_owned()
             ),
@@ -685,8 +698,10 @@ async fn the_upgrade_turns_legacy_server_urls_into_servers_without_passwords() {
     assert_eq!(
         accounts,
         [
-            ("legacy-a".to_owned(), "server-1".to_owned()),
-            ("legacy-b".to_owned(), "server-1".to_owned()),
+            ("legacy-a".to_owned(), "server-3".to_owned()),
+            ("legacy-b".to_owned(), "server-3".to_owned()),
+            ("legacy-c".to_owned(), "server-1".to_owned()),
+            ("legacy-d".to_owned(), "server-2".to_owned()),
             ("local".to_owned(), "main".to_owned()),
         ]
     );
