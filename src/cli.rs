@@ -823,15 +823,18 @@ async fn accounts(config: &Config, cmd: AccountsCommand) -> anyhow::Result<()> {
         AccountsCommand::List => {
             let provisioner = provisioner().await?;
             let accounts = provisioner.catalog().all_accounts().await?;
-            println!("{:<32} {:<10} {:>8}  NAME", "ACCOUNT", "STATUS", "SCHEMA");
+            println!(
+                "{:<32} {:<10} {:<16} {:>15}  NAME",
+                "ACCOUNT", "STATUS", "SERVER", "SCHEMA"
+            );
             for a in accounts {
                 let status = match a.status {
                     AccountStatus::Active => "active",
                     AccountStatus::Suspended => "suspended",
                 };
                 println!(
-                    "{:<32} {:<10} {:>8}  {}",
-                    a.slug, status, a.schema_version, a.display_name
+                    "{:<32} {:<10} {:<16} {:>15}  {}",
+                    a.slug, status, a.server, a.schema_version, a.display_name
                 );
             }
         }

@@ -344,6 +344,13 @@ pub struct Config {
 }
 
 impl Config {
+    /// The password in `KATAVEN_DATABASE_URL` (the fleet's servers may share it).
+    pub fn system_password(&self) -> Option<SecretString> {
+        use secrecy::ExposeSecret;
+        let url = self.database_url.as_ref()?;
+        crate::fleet::password_of(url.expose_secret())
+    }
+
     pub fn db_acquire_timeout(&self) -> Duration {
         Duration::from_millis(self.db_acquire_timeout_ms)
     }

@@ -109,7 +109,7 @@ pub async fn run(config: &Config) -> Vec<Check> {
             .await,
         );
         conn.close().await.ok();
-        let provisioner = match catalog(&opts).await {
+        let provisioner = match catalog(&opts, config).await {
             Ok(p) => Some(p),
             Err(e) => {
                 checks.push(Check::failure(
@@ -122,6 +122,7 @@ pub async fn run(config: &Config) -> Vec<Check> {
         };
         if let Some(provisioner) = provisioner {
             checks.push(template(&provisioner).await);
+            checks.push(servers(&provisioner).await);
             checks.push(tenants(&provisioner).await);
             provisioner.catalog().pool().close().await;
         }
@@ -337,7 +338,7 @@ async fn system_database(
 }
 
 /// A provisioner over a catalog pool of its own, without preparing anything.
-async fn catalog(system: &PgConnectOptions) -> anyhow::Result<Provisioner> {
+async fn catalog(system: &PgConnectOptions, config: &Config) -> anyhow::Result<Provisioner> {
     let pool = sqlx::postgres::PgPoolOptions::new()
         .max_connections(2)
         .acquire_timeout(CONNECT_TIMEOUT)
@@ -347,7 +348,8 @@ async fn catalog(system: &PgConnectOptions) -> anyhow::Result<Provisioner> {
         Catalog::new(pool),
         system.clone(),
         Arc::new(provision::tenant_migrator()),
-    );
+    )
+    .with_credentials(config.system_password(), config.server_secrets_dir.clone());
     provisioner.catalog().all_accounts().await?;
     Ok(provisioner)
 }
@@ -442,6 +444,56 @@ async fn template(provisioner: &Provisioner) -> Check {
             e.fix(&opts),
         ),
     }
+}
+
+/// Every database server that is not retired answers, with its credentials (docs/fleet.md).
+async fn servers(provisioner: &Provisioner) -> Check {
+    const NAME: &str = "database servers";
+    let servers = match crate::fleet::all_servers(provisioner.catalog().pool()).await {
+        Ok(servers) => servers,
+        Err(e) => {
+            return Check::failure(
+                NAME,
+                format!("cannot read the catalog: {e}"),
+                "run `kataven-hub migrate` to bring the system database up to date",
+            );
+        }
+    };
+    let mut reachable = Vec::new();
+    let mut down = Vec::new();
+    for server in servers
+        .iter()
+        .filter(|s| s.state != crate::fleet::ServerState::Retired)
+    {
+        let endpoint = match provisioner.servers().endpoint(server) {
+            Ok(endpoint) => endpoint,
+            Err(e) => {
+                down.push(format!("`{}`: {e:#}", server.id));
+                continue;
+            }
+        };
+        match connect(&endpoint.options.clone().database("postgres")).await {
+            Ok(conn) => {
+                conn.close().await.ok();
+                reachable.push(format!("`{}`", server.id));
+            }
+            Err(e) => down.push(format!(
+                "`{}` ({}): {}",
+                server.id,
+                e.outcome.describe(),
+                e.error
+            )),
+        }
+    }
+    if down.is_empty() {
+        return Check::ok(NAME, format!("reachable: {}", reachable.join(", ")));
+    }
+    Check::failure(
+        NAME,
+        format!("not reachable: {}", down.join("; ")),
+        "start them, or correct their URL or password (KATAVEN_SERVER_SECRETS_DIR/<id>); \
+         see docs/fleet.md",
+    )
 }
 
 /// Every account's schema version in the catalog, and a sample of tenant databases opened to

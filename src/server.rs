@@ -62,13 +62,7 @@ pub async fn provisioner(config: &Config) -> anyhow::Result<Provisioner> {
         system,
         Arc::new(provision::tenant_migrator()),
     )
-    .with_credentials(
-        config
-            .database_url
-            .as_ref()
-            .and_then(|url| crate::fleet::password_of(url.expose_secret())),
-        config.server_secrets_dir.clone(),
-    ))
+    .with_credentials(config.system_password(), config.server_secrets_dir.clone()))
 }
 
 /// The identity providers of this configuration: the OIDC issuer if configured, and the dev

@@ -58,6 +58,8 @@ const CUTOVER_ATTEMPTS: u32 = 3;
 const CATCH_UP_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long the first copy may go without progress before the move reports it.
 const COPY_STALL: Duration = Duration::from_secs(600);
+/// The table of the cut-over's marker rows, quoted as [`tenant_tables`] names it.
+const MARKERS: &str = "\"kataven_move_markers\"";
 
 /// A write that finds its account's writes paused waits (polling the cached catalog row, which
 /// the notifications keep current) until the pause ends, then goes on with the account as it
@@ -673,15 +675,7 @@ impl<'a> Mover<'a> {
     /// The catalog's switch: the account now lives on the target; writes resume.
     async fn switch(&self, m: &Move, pause: Duration) -> anyhow::Result<()> {
         let mut tx = self.pool().begin().await?;
-        sqlx::query(
-            "UPDATE accounts SET server = $2, database_name = $3, writes_paused_until = NULL
-             WHERE slug = $1",
-        )
-        .bind(&m.account)
-        .bind(&m.target_server)
-        .bind(&m.target_database)
-        .execute(&mut *tx)
-        .await?;
+        place(&mut tx, &m.account, &m.target_server, &m.target_database).await?;
         sqlx::query(
             "UPDATE account_moves SET phase = 'switched', pause_ms = $2, switched_at = now(),
                     updated_at = now()
@@ -808,12 +802,17 @@ impl<'a> Mover<'a> {
         Ok(target_down)
     }
 
+    /// The move of `slug`, which must exist.
+    async fn existing(&self, slug: &AccountSlug) -> anyhow::Result<Move> {
+        load(self.pool(), slug.as_str())
+            .await?
+            .with_context(|| format!("`{slug}` has no move (see `accounts move {slug} --status`)"))
+    }
+
     /// `--abort`: undoes a move that has not switched. The account stays where it is; the
     /// target's database, the replication objects and any fence go.
     pub async fn abort(&self, slug: &AccountSlug) -> anyhow::Result<Move> {
-        let m = load(self.pool(), slug.as_str())
-            .await?
-            .with_context(|| format!("no move of `{slug}` under way"))?;
+        let m = self.existing(slug).await?;
         if m.phase == Phase::Switched {
             bail!(
                 "`{slug}` already runs on server `{}`: --finish keeps it there (dropping the old \
@@ -842,18 +841,13 @@ impl<'a> Mover<'a> {
             },
             Err(e) => return Err(e),
         }
-        sqlx::query("DELETE FROM account_moves WHERE account = $1")
-            .bind(slug.as_str())
-            .execute(self.pool())
-            .await?;
+        forget(self.pool(), slug).await?;
         Ok(m)
     }
 
     /// `--finish`: drops the old database of a switched move.
     pub async fn finish(&self, slug: &AccountSlug) -> anyhow::Result<Move> {
-        let m = load(self.pool(), slug.as_str())
-            .await?
-            .with_context(|| format!("no move of `{slug}` to finish"))?;
+        let m = self.existing(slug).await?;
         if m.phase != Phase::Switched {
             bail!("the move of `{slug}` has not switched yet: resume it, or --abort it");
         }
@@ -864,10 +858,7 @@ impl<'a> Mover<'a> {
         let mut admin = maintenance(&source.options).await?;
         drop_database(&mut admin, &m.source_database).await?;
         admin.close().await.ok();
-        sqlx::query("DELETE FROM account_moves WHERE account = $1")
-            .bind(slug.as_str())
-            .execute(self.pool())
-            .await?;
+        forget(self.pool(), slug).await?;
         Ok(m)
     }
 
@@ -875,9 +866,7 @@ impl<'a> Mover<'a> {
     /// losing every write made since the cut-over; the new database is kept, renamed nothing,
     /// for the operator to inspect or drop. For when the target server is lost.
     pub async fn revert(&self, slug: &AccountSlug) -> anyhow::Result<Move> {
-        let m = load(self.pool(), slug.as_str())
-            .await?
-            .with_context(|| format!("no move of `{slug}` to revert"))?;
+        let m = self.existing(slug).await?;
         if m.phase != Phase::Switched {
             bail!("the move of `{slug}` has not switched: --abort it instead");
         }
@@ -885,19 +874,8 @@ impl<'a> Mover<'a> {
         unfence(&mut source).await?;
         source.close().await.ok();
         let mut tx = self.pool().begin().await?;
-        sqlx::query(
-            "UPDATE accounts SET server = $2, database_name = $3, writes_paused_until = NULL
-             WHERE slug = $1",
-        )
-        .bind(slug.as_str())
-        .bind(&m.source_server)
-        .bind(&m.source_database)
-        .execute(&mut *tx)
-        .await?;
-        sqlx::query("DELETE FROM account_moves WHERE account = $1")
-            .bind(slug.as_str())
-            .execute(&mut *tx)
-            .await?;
+        place(&mut tx, slug.as_str(), &m.source_server, &m.source_database).await?;
+        forget(&mut *tx, slug).await?;
         tx.commit().await?;
         Ok(m)
     }
@@ -948,6 +926,35 @@ impl Drop for AbortOnDrop {
     }
 }
 
+/// Points the account at `database` on `server` and ends any pause of its writes (the
+/// `placement:` notification makes every instance drop its pool for the account).
+async fn place(
+    tx: &mut PgConnection,
+    slug: &str,
+    server: &str,
+    database: &str,
+) -> anyhow::Result<()> {
+    sqlx::query(
+        "UPDATE accounts SET server = $2, database_name = $3, writes_paused_until = NULL
+         WHERE slug = $1",
+    )
+    .bind(slug)
+    .bind(server)
+    .bind(database)
+    .execute(tx)
+    .await?;
+    Ok(())
+}
+
+/// Deletes the account's move row (the move is over: aborted, finished or reverted).
+async fn forget(db: impl sqlx::PgExecutor<'_>, slug: &AccountSlug) -> anyhow::Result<()> {
+    sqlx::query("DELETE FROM account_moves WHERE account = $1")
+        .bind(slug.as_str())
+        .execute(db)
+        .await?;
+    Ok(())
+}
+
 async fn pause_writes(pool: &sqlx::PgPool, slug: &str) -> anyhow::Result<()> {
     sqlx::query(
         "UPDATE accounts SET writes_paused_until = now() + make_interval(secs => $2)
@@ -981,7 +988,7 @@ async fn tenant_tables(conn: &mut PgConnection) -> anyhow::Result<Vec<String>> {
 }
 
 /// Fences the database: one transaction waits for the writes under way, then installs on every
-/// tenant table a trigger that refuses any write with [`FENCE_SQLSTATE`] (and, for a move,
+/// tenant table (the markers aside) a trigger that refuses any write with [`FENCE_SQLSTATE`] (and, for a move,
 /// writes its marker row before the fence, the last write the target receives). Writes that
 /// waited for the lock meet the fence once it commits.
 pub async fn fence(conn: &mut PgConnection, marker: Option<Uuid>) -> anyhow::Result<()> {
@@ -1017,7 +1024,8 @@ pub async fn fence(conn: &mut PgConnection, marker: Option<Uuid>) -> anyhow::Res
     ))
     .execute(&mut *tx)
     .await?;
-    for table in &tables {
+    // The markers stay writable: a cut-over resumed after the fence writes its marker again.
+    for table in tables.iter().filter(|t| *t != MARKERS) {
         sqlx::query(&format!(
             "CREATE OR REPLACE TRIGGER kataven_moved
              BEFORE INSERT OR UPDATE OR DELETE OR TRUNCATE ON {table}
@@ -1072,7 +1080,7 @@ async fn copy_sequences(
 async fn row_count(conn: &mut PgConnection) -> anyhow::Result<u64> {
     let tables = tenant_tables(conn).await?;
     let mut total = 0i64;
-    for table in tables.iter().filter(|t| *t != "\"kataven_move_markers\"") {
+    for table in tables.iter().filter(|t| *t != MARKERS) {
         let n: i64 = sqlx::query_scalar(&format!("SELECT count(*) FROM {table}"))
             .fetch_one(&mut *conn)
             .await?;

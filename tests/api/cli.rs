@@ -67,7 +67,7 @@ fn accounts_commands_round_trip() {
         .find(|l| l.starts_with(slug))
         .expect("listed");
     assert!(
-        line.contains("suspended") && line.contains("Cli Co"),
+        line.contains("suspended") && line.contains("main") && line.contains("Cli Co"),
         "{line}"
     );
     let out = hub(&url, &["accounts", "resume", slug]);
@@ -721,12 +721,17 @@ async fn doctor_passes_on_a_healthy_setup() {
         "system database",
         "system migrations",
         "tenant template",
+        "database servers",
         "tenants",
         "redis",
         "oidc issuer",
     ] {
         assert!(check_line(&report, name).starts_with("ok "), "{report}");
     }
+    assert!(
+        check_line(&report, "database servers").contains("reachable: `main`"),
+        "{report}"
+    );
     assert!(
         check_line(&report, "tenants").contains("3 account(s), 0 behind"),
         "{report}"
@@ -736,7 +741,7 @@ async fn doctor_passes_on_a_healthy_setup() {
         "{report}"
     );
     assert!(
-        report.contains("doctor: 8 ok, 0 warning(s), 0 failure(s)"),
+        report.contains("doctor: 9 ok, 0 warning(s), 0 failure(s)"),
         "{report}"
     );
     // Secrets are never printed.
@@ -838,6 +843,15 @@ async fn doctor_says_what_is_broken_and_what_to_do() {
         .execute(&mut admin)
         .await
         .unwrap();
+    // A server nothing listens on (its account gone, the server left in the catalog).
+    let mut catalog =
+        sqlx::ConnectOptions::connect(&url.parse::<sqlx::postgres::PgConnectOptions>().unwrap())
+            .await
+            .unwrap();
+    sqlx::query("INSERT INTO servers (id, url) VALUES ('gone', 'postgres://127.0.0.1:1')")
+        .execute(&mut catalog)
+        .await
+        .unwrap();
     let issuer = crate::support::TestIssuer::start().await;
     issuer.set_down(true);
     let mut env = env();
@@ -868,5 +882,10 @@ async fn doctor_says_what_is_broken_and_what_to_do() {
         oidc.starts_with("failure ") && oidc.contains("503"),
         "{report}"
     );
-    assert!(report.contains("0 warning(s), 3 failure(s)"), "{report}");
+    let servers = check_line(&report, "database servers");
+    assert!(
+        servers.starts_with("failure ") && servers.contains("not reachable: `gone`"),
+        "{report}"
+    );
+    assert!(report.contains("0 warning(s), 4 failure(s)"), "{report}");
 }

@@ -30,6 +30,15 @@ fn logical_cluster() -> EmbeddedPostgres {
     ])
 }
 
+/// Two such clusters, started side by side.
+async fn two_logical_clusters() -> (EmbeddedPostgres, EmbeddedPostgres) {
+    let (a, b) = tokio::join!(
+        tokio::task::spawn_blocking(logical_cluster),
+        tokio::task::spawn_blocking(logical_cluster)
+    );
+    (a.unwrap(), b.unwrap())
+}
+
 /// Two instances sharing a system database on `home`, with server `b` (cluster `other`) added;
 /// the password of `b` from a secrets directory.
 struct Fleet {
@@ -38,14 +47,20 @@ struct Fleet {
     _secrets: tempfile::TempDir,
 }
 
-async fn fleet(home: &EmbeddedPostgres, other: &EmbeddedPostgres) -> Fleet {
+/// A secrets directory holding the password of server `b` (the cluster `b`).
+fn secrets_of_b(b: &EmbeddedPostgres) -> tempfile::TempDir {
     let secrets = tempfile::tempdir().unwrap();
-    let password = kataven_hub::fleet::password_of(&other.url("postgres")).unwrap();
+    let password = kataven_hub::fleet::password_of(&b.url("postgres")).unwrap();
     std::fs::write(
         secrets.path().join("b"),
         secrecy::ExposeSecret::expose_secret(&password),
     )
     .unwrap();
+    secrets
+}
+
+async fn fleet(home: &EmbeddedPostgres, other: &EmbeddedPostgres) -> Fleet {
+    let secrets = secrets_of_b(other);
     let url = home.url(&format!("kataven-admin-{}", suffix()));
     let dir = secrets.path().to_owned();
     let one = TestApp::builder()
@@ -227,11 +242,7 @@ async fn account_now(app: &TestApp, account: &Account) -> Account {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn an_account_moves_between_servers_while_two_instances_write_and_read_it() {
-    let (a, b) = tokio::join!(
-        tokio::task::spawn_blocking(logical_cluster),
-        tokio::task::spawn_blocking(logical_cluster)
-    );
-    let (a, b) = (a.unwrap(), b.unwrap());
+    let (a, b) = two_logical_clusters().await;
     let Fleet { one, two, _secrets } = fleet(&a, &b).await;
     let acme = one.account_with_admin("moving", "alice").await;
     assert_eq!(acme.server, "main");
@@ -481,11 +492,7 @@ async fn writes_wait_out_a_pause_then_answer_503_account_moving_and_the_fence_an
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_target_that_dies_mid_move_leaves_the_account_serving_and_abort_cleans_up() {
-    let (a, b) = tokio::join!(
-        tokio::task::spawn_blocking(logical_cluster),
-        tokio::task::spawn_blocking(logical_cluster)
-    );
-    let (a, b) = (a.unwrap(), b.unwrap());
+    let (a, b) = two_logical_clusters().await;
     let Fleet {
         one,
         two: _,
@@ -564,13 +571,7 @@ async fn a_target_that_dies_mid_move_leaves_the_account_serving_and_abort_cleans
 async fn without_logical_replication_a_move_pauses_writes_for_a_dump_copy_when_allowed() {
     // The system database on the shared cluster (wal_level replica); the target is its own.
     let b = tokio::task::spawn_blocking(logical_cluster).await.unwrap();
-    let secrets = tempfile::tempdir().unwrap();
-    let password = kataven_hub::fleet::password_of(&b.url("postgres")).unwrap();
-    std::fs::write(
-        secrets.path().join("b"),
-        secrecy::ExposeSecret::expose_secret(&password),
-    )
-    .unwrap();
+    let secrets = secrets_of_b(&b);
     let dir = secrets.path().to_owned();
     let app = TestApp::builder()
         .await
@@ -658,11 +659,7 @@ async fn without_logical_replication_a_move_pauses_writes_for_a_dump_copy_when_a
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "a measurement, run by hand"]
 async fn a_100_mb_account_moves_and_reports_its_copy_time() {
-    let (a, b) = tokio::join!(
-        tokio::task::spawn_blocking(logical_cluster),
-        tokio::task::spawn_blocking(logical_cluster)
-    );
-    let (a, b) = (a.unwrap(), b.unwrap());
+    let (a, b) = two_logical_clusters().await;
     let Fleet {
         one,
         two: _,
@@ -702,4 +699,80 @@ async fn a_100_mb_account_moves_and_reports_its_copy_time() {
         summary.pause.as_millis(),
         summary.rows
     );
+}
+
+/// A mover that died after fencing the source (the account's writes refused, reads fine) is
+/// resumed by running the move again; a switched move is reverted to the kept source.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_interrupted_cut_over_resumes_and_a_switched_move_can_be_reverted() {
+    let (a, b) = two_logical_clusters().await;
+    let Fleet {
+        one,
+        two: _,
+        _secrets,
+    } = fleet(&a, &b).await;
+    let acme = one.account_with_admin("resumed", "alice").await;
+    add_server(&one, "b", &b).await;
+    seed_faqs(&a, &acme.database_name, 200).await;
+    let say = |line: &str| eprintln!("move: {line}");
+    let mover = Mover::new(one.provisioner(), &say);
+    let slug = acme.slug.parse().unwrap();
+    let client = crate::support::client::Client::in_account(&one, &acme.slug, "alice");
+    let the_move = mover
+        .copy(&slug, "b", MoveOptions::default())
+        .await
+        .expect("copy");
+
+    // The mover dies right after the fence: writes meet it, reads go on, the move is `copying`.
+    let mut source = connect(&a, &acme.database_name).await;
+    moves::fence(&mut source, Some(the_move.id)).await.unwrap();
+    let fenced = client.post("/faqs", json!({"name": "fenced_out"})).await;
+    assert_eq!((fenced.status, fenced.code()), (503, "account_moving"));
+    assert_eq!(fenced.headers["retry-after"], "1");
+    assert_eq!(client.get("/faqs").await.status, 200);
+    let status = moves::status(one.provisioner(), &slug)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(status.phase, Phase::Copying);
+
+    // Run again: it resumes, fences again (idempotently) and switches.
+    let summary = mover
+        .run(&slug, "b", MoveOptions::default())
+        .await
+        .expect("the resumed move");
+    assert_eq!(summary.the_move.phase, Phase::Switched);
+    let moved = client.post("/faqs", json!({"name": "on_b"})).await;
+    assert_eq!(moved.status, 201, "{}", moved.text);
+    let mut target = connect(&b, &summary.the_move.target_database).await;
+    assert_eq!(faq_count(&mut target).await, 201);
+    assert_eq!(faq_count(&mut source).await, 200);
+
+    // --abort is refused once switched; --revert goes back to the kept source, unfenced
+    // (losing the write made on the target meanwhile, as documented).
+    let refused = mover.abort(&slug).await.unwrap_err();
+    assert!(format!("{refused:#}").contains("--revert"), "{refused:#}");
+    mover.revert(&slug).await.expect("revert");
+    assert_eq!(account_now(&one, &acme).await.server, "main");
+    assert!(
+        moves::status(one.provisioner(), &slug)
+            .await
+            .unwrap()
+            .is_none()
+    );
+    let back = client.post("/faqs", json!({"name": "back_on_main"})).await;
+    assert_eq!(back.status, 201, "{}", back.text);
+    assert_eq!(faq_count(&mut source).await, 201);
+    assert_eq!(
+        faq_count(&mut target).await,
+        201,
+        "the target is left as it was"
+    );
+}
+
+async fn faq_count(conn: &mut PgConnection) -> i64 {
+    sqlx::query_scalar("SELECT count(*) FROM faqs")
+        .fetch_one(conn)
+        .await
+        .unwrap()
 }

@@ -206,11 +206,12 @@ async fn a_saturated_server_does_not_starve_accounts_on_another() {
         .spawn()
         .await;
     let url = format!("postgres://localhost:{}", cluster().pg.port());
+    // Its own budget, smaller than the instance's default.
     let other = kataven_hub::fleet::servers::NewServer {
         id: "other",
         url: &url,
         weight: None,
-        connection_budget: None,
+        connection_budget: Some(2),
     };
     kataven_hub::fleet::servers::add(app.provisioner(), other)
         .await
@@ -253,11 +254,17 @@ async fn a_saturated_server_does_not_starve_accounts_on_another() {
     let waited = started.elapsed();
     assert_eq!(status, 200, "the other server's account waited {waited:?}");
     assert!(waited < Duration::from_millis(1_000), "{waited:?}");
-    // The gauge sums the servers: nothing left on the saturated one, one taken on the other.
-    assert_eq!(
-        app.state.pools.stats().budget_available,
-        BUDGET as usize - 1
+    // The gauge sums the servers: nothing left on the saturated one, one of two taken on the
+    // other.
+    assert_eq!(app.state.pools.stats().budget_available, 1);
+    // The other server's own budget holds too: two connections, not the instance's four.
+    let mut elsewhere_held = vec![app.state.pools.acquire(&elsewhere).await.unwrap()];
+    elsewhere_held.push(app.state.pools.acquire(&elsewhere).await.unwrap());
+    assert!(
+        app.state.pools.acquire(&elsewhere).await.is_err(),
+        "a third connection to a server with a budget of 2"
     );
+    drop(elsewhere_held);
 
     // On the saturated server the budget still holds: the busy account's next request and its
     // neighbour's first both answer 503 after the acquire timeout, and no connection is opened.
