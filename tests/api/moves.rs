@@ -776,3 +776,61 @@ async fn faq_count(conn: &mut PgConnection) -> i64 {
         .await
         .unwrap()
 }
+
+/// The hourly housekeeping finishes a switched move once its grace period is over (drops the
+/// kept old database), and not before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_housekeeping_finishes_moves_past_their_grace_period() {
+    let (a, b) = two_logical_clusters().await;
+    let Fleet {
+        one,
+        two: _,
+        _secrets,
+    } = fleet(&a, &b).await;
+    let acme = one.account_with_admin("graced", "alice").await;
+    add_server(&one, "b", &b).await;
+    let say = |line: &str| eprintln!("move: {line}");
+    let slug = acme.slug.parse().unwrap();
+    Mover::new(one.provisioner(), &say)
+        .run(&slug, "b", MoveOptions::default())
+        .await
+        .expect("the move");
+    let old_database_exists = || async {
+        let mut admin = connect(&a, "postgres").await;
+        sqlx::query_scalar::<_, bool>(
+            "SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)",
+        )
+        .bind(&acme.database_name)
+        .fetch_one(&mut admin)
+        .await
+        .unwrap()
+    };
+
+    // Within the grace period (168 hours by default): kept.
+    let swept = kataven_hub::housekeeping::sweep(&one.state).await;
+    assert_eq!(swept.moves_finished, 0);
+    assert!(old_database_exists().await);
+
+    // Switched longer ago than that: dropped, the move over.
+    sqlx::query("UPDATE account_moves SET switched_at = now() - interval '169 hours'")
+        .execute(one.state.catalog.pool())
+        .await
+        .unwrap();
+    let swept = kataven_hub::housekeeping::sweep(&one.state).await;
+    assert_eq!(swept.moves_finished, 1);
+    assert!(!old_database_exists().await);
+    assert!(
+        moves::status(one.provisioner(), &slug)
+            .await
+            .unwrap()
+            .is_none()
+    );
+    let client = crate::support::client::Client::in_account(&one, &acme.slug, "alice");
+    assert_eq!(
+        client
+            .post("/faqs", json!({"name": "still_fine"}))
+            .await
+            .status,
+        201
+    );
+}
