@@ -154,6 +154,7 @@ impl From<crate::tenancy::pool_error::PoolError> for ApiError {
                 Self::AccountUnavailable { retry_after_secs }
             }
             PoolError::Internal(e) => Self::Internal(e),
+            PoolError::Moved => Self::AccountMoving,
             other => Self::unavailable(other.message()),
         }
     }

@@ -863,12 +863,26 @@ impl<'a> Mover<'a> {
     }
 
     /// `--revert`: after a switch, points the account back at its old database (unfenced),
-    /// losing every write made since the cut-over; the new database is kept, renamed nothing,
-    /// for the operator to inspect or drop. For when the target server is lost.
+    /// losing every write made since the cut-over; the new database is fenced (if its server
+    /// answers) and kept for the operator to inspect or drop. For when the target server is
+    /// lost.
     pub async fn revert(&self, slug: &AccountSlug) -> anyhow::Result<Move> {
         let m = self.existing(slug).await?;
         if m.phase != Phase::Switched {
             bail!("the move of `{slug}` has not switched: --abort it instead");
+        }
+        // The new database is fenced first (when its server answers), so that an instance
+        // that has not heard of the revert yet cannot write there any more.
+        match self.connect(&m.target_server, &m.target_database).await {
+            Ok(mut target) => {
+                fence(&mut target, None).await?;
+                target.close().await.ok();
+            }
+            Err(e) => (self.say)(&format!(
+                "warning: server `{}` cannot be reached ({e:#}); its database `{}` is not \
+                 fenced",
+                m.target_server, m.target_database
+            )),
         }
         let mut source = self.connect(&m.source_server, &m.source_database).await?;
         unfence(&mut source).await?;

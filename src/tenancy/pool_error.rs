@@ -24,6 +24,10 @@ pub enum PoolError {
     BudgetSpent,
     /// Migrating the account's database on first use failed.
     Upgrading,
+    /// The request holds the account's row from before its database moved (the instance
+    /// heard of the move meanwhile): answered 503 `account_moving`, the retry finds the new
+    /// placement.
+    Moved,
     ShuttingDown,
     /// A bug or a broken configuration (the cause is logged, not shown).
     Internal(anyhow::Error),
@@ -43,6 +47,7 @@ impl PoolError {
             }
             Self::BudgetSpent => "all database connections are busy; retry shortly",
             Self::Upgrading => "the account's database is being upgraded",
+            Self::Moved => "the account's database moved to another server",
             Self::ShuttingDown => "the service is shutting down",
             Self::Internal(_) => "internal error",
         }

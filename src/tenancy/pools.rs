@@ -15,6 +15,11 @@
 //! * A reaper closes connections idle for longer than the idle timeout and drops pools that
 //!   have no connection left.
 //! * No map guard is ever held across an `.await`: entries are `Arc`s cloned out of the map.
+//! * The map is keyed by the account *and* its placement (server, database). When an account
+//!   moves (`placement:` notification) its pools are dropped; for a minute after, a pool about
+//!   to open checks the placement against the catalog, so that a request still holding the
+//!   account's row from before the move answers 503 `account_moving` instead of opening a pool
+//!   to the old database.
 //!
 //! Health (see `docs/tenancy.md`, "When the database fails"):
 //!
@@ -69,6 +74,9 @@ const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 /// the budget permit is kept this much longer so that the server never counts more of our
 /// connections than the budget.
 const BACKEND_EXIT_GRACE: Duration = Duration::from_millis(50);
+/// How long after an account's placement changed a new pool checks it against the catalog:
+/// longer than a notification takes, and than the catalog cache keeps a row.
+const MOVED_RECHECK: Duration = Duration::from_secs(60);
 /// The part of the budget kept free (one in this many permits, at least one): see
 /// [`Inner::keep_reserve`].
 const RESERVE_DIVISOR: usize = 10;
@@ -122,7 +130,14 @@ pub struct TenantPools {
 }
 
 struct Inner {
+    /// Keyed by [`pool_key`]: the account *and* where its database is, so that a request
+    /// still holding the account's row from before a move never reaches the new placement's
+    /// pool with the old one's connections, nor the reverse.
     map: DashMap<String, Arc<OnceCell<Arc<TenantPool>>>>,
+    /// Accounts whose pools were dropped because their placement changed, and when: for a
+    /// while a pool about to open for one of them checks its placement against the catalog
+    /// first (see [`TenantPools::open_pool`]).
+    moved: DashMap<String, Instant>,
     /// One slot per database server (see [`Inner::server_of`]), shared by the pools of its
     /// tenants. Slots are never removed: there are only as many as servers in use.
     servers: DashMap<String, Arc<ServerSlot>>,
@@ -220,6 +235,7 @@ impl TenantPools {
         });
         let inner = Inner {
             map: DashMap::new(),
+            moved: DashMap::new(),
             servers: DashMap::new(),
             settings,
             provisioner,
@@ -254,7 +270,10 @@ impl TenantPools {
                 Ok(conn) => return Ok(conn),
                 Err(AcquireError::Retired) => continue,
                 Err(AcquireError::Failed(e)) => {
-                    if !matches!(e, PoolError::DatabaseDown { .. } | PoolError::Internal(_)) {
+                    if !matches!(
+                        e,
+                        PoolError::DatabaseDown { .. } | PoolError::Internal(_) | PoolError::Moved
+                    ) {
                         self.inner.shared.counters.acquire_timeouts.inc();
                     }
                     return Err(e);
@@ -264,21 +283,63 @@ impl TenantPools {
     }
 
     async fn pool_for(&self, account: &Account) -> Result<Arc<TenantPool>, PoolError> {
+        let key = pool_key(account);
         // Clone the cell out so the map's shard lock is released before any await.
         let cell = self
             .inner
             .map
-            .entry(account.slug.clone())
+            .entry(key.clone())
             .or_default()
             .value()
             .clone();
-        cell.get_or_try_init(|| self.open_pool(account))
+        let opened = cell
+            .get_or_try_init(|| self.open_pool(account))
             .await
-            .cloned()
+            .cloned();
+        if let Err(PoolError::Moved) = opened {
+            // No pool will ever open under the old placement's key.
+            self.inner.map.remove_if(&key, |_, c| Arc::ptr_eq(c, &cell));
+        }
+        let pool = opened?;
+        // Forgotten while it opened (the account moved meanwhile): the pool is no longer in
+        // the map, so nothing would ever close its connections; they close when returned.
+        let current = self
+            .inner
+            .map
+            .get(&key)
+            .is_some_and(|c| Arc::ptr_eq(c.value(), &cell));
+        if !current {
+            pool.retired.store(true, Ordering::Release);
+        }
+        Ok(pool)
     }
 
     async fn open_pool(&self, account: &Account) -> Result<Arc<TenantPool>, PoolError> {
         let inner = &self.inner;
+        // Shortly after the account's placement changed, a request may still hold its row
+        // from before (read before the notification arrived): it must not open a pool to the
+        // old database, where writes meet the fence and reads find old data.
+        let recently_moved = inner
+            .moved
+            .get(&account.slug)
+            .is_some_and(|at| at.elapsed() < MOVED_RECHECK);
+        if recently_moved {
+            let now = super::catalog::account(inner.provisioner.catalog().pool(), &account.slug)
+                .await
+                .map_err(|e| {
+                    if crate::error::is_unavailable(&e) {
+                        PoolError::ServerRefused
+                    } else {
+                        PoolError::Internal(e.into())
+                    }
+                })?;
+            let same = now.is_some_and(|now| {
+                now.server == account.server && now.database_name == account.database_name
+            });
+            if !same {
+                return Err(PoolError::Moved);
+            }
+        }
         let endpoint = inner
             .provisioner
             .servers()
@@ -356,18 +417,31 @@ impl TenantPools {
     /// The accounts whose pools are open now (what background work that should not open pools
     /// of its own may visit).
     pub fn open_accounts(&self) -> Vec<String> {
-        self.inner
+        let mut slugs: Vec<String> = self
+            .inner
             .map
             .iter()
-            .filter(|e| e.value().get().is_some())
-            .map(|e| e.key().clone())
-            .collect()
+            .filter_map(|e| e.value().get().map(|pool| pool.slug.clone()))
+            .collect();
+        slugs.sort_unstable();
+        slugs.dedup();
+        slugs
     }
 
-    /// Drops a tenant's pool (its account changed: deleted, moved, suspended). Idle connections
-    /// close now, connections in use when they are returned; the next request opens a new pool.
+    /// Drops a tenant's pools (its account changed: deleted, moved, suspended). Idle
+    /// connections close now, connections in use when they are returned; the next request
+    /// opens a new pool. A pool still opening is dropped too (see [`Self::pool_for`]).
     pub fn forget(&self, slug: &str) {
-        if let Some((_, cell)) = self.inner.map.remove(slug) {
+        self.inner.moved.insert(slug.to_owned(), Instant::now());
+        let mut forgotten = Vec::new();
+        self.inner.map.retain(|key, cell| {
+            let of_slug = slug_of_key(key) == slug;
+            if of_slug {
+                forgotten.push(cell.clone());
+            }
+            !of_slug
+        });
+        for cell in forgotten {
             if let Some(pool) = cell.get() {
                 pool.retired.store(true, Ordering::Release);
                 let idle: Vec<IdleConn> = std::mem::take(&mut *pool.idle.lock());
@@ -382,6 +456,9 @@ impl TenantPools {
     pub fn reap_idle(&self) {
         let idle_timeout = self.inner.settings.idle_timeout;
         let now = Instant::now();
+        self.inner
+            .moved
+            .retain(|_, at| now.duration_since(*at) < MOVED_RECHECK);
         for entry in self.inner.map.iter() {
             if let Some(pool) = entry.value().get() {
                 let expired: Vec<IdleConn> = {
@@ -574,6 +651,19 @@ impl Inner {
             }
         }
     }
+}
+
+/// The pool map's key of an account: its slug, server and database (`\0` cannot occur in them).
+fn pool_key(account: &Account) -> String {
+    format!(
+        "{}\0{}\0{}",
+        account.slug, account.server, account.database_name
+    )
+}
+
+/// The slug in a [`pool_key`].
+fn slug_of_key(key: &str) -> &str {
+    key.split('\0').next().unwrap_or_default()
 }
 
 /// Runs `f` when dropped (also when the future holding it is cancelled).

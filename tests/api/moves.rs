@@ -630,6 +630,7 @@ async fn without_logical_replication_a_move_pauses_writes_for_a_dump_copy_when_a
         .await
         .unwrap();
     assert_eq!(faqs, 50);
+    hears_of_placement(&app, &slug, "b").await;
     assert_eq!(
         client.get("/faqs?limit=100").await.body["items"]
             .as_array()
@@ -742,6 +743,7 @@ async fn an_interrupted_cut_over_resumes_and_a_switched_move_can_be_reverted() {
         .await
         .expect("the resumed move");
     assert_eq!(summary.the_move.phase, Phase::Switched);
+    hears_of_placement(&one, &slug, "b").await;
     let moved = client.post("/faqs", json!({"name": "on_b"})).await;
     assert_eq!(moved.status, 201, "{}", moved.text);
     let mut target = connect(&b, &summary.the_move.target_database).await;
@@ -754,6 +756,18 @@ async fn an_interrupted_cut_over_resumes_and_a_switched_move_can_be_reverted() {
     assert!(format!("{refused:#}").contains("--revert"), "{refused:#}");
     mover.revert(&slug).await.expect("revert");
     assert_eq!(account_now(&one, &acme).await.server, "main");
+    // The reverted-from database is fenced: an instance that has not heard yet cannot write
+    // there.
+    let refused = sqlx::query("DELETE FROM faqs").execute(&mut target).await;
+    let code = refused
+        .unwrap_err()
+        .as_database_error()
+        .unwrap()
+        .code()
+        .unwrap()
+        .into_owned();
+    assert_eq!(code, moves::FENCE_SQLSTATE);
+    hears_of_placement(&one, &slug, "main").await;
     assert!(
         moves::status(one.provisioner(), &slug)
             .await
@@ -780,7 +794,7 @@ async fn faq_count(conn: &mut PgConnection) -> i64 {
 /// The hourly housekeeping finishes a switched move once its grace period is over (drops the
 /// kept old database), and not before.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_housekeeping_finishes_moves_past_their_grace_period() {
+async fn stale_rows_reach_no_old_database_and_the_housekeeping_finishes_moves_past_their_grace() {
     let (a, b) = two_logical_clusters().await;
     let Fleet {
         one,
@@ -805,6 +819,21 @@ async fn the_housekeeping_finishes_moves_past_their_grace_period() {
         .await
         .unwrap()
     };
+
+    // A request still holding the account's row from before the move (read before the
+    // notification arrived) gets no connection to the old database: 503 account_moving.
+    hears_of_placement(&one, &slug, "b").await;
+    let stale = one.state.pools.acquire(&acme).await;
+    assert!(
+        matches!(
+            stale,
+            Err(kataven_hub::tenancy::pool_error::PoolError::Moved)
+        ),
+        "a stale row reached a database"
+    );
+    let mut admin = connect(&a, "postgres").await;
+    let held = crate::support::backends(&mut admin, &[&acme.database_name]).await;
+    assert_eq!(held, 0, "connections to the old database");
 
     // Within the grace period (168 hours by default): kept.
     let swept = kataven_hub::housekeeping::sweep(&one.state).await;
@@ -833,4 +862,21 @@ async fn the_housekeeping_finishes_moves_past_their_grace_period() {
             .status,
         201
     );
+}
+
+/// Waits (bounded) until the instance has heard that the account lives on `server` now (the
+/// catalog's `placement:` notification), as a client would by retrying a 503.
+async fn hears_of_placement(
+    app: &TestApp,
+    slug: &kataven_hub::tenancy::slug::AccountSlug,
+    server: &str,
+) {
+    for _ in 0..400 {
+        let seen = app.state.cache.account(slug).await.unwrap().unwrap();
+        if seen.server == server {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    panic!("the instance never heard that `{slug}` moved to `{server}`");
 }
