@@ -60,7 +60,7 @@ pub struct Server {
     pub created_at: DateTime<Utc>,
 }
 
-const SERVER_COLUMNS: &str = "id, url, weight, state, connection_budget, created_at";
+pub(crate) const SERVER_COLUMNS: &str = "id, url, weight, state, connection_budget, created_at";
 
 /// How to reach a server, resolved once per process (see [`Servers::get`]).
 #[derive(Debug, Clone)]

@@ -148,12 +148,15 @@ pub struct Mover<'a> {
     say: &'a (dyn Fn(&str) + Sync),
 }
 
+/// The columns of a [`Move`].
+const MOVE_COLUMNS: &str = "account, id, source_server, source_database, target_server, \
+                            target_database, method, phase, pause_ms, started_at, updated_at, \
+                            switched_at";
+
 async fn load(pool: &sqlx::PgPool, slug: &str) -> sqlx::Result<Option<Move>> {
-    sqlx::query_as(
-        "SELECT account, id, source_server, source_database, target_server, target_database,
-                method, phase, pause_ms, started_at, updated_at, switched_at
-         FROM account_moves WHERE account = $1",
-    )
+    sqlx::query_as(&format!(
+        "SELECT {MOVE_COLUMNS} FROM account_moves WHERE account = $1"
+    ))
     .bind(slug)
     .fetch_optional(pool)
     .await
@@ -327,14 +330,12 @@ impl<'a> Mover<'a> {
             }
         }
         admin.close().await.ok();
-        let the_move: Move = sqlx::query_as(
+        let the_move: Move = sqlx::query_as(&format!(
             "INSERT INTO account_moves (account, id, source_server, source_database,
                                         target_server, target_database, method, phase)
              VALUES ($1, $2, $3, $4, $5, $6, $7, 'copying')
-             RETURNING account, id, source_server, source_database, target_server,
-                       target_database, method, phase, pause_ms, started_at, updated_at,
-                       switched_at",
-        )
+             RETURNING {MOVE_COLUMNS}"
+        ))
         .bind(slug.as_str())
         .bind(Uuid::now_v7())
         .bind(&account.server)
@@ -828,18 +829,14 @@ impl<'a> Mover<'a> {
         let mut source = self.connect(&m.source_server, &m.source_database).await?;
         unfence(&mut source).await?;
         source.close().await.ok();
-        match self.endpoint(&m.target_server).await {
-            Ok(target) => match maintenance(&target.options).await {
-                Ok(mut admin) => {
-                    drop_database(&mut admin, &m.target_database).await?;
-                }
-                Err(e) => (self.say)(&format!(
-                    "warning: server `{}` cannot be reached ({e:#}): drop database `{}` there \
-                     by hand once it is back",
-                    m.target_server, m.target_database
-                )),
-            },
-            Err(e) => return Err(e),
+        let target = self.endpoint(&m.target_server).await?;
+        match maintenance(&target.options).await {
+            Ok(mut admin) => drop_database(&mut admin, &m.target_database).await?,
+            Err(e) => (self.say)(&format!(
+                "warning: server `{}` cannot be reached ({e:#}): drop database `{}` there by \
+                 hand once it is back",
+                m.target_server, m.target_database
+            )),
         }
         forget(self.pool(), slug).await?;
         Ok(m)

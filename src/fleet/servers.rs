@@ -3,7 +3,7 @@
 use anyhow::{Context, bail};
 use sqlx::{Connection, PgPool};
 
-use super::{Server, ServerState, all_servers, check_url, server};
+use super::{SERVER_COLUMNS, Server, ServerState, all_servers, check_url, server};
 use crate::tenancy::provision::{Provisioner, maintenance};
 
 /// What `servers add` is told.
@@ -72,10 +72,10 @@ pub async fn add(provisioner: &Provisioner, new: NewServer<'_>) -> anyhow::Resul
         .prepare_template(&endpoint.options)
         .await
         .with_context(|| format!("preparing the tenant template on `{}`", new.id))?;
-    let server: Server = sqlx::query_as(
+    let server: Server = sqlx::query_as(&format!(
         "INSERT INTO servers (id, url, weight, connection_budget) VALUES ($1, $2, $3, $4)
-         RETURNING id, url, weight, state, connection_budget, created_at",
-    )
+         RETURNING {SERVER_COLUMNS}"
+    ))
     .bind(new.id)
     .bind(new.url)
     .bind(candidate.weight)
@@ -107,10 +107,9 @@ pub async fn add(provisioner: &Provisioner, new: NewServer<'_>) -> anyhow::Resul
 /// Sets a server's state. Retiring needs a server without accounts or moves.
 pub async fn set_state(pool: &PgPool, id: &str, state: ServerState) -> anyhow::Result<Server> {
     let mut tx = pool.begin().await?;
-    let current: Option<Server> = sqlx::query_as(
-        "SELECT id, url, weight, state, connection_budget, created_at FROM servers
-         WHERE id = $1 FOR UPDATE",
-    )
+    let current: Option<Server> = sqlx::query_as(&format!(
+        "SELECT {SERVER_COLUMNS} FROM servers WHERE id = $1 FOR UPDATE"
+    ))
     .bind(id)
     .fetch_optional(&mut *tx)
     .await?;
@@ -134,10 +133,9 @@ pub async fn set_state(pool: &PgPool, id: &str, state: ServerState) -> anyhow::R
             );
         }
     }
-    let server: Server = sqlx::query_as(
-        "UPDATE servers SET state = $2 WHERE id = $1
-         RETURNING id, url, weight, state, connection_budget, created_at",
-    )
+    let server: Server = sqlx::query_as(&format!(
+        "UPDATE servers SET state = $2 WHERE id = $1 RETURNING {SERVER_COLUMNS}"
+    ))
     .bind(id)
     .bind(state)
     .fetch_one(&mut *tx)

@@ -34,6 +34,15 @@ pub enum PoolError {
 }
 
 impl PoolError {
+    /// A failed read of the catalog before a pool opens (where its server is, where the
+    /// account is now): 503 when the catalog cannot be reached, otherwise internal.
+    pub fn of_catalog(e: anyhow::Error) -> Self {
+        match e.downcast_ref::<sqlx::Error>() {
+            Some(db) if crate::error::is_unavailable(db) => Self::ServerRefused,
+            _ => Self::Internal(e),
+        }
+    }
+
     /// The message a client sees (a fixed text per reason).
     pub fn message(&self) -> &'static str {
         match self {

@@ -326,13 +326,7 @@ impl TenantPools {
         if recently_moved {
             let now = super::catalog::account(inner.provisioner.catalog().pool(), &account.slug)
                 .await
-                .map_err(|e| {
-                    if crate::error::is_unavailable(&e) {
-                        PoolError::ServerRefused
-                    } else {
-                        PoolError::Internal(e.into())
-                    }
-                })?;
+                .map_err(|e| PoolError::of_catalog(e.into()))?;
             let same = now.is_some_and(|now| {
                 now.server == account.server && now.database_name == account.database_name
             });
@@ -345,11 +339,7 @@ impl TenantPools {
             .servers()
             .get(&account.server)
             .await
-            .map_err(|e| match e.downcast_ref::<sqlx::Error>() {
-                // The catalog cannot say where the server is (read once per server).
-                Some(db) if crate::error::is_unavailable(db) => PoolError::ServerRefused,
-                _ => PoolError::Internal(e),
-            })?;
+            .map_err(PoolError::of_catalog)?;
         let mut options = endpoint.database(&account.database_name);
         if let Some(limit) = inner.settings.statement_timeout {
             options = options.options([("statement_timeout", format!("{}ms", limit.as_millis()))]);

@@ -86,6 +86,17 @@ async fn fleet(home: &EmbeddedPostgres, other: &EmbeddedPostgres) -> Fleet {
     }
 }
 
+/// Two clusters, two instances with server `b` added, and an account (admin `alice`) on `main`
+/// (created before `b` exists, so that placement cannot choose `b`).
+async fn moving_account(prefix: &str) -> (EmbeddedPostgres, EmbeddedPostgres, Fleet, Account) {
+    let (a, b) = two_logical_clusters().await;
+    let fleet = fleet(&a, &b).await;
+    let acme = fleet.one.account_with_admin(prefix, "alice").await;
+    assert_eq!(acme.server, "main");
+    add_server(&fleet.one, "b", &b).await;
+    (a, b, fleet, acme)
+}
+
 async fn add_server(app: &TestApp, id: &str, pg: &EmbeddedPostgres) {
     let url = format!("postgres://127.0.0.1:{}", pg.port());
     let new = NewServer {
@@ -242,11 +253,7 @@ async fn account_now(app: &TestApp, account: &Account) -> Account {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn an_account_moves_between_servers_while_two_instances_write_and_read_it() {
-    let (a, b) = two_logical_clusters().await;
-    let Fleet { one, two, _secrets } = fleet(&a, &b).await;
-    let acme = one.account_with_admin("moving", "alice").await;
-    assert_eq!(acme.server, "main");
-    add_server(&one, "b", &b).await;
+    let (a, b, Fleet { one, two, _secrets }, acme) = moving_account("moving").await;
     seed_faqs(&a, &acme.database_name, 3_000).await;
     let token = one.token("alice");
 
@@ -492,14 +499,8 @@ async fn writes_wait_out_a_pause_then_answer_503_account_moving_and_the_fence_an
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_target_that_dies_mid_move_leaves_the_account_serving_and_abort_cleans_up() {
-    let (a, b) = two_logical_clusters().await;
-    let Fleet {
-        one,
-        two: _,
-        _secrets,
-    } = fleet(&a, &b).await;
-    let acme = one.account_with_admin("orphan", "alice").await;
-    add_server(&one, "b", &b).await;
+    let (a, b, fleet, acme) = moving_account("orphan").await;
+    let one = &fleet.one;
     seed_faqs(&a, &acme.database_name, 500).await;
     let say = |line: &str| eprintln!("move: {line}");
     let mover = Mover::new(one.provisioner(), &say);
@@ -509,7 +510,7 @@ async fn a_target_that_dies_mid_move_leaves_the_account_serving_and_abort_cleans
         .copy(&slug, "b", MoveOptions::default())
         .await
         .expect("copy");
-    let client = crate::support::client::Client::in_account(&one, &acme.slug, "alice");
+    let client = crate::support::client::Client::in_account(one, &acme.slug, "alice");
     assert_eq!(
         client
             .post("/faqs", json!({"name": "while_following"}))
@@ -529,7 +530,7 @@ async fn a_target_that_dies_mid_move_leaves_the_account_serving_and_abort_cleans
     }
     eprintln!("the move with its target down: {message}");
     // The account is where it was, writable, not paused.
-    let now = account_now(&one, &acme).await;
+    let now = account_now(one, &acme).await;
     assert_eq!(now.server, "main");
     assert!(!now.writes_paused());
     assert_eq!(
@@ -660,14 +661,8 @@ async fn without_logical_replication_a_move_pauses_writes_for_a_dump_copy_when_a
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "a measurement, run by hand"]
 async fn a_100_mb_account_moves_and_reports_its_copy_time() {
-    let (a, b) = two_logical_clusters().await;
-    let Fleet {
-        one,
-        two: _,
-        _secrets,
-    } = fleet(&a, &b).await;
-    let acme = one.account_with_admin("large", "alice").await;
-    add_server(&one, "b", &b).await;
+    let (a, b, fleet, acme) = moving_account("large").await;
+    let one = &fleet.one;
     // 100,000 FAQs of about 1 kB.
     let mut conn = connect(&a, &acme.database_name).await;
     sqlx::query(
@@ -706,19 +701,13 @@ async fn a_100_mb_account_moves_and_reports_its_copy_time() {
 /// resumed by running the move again; a switched move is reverted to the kept source.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_interrupted_cut_over_resumes_and_a_switched_move_can_be_reverted() {
-    let (a, b) = two_logical_clusters().await;
-    let Fleet {
-        one,
-        two: _,
-        _secrets,
-    } = fleet(&a, &b).await;
-    let acme = one.account_with_admin("resumed", "alice").await;
-    add_server(&one, "b", &b).await;
+    let (a, b, fleet, acme) = moving_account("resumed").await;
+    let one = &fleet.one;
     seed_faqs(&a, &acme.database_name, 200).await;
     let say = |line: &str| eprintln!("move: {line}");
     let mover = Mover::new(one.provisioner(), &say);
     let slug = acme.slug.parse().unwrap();
-    let client = crate::support::client::Client::in_account(&one, &acme.slug, "alice");
+    let client = crate::support::client::Client::in_account(one, &acme.slug, "alice");
     let the_move = mover
         .copy(&slug, "b", MoveOptions::default())
         .await
@@ -743,7 +732,7 @@ async fn an_interrupted_cut_over_resumes_and_a_switched_move_can_be_reverted() {
         .await
         .expect("the resumed move");
     assert_eq!(summary.the_move.phase, Phase::Switched);
-    hears_of_placement(&one, &slug, "b").await;
+    hears_of_placement(one, &slug, "b").await;
     let moved = client.post("/faqs", json!({"name": "on_b"})).await;
     assert_eq!(moved.status, 201, "{}", moved.text);
     let mut target = connect(&b, &summary.the_move.target_database).await;
@@ -755,7 +744,7 @@ async fn an_interrupted_cut_over_resumes_and_a_switched_move_can_be_reverted() {
     let refused = mover.abort(&slug).await.unwrap_err();
     assert!(format!("{refused:#}").contains("--revert"), "{refused:#}");
     mover.revert(&slug).await.expect("revert");
-    assert_eq!(account_now(&one, &acme).await.server, "main");
+    assert_eq!(account_now(one, &acme).await.server, "main");
     // The reverted-from database is fenced: an instance that has not heard yet cannot write
     // there.
     let refused = sqlx::query("DELETE FROM faqs").execute(&mut target).await;
@@ -767,7 +756,7 @@ async fn an_interrupted_cut_over_resumes_and_a_switched_move_can_be_reverted() {
         .unwrap()
         .into_owned();
     assert_eq!(code, moves::FENCE_SQLSTATE);
-    hears_of_placement(&one, &slug, "main").await;
+    hears_of_placement(one, &slug, "main").await;
     assert!(
         moves::status(one.provisioner(), &slug)
             .await
@@ -795,14 +784,8 @@ async fn faq_count(conn: &mut PgConnection) -> i64 {
 /// kept old database), and not before.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stale_rows_reach_no_old_database_and_the_housekeeping_finishes_moves_past_their_grace() {
-    let (a, b) = two_logical_clusters().await;
-    let Fleet {
-        one,
-        two: _,
-        _secrets,
-    } = fleet(&a, &b).await;
-    let acme = one.account_with_admin("graced", "alice").await;
-    add_server(&one, "b", &b).await;
+    let (a, _b, fleet, acme) = moving_account("graced").await;
+    let one = &fleet.one;
     let say = |line: &str| eprintln!("move: {line}");
     let slug = acme.slug.parse().unwrap();
     Mover::new(one.provisioner(), &say)
@@ -822,7 +805,7 @@ async fn stale_rows_reach_no_old_database_and_the_housekeeping_finishes_moves_pa
 
     // A request still holding the account's row from before the move (read before the
     // notification arrived) gets no connection to the old database: 503 account_moving.
-    hears_of_placement(&one, &slug, "b").await;
+    hears_of_placement(one, &slug, "b").await;
     let stale = one.state.pools.acquire(&acme).await;
     assert!(
         matches!(
@@ -854,7 +837,7 @@ async fn stale_rows_reach_no_old_database_and_the_housekeeping_finishes_moves_pa
             .unwrap()
             .is_none()
     );
-    let client = crate::support::client::Client::in_account(&one, &acme.slug, "alice");
+    let client = crate::support::client::Client::in_account(one, &acme.slug, "alice");
     assert_eq!(
         client
             .post("/faqs", json!({"name": "still_fine"}))
