@@ -64,6 +64,16 @@ impl Drop for Proc {
     }
 }
 
+/// `KEY=VALUE,…` from the environment variable `name`.
+fn env_list(name: &str) -> Vec<(String, String)> {
+    std::env::var(name)
+        .unwrap_or_default()
+        .split(',')
+        .filter_map(|kv| kv.split_once('='))
+        .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
+        .collect()
+}
+
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -81,6 +91,7 @@ struct Row {
     p50_ms: Option<f64>,
     p99_ms: Option<f64>,
     ratio: Option<(f64, &'static str)>,
+    cpu: Option<Cpu>,
     note: String,
 }
 
@@ -97,7 +108,8 @@ fn parse_duration_ms(s: &str) -> Option<f64> {
     })
 }
 
-/// An interleaved request case: its name, URL, headers and the hub's pid (for perf).
+/// An interleaved request case: its name, URL, headers and the server's pid (its CPU time is
+/// measured; `perf` records it when asked for).
 type Case<'a> = (&'a str, &'a str, &'a [(&'a str, &'a str)], Option<u32>);
 
 #[derive(Clone, Copy)]
@@ -106,6 +118,53 @@ struct Wrk {
     p50_ms: f64,
     p99_ms: f64,
     errors: u64,
+    /// Requests completed in the run.
+    requests: f64,
+    /// CPU time per request of the server under test and of PostgreSQL (µs), when measured.
+    cpu_us: Option<Cpu>,
+}
+
+/// CPU time per request (µs): what the rate on two shared cores is made of.
+#[derive(Clone, Copy)]
+struct Cpu {
+    server: f64,
+    postgres: f64,
+}
+
+/// The fields of `/proc/<pid>/stat` from the state (field 3) on, 0-based, as numbers (the
+/// state reads 0): the parent is `[1]`, utime, stime, cutime, cstime are `[11]`–`[14]`.
+fn stat_fields(pid: u32) -> Option<Vec<u64>> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command, in parentheses, may hold spaces.
+    let (_, rest) = stat.rsplit_once(") ")?;
+    Some(
+        rest.split_whitespace()
+            .map(|f| f.parse().unwrap_or(0))
+            .collect(),
+    )
+}
+
+/// CPU time (µs) used so far by process `pid`, all its threads (utime + stime), and with
+/// `children`, by the children it has reaped (cutime + cstime).
+fn cpu_us(pid: u32, children: bool) -> u64 {
+    let Some(f) = stat_fields(pid).filter(|f| f.len() > 14) else {
+        return 0;
+    };
+    let ticks = f[11] + f[12] + if children { f[13] + f[14] } else { 0 };
+    let per_sec = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
+    ticks * 1_000_000 / per_sec
+}
+
+/// CPU time (µs) used so far by a PostgreSQL cluster: the postmaster, the backends it has
+/// reaped, and those running.
+fn cluster_cpu_us(postmaster: u32) -> u64 {
+    let backends = std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|entry| entry.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|&pid| stat_fields(pid).is_some_and(|f| f.get(1) == Some(&(postmaster as u64))));
+    cpu_us(postmaster, true) + backends.map(|pid| cpu_us(pid, false)).sum::<u64>()
 }
 
 fn median(mut values: Vec<f64>) -> f64 {
@@ -120,6 +179,15 @@ fn median_run(rounds: &[Wrk]) -> Wrk {
     sorted[sorted.len() / 2]
 }
 
+/// The median CPU time per request over the rounds, the server's and PostgreSQL's each.
+fn median_cpu(rounds: &[Wrk]) -> Option<Cpu> {
+    let cpu: Vec<Cpu> = rounds.iter().filter_map(|w| w.cpu_us).collect();
+    (!cpu.is_empty()).then(|| Cpu {
+        server: median(cpu.iter().map(|c| c.server).collect()),
+        postgres: median(cpu.iter().map(|c| c.postgres).collect()),
+    })
+}
+
 /// The median over the rounds of `a`'s rate over `b`'s in the same round.
 fn paired_ratio(a: &[Wrk], b: &[Wrk]) -> f64 {
     median(a.iter().zip(b).map(|(a, b)| a.rate / b.rate).collect())
@@ -131,10 +199,14 @@ fn parse_wrk(out: &str) -> anyhow::Result<Wrk> {
         p50_ms: 0.0,
         p99_ms: 0.0,
         errors: 0,
+        requests: 0.0,
+        cpu_us: None,
     };
     for line in out.lines() {
         let line = line.trim();
-        if let Some(rest) = line.strip_prefix("Requests/sec:") {
+        if let Some((count, _)) = line.split_once(" requests in ") {
+            wrk.requests = count.trim().parse()?;
+        } else if let Some(rest) = line.strip_prefix("Requests/sec:") {
             wrk.rate = rest.trim().parse()?;
         } else if let Some(rest) = line.strip_prefix("50%") {
             wrk.p50_ms = parse_duration_ms(rest).context("p50")?;
@@ -163,10 +235,13 @@ struct Bench {
     connections: u32,
     threads: u32,
     perf_case: Option<String>,
+    /// The cluster's postmaster, whose CPU time is measured with each case.
+    postmaster: Option<u32>,
 }
 
 impl Bench {
-    /// `wrk` against `url` with `headers`, or a Lua `script`.
+    /// `wrk` against `url` with `headers`, or a Lua `script`; the CPU time of `server` (and
+    /// `perf`'s profile of it, when asked for this case) and of PostgreSQL is measured.
     fn wrk(
         &self,
         case: &str,
@@ -174,7 +249,7 @@ impl Bench {
         headers: &[(&str, &str)],
         script: Option<&Path>,
         connections: u32,
-        hub_pid: Option<u32>,
+        server: Option<u32>,
     ) -> anyhow::Result<Wrk> {
         let mut cmd = Command::new("wrk");
         cmd.arg(format!("-t{}", self.threads.min(connections)))
@@ -188,13 +263,20 @@ impl Bench {
             cmd.arg("-s").arg(script);
         }
         cmd.arg(url);
-        let perf = match (hub_pid, &self.perf_case) {
+        let perf = match (server, &self.perf_case) {
             (Some(pid), Some(wanted)) if wanted == case => Some(self.perf_record(case, pid)?),
             _ => None,
         };
+        let cpu = || {
+            server
+                .zip(self.postmaster)
+                .map(|(s, pm)| (cpu_us(s, false), cluster_cpu_us(pm)))
+        };
+        let before = cpu();
         let out = cmd
             .output()
             .context("running wrk (Debian: apt-get install wrk)")?;
+        let after = cpu();
         if let Some(mut perf) = perf {
             // SIGINT makes perf write its data and exit.
             unsafe {
@@ -209,29 +291,40 @@ impl Bench {
         if !out.status.success() {
             bail!("wrk failed: {}", String::from_utf8_lossy(&out.stderr));
         }
-        parse_wrk(&String::from_utf8_lossy(&out.stdout))
+        let mut wrk = parse_wrk(&String::from_utf8_lossy(&out.stdout))?;
+        if let (Some((s0, p0)), Some((s1, p1))) = (before, after) {
+            let n = wrk.requests.max(1.0);
+            wrk.cpu_us = Some(Cpu {
+                server: (s1 - s0) as f64 / n,
+                postgres: (p1 - p0) as f64 / n,
+            });
+        }
+        Ok(wrk)
     }
 
     /// One round of an interleaved case: `secs / rounds` seconds (at least 2) of `url` (or
-    /// the requests of a Lua `script`).
+    /// the requests of a Lua `script`); `perf`, when asked for, records the first round.
+    #[allow(clippy::too_many_arguments)]
     fn round(
         &self,
         case: &str,
+        round: u64,
         url: &str,
         headers: &[(&str, &str)],
         script: Option<&Path>,
         connections: u32,
-        hub_pid: Option<u32>,
+        server: Option<u32>,
     ) -> anyhow::Result<Wrk> {
-        let round = Bench {
+        let this = Bench {
             work: self.work.clone(),
             secs: (self.secs / self.rounds).max(2),
             rounds: 1,
             connections,
             threads: self.threads,
-            perf_case: self.perf_case.clone(),
+            perf_case: self.perf_case.clone().filter(|_| round == 0),
+            postmaster: self.postmaster,
         };
-        round.wrk(case, url, headers, script, connections, hub_pid)
+        this.wrk(case, url, headers, script, connections, server)
     }
 
     /// Two seconds of the same load, not measured, so that the cases measure the steady state:
@@ -244,6 +337,7 @@ impl Bench {
             connections,
             threads: self.threads,
             perf_case: None,
+            postmaster: None,
         };
         warm.wrk("warm-up", url, headers, None, connections, None)?;
         Ok(())
@@ -251,7 +345,16 @@ impl Bench {
 
     fn perf_record(&self, case: &str, pid: u32) -> anyhow::Result<Child> {
         Command::new("perf")
-            .args(["record", "-e", "cpu-clock", "-F", "999", "-g", "-o"])
+            .args([
+                "record",
+                "-e",
+                "cpu-clock",
+                "-F",
+                "999",
+                "--call-graph",
+                "dwarf,32768",
+                "-o",
+            ])
             .arg(self.work.join(format!("perf-{case}.data")))
             .arg("-p")
             .arg(pid.to_string())
@@ -385,12 +488,7 @@ async fn main() -> anyhow::Result<()> {
     let storm_clients: u32 = setting("BENCH_STORM_CLIENTS", 16);
     let cold_accounts: usize = setting("BENCH_COLD_ACCOUNTS", 100);
     let memory = std::env::var("BENCH_MEMORY").is_ok_and(|v| v == "1");
-    let hub_extra: Vec<(String, String)> = std::env::var("BENCH_HUB_ENV")
-        .unwrap_or_default()
-        .split(',')
-        .filter_map(|kv| kv.split_once('='))
-        .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
-        .collect();
+    let hub_extra = env_list("BENCH_HUB_ENV");
     let bin_dir = PathBuf::from(std::env::var("BENCH_BIN_DIR").unwrap_or("target/release".into()));
 
     let work = tempfile::Builder::new()
@@ -431,6 +529,7 @@ async fn main() -> anyhow::Result<()> {
             connections,
             threads,
             perf_case: std::env::var("BENCH_PERF").ok(),
+            postmaster: pg.postmaster_pid().map(|p| p as u32),
         },
         storm_accounts,
         storm_budget,
@@ -620,15 +719,91 @@ async fn run(
             Some(hub.pid()),
         ),
         ("list", &list_url, &user, Some(hub.pid())),
-        ("bare", &bare_url_one, &[], None),
+        ("bare", &bare_url_one, &[], Some(bare.pid())),
     ];
+    // `BENCH_COMPARE=<directory holding another kataven-hub>`: that binary's JWT read too, in
+    // the same rounds, against this one's (trying a change: build, keep the old binary, compare).
+    // `BENCH_COMPARE_ENV`: extra `KEY=VALUE,…` for that hub (this binary again to compare a
+    // setting).
+    let other = match std::env::var_os("BENCH_COMPARE") {
+        Some(dir) => {
+            let mut env = hub_extra.to_vec();
+            env.extend(env_list("BENCH_COMPARE_ENV"));
+            let port = free_port();
+            let url = format!("http://127.0.0.1:{port}");
+            let other = start_hub(
+                Path::new(&dir),
+                work,
+                "hub-compare",
+                &system_url,
+                pepper,
+                port,
+                // The tokens' issuer is the first hub's.
+                &hub_url,
+                &env,
+            )?;
+            wait_ready(&client, &url).await?;
+            let one = format!("{url}/api/v1/agents/{agent_id}");
+            bench.warm_up(&one, &user, c)?;
+            Some((other, one))
+        }
+        None => None,
+    };
     let mut rounds: [Vec<Wrk>; 4] = Default::default();
+    let mut compare_rounds = Vec::new();
     for round in 0..bench.rounds {
         for (i, (case, url, headers, pid)) in cases.iter().enumerate() {
-            // perf, when asked for, records the first round of its case.
-            let pid = pid.filter(|_| round == 0);
-            rounds[i].push(bench.round(case, url, headers, None, c, pid)?);
+            rounds[i].push(bench.round(case, round, url, headers, None, c, *pid)?);
         }
+        if let Some((other, url)) = &other {
+            compare_rounds.push(bench.round(
+                "compare",
+                round,
+                url,
+                &user,
+                None,
+                c,
+                Some(other.pid()),
+            )?);
+        }
+    }
+    if std::env::var("BENCH_READS_ONLY").is_ok_and(|v| v == "1") {
+        // Trying a change: the reads' ratios and CPU per request, nothing else.
+        let [jwt, key, list, bare] = &rounds;
+        for (case, r, base) in [
+            ("jwt", jwt, bare),
+            ("api_key", key, jwt),
+            ("list", list, bare),
+            ("bare", bare, bare),
+        ] {
+            let (run, cpu) = (median_run(r), median_cpu(r));
+            println!(
+                "{case}: {:.0} req/s, p99 {:.1} ms, {:.2}× ({}), CPU {:.0} + {:.0} µs",
+                run.rate,
+                run.p99_ms,
+                paired_ratio(r, base),
+                if std::ptr::eq(base, bare) {
+                    "bare"
+                } else {
+                    "jwt"
+                },
+                cpu.map_or(0.0, |c| c.server),
+                cpu.map_or(0.0, |c| c.postgres)
+            );
+        }
+        if !compare_rounds.is_empty() {
+            let (run, cpu) = (median_run(&compare_rounds), median_cpu(&compare_rounds));
+            println!(
+                "jwt of BENCH_COMPARE: {:.0} req/s, p99 {:.1} ms, {:.2}× this jwt, {:.2}× bare, CPU {:.0} + {:.0} µs",
+                run.rate,
+                run.p99_ms,
+                paired_ratio(&compare_rounds, jwt),
+                paired_ratio(&compare_rounds, bare),
+                cpu.map_or(0.0, |c| c.server),
+                cpu.map_or(0.0, |c| c.postgres)
+            );
+        }
+        return Ok(());
     }
     // Writes: `POST /api/v1/agents` without and with an `Idempotency-Key` (a new one per
     // request), interleaved in rounds like the reads: the ratio is what keeping the answer for
@@ -651,13 +826,28 @@ async fn run(
         )?;
         Ok(path)
     };
+    // How many connections the hub holds to the account's database after the reads (its
+    // elastic pool) against the bare baseline's 16: more backends, more switching on two cores.
+    let held: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM pg_stat_activity WHERE datname = 'bench' AND application_name <> 'pgbench'",
+    )
+    .fetch_one(&pool)
+    .await?;
+    eprintln!("connections to the account's database after the reads (hub + bare): {held}");
     let mut write_rounds: [Vec<Wrk>; 2] = Default::default();
     for round in 0..bench.rounds {
         for (i, keyed) in [false, true].into_iter().enumerate() {
             let script = write_script(round, keyed)?;
             let case = if keyed { "create_keyed" } else { "create" };
-            let pid = Some(hub.pid()).filter(|_| round == 0);
-            write_rounds[i].push(bench.round(case, &list_url, &[], Some(&script), c, pid)?);
+            write_rounds[i].push(bench.round(
+                case,
+                round,
+                &list_url,
+                &[],
+                Some(&script),
+                c,
+                Some(hub.pid()),
+            )?);
         }
     }
     let [create_rounds, keyed_rounds] = &write_rounds;
@@ -761,6 +951,7 @@ async fn run(
         p50_ms: Some(jwt.p50_ms),
         p99_ms: Some(jwt.p99_ms),
         ratio: Some((paired_ratio(jwt_rounds, bare_rounds), "× bare")),
+        cpu: median_cpu(jwt_rounds),
         note: "target ≥ 1.0× bare".into(),
     });
     rows.push(Row {
@@ -770,6 +961,7 @@ async fn run(
         p50_ms: Some(key.p50_ms),
         p99_ms: Some(key.p99_ms),
         ratio: Some((paired_ratio(key_rounds, jwt_rounds), "× JWT")),
+        cpu: median_cpu(key_rounds),
         note: "target ≥ 1.0× JWT".into(),
     });
     rows.push(Row {
@@ -779,6 +971,7 @@ async fn run(
         p50_ms: Some(list.p50_ms),
         p99_ms: Some(list.p99_ms),
         ratio: Some((paired_ratio(list_rounds, bare_rounds), "× bare")),
+        cpu: median_cpu(list_rounds),
         note: String::new(),
     });
     rows.push(Row {
@@ -787,6 +980,7 @@ async fn run(
         unit: "req/s",
         p50_ms: Some(create.p50_ms),
         p99_ms: Some(create.p99_ms),
+        cpu: median_cpu(create_rounds),
         ..Row::default()
     });
     rows.push(Row {
@@ -796,6 +990,7 @@ async fn run(
         p50_ms: Some(create_keyed.p50_ms),
         p99_ms: Some(create_keyed.p99_ms),
         ratio: Some((paired_ratio(keyed_rounds, create_rounds), "× without")),
+        cpu: median_cpu(keyed_rounds),
         note: "the cost of keeping the answer".into(),
     });
     rows.push(Row {
@@ -805,6 +1000,7 @@ async fn run(
         p50_ms: Some(bare_run.p50_ms),
         p99_ms: Some(bare_run.p99_ms),
         ratio: Some((1.0, "× bare")),
+        cpu: median_cpu(bare_rounds),
         note: String::new(),
     });
     rows.push(Row {
@@ -823,6 +1019,7 @@ async fn run(
         p50_ms: Some(storm_run.p50_ms),
         p99_ms: Some(storm_run.p99_ms),
         ratio: Some((ratio(storm_run.rate, pgbench_c), "× pgbench -C")),
+        cpu: storm_run.cpu_us,
         note: "target ≥ 0.7× pgbench -C".into(),
     });
     rows.push(Row {
@@ -878,13 +1075,13 @@ async fn run(
         std::thread::available_parallelism().map_or(0, |n| n.get()),
         chrono::Utc::now().format("%Y-%m-%d")
     );
-    println!("| case | rate | p50 | p99 | ratio | target |");
-    println!("|---|---|---|---|---|---|");
+    println!("| case | rate | p50 | p99 | ratio | CPU per request: server + PostgreSQL | target |");
+    println!("|---|---|---|---|---|---|---|");
     for row in &rows {
         let f =
             |v: Option<f64>, digits: usize| v.map_or("–".to_owned(), |v| format!("{v:.digits$}"));
         println!(
-            "| {} | {} | {} | {} | {} | {} |",
+            "| {} | {} | {} | {} | {} | {} | {} |",
             row.case,
             row.rate
                 .map_or("–".to_owned(), |r| format!("{r:.0} {}", row.unit)),
@@ -892,11 +1089,15 @@ async fn run(
             f(row.p99_ms, 2) + if row.p99_ms.is_some() { " ms" } else { "" },
             row.ratio
                 .map_or("–".to_owned(), |(r, what)| format!("{r:.2}{what}")),
+            row.cpu.map_or("–".to_owned(), |c| format!(
+                "{:.0} + {:.0} µs",
+                c.server, c.postgres
+            )),
             row.note
         );
     }
     for (what, value) in &memory_rows {
-        println!("| {what} | {value} | | | | |");
+        println!("| {what} | {value} | | | | | |");
     }
     if errors > 0 || storm_run.errors > 0 {
         println!(
