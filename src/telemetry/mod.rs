@@ -8,6 +8,8 @@ use tracing_subscriber::EnvFilter;
 
 use crate::config::LogFormat;
 
+pub(crate) mod json;
+
 /// Flushes the buffered log lines when dropped: keep it alive until the process ends.
 pub type LogGuard = tracing_appender::non_blocking::WorkerGuard;
 
@@ -23,11 +25,10 @@ pub fn init(format: LogFormat) -> LogGuard {
         .with_writer(writer);
     let _ = match format {
         LogFormat::Pretty => builder.try_init(),
+        // The same shape as `tracing-subscriber`'s JSON format, at a fraction of its cost.
         LogFormat::Json => builder
-            .json()
-            .flatten_event(true)
-            .with_current_span(true)
-            .with_span_list(false)
+            .fmt_fields(json::JsonFields)
+            .event_format(json::JsonLine)
             .try_init(),
     };
     guard
