@@ -7,7 +7,7 @@
 //! or headers cannot grow the registry.
 
 use std::fmt;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
 use axum::extract::{MatchedPath, Request, State};
@@ -140,21 +140,76 @@ label_values! {
 
 /// The `route` label (and log field): the matched route template
 /// (`/api/v1/agents/{id}`), or `unmatched`. Only a [`MatchedPath`] makes one, so its values
-/// are the router's templates, never a raw path.
-#[derive(Clone, Debug, Hash, PartialEq, Eq)]
-pub struct RouteLabel(Option<Arc<str>>);
+/// are the router's templates, never a raw path. It shares the router's own string.
+#[derive(Clone, Debug, Default)]
+pub struct RouteLabel(Option<MatchedPath>);
 
 impl RouteLabel {
-    pub fn of(extensions: &Extensions) -> Self {
-        Self(
-            extensions
-                .get::<MatchedPath>()
-                .map(|p| Arc::from(p.as_str())),
-        )
+    pub fn as_str(&self) -> &str {
+        self.0.as_ref().map_or("unmatched", MatchedPath::as_str)
+    }
+}
+
+impl PartialEq for RouteLabel {
+    fn eq(&self, other: &Self) -> bool {
+        self.as_str() == other.as_str()
+    }
+}
+
+impl Eq for RouteLabel {}
+
+impl std::hash::Hash for RouteLabel {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.as_str().hash(state);
+    }
+}
+
+/// Where the router leaves the matched route for the request envelope around it (the span,
+/// the log line and the metrics are made before routing and finished after it). Put into the
+/// request by [`crate::routes`]' `trace`, filled by [`LabelRoute`].
+#[derive(Clone, Default)]
+pub struct MatchedRoute(Arc<OnceLock<MatchedPath>>);
+
+impl MatchedRoute {
+    pub fn label(&self) -> RouteLabel {
+        RouteLabel(self.0.get().cloned())
     }
 
-    pub fn as_str(&self) -> &str {
-        self.0.as_deref().unwrap_or("unmatched")
+    /// The request's slot (an empty one for a request that came without).
+    pub fn of(extensions: &Extensions) -> Self {
+        extensions.get::<Self>().cloned().unwrap_or_default()
+    }
+}
+
+/// Wraps each route: records the route it matched in the request's span (`route`) and in its
+/// [`MatchedRoute`]. The rest of the envelope wraps the router once, outside the routing,
+/// because a layer on the router is cloned, with everything under it, for every request.
+#[derive(Clone)]
+pub struct LabelRoute<S>(pub S);
+
+impl<S> tower::Service<Request> for LabelRoute<S>
+where
+    S: tower::Service<Request>,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = S::Future;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        self.0.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request) -> Self::Future {
+        if let Some(path) = req.extensions().get::<MatchedPath>() {
+            tracing::Span::current().record("route", path.as_str());
+            if let Some(slot) = req.extensions().get::<MatchedRoute>() {
+                let _ = slot.0.set(path.clone());
+            }
+        }
+        self.0.call(req)
     }
 }
 
@@ -398,8 +453,9 @@ pub async fn middleware(
 ) -> Response {
     let start = Instant::now();
     let method = MethodLabel::of(req.method());
-    let route = RouteLabel::of(req.extensions());
+    let matched = MatchedRoute::of(req.extensions());
     let response = next.run(req).await;
+    let route = matched.label();
     metrics
         .latency
         .get_or_create(&RouteLabels {

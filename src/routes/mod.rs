@@ -30,7 +30,7 @@ use crate::keys::widget as widget_keys;
 use crate::knowledge::routes as knowledge;
 use crate::limits::auth_failures;
 use crate::limits::client_ip::limit_public;
-use crate::metrics::{MethodLabel, RouteLabel};
+use crate::metrics::{LabelRoute, MatchedRoute, MethodLabel};
 use crate::request_id::RequestId;
 use crate::state::AppState;
 use crate::widget::routes as widget;
@@ -215,32 +215,41 @@ pub fn app(state: AppState) -> Router {
 
 /// Mounts `routes` (the application's, possibly with extra routes merged in by an embedder or
 /// the test harness) and wraps them in the middleware stack.
+///
+/// The request envelope (request id, span and log line, metrics, panic catcher, time limit,
+/// CORS, body limit) wraps the router once rather than each route: a layer on a router is
+/// applied to every route and cloned, with everything under it, for every request; around the
+/// router the clone is a handful of reference counts (see `docs/performance.md`). Only
+/// [`LabelRoute`] wraps each route, to tell the envelope which route matched.
 pub fn router(routes: Router<AppState>, state: AppState) -> Router {
     let timeout = state.config.request_timeout();
-    Router::new()
+    let routed = Router::new()
         .merge(routes.clone())
         .nest("/hub-api", routes)
         .fallback(fallback)
         .method_not_allowed_fallback(method_not_allowed)
-        // Layers run bottom-up on the way in: the request id first, the body limit last.
-        // The failure budget (layered on the routers that check credentials) reads the
-        // extensions added here, and sits inside CORS (so that its 429 carries the widget's
-        // CORS headers).
-        .layer(DefaultBodyLimit::max(state.config.body_limit_bytes))
-        .layer(axum::Extension(state.ip_limiter.clone()))
-        .layer(axum::Extension(state.auth_failures.clone()))
-        .layer(widget_cors())
-        .layer(middleware::from_fn_with_state(timeout, request_timeout))
-        .layer(tower_http::catch_panic::CatchPanicLayer::custom(
-            panic_response,
-        ))
+        .layer(tower::layer::layer_fn(LabelRoute))
+        .with_state(state.clone());
+    // Outermost first: the request id, then the span, …, the body limit last. The failure
+    // budget (layered on the routers that check credentials) reads the extensions added here,
+    // and sits inside CORS (so that its 429 carries the widget's CORS headers).
+    let envelope = tower::ServiceBuilder::new()
+        .layer(middleware::from_fn(crate::request_id::middleware))
+        .layer(middleware::from_fn(trace))
         .layer(middleware::from_fn_with_state(
             state.metrics.clone(),
             crate::metrics::middleware,
         ))
-        .layer(middleware::from_fn(trace))
-        .layer(middleware::from_fn(crate::request_id::middleware))
-        .with_state(state)
+        .layer(tower_http::catch_panic::CatchPanicLayer::custom(
+            panic_response,
+        ))
+        .layer(middleware::from_fn_with_state(timeout, request_timeout))
+        .layer(widget_cors())
+        .layer(axum::Extension(state.auth_failures.clone()))
+        .layer(axum::Extension(state.ip_limiter.clone()))
+        .layer(DefaultBodyLimit::max(state.config.body_limit_bytes))
+        .service(routed);
+    Router::new().fallback_service(envelope)
 }
 
 async fn fallback() -> ApiError {
@@ -267,7 +276,7 @@ async fn request_timeout(State(limit): State<Duration>, req: Request, next: Next
 /// id (validated), the method and the matched route as their metric labels (a method outside
 /// the standard ones is `other`, an unmatched path `unmatched`), never the raw path, the query
 /// string or headers, so neither credentials nor a client's arbitrary strings reach the logs.
-async fn trace(req: Request, next: Next) -> Response {
+async fn trace(mut req: Request, next: Next) -> Response {
     let request_id = req
         .extensions()
         .get::<RequestId>()
@@ -277,14 +286,20 @@ async fn trace(req: Request, next: Next) -> Response {
         "request",
         request_id = %request_id,
         method = %MethodLabel::of(req.method()),
-        route = %RouteLabel::of(req.extensions()),
+        // Recorded by `LabelRoute` once the router has matched the path.
+        route = tracing::field::Empty,
         account = tracing::field::Empty,
         principal_kind = tracing::field::Empty,
         principal_id = tracing::field::Empty,
     );
+    let matched = MatchedRoute::default();
+    req.extensions_mut().insert(matched.clone());
     let start = std::time::Instant::now();
     async move {
         let response = next.run(req).await;
+        if matched.label().as_str() == "unmatched" {
+            tracing::Span::current().record("route", "unmatched");
+        }
         let status = response.status().as_u16();
         let latency_ms = start.elapsed().as_secs_f64() * 1000.0;
         if status >= 500 {
@@ -331,15 +346,23 @@ mod tests {
             .with_max_level(tracing::Level::INFO)
             .with_writer(move || writer.clone());
         let subscriber: Box<dyn tracing::Subscriber + Send + Sync> = if json {
-            Box::new(builder.json().finish())
+            Box::new(
+                builder
+                    .fmt_fields(crate::telemetry::json::JsonFields)
+                    .event_format(crate::telemetry::json::JsonLine)
+                    .finish(),
+            )
         } else {
             Box::new(builder.finish())
         };
         let _guard = tracing::subscriber::set_default(subscriber);
-        let app = Router::new()
+        let routed = Router::new()
             .route("/api/v1/agents/{id}", get(|| async { "ok" }))
             .fallback(fallback)
-            .layer(middleware::from_fn(trace));
+            .layer(tower::layer::layer_fn(LabelRoute));
+        let app = tower::ServiceBuilder::new()
+            .layer(middleware::from_fn(trace))
+            .service(routed);
         let request = Request::builder()
             .method(Method::from_bytes(method.as_bytes()).unwrap())
             .uri(uri)
