@@ -515,11 +515,9 @@ impl IssuerKeys {
     /// Verifies an ID token of this issuer. A token already verified with the current keys is
     /// not verified again (signature checks cost ~0.2 ms) until it expires.
     pub async fn verify(self: &Arc<Self>, token: &str) -> Result<IdClaims, AuthRejection> {
-        let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
-        if let Some(claims) = self.snapshot().verified.get(&digest) {
-            if chrono::Utc::now().timestamp() <= claims.exp + LEEWAY_SECS as i64 {
-                return Ok(IdClaims::clone(&claims));
-            }
+        let digest = token_digest(token);
+        if let Some(claims) = self.verified(&digest) {
+            return Ok(claims);
         }
         let (claims, set) = self.verify_in_snapshot(token).await?;
         #[cfg(test)]
@@ -534,6 +532,14 @@ impl IssuerKeys {
         // token is remembered where nobody looks any more.
         set.remember(digest, &claims);
         Ok(claims)
+    }
+
+    /// The claims of the token with SHA-256 `digest` if this issuer verified it with its current
+    /// keys and it has not expired.
+    pub fn verified(&self, digest: &[u8; 32]) -> Option<IdClaims> {
+        let claims = self.snapshot().verified.get(digest)?.clone();
+        (chrono::Utc::now().timestamp() <= claims.exp + LEEWAY_SECS as i64)
+            .then(|| IdClaims::clone(&claims))
     }
 
     /// A full verification, without the verified-token cache.
@@ -658,6 +664,11 @@ fn key_algorithm(jwk: &Jwk, eddsa_allowed: bool) -> Option<Algorithm> {
         Some(KeyAlgorithm::EdDSA) if family == Algorithm::EdDSA => Some(family),
         Some(_) => None,
     }
+}
+
+/// What the verified-token caches are keyed by.
+pub fn token_digest(token: &str) -> [u8; 32] {
+    Sha256::digest(token.as_bytes()).into()
 }
 
 /// The `iss` claim of a token, read without verification, to pick the issuer whose keys must

@@ -14,6 +14,7 @@ pub mod client_ip;
 pub mod memory;
 pub mod redis;
 
+use std::fmt::Write as _;
 use std::sync::Arc;
 
 use axum::http::{HeaderMap, HeaderValue};
@@ -212,31 +213,36 @@ impl Limiter {
     }
 }
 
-fn policy(dim: Dimension, limits: &Limits) -> String {
-    match dim.window_secs() {
-        Some(w) => format!("\"{}\";q={};w={w}", dim.name(), dim.cap(limits)),
-        None => format!("\"{}\";q={}", dim.name(), dim.cap(limits)),
-    }
-}
-
-/// `RateLimit-Policy` (IETF httpapi draft syntax) listing every dimension.
+/// `RateLimit-Policy` (IETF httpapi draft syntax) listing every dimension. Written into one
+/// buffer that becomes the header's bytes (it is on every admitted request's answer).
 pub fn policy_header(limits: &Limits) -> HeaderValue {
-    let all = [
+    let mut all = String::with_capacity(96);
+    for (i, dim) in [
         Dimension::Minute,
         Dimension::Hour,
         Dimension::Day,
         Dimension::Concurrent,
     ]
-    .iter()
-    .map(|d| policy(*d, limits))
-    .collect::<Vec<_>>()
-    .join(", ");
-    HeaderValue::from_str(&all).expect("ASCII")
+    .into_iter()
+    .enumerate()
+    {
+        let separator = if i == 0 { "" } else { ", " };
+        let _ = write!(all, "{separator}\"{}\";q={}", dim.name(), dim.cap(limits));
+        if let Some(w) = dim.window_secs() {
+            let _ = write!(all, ";w={w}");
+        }
+    }
+    header_value(all)
 }
 
 /// `RateLimit` for one dimension: remaining quota `r` and seconds to reset `t`.
 pub fn ratelimit_header(dim: Dimension, remaining: u64, reset: u64) -> HeaderValue {
-    HeaderValue::from_str(&format!("\"{}\";r={remaining};t={reset}", dim.name())).expect("ASCII")
+    header_value(format!("\"{}\";r={remaining};t={reset}", dim.name()))
+}
+
+/// A header value made of `text`'s own buffer (not copied).
+fn header_value(text: String) -> HeaderValue {
+    HeaderValue::from_maybe_shared(axum::body::Bytes::from(text)).expect("ASCII")
 }
 
 /// The headers of an admitted request: the policy and the window closest to its cap.
