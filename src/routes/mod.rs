@@ -315,8 +315,6 @@ async fn trace(mut req: Request, next: Next) -> Response {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::{Arc, Mutex};
-
     use axum::body::Body;
     use axum::http::Method;
     use axum::routing::get;
@@ -324,27 +322,13 @@ mod tests {
 
     use super::*;
 
-    #[derive(Clone, Default)]
-    struct Captured(Arc<Mutex<Vec<u8>>>);
-
-    impl std::io::Write for Captured {
-        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
-            self.0.lock().unwrap().extend_from_slice(bytes);
-            Ok(bytes.len())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
-
     /// The request log line of a request, in both log formats.
     async fn log_of(method: &str, uri: &str, json: bool) -> String {
-        let captured = Captured::default();
-        let writer = captured.clone();
+        let captured = crate::telemetry::CapturedLog::default();
         let builder = tracing_subscriber::fmt()
             .with_ansi(false)
             .with_max_level(tracing::Level::INFO)
-            .with_writer(move || writer.clone());
+            .with_writer(captured.clone());
         let subscriber: Box<dyn tracing::Subscriber + Send + Sync> = if json {
             Box::new(
                 builder
@@ -369,7 +353,7 @@ mod tests {
             .body(Body::empty())
             .unwrap();
         app.oneshot(request).await.unwrap();
-        String::from_utf8(captured.0.lock().unwrap().clone()).unwrap()
+        captured.text()
     }
 
     #[tokio::test]
