@@ -175,6 +175,11 @@ impl MatchedRoute {
         RouteLabel(self.0.get().cloned())
     }
 
+    /// Whether the router has matched a route for the request.
+    pub fn is_matched(&self) -> bool {
+        self.0.get().is_some()
+    }
+
     /// The request's slot (an empty one for a request that came without).
     pub fn of(extensions: &Extensions) -> Self {
         extensions.get::<Self>().cloned().unwrap_or_default()

@@ -297,7 +297,7 @@ async fn trace(mut req: Request, next: Next) -> Response {
     let start = std::time::Instant::now();
     async move {
         let response = next.run(req).await;
-        if matched.label().as_str() == "unmatched" {
+        if !matched.is_matched() {
             tracing::Span::current().record("route", "unmatched");
         }
         let status = response.status().as_u16();
