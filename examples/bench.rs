@@ -770,11 +770,11 @@ async fn run(
     if std::env::var("BENCH_READS_ONLY").is_ok_and(|v| v == "1") {
         // Trying a change: the reads' ratios and CPU per request, nothing else.
         let [jwt, key, list, bare] = &rounds;
-        for (case, r, base) in [
-            ("jwt", jwt, bare),
-            ("api_key", key, jwt),
-            ("list", list, bare),
-            ("bare", bare, bare),
+        for (case, r, base, base_name) in [
+            ("jwt", jwt, bare, "bare"),
+            ("api_key", key, jwt, "jwt"),
+            ("list", list, bare, "bare"),
+            ("bare", bare, bare, "bare"),
         ] {
             let (run, cpu) = (median_run(r), median_cpu(r));
             println!(
@@ -782,11 +782,7 @@ async fn run(
                 run.rate,
                 run.p99_ms,
                 paired_ratio(r, base),
-                if std::ptr::eq(base, bare) {
-                    "bare"
-                } else {
-                    "jwt"
-                },
+                base_name,
                 cpu.map_or(0.0, |c| c.server),
                 cpu.map_or(0.0, |c| c.postgres)
             );
