@@ -669,6 +669,57 @@ fn scopeguard<F: FnOnce()>(f: F) -> impl Drop {
     Guard(Some(f))
 }
 
+/// An idle connection taken out of its pool to be checked. If the request is cancelled while
+/// the check is under way, the connection (out of step, its answer unread) is closed and its
+/// place in the pool given back.
+struct Checking<'a> {
+    pool: &'a TenantPool,
+    idle: Option<IdleConn>,
+}
+
+impl Checking<'_> {
+    fn conn(&mut self) -> &mut PgConnection {
+        &mut self.idle.as_mut().expect("a connection under check").conn
+    }
+
+    fn done(mut self) -> IdleConn {
+        self.idle.take().expect("a connection under check")
+    }
+}
+
+impl Drop for Checking<'_> {
+    fn drop(&mut self) {
+        if let Some(idle) = self.idle.take() {
+            self.pool.close_in_background(idle.conn, idle.permit, false);
+        }
+    }
+}
+
+/// A connection counted in its pool's `open` before it exists ([`TenantPool::reserve`]). The
+/// count is given back when the place is dropped — the connection could not be opened, or the
+/// request was cancelled while it waited for the budget or connected (a client gone, a time
+/// limit) — unless the connection was opened and [`Place::taken`].
+struct Place<'a>(&'a TenantPool);
+
+impl<'a> Place<'a> {
+    /// Counts a connection about to be opened beyond any limit.
+    fn count(pool: &'a TenantPool) -> Self {
+        pool.open.fetch_add(1, Ordering::AcqRel);
+        Self(pool)
+    }
+
+    fn taken<T>(self, opened: T) -> T {
+        std::mem::forget(self);
+        opened
+    }
+}
+
+impl Drop for Place<'_> {
+    fn drop(&mut self) {
+        self.0.open.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
 impl TenantPool {
     async fn acquire(
         self: &Arc<Self>,
@@ -690,26 +741,16 @@ impl TenantPool {
                 return Ok(self.checked_out(conn));
             }
             // Within the pool's share: a new connection, waiting for the budget if need be.
-            if self.reserve(|open| open < share) {
-                return match self.connect(inner, deadline).await {
-                    Ok(conn) => Ok(self.checked_out(conn)),
-                    Err(e) => {
-                        self.open.fetch_sub(1, Ordering::AcqRel);
-                        Err(e.into())
-                    }
-                };
+            if let Some(place) = self.reserve(|open| open < share) {
+                let opened = self.connect(inner, deadline).await?;
+                return Ok(self.checked_out(place.taken(opened)));
             }
             // Beyond it: only while the server's budget has headroom nobody else is waiting for.
             if self.server.waiters.load(Ordering::Acquire) == 0 {
                 if let Ok(permit) = self.server.budget.clone().try_acquire_owned() {
-                    self.open.fetch_add(1, Ordering::AcqRel);
-                    return match self.connect_with(permit, deadline).await {
-                        Ok(conn) => Ok(self.checked_out(conn)),
-                        Err(e) => {
-                            self.open.fetch_sub(1, Ordering::AcqRel);
-                            Err(e.into())
-                        }
-                    };
+                    let place = Place::count(self);
+                    let opened = self.connect_with(permit, deadline).await?;
+                    return Ok(self.checked_out(place.taken(opened)));
                 }
             }
             // Otherwise wait for one of this pool's connections to come back.
@@ -723,12 +764,14 @@ impl TenantPool {
     }
 
     /// Counts a connection about to be opened if `allowed(open)`.
-    fn reserve(&self, allowed: impl Fn(usize) -> bool) -> bool {
+    fn reserve(&self, allowed: impl Fn(usize) -> bool) -> Option<Place<'_>> {
         self.open
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |open| {
                 allowed(open).then_some(open + 1)
             })
             .is_ok()
+            // Built only on success: a `Place` dropped gives a count back.
+            .then(|| Place(self))
     }
 
     fn checked_out(
@@ -751,14 +794,20 @@ impl TenantPool {
     ) -> Result<Option<(PgConnection, OwnedSemaphorePermit)>, PoolError> {
         loop {
             let candidate = self.idle.lock().pop();
-            let Some(mut idle) = candidate else {
+            let Some(idle) = candidate else {
                 return Ok(None);
             };
             let suspect = idle.since.elapsed() >= PING_IDLE_AFTER
                 || idle.checked_at != self.shared.suspicion();
-            if suspect {
-                match timeout_at(deadline, idle.conn.ping()).await {
-                    Ok(Ok(())) => {}
+            let idle = if suspect {
+                let mut checking = Checking {
+                    pool: self,
+                    idle: Some(idle),
+                };
+                let checked = timeout_at(deadline, checking.conn().ping()).await;
+                let idle = checking.done();
+                match checked {
+                    Ok(Ok(())) => idle,
                     Ok(Err(e)) => {
                         // Closed by the server (restart, terminated backend): drop it and try
                         // the next one.
@@ -771,7 +820,9 @@ impl TenantPool {
                         return Err(PoolError::NoAnswer);
                     }
                 }
-            }
+            } else {
+                idle
+            };
             return Ok(Some((idle.conn, idle.permit)));
         }
     }

@@ -8,6 +8,7 @@ use futures::StreamExt;
 
 use kataven_hub::tenancy::catalog::Role;
 
+use crate::support::faults::StoppedBackend;
 use crate::support::{TestApp, admin_conn, backends, cluster, error_code, unique_slug};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -410,18 +411,8 @@ async fn a_busy_account_borrows_beyond_its_share_and_gives_back_under_contention
     };
 
     // Alone, the hot account uses more than its share of 2, within the budget.
-    let sampler = |slugs: Vec<String>| async move {
-        let mut admin = admin_conn().await;
-        let names: Vec<&str> = slugs.iter().map(String::as_str).collect();
-        let mut peak = 0;
-        for _ in 0..60 {
-            peak = peak.max(backends(&mut admin, &names).await);
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        peak
-    };
     let burst = futures::future::join_all((0..16).map(|_| request(&hot, 300)));
-    let (answers, peak) = tokio::join!(burst, sampler(vec![hot.clone()]));
+    let (answers, peak) = tokio::join!(burst, peak_backends(&hot));
     assert!(answers.into_iter().all(|r| r.unwrap().status() == 200));
     assert!(
         (3..=BUDGET as i64).contains(&peak),
@@ -477,6 +468,85 @@ async fn a_busy_account_borrows_beyond_its_share_and_gives_back_under_contention
     // A cold request waits for at most about one hot request (100 ms) to give its connection back.
     assert!(p99 < Duration::from_millis(1_000), "cold p99 {p99:?}");
     assert!(app.state.pools.stats().connections_open <= BUDGET as usize);
+}
+
+/// A request cancelled while its new connection is on the way (here: waiting for a spent
+/// budget; as well: a client that hangs up, a time limit) gives back the place it took in its
+/// pool. Before, the pool kept counting a connection that never existed: it lost that part of
+/// its share for good (its next request found it "full" and waited for a connection that
+/// would never come back) and, never empty, was never closed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_cancelled_while_connecting_gives_its_place_back() {
+    let app = TestApp::builder()
+        .await
+        .config(|c| {
+            c.tenant_pool_max = 1;
+            c.db_connection_budget = 1;
+            c.db_acquire_timeout_ms = 2_000;
+        })
+        .spawn()
+        .await;
+    let busy = app.account_with_admin("cancel-busy", "alice").await;
+    let other = app.account_with_admin("cancel-other", "alice").await;
+    let held = app.state.pools.acquire(&busy).await.unwrap();
+    let cancelled =
+        tokio::time::timeout(Duration::from_millis(200), app.state.pools.acquire(&other)).await;
+    assert!(cancelled.is_err(), "the budget is spent: it waits");
+    drop(held);
+    // The busy account's connection turns idle; the other account's next request closes it to
+    // make room and connects, within its share of one.
+    let conn = app.state.pools.acquire(&other).await;
+    assert!(conn.is_ok(), "{:?}", conn.err());
+    drop(conn);
+    assert_eq!(app.state.pools.stats().connections_open, 1);
+}
+
+/// The same for a request cancelled while an idle connection is checked before reuse: the
+/// connection (its answer unread) is closed and its place given back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_cancelled_while_checking_an_idle_connection_gives_its_place_back() {
+    let app = TestApp::builder()
+        .await
+        .config(|c| {
+            c.tenant_pool_max = 1;
+            c.db_acquire_timeout_ms = 2_000;
+        })
+        .spawn()
+        .await;
+    let acme = app.account_with_admin("cancel-check", "alice").await;
+    drop(app.state.pools.acquire(&acme).await.unwrap());
+    let mut admin = admin_conn().await;
+    let pid: i32 = sqlx::query_scalar("SELECT pid FROM pg_stat_activity WHERE datname = $1")
+        .bind(acme.slug.as_str())
+        .fetch_one(&mut admin)
+        .await
+        .unwrap();
+    // Suspect idle connections are checked (a round trip) before reuse; this one's backend
+    // does not answer until it is let go.
+    let stopped = StoppedBackend::stop(pid);
+    app.state.pools.suspect_idle_connections();
+    let cancelled =
+        tokio::time::timeout(Duration::from_millis(300), app.state.pools.acquire(&acme)).await;
+    assert!(
+        cancelled.is_err(),
+        "the check waits for the stopped backend"
+    );
+    drop(stopped);
+    let conn = app.state.pools.acquire(&acme).await;
+    assert!(conn.is_ok(), "{:?}", conn.err());
+    drop(conn);
+    assert_eq!(app.state.pools.stats().connections_open, 1);
+}
+
+/// The most backends connected to `slug`'s database seen over 600 ms (sampled every 10 ms).
+async fn peak_backends(slug: &str) -> i64 {
+    let mut admin = admin_conn().await;
+    let mut peak = 0;
+    for _ in 0..60 {
+        peak = peak.max(backends(&mut admin, &[slug]).await);
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    peak
 }
 
 /// A statement past `KATAVEN_DB_STATEMENT_TIMEOUT_MS` is cancelled by the server: 503 with

@@ -122,6 +122,23 @@ impl Drop for ThawOnDrop<'_> {
     }
 }
 
+/// One backend process stopped (`SIGSTOP`) until dropped: it handles no signal meanwhile, so a
+/// `DROP DATABASE … WITH (FORCE)` waits for it to exit.
+pub struct StoppedBackend(i32);
+
+impl StoppedBackend {
+    pub fn stop(pid: i32) -> Self {
+        signal(pid, libc::SIGSTOP);
+        Self(pid)
+    }
+}
+
+impl Drop for StoppedBackend {
+    fn drop(&mut self) {
+        signal(self.0, libc::SIGCONT);
+    }
+}
+
 fn signal(pid: i32, sig: libc::c_int) {
     // SAFETY: kill(2) has no memory-safety preconditions.
     unsafe {
