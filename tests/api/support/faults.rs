@@ -122,8 +122,9 @@ impl Drop for ThawOnDrop<'_> {
     }
 }
 
-/// One backend process stopped (`SIGSTOP`) until dropped: it handles no signal meanwhile, so a
-/// `DROP DATABASE … WITH (FORCE)` waits for it to exit.
+/// One backend process stopped (`SIGSTOP`) until dropped: meanwhile it answers nothing (a
+/// round trip on its connection waits) and handles no signal (a `DROP DATABASE … WITH (FORCE)`
+/// waits for it to exit).
 pub struct StoppedBackend(i32);
 
 impl StoppedBackend {
