@@ -752,18 +752,18 @@ async fn run(
     let mut rounds: [Vec<Wrk>; 4] = Default::default();
     let mut compare_rounds = Vec::new();
     for round in 0..bench.rounds {
+        // The other binary's read runs next to this one's JWT read, before it in even rounds
+        // and after it in odd ones: a case's place in the round moves its rate and its CPU per
+        // request (a slot after another process's case measured up to 20 % better whichever
+        // binary was in it).
+        let compare = |rounds: &mut Vec<Wrk>| -> anyhow::Result<()> {
+            if let Some((other, url)) = &other {
+                let pid = Some(other.pid());
+                rounds.push(bench.round("compare", round, url, &user, None, c, pid)?);
+            }
+            Ok(())
+        };
         for (i, (case, url, headers, pid)) in cases.iter().enumerate() {
-            // The other binary's read runs next to this one's JWT read, before it in even
-            // rounds and after it in odd ones: a case's place in the round moves its rate and
-            // its CPU per request (a slot after another process's case measured up to 20 %
-            // better whichever binary was in it).
-            let compare = |rounds: &mut Vec<Wrk>| -> anyhow::Result<()> {
-                if let Some((other, url)) = &other {
-                    let pid = Some(other.pid());
-                    rounds.push(bench.round("compare", round, url, &user, None, c, pid)?);
-                }
-                Ok(())
-            };
             if i == 0 && round % 2 == 0 {
                 compare(&mut compare_rounds)?;
             }

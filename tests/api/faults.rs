@@ -653,14 +653,7 @@ async fn a_missing_tenant_database_is_an_account_outage() {
     // run out of time, which may answer any 503 with `Retry-After`; once the database is
     // gone, the account's own answer. The other account must see none of it.
     let mut admin = setup.cluster.connect("postgres").await.unwrap();
-    let backend: i32 = sqlx::query_scalar(
-        "SELECT pid FROM pg_stat_activity WHERE datname = $1 ORDER BY backend_start LIMIT 1",
-    )
-    .bind(&victim)
-    .fetch_one(&mut admin)
-    .await
-    .unwrap();
-    let stopped = StoppedBackend::stop(backend);
+    let stopped = StoppedBackend::of(&mut admin, &victim).await;
     let fault = load_victim.now();
     let statement = format!("DROP DATABASE \"{victim}\" WITH (FORCE)");
     let drop_database = sqlx::query(&statement).execute(&mut admin);

@@ -515,15 +515,9 @@ async fn a_request_cancelled_while_checking_an_idle_connection_gives_its_place_b
         .await;
     let acme = app.account_with_admin("cancel-check", "alice").await;
     drop(app.state.pools.acquire(&acme).await.unwrap());
-    let mut admin = admin_conn().await;
-    let pid: i32 = sqlx::query_scalar("SELECT pid FROM pg_stat_activity WHERE datname = $1")
-        .bind(acme.slug.as_str())
-        .fetch_one(&mut admin)
-        .await
-        .unwrap();
     // Suspect idle connections are checked (a round trip) before reuse; this one's backend
     // does not answer until it is let go.
-    let stopped = StoppedBackend::stop(pid);
+    let stopped = StoppedBackend::of(&mut admin_conn().await, acme.slug.as_str()).await;
     app.state.pools.suspect_idle_connections();
     let cancelled =
         tokio::time::timeout(Duration::from_millis(300), app.state.pools.acquire(&acme)).await;

@@ -128,7 +128,15 @@ impl Drop for ThawOnDrop<'_> {
 pub struct StoppedBackend(i32);
 
 impl StoppedBackend {
-    pub fn stop(pid: i32) -> Self {
+    /// Stops the longest-connected backend of `database` (looked up through `conn`).
+    pub async fn of(conn: &mut PgConnection, database: &str) -> Self {
+        let pid: i32 = sqlx::query_scalar(
+            "SELECT pid FROM pg_stat_activity WHERE datname = $1 ORDER BY backend_start LIMIT 1",
+        )
+        .bind(database)
+        .fetch_one(conn)
+        .await
+        .expect("a backend connected to the database");
         signal(pid, libc::SIGSTOP);
         Self(pid)
     }
