@@ -532,6 +532,55 @@ async fn a_request_cancelled_while_checking_an_idle_connection_gives_its_place_b
     assert_eq!(app.state.pools.stats().connections_open, 1);
 }
 
+/// A request cancelled while its transaction's `BEGIN` is in flight (a client that hangs up, a
+/// time limit) leaves no transaction open on its connection: the `BEGIN` still runs once the
+/// server answers, and a `ROLLBACK` must follow it before anyone else uses the connection.
+/// With sqlx-postgres 0.8.6 as published nothing followed it (`vendor/README.md`): the pool's
+/// only connection stayed idle in a transaction, and the next request's statements ran in it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_cancelled_while_its_transaction_begins_leaves_none_open() {
+    let app = TestApp::builder()
+        .await
+        .config(|c| c.tenant_pool_max = 1)
+        .spawn()
+        .await;
+    let acme = app.account_with_admin("cancel-begin", "alice").await;
+    let mut conn = app.state.pools.acquire(&acme).await.unwrap();
+    let mut admin = admin_conn().await;
+    let stopped = StoppedBackend::of(&mut admin, acme.slug.as_str()).await;
+    let cancelled = tokio::time::timeout(
+        Duration::from_millis(300),
+        sqlx::Connection::begin(&mut *conn),
+    )
+    .await
+    .is_err();
+    assert!(cancelled, "BEGIN waits for the stopped backend");
+    drop(stopped);
+    drop(conn);
+
+    let started = std::time::Instant::now();
+    loop {
+        let states: Vec<String> = sqlx::query_scalar(
+            "SELECT coalesce(state, 'starting') FROM pg_stat_activity WHERE datname = $1",
+        )
+        .bind(acme.slug.as_str())
+        .fetch_all(&mut admin)
+        .await
+        .unwrap();
+        if states == ["idle"] {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "the cancelled BEGIN left its connection in a transaction: {states:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // The same connection serves the next request.
+    assert_eq!(app.tenant_status(&acme.slug, "alice").await, 200);
+    assert_eq!(app.state.pools.stats().connections_open, 1);
+}
+
 /// The most backends connected to `slug`'s database seen over 600 ms (sampled every 10 ms).
 async fn peak_backends(slug: &str) -> i64 {
     let mut admin = admin_conn().await;
