@@ -25,6 +25,9 @@ RUN cargo chef prepare --recipe-path recipe.json
 
 FROM chef AS builder
 COPY --from=planner /src/recipe.json recipe.json
+# Crates patched in through `[patch.crates-io]` (vendor/README.md): the recipe leaves them out,
+# and the dependency layer is built with them.
+COPY vendor vendor
 RUN cargo chef cook --release --locked --recipe-path recipe.json --bin kataven-hub
 COPY . .
 RUN cargo build --release --locked --bin kataven-hub

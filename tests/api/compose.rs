@@ -123,6 +123,34 @@ fn dockerfile_builds_and_runs_the_binary_the_tests_run() {
     for flag in ["--release", "--locked", &format!("--bin {bin}")] {
         assert!(cook.contains(flag), "{cook}");
     }
+    // cargo-chef's recipe leaves out crates patched in by path: each is copied into the
+    // builder stage before the dependency layer is cooked, or the cook cannot find it.
+    let patched: Vec<String> = read("Cargo.toml")
+        .lines()
+        .skip_while(|l| l.trim() != "[patch.crates-io]")
+        .filter_map(|l| {
+            l.split_once("path = \"")?
+                .1
+                .split_once('"')
+                .map(|(p, _)| p.to_owned())
+        })
+        .collect();
+    let builder = steps
+        .iter()
+        .position(|(op, a)| op == "FROM" && a.ends_with("AS builder"))
+        .expect("a builder stage");
+    let cook_at = steps
+        .iter()
+        .position(|(op, a)| op == "RUN" && a.starts_with("cargo chef cook"))
+        .unwrap();
+    for path in &patched {
+        let top = path.split('/').next().unwrap();
+        assert!(
+            steps[builder..cook_at].iter().any(|(op, a)| op == "COPY"
+                && (a == &format!("{path} {path}") || a == &format!("{top} {top}"))),
+            "{path} is not copied into the builder stage before `cargo chef cook`"
+        );
+    }
     // The toolchain is at least the crate's minimum.
     let rust_version = |s: &str| -> (u32, u32) {
         let mut parts = s.split('.').map(|p| p.parse::<u32>().unwrap());
