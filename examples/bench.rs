@@ -17,7 +17,9 @@
 //! `BENCH_HUB_ENV` (extra `KEY=VALUE,…` for the hub under test), `BENCH_PERF=<case>` to record
 //! `perf` profiles of the hub during that case (`jwt`, `api_key`, `list`, `create`,
 //! `create_keyed`, `storm`); its working
-//! directory is then kept for them, and removed otherwise.
+//! directory is then kept for them, and removed otherwise. `BENCH_READS_ONLY=1` runs only the
+//! interleaved reads, `BENCH_SKIP=api_key,list` leaves reads out of them, `BENCH_COMPARE` adds
+//! another binary's JWT read (see below).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -541,9 +543,15 @@ async fn main() -> anyhow::Result<()> {
     .await;
     let _ = pg.stop();
     // The cluster holds thousands of databases after a memory run (gigabytes): keep the
-    // directory only when it holds perf data someone asked for.
+    // directory only when it holds perf data someone asked for, or the servers' logs of a
+    // failed run (`hub.log`, `hub-storm.log`).
     if std::env::var("BENCH_PERF").is_ok() {
         eprintln!("kept {} (perf data)", work.display());
+    } else if result.is_err() {
+        eprintln!(
+            "kept {} (the servers' logs of the failed run)",
+            work.display()
+        );
     } else if let Err(e) = std::fs::remove_dir_all(&work) {
         eprintln!("could not remove {}: {e}", work.display());
     }
@@ -751,6 +759,18 @@ async fn run(
     };
     let mut rounds: [Vec<Wrk>; 4] = Default::default();
     let mut compare_rounds = Vec::new();
+    let reads_only = std::env::var("BENCH_READS_ONLY").is_ok_and(|v| v == "1");
+    // `BENCH_SKIP=api_key,list` (reads only): leave those cases out, so that the hub under
+    // test serves nothing but the JWT read (as the compare hub does).
+    let skip: Vec<String> = std::env::var("BENCH_SKIP")
+        .unwrap_or_default()
+        .split(',')
+        .map(|s| s.trim().to_owned())
+        .filter(|s| !s.is_empty())
+        .collect();
+    if !skip.is_empty() && !reads_only {
+        bail!("BENCH_SKIP needs BENCH_READS_ONLY=1 (the full table has every case)");
+    }
     for round in 0..bench.rounds {
         // The other binary's read runs next to this one's JWT read, before it in even rounds
         // and after it in odd ones: a case's place in the round moves its rate and its CPU per
@@ -764,6 +784,9 @@ async fn run(
             Ok(())
         };
         for (i, (case, url, headers, pid)) in cases.iter().enumerate() {
+            if skip.iter().any(|s| s == case) {
+                continue;
+            }
             if i == 0 && round % 2 == 0 {
                 compare(&mut compare_rounds)?;
             }
@@ -773,7 +796,7 @@ async fn run(
             }
         }
     }
-    if std::env::var("BENCH_READS_ONLY").is_ok_and(|v| v == "1") {
+    if reads_only {
         // Trying a change: the reads' ratios and CPU per request, nothing else.
         let [jwt, key, list, bare] = &rounds;
         for (case, r, base, base_name) in [
@@ -782,6 +805,9 @@ async fn run(
             ("list", list, bare, "bare"),
             ("bare", bare, bare, "bare"),
         ] {
+            if r.is_empty() || base.is_empty() {
+                continue;
+            }
             let (run, cpu) = (median_run(r), median_cpu(r));
             println!(
                 "{case}: {:.0} req/s, p99 {:.1} ms, {:.2}× ({}), CPU {:.0} + {:.0} µs",
