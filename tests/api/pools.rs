@@ -558,27 +558,40 @@ async fn a_request_cancelled_while_its_transaction_begins_leaves_none_open() {
     drop(stopped);
     drop(conn);
 
-    let started = std::time::Instant::now();
-    loop {
-        let states: Vec<String> = sqlx::query_scalar(
-            "SELECT coalesce(state, 'starting') FROM pg_stat_activity WHERE datname = $1",
-        )
-        .bind(acme.slug.as_str())
-        .fetch_all(&mut admin)
-        .await
-        .unwrap();
-        if states == ["idle"] {
-            break;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(5),
-            "the cancelled BEGIN left its connection in a transaction: {states:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    one_idle_backend(
+        &mut admin,
+        acme.slug.as_str(),
+        "the cancelled BEGIN left its connection in a transaction",
+    )
+    .await;
     // The same connection serves the next request.
     assert_eq!(app.tenant_status(&acme.slug, "alice").await, 200);
     assert_eq!(app.state.pools.stats().connections_open, 1);
+}
+
+/// Waits up to 5 s until `slug`'s database has exactly one backend besides `conn`'s own, and
+/// it is idle (not idle in a transaction); `failure` says what it means if it never is.
+async fn one_idle_backend(conn: &mut sqlx::PgConnection, slug: &str, failure: &str) {
+    let started = std::time::Instant::now();
+    loop {
+        let states: Vec<String> = sqlx::query_scalar(
+            // A backend still starting up has no state yet: polled again, like any other.
+            "SELECT coalesce(state, 'starting') FROM pg_stat_activity
+             WHERE datname = $1 AND pid <> pg_backend_pid()",
+        )
+        .bind(slug)
+        .fetch_all(&mut *conn)
+        .await
+        .unwrap();
+        if states == ["idle"] {
+            return;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "{failure}: {states:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 /// The most backends connected to `slug`'s database seen over 600 ms (sampled every 10 ms).
@@ -646,26 +659,12 @@ async fn a_transaction_abandoned_by_a_cancelled_request_is_rolled_back() {
     // Once the sleep is over, the connection is rolled back at once (not when someone next
     // uses it): the session is idle, not idle in a transaction holding its locks.
     let mut tenant = crate::support::tenant_conn(&acme.slug).await;
-    let started = std::time::Instant::now();
-    loop {
-        let states: Vec<String> = sqlx::query_scalar(
-            // A backend still starting up has no state yet: polled again, like any other.
-            "SELECT coalesce(state, 'starting') FROM pg_stat_activity
-             WHERE datname = $1 AND pid <> pg_backend_pid()",
-        )
-        .bind(acme.slug.as_str())
-        .fetch_all(&mut tenant)
-        .await
-        .unwrap();
-        if states == ["idle"] {
-            break;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(5),
-            "the abandoned transaction was not rolled back: {states:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    one_idle_backend(
+        &mut tenant,
+        acme.slug.as_str(),
+        "the abandoned transaction was not rolled back",
+    )
+    .await;
     let uncommitted: i64 =
         sqlx::query_scalar("SELECT count(*) FROM audit_log WHERE action = 'uncommitted'")
             .fetch_one(&mut tenant)
