@@ -10,4 +10,5 @@ if ! command -v wrk >/dev/null; then
     exit 1
 fi
 cargo build --release --locked --bin kataven-hub --example bench_bare --example bench
-BENCH_BIN_DIR="$PWD/target/release" exec target/release/examples/bench "$@"
+target="${CARGO_TARGET_DIR:-$PWD/target}"
+BENCH_BIN_DIR="$target/release" exec "$target/release/examples/bench" "$@"
