@@ -773,9 +773,9 @@ async fn run(
     }
     for round in 0..bench.rounds {
         // The other binary's read runs next to this one's JWT read, before it in even rounds
-        // and after it in odd ones: a case's place in the round moves its rate and its CPU per
-        // request (a slot after another process's case measured up to 20 % better whichever
-        // binary was in it).
+        // and after it in odd ones, so that neither has the better place in the round. (The
+        // compare hub still measures up to 20 % better when the hub under test also serves the
+        // list case: `BENCH_SKIP=list`; docs/performance.md, item 13.)
         let compare = |rounds: &mut Vec<Wrk>| -> anyhow::Result<()> {
             if let Some((other, url)) = &other {
                 let pid = Some(other.pid());
