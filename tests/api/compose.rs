@@ -128,6 +128,8 @@ fn dockerfile_builds_and_runs_the_binary_the_tests_run() {
     let patched: Vec<String> = read("Cargo.toml")
         .lines()
         .skip_while(|l| l.trim() != "[patch.crates-io]")
+        .skip(1)
+        .take_while(|l| !l.starts_with('['))
         .filter_map(|l| {
             l.split_once("path = \"")?
                 .1
